@@ -1,0 +1,43 @@
+"""Rebuild the trained one-layer transformer from `runs/<name>/model/`.
+
+`config.json` holds exactly the TransformerBridgeConfig arguments the model was built with,
+and `model.safetensors` its `state_dict()`, so `load_transformer` gives back the same function
+bit for bit. Lives here, not in `pipelines/`, because the dashboard's prompt explorer needs
+the live model and must not import the pipelines. torch and TransformerLens are imported
+inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HOOK_POST = "blocks.0.mlp.hook_post"  # what W_out reads; for solu_ln, after the mid-MLP LayerNorm
+
+
+def transformer_spec(*, d_model: int, d_mlp: int, n_heads: int, d_head: int, d_vocab: int,
+                     n_ctx: int, act_fn: str, seed: int) -> dict[str, Any]:
+    """The JSON-able arguments of TransformerBridgeConfig for a one-layer model."""
+    return {"n_layers": 1, "d_model": d_model, "d_mlp": d_mlp, "n_heads": n_heads,
+            "d_head": d_head, "d_vocab": d_vocab, "n_ctx": n_ctx, "act_fn": act_fn,
+            "normalization_type": "LN", "seed": seed}
+
+
+def build_transformer(spec: dict[str, Any], device: str = "cpu"):
+    """A freshly initialised model (seeded by `spec["seed"]`); no network."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_native(TransformerBridgeConfig(**spec, device=device))
+
+
+def load_transformer(model_dir: Path, device: str = "cpu"):
+    """The trained model in eval mode."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    model = build_transformer(spec, device=device)
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors"), device=device))
+    model.eval()
+    return model

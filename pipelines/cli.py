@@ -1,0 +1,85 @@
+"""`python -m pipelines run|status`: the command line.
+
+Bad input (config, corpus, run folder) prints one line to stderr and exits 2; anything else
+that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pipelines.config import load_config
+from pipelines.errors import PipelineError
+from pipelines.runner import STAGE_NAMES, run_pipeline, stage_table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--preset", help="a preset in pipelines/presets/ (tiny, small, paper)")
+        group.add_argument("--config", help="a TOML file (copy a preset and edit it)")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config value, e.g. --set model.act_fn=gelu (repeatable)")
+
+    run = sub.add_parser("run", help="run every stage that is not up to date")
+    config_args(run)
+    run.add_argument("--run-dir", help="the run folder (default: runs/<preset>)")
+    run.add_argument("--force", action="append", default=[], choices=STAGE_NAMES,
+                     help="rerun this stage and everything downstream (repeatable)")
+    run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+
+    status = sub.add_parser("status", help="what each stage produced and whether it is up to date")
+    status.add_argument("run_dir")
+    config_args(status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _status(args)
+    except PipelineError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.preset, args.config, args.set)
+    source = args.config or f"pipelines/presets/{args.preset or 'tiny'}.toml"
+    run_dir = Path(args.run_dir or f"runs/{Path(args.config).stem if args.config else args.preset or 'tiny'}")
+    start = time.perf_counter()
+    run_pipeline(cfg, run_dir, source, force=tuple(args.force), until=args.until)
+    print(f"run: {run_dir} complete in {time.perf_counter() - start:.0f} s "
+          f"(python -m pipelines status {run_dir})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "manifest.json").exists():
+        raise PipelineError(f"{run_dir}: no run here (no manifest.json); build one with "
+                            f"python -m pipelines run --preset tiny --run-dir {run_dir}")
+    given = args.preset or args.config or args.set
+    cfg = load_config(args.preset, args.config, args.set) if given else None
+    rows = stage_table(run_dir, cfg)
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("stage", "state", "built", "seconds")}
+    header = "  ".join(k.ljust(widths[k]) for k in widths)
+    print(header)
+    for row in rows:
+        print("  ".join(row[k].ljust(widths[k]) for k in widths))
+    print()
+    for row in rows:
+        if row["summary"] != "-":
+            print(row["summary"])
+    return 0

@@ -1,0 +1,249 @@
+"""One frozen config per stage, loaded from a TOML preset plus `--set section.key=value`.
+
+A preset is a plain file a user can copy and edit. Every key is checked against the stage's
+dataclass: an unknown key, a wrong type or an impossible value raises `ConfigError` naming the
+file (or `--set`), the key and the value, before anything in the run folder is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the text comes from.
+
+    `embedded` is the Python installation's own standard library source (code, docstrings,
+    comments) plus `pydoc_data`'s help topics: present on every machine, no download.
+    """
+
+    source: str = "embedded"  # embedded | files | huggingface
+    paths: tuple[str, ...] = ()  # files: .txt, .jsonl, .parquet files or folders of them
+    text_column: str = "text"  # the field of .jsonl records / column of .parquet files
+    hf_dataset: str = ""  # huggingface only (online); e.g. "NeelNanda/pile-10k"
+    hf_split: str = "train"
+    max_chars: int = 10_000_000  # cap on the corpus; 0 means no cap
+    min_doc_chars: int = 64  # shorter documents are dropped as noise
+    seed: int = 0  # fixes the document order
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("embedded", "files", "huggingface"), "corpus.source", self.source,
+                 "must be one of embedded, files, huggingface")
+        _require(self.source != "files" or bool(self.paths), "corpus.paths", self.paths,
+                 "corpus.source=files needs at least one path")
+        _require(self.source != "huggingface" or bool(self.hf_dataset), "corpus.hf_dataset",
+                 self.hf_dataset, "corpus.source=huggingface needs a dataset name")
+        _require(self.max_chars >= 0, "corpus.max_chars", self.max_chars, "must be >= 0")
+        _require(self.min_doc_chars >= 1, "corpus.min_doc_chars", self.min_doc_chars, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Byte-level BPE: every byte sequence is encodable, so no corpus text is ever <unk>."""
+
+    vocab_size: int = 4096  # including the special tokens
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size >= 260, "tokenizer.vocab_size", self.vocab_size,
+                 "must be at least 260 (256 bytes plus special tokens)")
+        _require(self.vocab_size <= 1_000_000, "tokenizer.vocab_size", self.vocab_size,
+                 "must be at most 1,000,000")
+        _require(self.min_frequency >= 1, "tokenizer.min_frequency", self.min_frequency, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    """Fixed-length sequences, BOS first; validation documents never appear in training."""
+
+    n_ctx: int = 128  # sequence length including BOS; also the model's context
+    val_fraction: float = 0.1  # share of documents held out
+    min_val_sequences: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.n_ctx <= 8192, "tokens.n_ctx", self.n_ctx, "must be in [2, 8192]")
+        _require(0.0 < self.val_fraction < 1.0, "tokens.val_fraction", self.val_fraction,
+                 "must be in (0, 1)")
+        _require(self.min_val_sequences >= 1, "tokens.min_val_sequences", self.min_val_sequences,
+                 "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A one-layer transformer; defaults are Anthropic's Towards Monosemanticity shape."""
+
+    act_fn: str = "solu_ln"  # solu_ln | gelu
+    d_model: int = 128
+    d_mlp: int = 512
+    n_heads: int = 4
+    d_head: int = 32
+    train_tokens: int = 2_000_000  # tokens seen in training (epochs repeat if the corpus is smaller)
+    batch_size: int = 32  # sequences per step
+    lr: float = 2e-3
+    min_lr_fraction: float = 0.1  # cosine decays to lr * this
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 100  # steps between validation evaluations
+    eval_sequences: int = 256
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.act_fn in ("solu_ln", "gelu"), "model.act_fn", self.act_fn,
+                 "must be solu_ln or gelu")
+        for key in ("d_model", "d_mlp", "n_heads", "d_head", "batch_size", "eval_every",
+                    "eval_sequences", "train_tokens"):
+            value = getattr(self, key)
+            _require(value > 0, f"model.{key}", value, "must be positive")
+        _require(self.n_heads * self.d_head == self.d_model, "model.d_head", self.d_head,
+                 f"n_heads * d_head must equal d_model ({self.n_heads} * {self.d_head} "
+                 f"!= {self.d_model})")
+        _require(self.lr > 0, "model.lr", self.lr, "must be positive")
+        _require(0 <= self.min_lr_fraction <= 1, "model.min_lr_fraction", self.min_lr_fraction,
+                 "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.grad_clip > 0, "model.grad_clip", self.grad_clip, "must be positive")
+        _require(self.device in ("auto", "cpu", "cuda"), "model.device", self.device,
+                 "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every stage's config; one section per stage in the TOML file."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: asdict(getattr(self, f.name)) for f in fields(self)}
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
+
+
+def config_hash(section: Any) -> str:
+    """Stable across runs and machines: sorted JSON of the dataclass's fields."""
+    blob = json.dumps(asdict(section), sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
+    """Check `value` against the dataclass field's annotation; ints are accepted as floats."""
+    hints = typing.get_type_hints(cls)
+    expected = hints[key]
+    origin = typing.get_origin(expected)
+    if origin is tuple:
+        inner = typing.get_args(expected)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}={value!r}: expected a list of {inner.__name__}")
+        return tuple(_coerce_scalar(inner, key, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}")  # a bug in this file, not input
+    return _coerce_scalar(expected, key, value, where)
+
+
+def _coerce_scalar(expected: type, key: str, value: Any, where: str) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}={value!r}: expected int, got bool")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: {key}={value!r}: expected {expected.__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value`; value is read as a TOML literal, falling back to a bare string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. model.act_fn=gelu")
+    lhs, raw = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key.strip(), value
+
+
+def build_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> RunConfig:
+    """Validate every section and key of `raw` (a parsed TOML file), then apply overrides."""
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]; known: {sorted(SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        merged[section] = {k: (v, source) for k, v in body.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; known: {sorted(SECTIONS)}")
+        merged.setdefault(section, {})[key] = (value, "--set")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, (value, where) in merged.get(name, {}).items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {name}.{key}={value!r}; "
+                                  f"known keys of [{name}]: {sorted(known)}")
+            kwargs[key] = _coerce_named(cls, name, key, value, where)
+        try:
+            sections[name] = cls(**kwargs)
+        except ConfigError as err:
+            # The message starts with "section.key=": name where that key was set.
+            key = str(err).split("=", 1)[0].split(".", 1)[-1]
+            where = merged.get(name, {}).get(key, (None, source))[1]
+            raise ConfigError(f"{where}: {err}") from None
+    return RunConfig(**sections)
+
+
+def _coerce_named(cls: type, section: str, key: str, value: Any, where: str) -> Any:
+    try:
+        return _coerce(cls, key, value, where)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(f": {key}=", f": {section}.{key}=", 1)) from None
+
+
+def load_config(preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:
+    """A preset name (pipelines/presets/<name>.toml) or a user's TOML file, plus overrides."""
+    if config_file is not None:
+        path = Path(config_file)
+    else:
+        path = PRESET_DIR / f"{preset or 'tiny'}.toml"
+        if not path.exists():
+            known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+            raise ConfigError(f"unknown preset {preset!r}; known presets: {known}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return build_config(raw, str(path), overrides)

@@ -1,0 +1,196 @@
+"""The stage graph and the rules for skipping, rerunning and resuming.
+
+A stage is up to date when its manifest entry exists, its config hash equals the current
+config's, its inputs hash equals the hash of its upstream stages' current outputs (plus, for
+the corpus, a fingerprint of the source files), and its folder exists. Anything else reruns
+it; `--force STAGE` reruns that stage and everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from pipelines import corpus, model_training, tokenizer, tokens
+from pipelines.config import RunConfig, build_config, config_hash
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
+                                  hash_strings, run_lock, staged_dir, write_text_atomic)
+
+Execute = Callable[[RunConfig, Path, Path], tuple[str, dict]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    execute: Execute  # (config, run_dir, staging folder) -> (summary line, results)
+    external_inputs: Callable[[RunConfig], str] = lambda cfg: ""
+
+
+def _vocab_size(run_dir: Path) -> int:
+    return tokenizer.load(run_dir / "tokenizer").get_vocab_size()
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("corpus", (), lambda c, r, o: corpus.run(c.corpus, o),
+          external_inputs=lambda c: corpus.input_fingerprint(c.corpus)),
+    Stage("tokenizer", ("corpus",), lambda c, r, o: tokenizer.run(c.tokenizer, r / "corpus", o)),
+    Stage("tokens", ("corpus", "tokenizer"),
+          lambda c, r, o: tokens.run(c.tokens, r / "corpus", r / "tokenizer", o)),
+    Stage("model", ("tokenizer", "tokens"),
+          lambda c, r, o: model_training.run(c.model, r / "tokens", _vocab_size(r), o)),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+_PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")
+
+
+def downstream(names: set[str]) -> set[str]:
+    """The named stages and every stage that (transitively) depends on them."""
+    closed = set(names)
+    for stage in STAGES:  # STAGES is in topological order
+        if closed & set(stage.deps):
+            closed.add(stage.name)
+    return closed
+
+
+def inputs_hash(stage: Stage, cfg: RunConfig | None, manifest: Manifest) -> str | None:
+    """None when an upstream stage has no output yet."""
+    parts = []
+    for dep in stage.deps:
+        entry = manifest.get(dep)
+        if entry is None:
+            return None
+        parts.append(f"{dep}:{entry.output_hash}")
+    if cfg is not None:
+        parts.append(stage.external_inputs(cfg))
+    return hash_strings(*parts)
+
+
+def staleness(stage: Stage, cfg: RunConfig, manifest: Manifest, run_dir: Path) -> str | None:
+    """Why the stage must run, or None when it is up to date."""
+    entry = manifest.get(stage.name)
+    if entry is None:
+        return "never completed"
+    if not (run_dir / stage.name).is_dir():
+        return "output missing"
+    if entry.config_hash != config_hash(cfg.section(stage.name)):
+        changed = sorted(k for k, v in cfg.to_dict()[stage.name].items()
+                         if entry.config.get(k) != (list(v) if isinstance(v, tuple) else v))
+        return f"config changed ({', '.join(changed) or 'values'})"
+    if entry.inputs_hash != inputs_hash(stage, cfg, manifest):
+        return "inputs changed"
+    return None
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def run_pipeline(cfg: RunConfig, run_dir: Path, source: str, force: tuple[str, ...] = (),
+                 until: str | None = None, log: Callable[[str], None] = print) -> Manifest:
+    """Run every stage that is not up to date, in order; stop after `until` if given."""
+    unknown = [name for name in (*force, *([until] if until else [])) if name not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}")
+    forced = downstream(set(force))
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(run_dir):
+            for name in clean_leftovers(run_dir):
+                log(f"removed {run_dir / name} left by an interrupted run")
+            manifest = Manifest(run_dir)
+            for stage in STAGES:
+                _run_stage(stage, cfg, run_dir, manifest, stage.name in forced, source, log)
+                if stage.name == until:
+                    break
+            return manifest
+    except PipelineError:
+        if created and not any(run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, forced: bool,
+               source: str, log: Callable[[str], None]) -> None:
+    reason = "forced" if forced else staleness(stage, cfg, manifest, run_dir)
+    if reason is None:
+        entry = manifest.get(stage.name)
+        log(f"{stage.name}: up to date, skipped (built {entry.started_at}, {entry.duration_s:.0f} s)")
+        return
+    log(f"{stage.name}: running ({reason})")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    final = run_dir / stage.name
+    try:
+        with staged_dir(final, before_swap=lambda: manifest.drop(stage.name)) as out:
+            summary, results = stage.execute(cfg, run_dir, out)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    entry = ManifestEntry(
+        stage=stage.name,
+        config=cfg.to_dict()[stage.name],
+        config_hash=config_hash(cfg.section(stage.name)),
+        inputs_hash=inputs_hash(stage, cfg, manifest) or "",
+        output_hash=hash_folder(final),
+        outputs=tuple(sorted(str(p.relative_to(run_dir)) for p in final.rglob("*") if p.is_file())),
+        summary=f"{summary} -> {final}",
+        results=results,
+        versions=_versions(),
+        started_at=started,
+        duration_s=round(time.perf_counter() - t0, 2),
+    )
+    manifest.put(entry)
+    write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=list) + "\n")
+    log(entry.summary)
+
+
+def saved_config(run_dir: Path) -> RunConfig | None:
+    """The resolved config the last run of this folder used (`config.json`)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg})") from None
+    return build_config(raw, str(path))
+
+
+def stage_table(run_dir: Path, cfg: RunConfig | None) -> list[dict[str, str]]:
+    """One row per stage for `status`: state, when, how long, what it wrote.
+
+    Without a config given, states are judged against the config the folder was last run with."""
+    manifest = Manifest(run_dir)
+    cfg = cfg or saved_config(run_dir)
+    rows = []
+    for stage in STAGES:
+        entry = manifest.get(stage.name)
+        if entry is None:
+            state = "not run"
+        elif cfg is None:
+            state = "unknown (no config.json)"
+        else:
+            reason = staleness(stage, cfg, manifest, run_dir)
+            state = "up to date" if reason is None else f"stale: {reason}"
+        rows.append({
+            "stage": stage.name, "state": state,
+            "built": entry.started_at if entry else "-",
+            "seconds": f"{entry.duration_s:.1f}" if entry else "-",
+            "summary": entry.summary if entry else "-",
+        })
+    return rows

@@ -1,0 +1,36 @@
+"""Shared fixtures: a miniature run built once per test session (seconds, not minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import RunConfig, build_config
+
+# Tiny shapes: the real pipeline end to end in a few seconds on 2 cores.
+MINI = {
+    "corpus": {"source": "embedded", "max_chars": 300_000},
+    "tokenizer": {"vocab_size": 300},
+    "tokens": {"n_ctx": 32, "val_fraction": 0.15},
+    "model": {"d_model": 32, "d_mlp": 64, "n_heads": 2, "d_head": 16, "train_tokens": 40_000,
+              "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": 20,
+              "eval_sequences": 32},
+}
+
+
+def mini_config(**overrides: dict) -> RunConfig:
+    raw = {k: dict(v) for k, v in MINI.items()}
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return build_config(raw, "tests/conftest.py")
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory) -> Path:
+    """A complete miniature run folder; tests must not modify it (copy it first)."""
+    from pipelines.runner import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("mini") / "run"
+    run_pipeline(mini_config(), run_dir, "tests/conftest.py", log=lambda line: None)
+    return run_dir

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import PRESET_DIR, ConfigError, build_config, load_config, parse_override
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(preset, None, [])
+    assert cfg.model.n_heads * cfg.model.d_head == cfg.model.d_model
+
+
+def test_presets_exist():
+    assert {"tiny", "small", "paper"} <= {p.stem for p in PRESET_DIR.glob("*.toml")}
+
+
+def test_override_parses_toml_literals():
+    assert parse_override("model.lr=1e-3") == ("model", "lr", 1e-3)
+    assert parse_override("model.act_fn=gelu") == ("model", "act_fn", "gelu")
+    assert parse_override('corpus.paths=["a", "b"]') == ("corpus", "paths", ["a", "b"])
+
+
+def test_override_wins_and_is_typed():
+    cfg = load_config("tiny", None, ["model.act_fn=gelu", "model.lr=1", "corpus.paths=[\"x\"]"])
+    assert cfg.model.act_fn == "gelu"
+    assert cfg.model.lr == 1.0 and isinstance(cfg.model.lr, float)
+    assert cfg.corpus.paths == ("x",)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.foo=1", "unknown key model.foo"),
+    ("nosuch.key=1", "unknown section"),
+    ("model.d_mlp=abc", "model.d_mlp='abc': expected int"),
+    ("model.d_mlp=0", "model.d_mlp=0: must be positive"),
+    ("model.d_head=16", "n_heads * d_head must equal d_model"),
+    ("model.act_fn=relu", "model.act_fn='relu'"),
+    ("tokens.n_ctx=1", "tokens.n_ctx=1"),
+    ("model.batch_size=true", "expected int, got bool"),
+    ("model", "expected section.key=value"),
+])
+def test_bad_overrides_name_key_and_value(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", None, [override])
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_file_names_the_file(tmp_path: Path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[model]\nd_mlp = -4\n")
+    with pytest.raises(ConfigError, match=r"mine\.toml: model\.d_mlp=-4"):
+        load_config(None, str(path), [])
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(None, str(path), [])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("nope", None, [])
+
+
+def test_configs_are_frozen():
+    cfg = build_config({}, "x")
+    with pytest.raises(Exception):
+        cfg.model.d_mlp = 3  # type: ignore[misc]

@@ -1,0 +1,24 @@
+from pipelines.config import TokenizerConfig
+from pipelines.tokenizer import BOS, EOT, display_form, piece_bytes, train, vocab_table
+
+
+def test_display_form_shows_whitespace_and_bad_bytes():
+    assert display_form(b" def") == "·def"
+    assert display_form(b"\n\t\r") == "↵→␍"
+    assert display_form(b"\xe2\x82") == "\\xe2\\x82"  # half a UTF-8 character
+    assert display_form("é".encode()) == "é"
+    assert display_form(b"\x00") == "\\x00"
+
+
+def test_trained_bpe_round_trips_and_keeps_specials_first():
+    texts = ["def f(x):\n\treturn x  # ok\n", "Une phrase accentuée, \u00e9t\u00e9.", "<script>&amp;"] * 50
+    tok = train(texts, TokenizerConfig(vocab_size=300, min_frequency=1))
+    assert tok.token_to_id(BOS) == 0 and tok.token_to_id(EOT) == 1
+    for text in texts[:3]:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert tok.decode(ids) == text
+        assert b"".join(piece_bytes(tok.id_to_token(i)) for i in ids) == text.encode()
+    table = vocab_table(tok).to_pydict()
+    assert table["id"] == list(range(tok.get_vocab_size()))
+    assert table["display"][0] == BOS
+    assert all(isinstance(d, str) and d for d in table["display"])
