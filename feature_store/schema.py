@@ -1,0 +1,147 @@
+"""The on-disk layout of a feature store, `runs/<name>/store/`.
+
+Everything is Parquet, readable as is by pandas (`pd.read_parquet`) or DuckDB
+(`read_parquet(...)`), plus one `manifest.json`. Per-dictionary tables are hive-partitioned
+by dictionary, so `pd.read_parquet("store/features")` or DuckDB's
+`read_parquet('store/features/*/*.parquet', hive_partitioning=true)` gives every dictionary
+at once with a `dictionary` column, and one dictionary's file can be read alone.
+
+```
+store/
+  manifest.json
+  vocab.parquet
+  metrics.parquet
+  density_histograms.parquet
+  splits.parquet
+  families.parquet
+  umap.parquet
+  features/dictionary=<name>/part-0.parquet
+  examples/dictionary=<name>/part-0.parquet
+  logits/dictionary=<name>/part-0.parquet
+  neighbours/dictionary=<name>/part-0.parquet
+```
+
+Dictionaries are `neurons` (the d_mlp raw MLP neurons, `blocks.0.mlp.hook_post`, as an
+identity dictionary) and one SAE per size, named `sae_<n_features>` (`dictionary_name`).
+Feature indices are 0-based rows of the dictionary. Token text is the tokenizer's display
+form (spaces `·`, newlines `↵`), unescaped corpus text.
+
+`manifest.json`
+    `schema_version` (int, `SCHEMA_VERSION`); `created_at` (ISO 8601, UTC); `n_tokens`
+    (tokens the statistics were computed over); `dictionaries`: a list of
+    `{name, kind ("neurons" | "sae"), n_features, act_hist_edges, ...free-form info}`, where
+    `act_hist_edges` are the activation-histogram bin edges shared by all features of that
+    dictionary (log10-spaced); `run`: free-form run info (model `act_fn`, `n_params`,
+    `val_loss`, `unigram_val_loss`, `metrics` per dictionary, ...); `tables`: every table's
+    relative path with its row count, which the reader checks.
+
+`vocab.parquet` — one row per token id
+    `token_id` int32, `display` string.
+
+`metrics.parquet` — one row per dictionary, in dictionary order
+    `dictionary`, `n_features`, `l0` (mean active features per token), `mse`, `fvu`
+    (fraction of variance unexplained), `ce_loss_recovered` ((CE_zero_abl − CE_dict) /
+    (CE_zero_abl − CE_clean)), `ce_loss_recovered_mean_ablation`, `kl_div`, `dead_fraction`
+    (never fired on `dead_eval_tokens` evaluation tokens), `dead_eval_tokens`, `n_ultralow`,
+    `n_dense`, `recipe`, then whatever extra columns the stats stage added. Missing values
+    are null.
+
+`density_histograms.parquet` — the log10 feature-density histogram of each dictionary
+    `dictionary`, `bin_lo`, `bin_hi` (log10 of the share of tokens a feature fires on),
+    `count` (features in [bin_lo, bin_hi)). Dead features (density 0) are in no bin.
+
+`splits.parquet` — feature-splitting edges between features of adjacent sizes
+    `dictionary_a`, `index_a`, `dictionary_b`, `index_b` (a is the smaller dictionary),
+    `masked_cosine` (max of the activation cosines over where a fires and where b fires),
+    `decoder_cosine`, `family_id` (the connected group the edge belongs to).
+
+`families.parquet` — members of each family (a connected group of split edges)
+    `family_id`, `dictionary`, `index`; sorted by family, then dictionary order, then index.
+
+`umap.parquet` — joint 2-D UMAP of all dictionaries' decoder directions
+    `dictionary`, `index`, `x`, `y`, `density`.
+
+`features/dictionary=<name>/part-0.parquet` — one row per feature, sorted by `index`
+    `index` int32; `n_active` int64 (tokens with activation > 0); `density` float64
+    (n_active / n_tokens); `mean_act` (over active tokens), `max_act` float32;
+    `density_class` string (dead / ultralow / normal / dense, see `records.DENSITY_CLASSES`);
+    `act_hist_counts` list<int64> (counts per `act_hist_edges` bin of the manifest);
+    `interval_counts` list<int64> (11: active activations in each of the equal-width
+    intervals over (0, max_act]; the last is closed); `logit_hist_edges` list<float32>,
+    `logit_hist_counts` list<int64> (histogram of all d_vocab logit weights);
+    `top_tokens` string (display forms of the top examples' centre tokens, for search);
+    `top_logits` string (display forms of the largest logit weights); `examples_offset`
+    int64 and `n_examples` int32 (the feature's row range in its examples table).
+
+`examples/dictionary=<name>/part-0.parquet` — example windows, sorted by
+    (`feature`, `kind`, `rank`), row groups holding at most `EXAMPLE_FEATURES_PER_ROW_GROUP`
+    features each, so one feature's rows come from one row-group read
+    `feature` int32; `kind` int8 (`KIND_TOP` = −1 for top-k, 0..10 for the interval the
+    example was drawn from uniformly); `rank` int16 (0 = highest for top-k; draw order for
+    intervals); `seq_id` int64 (row of the tokens table); `position` int32 (of the drawn
+    token in its sequence); `center` int16 (index of that token in the window); `act`
+    float32; `token_ids` list<int32>, `acts` list<float32> (the feature's activation at each
+    window token), `ablation` list<float32> (Δ log p(next token) when the feature is
+    removed; 0 where inactive, NaN at the last position; see `records`).
+
+`logits/dictionary=<name>/part-0.parquet` — top and bottom logit weights d_i·W_out·W_U
+    `feature` int32, `side` string (`top` largest first, `bottom` most negative first),
+    `rank` int16, `token_id` int32, `value` float32; sorted by (feature, side, rank).
+
+`neighbours/dictionary=<name>/part-0.parquet` — nearby units by direction cosine
+    `feature` int32; `relation` string (`neighbour`: same dictionary, decoder cosine, self
+    excluded; `aligned_neuron`: W_out rows by |cosine|; `counterpart`: nearest features of
+    another dictionary); `neighbour_dictionary` string; `rank` int16; `neighbour_index`
+    int32; `cosine` float32; sorted by (feature, relation, dictionary order, rank).
+"""
+
+from __future__ import annotations
+
+import re
+
+SCHEMA_VERSION = 1  # bump on any change a reader of the previous version would misread
+
+MANIFEST = "manifest.json"
+VOCAB = "vocab.parquet"
+METRICS = "metrics.parquet"
+DENSITY_HISTOGRAMS = "density_histograms.parquet"
+SPLITS = "splits.parquet"
+FAMILIES = "families.parquet"
+UMAP = "umap.parquet"
+
+FEATURES = "features"  # per-dictionary tables: <table>/dictionary=<name>/part-0.parquet
+EXAMPLES = "examples"
+LOGITS = "logits"
+NEIGHBOURS = "neighbours"
+PER_DICTIONARY_TABLES = (FEATURES, EXAMPLES, LOGITS, NEIGHBOURS)
+
+KIND_TOP = -1  # examples.kind for top-k examples; 0..N_INTERVALS-1 for interval samples
+LOGIT_SIDES = ("top", "bottom")
+RELATIONS = ("neighbour", "aligned_neuron", "counterpart")  # the sort order in neighbours
+DICTIONARY_KINDS = ("neurons", "sae")
+
+# One feature page reads one row group: bounded features per group keep that read small
+# (tens of kilobytes) however large the dictionary; benchmarks/store_read.py measures it.
+EXAMPLE_FEATURES_PER_ROW_GROUP = 16
+
+# Ultralow / dense thresholds on density, as in records.DENSITY_CLASSES.
+ULTRALOW_DENSITY = 1e-5
+DENSE_DENSITY = 1e-1
+
+# Columns metrics.parquet always has, in this order; extra ones follow.
+METRIC_COLUMNS = ("dictionary", "n_features", "l0", "mse", "fvu", "ce_loss_recovered",
+                  "ce_loss_recovered_mean_ablation", "kl_div", "dead_fraction",
+                  "dead_eval_tokens", "n_ultralow", "n_dense", "recipe")
+
+# Dictionary names become folder names (hive partitions): keep them to a safe alphabet.
+DICTIONARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def dictionary_name(n_features: int) -> str:
+    """The name of the SAE dictionary with `n_features` features, e.g. `sae_2048`."""
+    return f"sae_{n_features}"
+
+
+def partition_path(table: str, dictionary: str) -> str:
+    """Relative path of one dictionary's file of a per-dictionary table."""
+    return f"{table}/dictionary={dictionary}/part-0.parquet"
