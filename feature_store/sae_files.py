@@ -1,0 +1,65 @@
+"""An SAE on disk: `sae/<d_sae>/sae.safetensors` + `sae/<d_sae>/config.json`.
+
+Tensors (float32): `W_enc` [d_sae, d_in], `b_enc` [d_sae], `W_dec` [d_sae, d_in] (row i is
+feature i's decoder direction d_i), `b_dec` [d_in]. The SAE works on inputs scaled by
+`input_scale` (chosen so the training activations have mean norm sqrt(d_in), Anthropic's 2024
+convention, so one learning rate and one λ suit any model); the reconstruction of an unscaled
+activation x is `decode(encode(x)) / input_scale`.
+
+    f = act(W_enc (s·x − b_dec) + b_enc),   s·x̂ = W_dec^T f + b_dec
+
+with act = ReLU (`l1`, `l1-unit`) or "keep the k largest, then ReLU" (`topk`). Lives in
+`feature_store/` because the stats stage and the dashboard's prompt explorer both load SAEs
+and neither may import the other's package. torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    d_in: int
+    d_sae: int
+    recipe: str  # topk | l1 | l1-unit
+    k: int  # active features per token for topk; 0 otherwise
+    input_scale: float
+    hook_name: str = "blocks.0.mlp.hook_post"
+
+
+def save_sae(folder: Path, spec: SaeSpec, tensors: dict[str, Any], extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu").float().contiguous() for k, v in tensors.items()},
+              str(folder / "sae.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**asdict(spec), **(extra or {})}, indent=2) + "\n",
+                                        encoding="utf-8")
+
+
+def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    spec = SaeSpec(**{k: raw[k] for k in SaeSpec.__dataclass_fields__})
+    return spec, load_file(str(folder / "sae.safetensors"), device=device)
+
+
+def encode(spec: SaeSpec, tensors: dict[str, Any], x):
+    """Feature activations [..., d_sae] for unscaled activations x [..., d_in] (dense tensor)."""
+    import torch
+
+    pre = (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
+    if spec.recipe == "topk":
+        vals, idx = pre.topk(spec.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+    return pre.relu()
+
+
+def decode(spec: SaeSpec, tensors: dict[str, Any], f):
+    """The reconstruction in the original (unscaled) activation space."""
+    return (f @ tensors["W_dec"] + tensors["b_dec"]) / spec.input_scale

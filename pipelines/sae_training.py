@@ -1,0 +1,223 @@
+"""A sparse autoencoder with a hand-written backward pass that only touches active features.
+
+Why by hand: with L0 ≈ 30 of thousands of features, everything but the encoder's dense
+`x @ W_enc^T` is sparse. Autograd (SAELens' way) computes the decoder and both backward
+matmuls densely: ~10 of the 12·d_in·d_sae FLOPs per activation are multiplications by zero.
+Here the decoder is a CSR @ dense product, the gradient with respect to the active codes is a
+sampled dense-dense product (`torch.sparse.sampled_addmm`), and the weight gradients are
+transposed-CSR @ dense products, so a step costs about one dense matmul plus a top-k.
+
+Recipes (DESIGN.md, "Facts from the field"):
+- `topk` (OpenAI 2024): keep the k largest pre-activations, ReLU them; loss = MSE + α·AuxK,
+  where AuxK reconstructs the residual error from the top `aux_k` *dead* features so they get
+  gradient and come back. Decoder rows unit norm (gradient projected, renormalised each step).
+- `l1-unit` (Towards Monosemanticity 2023): ReLU; loss = MSE + λ·Σf; unit-norm decoder rows;
+  dead features resampled (inputs drawn ∝ squared reconstruction error, Adam state reset).
+- `l1` (Anthropic's 2024 update): ReLU; loss = MSE + λ·Σ f_i·‖d_i‖; decoder unconstrained;
+  λ warmed up; gradient norm clipped.
+
+Inputs arrive already scaled to mean norm sqrt(d_in) (see `feature_store.sae_files`). MSE is
+the per-token squared error summed over d_in, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepStats:
+    mse: float
+    l0: float
+    aux: float
+    n_dead: int
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, cols, vals, size=shape, check_invariants=False)
+
+
+class SparseCodes:
+    """A batch's active codes as CSR [B, d_sae] plus its transpose structure, built once per step
+    and shared by the forward pass and both weight gradients."""
+
+    def __init__(self, crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, d_sae: int):
+        self.cols, self.vals, self.shape = cols, vals, (n_rows, d_sae)
+        self.csr = _csr(crow, cols, vals, self.shape)
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=cols.device), crow.diff())
+        self.order = torch.argsort(cols, stable=True)
+        self.rows_t = rows[self.order]
+        self.crow_t = torch.zeros(d_sae + 1, dtype=crow.dtype, device=cols.device)
+        self.crow_t[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+
+    @classmethod
+    def topk(cls, pre: torch.Tensor, k: int) -> "SparseCodes":
+        vals, idx = pre.topk(k, dim=1, sorted=False)
+        n = pre.shape[0]
+        crow = torch.arange(0, n * k + 1, k, device=pre.device)
+        return cls(crow, idx.reshape(-1), vals.reshape(-1).clamp_min(0), n, pre.shape[1])
+
+    @classmethod
+    def relu(cls, pre: torch.Tensor) -> "SparseCodes":
+        csr = pre.clamp_min(0).to_sparse_csr()
+        return cls(csr.crow_indices(), csr.col_indices(), csr.values(), pre.shape[0], pre.shape[1])
+
+    def transpose_times(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(codes with `values` in place of the activations)^T @ dense: [d_sae, d]."""
+        return torch.sparse.mm(_csr(self.crow_t, self.rows_t, values[self.order], (self.shape[1], self.shape[0])),
+                               dense)
+
+    def sampled(self, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
+        """(left @ right_t) at the active entries only, in CSR value order."""
+        return torch.sparse.sampled_addmm(self.csr, left, right_t, beta=0.0).values()
+
+    def column_sums(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.shape[1], dtype=values.dtype, device=values.device).index_add_(0, self.cols, values)
+
+
+class SparseAutoencoder:
+    def __init__(self, d_in: int, d_sae: int, recipe: str, *, k: int = 0, lr: float = 1e-3,
+                 l1_coefficient: float = 0.0, aux_k: int = 256, aux_coefficient: float = 1 / 32,
+                 aux_batch_fraction: float = 0.25, dead_window: int = 200_000, grad_clip: float = 1.0,
+                 b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu"):
+        self.d_in, self.d_sae, self.recipe, self.k = d_in, d_sae, recipe, k
+        self.l1_coefficient, self.aux_k, self.aux_coefficient = l1_coefficient, aux_k, aux_coefficient
+        self.aux_batch_fraction, self.dead_window, self.grad_clip = aux_batch_fraction, dead_window, grad_clip
+        self.unit_norm = recipe in ("topk", "l1-unit")
+        gen = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(d_sae, d_in, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if recipe == "l1":
+            W_dec *= 0.1  # Anthropic 2024: small decoder norms at init, encoder = decoder^T
+        self.W_enc = W_dec.clone().to(device).requires_grad_(True)  # tied init: features start aligned
+        self.W_dec = W_dec.to(device).requires_grad_(True)
+        self.b_enc = torch.zeros(d_sae, device=device).requires_grad_(True)
+        init = b_dec_init if b_dec_init is not None else torch.zeros(d_in)
+        self.b_dec = init.clone().float().to(device).requires_grad_(True)
+        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999))
+        self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+
+    # ---------------------------------------------------------------- forward
+    def encode_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, SparseCodes]:
+        xc = x - self.b_dec
+        pre = torch.addmm(self.b_enc, xc, self.W_enc.T)
+        codes = SparseCodes.topk(pre, self.k) if self.recipe == "topk" else SparseCodes.relu(pre)
+        return xc, pre, codes
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.dead_window
+
+    # ---------------------------------------------------------------- one step
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, lr: float, l1_scale: float = 1.0) -> StepStats:
+        """One Adam step on a batch of scaled activations x [B, d_in]."""
+        batch = x.shape[0]
+        W_enc, W_dec = self.W_enc, self.W_dec
+        xc, pre, codes = self.encode_codes(x)
+        x_hat = torch.sparse.mm(codes.csr, W_dec) + self.b_dec
+        err = x_hat - x
+        mse = float((err * err).sum(1).mean())
+        g = err * (2.0 / batch)  # d loss / d x_hat
+
+        g_codes = codes.sampled(g, W_dec.T)  # d loss / d f at active entries
+        active = codes.vals > 0
+        grad_dec_extra = None
+        if self.recipe == "l1-unit":
+            g_codes = g_codes + self.l1_coefficient * l1_scale / batch
+        elif self.recipe == "l1":
+            norms = W_dec.norm(dim=1)
+            g_codes = g_codes + (self.l1_coefficient * l1_scale / batch) * norms[codes.cols]
+            coeff = codes.column_sums(codes.vals) * (self.l1_coefficient * l1_scale / batch)
+            grad_dec_extra = (coeff / norms.clamp_min(1e-8)).unsqueeze(1) * W_dec
+        g_pre = g_codes * active
+
+        dW_dec = codes.transpose_times(codes.vals, g)
+        dW_enc = codes.transpose_times(g_pre, xc)
+        g_pre_sum = codes.column_sums(g_pre)
+        db_enc = g_pre_sum
+        db_dec = g.sum(0) - g_pre_sum @ W_enc
+        if grad_dec_extra is not None:
+            dW_dec += grad_dec_extra
+
+        fired = torch.bincount(codes.cols[active], minlength=self.d_sae) > 0
+        self.since_fired += batch
+        self.since_fired[fired] = 0
+
+        aux = 0.0
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if self.recipe == "topk" and n_dead > 0 and self.aux_coefficient > 0:
+            aux = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
+
+        if self.unit_norm:  # only the component that changes direction, not length
+            dW_dec -= (dW_dec * W_dec).sum(1, keepdim=True) * W_dec
+        for param, grad in zip(self.params, (dW_enc, db_enc, dW_dec, db_dec)):
+            param.grad = grad
+        if self.recipe == "l1":
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.unit_norm:
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+        return StepStats(mse=mse, l0=float(active.sum()) / batch, aux=aux, n_dead=n_dead)
+
+    def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> float:
+        """AuxK: the top dead features reconstruct the main residual (on a sub-batch)."""
+        sub = max(1, int(pre.shape[0] * self.aux_batch_fraction))
+        k_aux = min(self.aux_k, n_dead)
+        codes = SparseCodes.topk(pre[:sub].masked_fill(~dead, float("-inf")), k_aux)
+        codes.vals.nan_to_num_(0.0, neginf=0.0)
+        residual = -err[:sub]
+        rec = torch.sparse.mm(codes.csr, self.W_dec)
+        diff = rec - residual
+        loss = float((diff * diff).sum(1).mean()) * self.aux_coefficient
+        g = diff * (2.0 * self.aux_coefficient / sub)
+        g_pre = codes.sampled(g, self.W_dec.T) * (codes.vals > 0)
+        dW_dec += codes.transpose_times(codes.vals, g)
+        dW_enc += codes.transpose_times(g_pre, xc[:sub])
+        g_pre_sum = codes.column_sums(g_pre)
+        db_enc += g_pre_sum
+        db_dec -= g_pre_sum @ self.W_enc
+        return loss
+
+    # ---------------------------------------------------------------- resampling
+    @torch.no_grad()
+    def resample_dead(self, x: torch.Tensor, generator: torch.Generator) -> int:
+        """Towards Monosemanticity's resampling, on the batch x (scaled inputs).
+
+        Pick inputs ∝ squared reconstruction loss: what the dictionary explains worst is the
+        direction it lacks. The dead decoder row becomes that input (unit norm), the encoder
+        row the same direction at 0.2× the mean alive encoder norm, the bias 0, and Adam's
+        moments for those rows are reset so stale momentum does not undo the new direction."""
+        dead = self.dead_mask().nonzero().squeeze(1)
+        if len(dead) == 0:
+            return 0
+        _, _, codes = self.encode_codes(x)
+        x_hat = torch.sparse.mm(codes.csr, self.W_dec) + self.b_dec
+        loss = ((x_hat - x) ** 2).sum(1)
+        weights = (loss ** 2).cpu().double()
+        if float(weights.sum()) <= 0:
+            return 0
+        picks = torch.multinomial(weights, len(dead), replacement=len(dead) > len(x), generator=generator)
+        directions = x[picks.to(x.device)] - self.b_dec
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        alive = ~self.dead_mask()
+        enc_norm = float(self.W_enc[alive].norm(dim=1).mean()) if alive.any() else 1.0
+        self.W_dec[dead] = directions * (1.0 if self.unit_norm else float(self.W_dec[alive].norm(dim=1).mean()))
+        self.W_enc[dead] = directions * (0.2 * enc_norm)
+        self.b_enc[dead] = 0.0
+        for param in (self.W_enc, self.W_dec, self.b_enc):
+            state = self.optimizer.state.get(param)
+            if state:
+                state["exp_avg"][dead] = 0.0
+                state["exp_avg_sq"][dead] = 0.0
+        self.since_fired[dead] = 0
+        return len(dead)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"W_enc": self.W_enc.detach(), "b_enc": self.b_enc.detach(),
+                "W_dec": self.W_dec.detach(), "b_dec": self.b_dec.detach()}
