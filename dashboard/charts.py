@@ -1,0 +1,230 @@
+"""Plotly figures built from store records and frames; no Streamlit calls, so they test and
+time on their own.
+
+Points that open a feature carry `customdata = [dictionary, index]`; `picked_feature` reads
+that back from a `st.plotly_chart(..., on_select="rerun")` event. Token text reaches plotly
+only as hover text, which plotly renders as text (it supports a few tags, so it is escaped
+too, once, via `hover_text`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative, sample_colorscale
+
+from feature_store.records import NEURONS, Family, FeatureRecord
+
+INTERVAL_COLOURS = sample_colorscale("Oranges", list(np.linspace(0.25, 1.0, 11)))
+MARGIN = dict(l=10, r=10, t=36, b=10)
+
+
+def dictionary_colours(names: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per dictionary, in store order, shared by every chart."""
+    palette = qualitative.Plotly
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def hover_text(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def density_histograms_figure(hist: pd.DataFrame, order: Sequence[str]) -> go.Figure:
+    """log10 feature density, one step line per dictionary: the ultralow cluster shows up as
+    a separate bump on the left."""
+    colours = dictionary_colours(order)
+    fig = go.Figure()
+    for name in order:
+        rows = hist[hist["dictionary"] == name].sort_values("bin_lo")
+        if rows.empty:
+            continue
+        centres = (rows["bin_lo"].to_numpy() + rows["bin_hi"].to_numpy()) / 2
+        fig.add_trace(go.Scatter(x=centres, y=rows["count"], name=name, mode="lines",
+                                 line=dict(shape="hvh", color=colours[name], width=2),
+                                 hovertemplate=f"{name}<br>log10 density %{{x:.2f}}"
+                                               "<br>%{y} features<extra></extra>"))
+    fig.update_layout(title="Feature density (dead features excluded)", height=320,
+                      margin=MARGIN, xaxis_title="log10 density (share of tokens)",
+                      yaxis_title="features", legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def ce_recovered_figure(metrics: pd.DataFrame, order: Sequence[str]) -> go.Figure:
+    """CE loss recovered against dictionary size (SAEs only: the neurons are the identity)."""
+    colours = dictionary_colours(order)
+    saes = metrics[metrics["dictionary"] != NEURONS].copy()
+    saes = saes[pd.to_numeric(saes["ce_loss_recovered"], errors="coerce").notna()]
+    saes = saes.sort_values("n_features")
+    fig = go.Figure(go.Scatter(
+        x=saes["n_features"], y=saes["ce_loss_recovered"], mode="lines+markers+text",
+        text=[f"{v:.1%}" for v in saes["ce_loss_recovered"]], textposition="top center",
+        marker=dict(size=10, color=[colours.get(n, "#444") for n in saes["dictionary"]]),
+        line=dict(color="#999"), customdata=saes["dictionary"],
+        hovertemplate="%{customdata}: %{y:.1%} of the MLP's loss recovered<extra></extra>"))
+    fig.update_layout(title="CE loss recovered vs size", height=320, margin=MARGIN,
+                      xaxis=dict(type="log", title="features", tickvals=list(saes["n_features"])),
+                      yaxis=dict(title="CE loss recovered", tickformat=".0%"))
+    return fig
+
+
+def activation_histogram_figure(record: FeatureRecord) -> go.Figure:
+    """The active values on a log10 axis, each bar coloured by which of the 11 equal-width
+    intervals its centre lies in, so the interval examples below can be placed on it."""
+    edges = np.asarray(record.act_histogram.edges, dtype=float)
+    counts = np.asarray(record.act_histogram.counts)
+    fig = go.Figure()
+    if edges.size >= 2 and counts.sum() > 0:
+        log_axis = bool(edges[0] > 0)
+        x_edges = np.log10(edges) if log_axis else edges
+        centres_value = np.sqrt(edges[:-1] * edges[1:]) if log_axis else (edges[:-1] + edges[1:]) / 2
+        interval = _interval_of(centres_value, record)
+        fig.add_trace(go.Bar(
+            x=(x_edges[:-1] + x_edges[1:]) / 2, y=counts, width=np.diff(x_edges),
+            marker=dict(color=[INTERVAL_COLOURS[i] for i in interval], line=dict(width=0)),
+            customdata=np.stack([edges[:-1], edges[1:], interval + 1], axis=1),
+            hovertemplate="act %{customdata[0]:.3g}–%{customdata[1]:.3g}<br>%{y} tokens"
+                          "<br>interval %{customdata[2]}<extra></extra>"))
+        fig.update_xaxes(title="log10 activation" if log_axis else "activation")
+    fig.update_layout(title="Activation histogram (colour = interval)", height=230,
+                      margin=MARGIN, yaxis_title="tokens", bargap=0, showlegend=False)
+    return fig
+
+
+def _interval_of(values: np.ndarray, record: FeatureRecord) -> np.ndarray:
+    if record.max_act <= 0 or not record.intervals:
+        return np.zeros(values.shape, dtype=int)
+    n = len(record.intervals)
+    return np.clip((values / record.max_act * n).astype(int), 0, n - 1)
+
+
+def logit_histogram_figure(record: FeatureRecord) -> go.Figure:
+    """All d_vocab logit weights: a long tail on the right means a few tokens are boosted."""
+    edges = np.asarray(record.logit_histogram.edges, dtype=float)
+    counts = np.asarray(record.logit_histogram.counts)
+    fig = go.Figure()
+    if edges.size >= 2:
+        centres = (edges[:-1] + edges[1:]) / 2
+        fig.add_trace(go.Bar(x=centres, y=counts, width=np.diff(edges),
+                             marker=dict(color=np.where(centres >= 0, "#1f77b4", "#d62728"),
+                                         line=dict(width=0)),
+                             hovertemplate="weight %{x:.3f}<br>%{y} tokens<extra></extra>"))
+    fig.update_layout(title="Logit weights, all tokens", height=200, margin=MARGIN,
+                      bargap=0, showlegend=False, yaxis_title="tokens")
+    return fig
+
+
+def family_graph_figure(family: Family, order: Sequence[str],
+                        chosen: tuple[str, int]) -> go.Figure:
+    """Members laid out in columns by size, edges drawn with width and opacity by masked
+    cosine; node hover shows the member, edge midpoints show both cosines."""
+    layers = [name for name in order if any(m[0] == name for m in family.members)]
+    members_by_layer = {name: sorted(i for d, i in family.members if d == name)
+                        for name in layers}
+    position: dict[tuple[str, int], tuple[float, float]] = {}
+    for x, name in enumerate(layers):
+        column = members_by_layer[name]
+        for rank, index in enumerate(column):
+            position[(name, index)] = (x, rank - (len(column) - 1) / 2)
+    fig = go.Figure()
+    mids_x, mids_y, mids_text = [], [], []
+    for edge in family.edges:
+        a, b = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
+        if a not in position or b not in position:
+            continue
+        (xa, ya), (xb, yb) = position[a], position[b]
+        strength = max(0.0, min(1.0, edge.masked_cosine))
+        fig.add_trace(go.Scatter(x=[xa, xb], y=[ya, yb], mode="lines", hoverinfo="skip",
+                                 line=dict(width=1 + 5 * strength,
+                                           color=f"rgba(90,90,90,{0.25 + 0.6 * strength:.2f})"),
+                                 showlegend=False))
+        mids_x.append((xa + xb) / 2)
+        mids_y.append((ya + yb) / 2)
+        mids_text.append(f"{a[0]} #{a[1]} – {b[0]} #{b[1]}<br>masked cosine "
+                         f"{edge.masked_cosine:.2f}<br>decoder cosine {edge.decoder_cosine:.2f}")
+    fig.add_trace(go.Scatter(x=mids_x, y=mids_y, mode="markers", text=mids_text,
+                             marker=dict(size=6, color="rgba(90,90,90,0.35)"),
+                             hovertemplate="%{text}<extra></extra>", showlegend=False))
+    colours = dictionary_colours(order)
+    keys = list(position)
+    fig.add_trace(go.Scatter(
+        x=[position[k][0] for k in keys], y=[position[k][1] for k in keys],
+        mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="middle right",
+        customdata=[[k[0], k[1]] for k in keys],
+        marker=dict(size=[22 if k == tuple(chosen) else 15 for k in keys],
+                    color=[colours.get(k[0], "#444") for k in keys],
+                    line=dict(width=[3 if k == tuple(chosen) else 1 for k in keys],
+                              color="black")),
+        hovertemplate="%{customdata[0]} #%{customdata[1]}<br>click to open<extra></extra>",
+        showlegend=False))
+    height = max(260, 60 * max(len(c) for c in members_by_layer.values()) + 80)
+    fig.update_layout(title=f"Family {family.family_id}: {len(family.members)} features, "
+                            f"{len(family.edges)} edges (masked cosine)",
+                      height=height, margin=MARGIN, clickmode="event+select", dragmode=False,
+                      xaxis=dict(tickvals=list(range(len(layers))), ticktext=layers,
+                                 range=[-0.4, len(layers) - 0.4], showgrid=False),
+                      yaxis=dict(visible=False))
+    return fig
+
+
+def umap_figure(points: pd.DataFrame, order: Sequence[str],
+                highlight: Sequence[tuple[str, int]] = ()) -> go.Figure:
+    """All dictionaries' decoder directions in one 2-D map, coloured by dictionary; the
+    highlighted features (a family) drawn on top with a black ring."""
+    colours = dictionary_colours(order)
+    fig = go.Figure()
+    for name in order:
+        rows = points[points["dictionary"] == name]
+        if rows.empty:
+            continue
+        fig.add_trace(go.Scattergl(
+            x=rows["x"], y=rows["y"], mode="markers", name=name,
+            marker=dict(size=4, color=colours[name], opacity=0.55),
+            customdata=np.stack([rows["dictionary"].to_numpy(object),
+                                 rows["index"].to_numpy(object)], axis=1),
+            hovertemplate="%{customdata[0]} #%{customdata[1]}<extra></extra>"))
+    if highlight:
+        keys = set(map(tuple, highlight))
+        marked = points[[(d, int(i)) in keys
+                         for d, i in zip(points["dictionary"], points["index"])]]
+        fig.add_trace(go.Scatter(
+            x=marked["x"], y=marked["y"], mode="markers", name="this family",
+            marker=dict(size=11, color=[colours.get(d, "#444") for d in marked["dictionary"]],
+                        line=dict(width=2, color="black")),
+            customdata=np.stack([marked["dictionary"].to_numpy(object),
+                                 marked["index"].to_numpy(object)], axis=1)
+            if len(marked) else None,
+            hovertemplate="%{customdata[0]} #%{customdata[1]}<extra></extra>"))
+    fig.update_layout(title="Joint UMAP of decoder directions", height=520, margin=MARGIN,
+                      clickmode="event+select", legend=dict(orientation="h", y=-0.08),
+                      xaxis=dict(showticklabels=False, title=None),
+                      yaxis=dict(showticklabels=False, title=None))
+    return fig
+
+
+def picked_feature(event: Any) -> tuple[str, int] | None:
+    """The (dictionary, index) of the first selected point that carries one."""
+    try:
+        points = event.selection.points
+    except AttributeError:
+        return None
+    for point in points or ():
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) == 2:
+            try:
+                return str(data[0]), int(data[1])
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

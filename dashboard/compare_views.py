@@ -1,0 +1,31 @@
+"""Compare sizes: one feature beside its nearest counterpart in every other dictionary."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import feature_views, store_access
+from feature_store.records import FeatureRecord, Neighbour
+
+
+def ordered_counterparts(record: FeatureRecord) -> list[tuple[str, Neighbour, tuple[Neighbour, ...]]]:
+    """(dictionary, nearest, runners-up) per other dictionary, most similar first."""
+    rows = [(other, found[0], found[1:]) for other, found in record.counterparts if found]
+    return sorted(rows, key=lambda row: -row[1].cosine)
+
+
+def columns(path: str, record: FeatureRecord) -> None:
+    counterparts = ordered_counterparts(record)
+    if not counterparts:
+        st.info(f"The store holds no counterparts of {record.dictionary} #{record.index} in "
+                "other dictionaries.")
+    cols = st.columns(1 + len(counterparts), gap="small")
+    with cols[0]:
+        feature_views.compact_column(record, "the feature asked about")
+    for col, (other, nearest, rest) in zip(cols[1:], counterparts):
+        with col:
+            found = store_access.feature(path, other, nearest.index)
+            runners = ", ".join(f"#{n.index} ({n.cosine:.2f})" for n in rest[:3])
+            feature_views.compact_column(
+                found, f"decoder cosine {nearest.cosine:.2f}"
+                       + (f" · next: {runners}" if runners else ""))

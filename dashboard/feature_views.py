@@ -1,0 +1,157 @@
+"""The parts of a feature page, each taking a `FeatureRecord` and drawing one section.
+
+The page script (`pages/feature.py`) only parses the URL and calls these in order; the
+compare-sizes page reuses `compact_column`. All token text goes through `token_html`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from dashboard import charts, links, store_access, token_html
+from feature_store.records import FeatureRecord, Neighbour
+
+N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
+
+
+def density_text(record: FeatureRecord) -> str:
+    if record.density <= 0:
+        return "never fires"
+    return f"{record.density:.2e} (1 in {1 / record.density:,.0f} tokens)"
+
+
+def header(record: FeatureRecord) -> None:
+    """Title, the numbers that classify the feature, and where to go next."""
+    st.markdown(f"### {record.dictionary} · feature {record.index} "
+                f"<span style='font-size:0.8rem;color:#777'>of {record.n_features:,}</span>",
+                unsafe_allow_html=True)
+    cols = st.columns([1.4, 1, 1, 1, 1])
+    cols[0].metric("density", density_text(record),
+                   help="Share of tokens on which the activation is > 0.")
+    cols[1].metric("class", record.density_class,
+                   help="dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1")
+    cols[2].metric("active tokens", f"{record.n_active:,}",
+                   help=f"of {record.n_tokens:,} tokens the statistics cover")
+    cols[3].metric("mean act", f"{record.mean_act:.3f}", help="over active tokens")
+    cols[4].metric("max act", f"{record.max_act:.3f}")
+    nav = st.columns(6)
+    with nav[0]:
+        if record.index > 0:
+            links.feature_link(record.dictionary, record.index - 1, "← previous")
+    with nav[1]:
+        if record.index + 1 < record.n_features:
+            links.feature_link(record.dictionary, record.index + 1, "next →")
+    with nav[2]:
+        links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
+    with nav[3]:
+        links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
+    with nav[4]:
+        st.markdown(f"[Score it ↗]({links.score_url(record.dictionary, record.index)})",
+                    help="The scoring page arrives in a later release.")
+    with nav[5]:
+        links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
+
+
+def logits(record: FeatureRecord) -> None:
+    """Top raised and lowered next-token logits side by side, then all of them."""
+    scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
+    up, down = st.columns(2)
+    up.markdown("**Raises** (d·W_out·W_U)")
+    up.html(token_html.logit_table_html(record.top_logits, scale, raises=True))
+    down.markdown("**Lowers**")
+    down.html(token_html.logit_table_html(record.bottom_logits, scale, raises=False))
+    st.plotly_chart(charts.logit_histogram_figure(record), config={"displayModeBar": False})
+
+
+def neighbour_links(title: str, neighbours: tuple[Neighbour, ...], absolute: bool = False) -> None:
+    """A wrap of small links, each with its cosine, so a split is visible at a glance."""
+    if not neighbours:
+        return
+    st.markdown(f"**{title}**")
+    shown = neighbours[:N_NEIGHBOUR_LINKS]
+    cols = st.columns(2)
+    for i, n in enumerate(shown):
+        with cols[i % 2]:
+            cosine = abs(n.cosine) if absolute else n.cosine
+            links.feature_link(n.dictionary, n.index, f"#{n.index} · {cosine:+.2f}"
+                               if not absolute else f"#{n.index} · |cos| {cosine:.2f}")
+
+
+def related(record: FeatureRecord) -> None:
+    """Aligned neurons, nearest features here and in every other size."""
+    if record.aligned_neurons:
+        neighbour_links("Aligned neurons", record.aligned_neurons, absolute=True)
+    neighbour_links(f"Nearest in {record.dictionary}", record.neighbours)
+    for other, neighbours in record.counterparts:
+        neighbour_links(f"Nearest in {other}", neighbours)
+
+
+def shading_mode() -> token_html.Mode:
+    """The toggle lives in the URL (`?shade=ablation`) so a shared link shows the same."""
+    on = st.toggle("Shade by ablation effect", value=st.query_params.get("shade") == "ablation",
+                   help="Colour each token by Δ log p(next token) when this feature is removed "
+                        "at it, instead of by the feature's activation.")
+    if on:
+        st.query_params["shade"] = "ablation"
+    elif "shade" in st.query_params:
+        del st.query_params["shade"]
+    return "ablation" if on else "activation"
+
+
+def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
+    """Top examples, then all 11 intervals (highest first), each with its share and range."""
+    everything = list(record.top_examples)
+    for interval in record.intervals:
+        everything.extend(interval.examples)
+    scale = token_html.ablation_scale(everything) if mode == "ablation" else record.max_act
+    st.html(token_html.legend_html(mode, scale))
+    st.markdown(f"**Top activations** ({len(record.top_examples)})")
+    st.html(token_html.examples_html(record.top_examples, mode, scale,
+                                     empty="This feature never fired."))
+    st.markdown(f"**{len(record.intervals)} equal-width intervals over (0, max act]**, "
+                "examples drawn uniformly from each")
+    for number, interval in reversed(list(enumerate(record.intervals, start=1))):
+        closing = "]" if number == len(record.intervals) else ")"
+        st.markdown(f"<div class='interval-head'><b>Interval {number}</b> · "
+                    f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
+                    f"<b>{interval.share:.1%}</b> of activations ({interval.count:,})</div>",
+                    unsafe_allow_html=True)
+        st.html(token_html.examples_html(interval.examples, mode, scale,
+                                         empty="no activations in this interval"))
+
+
+def activation_histogram(record: FeatureRecord) -> None:
+    st.plotly_chart(charts.activation_histogram_figure(record), config={"displayModeBar": False})
+
+
+def compact_column(record: FeatureRecord, caption: str, n_examples: int = 5,
+                   n_logits: int = 6, context: int = 6) -> None:
+    """One dictionary's feature in a narrow column: density, logits, top examples cropped
+    to a few tokens around the drawn one."""
+    links.feature_link(record.dictionary, record.index,
+                       f"{record.dictionary} #{record.index}")
+    st.caption(caption)
+    st.markdown(f"density {density_text(record)} · max {record.max_act:.2f} · "
+                f"{record.density_class}")
+    scale = max([abs(e.value) for e in record.top_logits[:n_logits]] or [0.0])
+    st.html(token_html.logit_table_html(record.top_logits[:n_logits], scale, raises=True))
+    st.html(token_html.examples_html(record.top_examples[:n_examples], "activation",
+                                     record.max_act, context=context,
+                                     empty="never fired"))
+
+
+def finite_or_dash(value: float, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def go_to(path: str, record: FeatureRecord, page: str) -> None:
+    """A small form to jump to another feature on the same page (the URL follows)."""
+    names = store_access.dictionaries(path)
+    with st.form(key=f"go_to_{page}", border=False):
+        a, b, c = st.columns([2, 1, 1], vertical_alignment="bottom")
+        dictionary = a.selectbox("dictionary", names, index=names.index(record.dictionary))
+        index = b.number_input("feature", min_value=0, value=record.index, step=1)
+        if c.form_submit_button("Go"):
+            links.open_feature(dictionary, int(index), page)

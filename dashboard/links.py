@@ -1,0 +1,47 @@
+"""Where each page lives and how to link to a feature, so every view is a shareable URL.
+
+Page files are registered in `app.py` under these url paths; links carry the view in query
+parameters (strings, as `st.query_params` holds them). Two kinds of link: `st.page_link`
+navigates inside the running session (fast, keeps caches warm in the browser), and plain
+URLs (`feature_url`) serve tables and charts that can only hold an href.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import streamlit as st
+
+OVERVIEW = "pages/overview.py"
+BROWSER = "pages/browser.py"
+FEATURE = "pages/feature.py"
+COMPARE = "pages/compare.py"
+SPLITTING = "pages/splitting.py"
+URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
+             COMPARE: "compare", SPLITTING: "splitting"}
+SCORE_URL_PATH = "score"  # the scoring page arrives with a later issue; links already point there
+
+
+def feature_params(dictionary: str, index: int) -> dict[str, str]:
+    return {"dictionary": dictionary, "feature": str(int(index))}
+
+
+def feature_url(dictionary: str, index: int, page: str = FEATURE) -> str:
+    """A relative URL (no leading slash) so it also works behind `server.baseUrlPath`."""
+    return f"{URL_PATHS.get(page, page)}?{urlencode(feature_params(dictionary, index))}"
+
+
+def score_url(dictionary: str, index: int) -> str:
+    return f"{SCORE_URL_PATH}?{urlencode(feature_params(dictionary, index))}"
+
+
+def feature_link(dictionary: str, index: int, label: str | None = None,
+                 page: str = FEATURE, help: str | None = None) -> None:
+    """An in-app link to a feature's view on `page`."""
+    st.page_link(page, label=label or f"{dictionary} #{index}", help=help,
+                 query_params=feature_params(dictionary, index))
+
+
+def open_feature(dictionary: str, index: int, page: str = FEATURE) -> None:
+    """Navigate now (after a table row or chart point was picked)."""
+    st.switch_page(page, query_params=feature_params(dictionary, index))

@@ -1,0 +1,89 @@
+"""Cached access to the feature store: the only way a page gets data.
+
+`open_store` shares one read-only `FeatureStore` per path across every session
+(`st.cache_resource`); the accessors below copy records and frames out of it
+(`st.cache_data`), so a page can never mutate what another user sees, and a repeated view
+of a feature costs a dictionary lookup. Every accessor takes the store path as its first
+argument so two stores (tests, a second run) never share cache entries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from feature_store.records import Family, FeatureRecord
+from feature_store.store import FeatureStore
+
+DEFAULT_STORE = "runs/tiny/store"  # what `make demo` builds
+BUILD_COMMANDS = ("make demo",
+                  "python -m pipelines run --preset tiny --run-dir runs/tiny")
+
+
+def store_path() -> str:
+    """The store this server shows: `FEATURE_STORE`, else the tiny demo run's store.
+
+    Read at call time, not import time, so tests can point it elsewhere per module."""
+    return str(Path(os.environ.get("FEATURE_STORE", DEFAULT_STORE)))
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(path: str) -> FeatureStore:
+    """One handle per store, shared by every session; treated as read-only."""
+    return FeatureStore.open(path)
+
+
+@st.cache_data(show_spinner=False)
+def dictionaries(path: str) -> list[str]:
+    """`neurons` first, then SAEs by size."""
+    return list(open_store(path).dictionaries())
+
+
+@st.cache_data(show_spinner=False)
+def dictionary_info(path: str, dictionary: str) -> dict:
+    return dict(open_store(path).dictionary_info(dictionary))
+
+
+@st.cache_data(show_spinner=False)
+def run_info(path: str) -> dict:
+    return dict(open_store(path).run_info())
+
+
+@st.cache_data(show_spinner=False)
+def metrics(path: str) -> pd.DataFrame:
+    return open_store(path).metrics()
+
+
+@st.cache_data(show_spinner=False)
+def density_histograms(path: str) -> pd.DataFrame:
+    return open_store(path).density_histograms()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def features(path: str, dictionary: str) -> pd.DataFrame:
+    """The per-feature summary table of one dictionary (one row per feature)."""
+    return open_store(path).features(dictionary)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def feature(path: str, dictionary: str, index: int) -> FeatureRecord:
+    return open_store(path).feature(dictionary, index)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def family(path: str, dictionary: str, index: int) -> Family | None:
+    return open_store(path).family(dictionary, index)
+
+
+@st.cache_data(show_spinner=False)
+def umap(path: str) -> pd.DataFrame:
+    return open_store(path).umap()
+
+
+@st.cache_data(show_spinner=False)
+def splits(path: str) -> pd.DataFrame:
+    """Every split edge between adjacent sizes (with `family_id`)."""
+    return open_store(path).splits()

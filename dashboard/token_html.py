@@ -1,0 +1,151 @@
+"""Token text to HTML: the one place untrusted corpus text is escaped.
+
+Every token string (example windows, logit tables) passes through `_text` exactly once, at
+the last step before it becomes HTML, so nothing is missed and nothing is escaped twice
+(`&amp;` in the corpus must show as `&amp;`, not `&`). Colours and numbers are computed
+here from floats, never from corpus text. Styling is inline so a block renders correctly
+even where the page-wide stylesheet (`TOKEN_CSS`) has not loaded.
+
+Two shadings:
+- activation: orange, alpha = act / scale (the feature's max activation, so windows on one
+  page compare);
+- ablation: diverging, from `Example.ablation` (Δ log p(next token) when the feature is
+  removed). Blue where the feature *raised* the log-probability of the next token (removing
+  it lowers it, Δ < 0), red where it lowered it; scale = largest |Δ| on the page.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from feature_store.records import Example, LogitEntry
+
+Mode = Literal["activation", "ablation"]
+
+ACT_RGB = (255, 127, 14)  # orange: plotly's second colour, readable under black text
+RAISE_RGB = (31, 119, 180)  # blue: feature raised log p(next token)
+LOWER_RGB = (214, 39, 40)  # red: feature lowered it
+
+TOKEN_CSS = """
+.tokens { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+          font-size: 0.82rem; line-height: 1.55; }
+.tokens .ex { white-space: nowrap; overflow-x: auto; padding: 1px 0;
+              border-bottom: 1px solid rgba(128,128,128,0.15); }
+.tokens .ex-act { display: inline-block; min-width: 3.6em; color: #777; margin-right: .4em;
+                  text-align: right; font-size: 0.75rem; }
+.tokens .tok { white-space: pre; border-radius: 2px; padding: 0 1px; }
+.tokens .tok.c { outline: 1.5px solid #333; }
+.tokens .tok:hover { outline: 1px solid #000; }
+.logits { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+          font-size: 0.8rem; border-collapse: collapse; width: 100%; }
+.logits td { padding: 0 4px; white-space: pre; }
+.logits td.v { text-align: right; color: #555; width: 4.5em; }
+.legend { font-size: 0.75rem; color: #666; }
+"""
+
+
+def _text(token: str) -> str:
+    """Escape untrusted token text; here and only here. Newlines would break the line."""
+    return html.escape(token.replace("\n", "↵").replace("\r", "⏎"), quote=True)
+
+
+def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f})"
+
+
+def activation_background(act: float, scale: float) -> str:
+    alpha = min(max(act / scale, 0.0), 1.0) if scale > 0 and math.isfinite(act) else 0.0
+    return _rgba(ACT_RGB, alpha) if alpha >= 0.01 else "transparent"
+
+
+def ablation_background(delta: float, scale: float) -> str:
+    """Δ < 0 (feature helped predict the next token) is blue, Δ > 0 red."""
+    if not math.isfinite(delta) or scale <= 0 or delta == 0:
+        return "transparent"
+    alpha = min(abs(delta) / scale, 1.0)
+    return _rgba(RAISE_RGB if delta < 0 else LOWER_RGB, alpha) if alpha >= 0.01 else "transparent"
+
+
+def token_span(text: str, background: str, title: str, centre: bool = False) -> str:
+    """One token: escaped text, its shade, and the numbers on hover (`title` holds no corpus
+    text, only numbers formatted here)."""
+    cls = "tok c" if centre else "tok"
+    return (f'<span class="{cls}" style="background:{background}" '
+            f'title="{html.escape(title, quote=True)}">{_text(text)}</span>')
+
+
+def _window(example: Example, context: int | None) -> range:
+    n = len(example.tokens)
+    if context is None:
+        return range(n)
+    return range(max(0, example.center - context), min(n, example.center + context + 1))
+
+
+def example_html(example: Example, mode: Mode, scale: float,
+                 context: int | None = None) -> str:
+    """One example window on one line, its activation at the drawn token in the margin."""
+    spans = []
+    for t in _window(example, context):
+        act = example.acts[t]
+        delta = example.ablation[t] if t < len(example.ablation) else math.nan
+        if mode == "ablation":
+            background = ablation_background(delta, scale)
+        else:
+            background = activation_background(act, scale)
+        delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
+        title = f"act {act:.3f} · Δ log p(next) {delta_text}"
+        spans.append(token_span(example.tokens[t], background, title, t == example.center))
+    return (f'<div class="ex"><span class="ex-act" title="activation at the outlined token">'
+            f'{example.act:.2f}</span>{"".join(spans)}</div>')
+
+
+def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
+                  context: int | None = None, empty: str = "no examples") -> str:
+    if not examples:
+        return f'<div class="tokens legend">{html.escape(empty)}</div>'
+    rows = "".join(example_html(e, mode, scale, context) for e in examples)
+    return f'<div class="tokens">{rows}</div>'
+
+
+def ablation_scale(examples: Iterable[Example]) -> float:
+    """Largest finite |Δ log p| over the examples, so one page shares one colour scale."""
+    largest = 0.0
+    for example in examples:
+        for delta in example.ablation:
+            if math.isfinite(delta) and abs(delta) > largest:
+                largest = abs(delta)
+    return largest
+
+
+def legend_html(mode: Mode, scale: float) -> str:
+    if mode == "ablation":
+        body = (f'<span class="tok" style="background:{_rgba(RAISE_RGB, 0.8)}">blue</span> '
+                f'the feature raised log p(next token), '
+                f'<span class="tok" style="background:{_rgba(LOWER_RGB, 0.8)}">red</span> '
+                f'lowered it (full colour = |Δ| {scale:.3f}); hover for values')
+    else:
+        body = (f'<span class="tok" style="background:{_rgba(ACT_RGB, 1.0)}">full orange</span>'
+                f' = max activation {scale:.3f}; outlined = the drawn token; hover for values')
+    return f'<div class="tokens legend">{body}</div>'
+
+
+def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool) -> str:
+    """Token / weight rows shaded by |weight|: blue for raised logits, red for lowered."""
+    rgb = RAISE_RGB if raises else LOWER_RGB
+    rows = []
+    for entry in entries:
+        alpha = min(abs(entry.value) / scale, 1.0) if scale > 0 else 0.0
+        rows.append(f'<tr><td><span class="tok" style="background:{_rgba(rgb, alpha * 0.7)}" '
+                    f'title="token id {int(entry.token_id)}">{_text(entry.token)}</span></td>'
+                    f'<td class="v">{entry.value:+.3f}</td></tr>')
+    return f'<table class="logits">{"".join(rows)}</table>'
+
+
+def inline_tokens_html(tokens: Iterable[str]) -> str:
+    """A compact run of plain token chips (e.g. top logits in a narrow column)."""
+    chips = " ".join(f'<span class="tok" style="background:rgba(128,128,128,0.15)">'
+                     f'{_text(t)}</span>' for t in tokens)
+    return f'<div class="tokens">{chips}</div>'

@@ -1,0 +1,94 @@
+"""Read the view from the URL, check it against the store, and stop with a clear page if not.
+
+Bad input never becomes a traceback or, worse, another feature shown in its place: a
+missing store, an unknown dictionary or an out-of-range index stops the page with one
+`st.error` naming the problem and the command that builds a store. What was asked for and
+found is written back to the URL, so the address bar is always a shareable link.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import streamlit as st
+
+from dashboard import store_access
+from feature_store.errors import FeatureNotFound, StoreError
+from feature_store.records import NEURONS, FeatureRecord
+
+
+def stop_with(problem: str, *, build_hint: bool = True) -> NoReturn:
+    """The one way a page gives up: say what is wrong, how to fix it, and stop."""
+    st.error(problem)
+    if build_hint:
+        st.markdown("Build a store with one of these, then reload (or set `FEATURE_STORE` "
+                    "to an existing store):")
+        st.code("\n".join(store_access.BUILD_COMMANDS), language="bash")
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop raises; this keeps type checkers honest
+
+
+def require_store() -> str:
+    """The store path, after checking it opens; otherwise a page saying how to build one."""
+    path = store_access.store_path()
+    try:
+        store_access.open_store(path)
+        store_access.dictionaries(path)
+    except (StoreError, OSError) as err:
+        stop_with(f"No usable feature store at `{path}`: {err}")
+    return path
+
+
+def default_dictionary(path: str) -> str:
+    """The smallest SAE: the first dictionary that is not the raw neurons, if any."""
+    names = store_access.dictionaries(path)
+    return next((n for n in names if n != NEURONS), names[0])
+
+
+def chosen_dictionary(path: str, default: str | None = None) -> str:
+    """`?dictionary=` if the store has it; absent means the default; unknown stops."""
+    names = store_access.dictionaries(path)
+    name = st.query_params.get("dictionary") or default or default_dictionary(path)
+    if name not in names:
+        stop_with(f"Unknown dictionary {name!r} in this store; it has {', '.join(names)}.",
+                  build_hint=False)
+    return name
+
+
+def chosen_index(path: str, dictionary: str, default: int = 0) -> int:
+    """`?feature=` as an in-range index; anything else stops with the valid range."""
+    n = int(store_access.dictionary_info(path, dictionary)["n_features"])
+    raw = st.query_params.get("feature")
+    if raw is None or raw == "":
+        return default
+    try:
+        index = int(raw)
+    except ValueError:
+        stop_with(f"Feature {raw!r} is not a number; {dictionary} has features 0 to {n - 1}.",
+                  build_hint=False)
+    if not 0 <= index < n:
+        stop_with(f"No feature {index} in {dictionary}: it has features 0 to {n - 1}.",
+                  build_hint=False)
+    return index
+
+
+def chosen_feature(path: str, default: tuple[str, int] | None = None) -> FeatureRecord:
+    """The feature the URL names (or `default`), loaded; the URL is rewritten to name it."""
+    dictionary = chosen_dictionary(path, default[0] if default else None)
+    fallback = default[1] if default and default[0] == dictionary else 0
+    index = chosen_index(path, dictionary, fallback)
+    try:
+        record = store_access.feature(path, dictionary, index)
+    except FeatureNotFound as err:
+        stop_with(f"No feature {index} in {dictionary}: {err}", build_hint=False)
+    except StoreError as err:
+        stop_with(f"The store at `{path}` could not give feature {dictionary} #{index}: {err}")
+    keep_in_url(dictionary=dictionary, feature=str(index))
+    return record
+
+
+def keep_in_url(**params: str) -> None:
+    """Write the view into the URL, leaving other parameters (e.g. the shading mode) alone."""
+    for key, value in params.items():
+        if st.query_params.get(key) != value:
+            st.query_params[key] = value
