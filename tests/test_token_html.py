@@ -1,0 +1,102 @@
+"""Untrusted token text must reach the page as text: no element, attribute or handler it
+could create, and no double escaping (`&amp;` in the corpus shows as `&amp;`)."""
+
+from __future__ import annotations
+
+import math
+from html.parser import HTMLParser
+
+import pytest
+
+from dashboard import token_html
+from feature_store.records import Example, LogitEntry
+
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'", "&amp;", "<",
+           "a\nb", '" onmouseover="alert(1)')
+ALLOWED_TAGS = {"div", "span", "table", "tr", "td"}
+ALLOWED_ATTRS = {"class", "style", "title"}
+
+
+class Collect(HTMLParser):
+    """Tags, attributes and the text as a browser would show it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(markup: str) -> Collect:
+    parser = Collect()
+    parser.feed(markup)
+    parser.close()
+    return parser
+
+
+def example(tokens: tuple[str, ...]) -> Example:
+    n = len(tokens)
+    return Example(seq_id=0, position=n // 2, center=n // 2, act=2.0, tokens=tokens,
+                   token_ids=tuple(range(n)), acts=tuple(float(i) for i in range(n)),
+                   ablation=tuple([-0.5, 0.3] * (n // 2) + [0.0] * (n % 2))[:n - 1] + (math.nan,))
+
+
+def assert_safe(markup: str, expected_text: tuple[str, ...]) -> None:
+    parsed = parse(markup)
+    assert set(parsed.tags) <= ALLOWED_TAGS, parsed.tags
+    names = {name for name, _ in parsed.attrs}
+    assert names <= ALLOWED_ATTRS, names
+    assert not any(name.startswith("on") for name in names)
+    for _, value in parsed.attrs:
+        assert "alert" not in (value or "")
+    shown = "".join(parsed.text)
+    for token in expected_text:
+        assert token.replace("\n", "↵") in shown
+
+
+@pytest.mark.parametrize("mode", ["activation", "ablation"])
+def test_example_windows_show_hostile_tokens_as_text(mode):
+    markup = token_html.examples_html([example(HOSTILE)], mode, scale=2.0)
+    assert_safe(markup, HOSTILE)
+    assert markup.count('<span class="tok') == len(HOSTILE)  # one span per token, none injected
+
+
+def test_logit_tables_show_hostile_tokens_as_text():
+    entries = tuple(LogitEntry(token=t, token_id=i, value=1.0 - i / 10)
+                    for i, t in enumerate(HOSTILE))
+    assert_safe(token_html.logit_table_html(entries, scale=1.0, raises=True), HOSTILE)
+    assert_safe(token_html.inline_tokens_html(HOSTILE), HOSTILE)
+
+
+def test_escaped_once_not_twice():
+    markup = token_html.token_span("&amp;", "transparent", "act 1.000")
+    assert "&amp;amp;" in markup  # the corpus text "&amp;", escaped once
+    assert "".join(parse(markup).text) == "&amp;"
+
+
+def test_value_on_hover_and_shading():
+    markup = token_html.example_html(example(("a", "b", "c")), "activation", scale=2.0)
+    titles = [v for k, v in parse(markup).attrs if k == "title"]
+    assert any("act 2.000" in t for t in titles)
+    assert "rgba(255,127,14,1.00)" in markup  # act 2.0 at scale 2.0: full colour
+    assert "no next token" in markup  # NaN ablation at the last position
+
+
+def test_ablation_is_diverging():
+    assert token_html.ablation_background(-0.5, 1.0).startswith("rgba(31,119,180")
+    assert token_html.ablation_background(0.5, 1.0).startswith("rgba(214,39,40")
+    assert token_html.ablation_background(math.nan, 1.0) == "transparent"
+    assert token_html.ablation_scale([example(("a", "b", "c"))]) == pytest.approx(0.5)
+
+
+def test_context_crops_around_the_centre():
+    tokens = tuple(f"t{i}" for i in range(21))
+    markup = token_html.example_html(example(tokens), "activation", 20.0, context=2)
+    assert "".join(parse(markup).text).endswith("t8t9t10t11t12")
