@@ -1,0 +1,114 @@
+"""The feature page in a real browser: Playwright drives Debian's chromium (never a
+downloaded browser) against `streamlit run` on a free localhost port.
+
+Checks what only a browser can: the page paints its plotly charts, the hostile tokens of
+feature 0 are visible *as text*, and no dialog (`alert`) ever fires. A screenshot is left in
+the test's tmp folder for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`streamlit run` on the synthetic store; stopped (by its pid) after the module."""
+    from feature_store.synthetic import build_synthetic_store
+
+    store = tmp_path_factory.mktemp("browser") / "store"
+    build_synthetic_store(store, n_features=(64, 128))
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log,
+        stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1600, "height": 1200})
+        finally:
+            browser.close()
+
+
+def test_feature_page_in_chromium(server, page, tmp_path):
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    start = time.monotonic()
+    page.goto(f"{server}/feature?dictionary=sae_64&feature=0")
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    page.wait_for_selector("text=Interval 1", timeout=30_000)
+    painted = time.monotonic() - start
+    body = page.inner_text("body")
+    assert "sae_64 · feature 0" in body
+    assert "Top activations" in body and "Interval 11" in body
+    assert "<script>alert(1)</script>" in body  # shown as text...
+    assert "<img src=x onerror=alert(1)>" in body
+    # ...and never turned into elements
+    assert page.locator("img[src='x']").count() == 0
+    scripts = page.evaluate("[...document.scripts].map(s => s.textContent).join('\\n')")
+    assert "alert(1)" not in scripts
+    page.wait_for_timeout(500)
+    assert dialogs == []
+    assert "feature=0" in page.url and "dictionary=sae_64" in page.url
+    shot = tmp_path / "feature.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"feature page painted in {painted:.2f} s; screenshot {shot}")
+
+
+def test_bad_feature_in_chromium(server, page):
+    page.goto(f"{server}/feature?dictionary=sae_64&feature=99999")
+    page.wait_for_selector("text=No feature 99999 in sae_64", timeout=60_000)
+    assert "Traceback" not in page.inner_text("body")

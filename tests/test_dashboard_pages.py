@@ -1,0 +1,164 @@
+"""Every dashboard page runs headless (AppTest) against a small synthetic store, with and
+without query parameters, and bad input gets a clear page instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from feature_store.records import N_INTERVALS
+from feature_store.synthetic import build_synthetic_store
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
+SIZES = (64, 128, 256)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "store"
+    build_synthetic_store(path, n_features=SIZES)
+    return path
+
+
+@pytest.fixture
+def app(store, monkeypatch):
+    """A function: page, query params -> the AppTest after running that page."""
+    monkeypatch.setenv("FEATURE_STORE", str(store))
+
+    def run(page: str, **params: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        for key, value in params.items():
+            at.query_params[key] = value
+        at.switch_page(page).run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    return run
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page shows as text: markdown, captions, metrics, HTML bodies."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [f"{m.label} {m.value}" for m in at.metric] + [t.value for t in at.title]
+    parts += [h.proto.body for h in at.get("html")]
+    return "\n".join(str(p) for p in parts)
+
+
+def plotly_figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_overview(app):
+    at = app("pages/overview.py")
+    assert not at.error
+    table = at.dataframe[0].value
+    assert list(table["dictionary"]) == ["neurons"] + [f"sae_{n}" for n in SIZES]
+    figures = plotly_figures(at)
+    assert len(figures) == 2
+    assert len(figures[0]["data"]) == 1 + len(SIZES)  # one density curve per dictionary
+    assert "validation loss" in texts(at)
+
+
+@pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
+def test_browser(app, params):
+    at = app("pages/browser.py", **params)
+    assert not at.error
+    table = at.dataframe[0].value
+    expected = {"neurons": None, "sae_128": 128}.get(params.get("dictionary", "sae_64"), 64)
+    assert len(table) <= (expected or len(table))
+    assert {"open", "feature", "density", "max act", "top tokens", "top logits"} <= set(table)
+    assert all(url.startswith("feature?dictionary=") for url in table["open"])
+
+
+def test_browser_search_finds_hostile_token_as_text(app):
+    at = app("pages/browser.py", dictionary="sae_64", q="<script>")
+    table = at.dataframe[0].value
+    assert 0 in set(table["feature"])
+    assert all("<script>" in t or "<script>" in lg
+               for t, lg in zip(table["top tokens"], table["top logits"]))
+
+
+@pytest.mark.parametrize("params", [{}, {"dictionary": "sae_128", "feature": "0"},
+                                    {"dictionary": "neurons", "feature": "3"},
+                                    {"dictionary": "sae_256", "feature": "255"}])
+def test_feature_page(app, params):
+    at = app("pages/feature.py", **params)
+    assert not at.error
+    shown = texts(at)
+    assert sum(f"Interval {k}</b>" in shown for k in range(1, N_INTERVALS + 1)) == N_INTERVALS
+    assert shown.count("of activations (") == N_INTERVALS
+    assert "Top activations" in shown and "Raises" in shown and "Lowers" in shown
+    assert len(plotly_figures(at)) == 2  # activation histogram, logit histogram
+    if params:
+        assert at.query_params["dictionary"] == [params["dictionary"]]
+        assert f"feature {params['feature']}" in shown
+
+
+def test_feature_page_escapes_hostile_tokens(app):
+    at = app("pages/feature.py", dictionary="sae_64", feature="0")
+    bodies = "".join(h.proto.body for h in at.get("html"))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bodies
+    assert "&lt;img src=x onerror=alert(1)&gt;" in bodies
+    assert "<script>" not in bodies and "<img" not in bodies
+
+
+def test_feature_page_ablation_shading(app):
+    at = app("pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
+    assert at.toggle[0].value is True
+    assert "raised log p(next token)" in texts(at)
+
+
+def test_activation_histogram_coloured_by_interval(app):
+    at = app("pages/feature.py", dictionary="sae_64", feature="2")
+    bars = plotly_figures(at)[0]["data"][0]
+    assert len(set(bars["marker"]["color"])) > 1
+
+
+@pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "5"},
+                                    {"dictionary": "neurons", "feature": "0"}])
+def test_compare(app, params):
+    at = app("pages/compare.py", **params)
+    assert not at.error
+    shown = texts(at)
+    assert "decoder cosine" in shown
+    assert shown.count("density ") >= 3  # the feature and at least two counterparts
+
+
+@pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
+def test_splitting(app, params):
+    at = app("pages/splitting.py", **params)
+    assert not at.error
+    figures = plotly_figures(at)
+    titles = [f["layout"]["title"]["text"] for f in figures]
+    assert any(t.startswith("Joint UMAP") for t in titles)
+    if not params:  # the default opens on the strongest split, which has a family
+        assert any(t.startswith("Family") for t in titles)
+
+
+@pytest.mark.parametrize("page", ["pages/feature.py", "pages/compare.py", "pages/splitting.py"])
+@pytest.mark.parametrize("params, message", [
+    ({"dictionary": "sae_999", "feature": "1"}, "Unknown dictionary 'sae_999'"),
+    ({"dictionary": "sae_64", "feature": "64"}, "No feature 64 in sae_64"),
+    ({"dictionary": "sae_64", "feature": "-1"}, "No feature -1 in sae_64"),
+    ({"dictionary": "sae_64", "feature": "abc"}, "'abc' is not a number"),
+])
+def test_bad_url_gives_a_clear_error(app, page, params, message):
+    at = app(page, **params)
+    assert at.error and message in at.error[0].value
+
+
+@pytest.mark.parametrize("page", ["pages/overview.py", "pages/browser.py", "pages/feature.py",
+                                  "pages/compare.py", "pages/splitting.py"])
+def test_missing_store_says_how_to_build_one(tmp_path, monkeypatch, page):
+    monkeypatch.setenv("FEATURE_STORE", str(tmp_path / "nowhere"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception
+    assert at.error and "No usable feature store" in at.error[0].value
+    assert "make demo" in at.code[0].value
