@@ -25,7 +25,6 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store import schema
@@ -382,12 +381,13 @@ class FeatureStore:
         starts = _frozen(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
         lg_rel = schema.partition_path(schema.LOGITS, name)
-        lg = _read(self.path, lg_rel, self._footers)
-        side = pc.index_in(lg.column("side"), value_set=pa.array(schema.LOGIT_SIDES))
+        lg = _read(self.path, lg_rel, self._footers, dictionary=["side"])
+        side = _codes(lg.column("side"), schema.LOGIT_SIDES)
         nb_rel = schema.partition_path(schema.NEIGHBOURS, name)
-        nb = _read(self.path, nb_rel, self._footers)
-        relation = pc.index_in(nb.column("relation"), value_set=pa.array(schema.RELATIONS))
-        if side.null_count or relation.null_count:
+        nb = _read(self.path, nb_rel, self._footers,
+                   dictionary=["relation", "neighbour_dictionary"])
+        relation = _codes(nb.column("relation"), schema.RELATIONS)
+        if np.any(side < 0) or np.any(relation < 0):
             raise StoreError(f"{self.path / lg_rel} or {self.path / nb_rel}: unknown side or "
                              f"relation values; {hint}")
         matrix = {c: _list_matrix(feat, c, n, self.path / feat_rel, hint) for c in
@@ -401,14 +401,12 @@ class FeatureStore:
             act_hist_edges=tuple(float(e) for e in info["act_hist_edges"]),
             browse=browse, density_class=density_class, **matrix,
             examples_path=self.path / ex_rel, examples_meta=meta, row_group_starts=starts,
-            logit_offsets=_frozen(np.searchsorted(lg.column("feature").to_numpy(),
-                                                  np.arange(n + 1))),
-            logit_side=_frozen(side.to_numpy(zero_copy_only=False).astype(np.int64)),
+            logit_offsets=_offsets(lg.column("feature").to_numpy(), n),
+            logit_side=_frozen(side),
             logit_token=_frozen(lg.column("token_id").to_numpy().astype(np.int64)),
             logit_value=_frozen(lg.column("value").to_numpy()),
-            nb_offsets=_frozen(np.searchsorted(nb.column("feature").to_numpy(),
-                                               np.arange(n + 1))),
-            nb_relation=_frozen(relation.to_numpy(zero_copy_only=False).astype(np.int64)),
+            nb_offsets=_offsets(nb.column("feature").to_numpy(), n),
+            nb_relation=_frozen(relation),
             nb_dictionary=_frozen(_strings(nb.column("neighbour_dictionary"))),
             nb_index=_frozen(nb.column("neighbour_index").to_numpy()),
             nb_cosine=_frozen(nb.column("cosine").to_numpy()),
@@ -497,11 +495,13 @@ def _footer(path: Path, rel: str, rows: int | None, hint: str) -> pq.FileMetaDat
 
 
 def _read(path: Path, rel: str, footers: dict[str, pq.FileMetaData],
-          columns: list[str] | None = None) -> pa.Table:
+          columns: list[str] | None = None, dictionary: list[str] | None = None) -> pa.Table:
+    """Read a whole table; `dictionary` columns come back dictionary-encoded (a few distinct
+    strings repeated per row: decoding each row into a string is most of the read time)."""
     file = path / rel
     try:
-        return pq.ParquetFile(file, metadata=footers[rel]).read(columns=columns,
-                                                                use_threads=False)
+        return pq.ParquetFile(file, metadata=footers[rel], read_dictionary=dictionary).read(
+            columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"{file}: unreadable ({err}); {_rebuild_hint(path)}") from None
 
@@ -517,9 +517,21 @@ def _list_parts(column: pa.ChunkedArray) -> tuple[list[int], list[Any]]:
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
     """A string column as an object array, converting each distinct value once."""
-    encoded = column.combine_chunks().dictionary_encode()
+    encoded = column.combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
     names = np.asarray(encoded.dictionary.to_pylist() + [None], dtype=object)
     return names[encoded.indices.fill_null(len(names) - 1).to_numpy()]
+
+
+def _codes(column: pa.ChunkedArray, values: tuple[str, ...]) -> np.ndarray:
+    """Position of each row's string in `values` (-1 if absent), via the column's dictionary."""
+    encoded = column.combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
+    lookup = np.asarray([values.index(v) if v in values else -1
+                         for v in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    return lookup[encoded.indices.fill_null(len(lookup) - 1).to_numpy()]
 
 
 def _list_matrix(table: pa.Table, name: str, n: int, file: Path, hint: str) -> np.ndarray:
@@ -533,6 +545,13 @@ def _list_matrix(table: pa.Table, name: str, n: int, file: Path, hint: str) -> n
     values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(
         zero_copy_only=False)
     return _frozen(values.reshape(n, width))
+
+
+def _offsets(feature: np.ndarray, n: int) -> np.ndarray:
+    """Row range of each feature in a table sorted by feature: rows offsets[i]:offsets[i+1]."""
+    out = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(feature, minlength=n)[:n], out=out[1:])
+    return _frozen(out)
 
 
 def _frozen(arr: np.ndarray) -> np.ndarray:
