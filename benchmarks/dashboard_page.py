@@ -76,13 +76,13 @@ def main() -> None:
     warm = AppTest.from_file(APP, default_timeout=120)
     warm.run()  # imports, store open, first dictionary load: once per server, not per page
     warm.query_params.update(dictionary=names[-1], feature="0")
-    warm.switch_page("pages/feature.py").run()
+    warm.switch_page("app_pages/feature.py").run()
     page_ms = []
     for name, index in picks:
         at = AppTest.from_file(APP, default_timeout=120)
         at.run()
         at.query_params.update(dictionary=name, feature=str(index))
-        at.switch_page("pages/feature.py")
+        at.switch_page("app_pages/feature.py")
         start = time.perf_counter()
         at.run()
         page_ms.append((time.perf_counter() - start) * 1e3)

@@ -1,7 +1,7 @@
 """Entry point: `streamlit run dashboard/app.py` (see the Procfile).
 
 The store path comes from `FEATURE_STORE` (default `runs/tiny/store`, what `make demo`
-builds). Pages are thin scripts under `pages/`; each is reachable by URL, e.g.
+builds). Pages are thin scripts under `app_pages/` (why not `pages/`: see links.py); each is reachable by URL, e.g.
 `/feature?dictionary=sae_1024&feature=7`. No page imports torch.
 """
 

@@ -154,7 +154,7 @@ def family_graph_figure(family: Family, order: Sequence[str],
     keys = list(position)
     fig.add_trace(go.Scatter(
         x=[position[k][0] for k in keys], y=[position[k][1] for k in keys],
-        mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="middle right",
+        mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="top center",
         customdata=[[k[0], k[1]] for k in keys],
         marker=dict(size=[22 if k == tuple(chosen) else 15 for k in keys],
                     color=[colours.get(k[0], "#444") for k in keys],

@@ -1,6 +1,6 @@
 """The parts of a feature page, each taking a `FeatureRecord` and drawing one section.
 
-The page script (`pages/feature.py`) only parses the URL and calls these in order; the
+The page script (`app_pages/feature.py`) only parses the URL and calls these in order; the
 compare-sizes page reuses `compact_column`. All token text goes through `token_html`.
 """
 
@@ -16,10 +16,18 @@ from feature_store.records import FeatureRecord, Neighbour
 N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
 
 
+EXAMPLE_CONTEXT = (16, 6)  # tokens shown before / after the drawn one on the feature page
+COMPACT_CONTEXT = (6, 2)  # in the narrow columns of the compare page
+
+
 def density_text(record: FeatureRecord) -> str:
     if record.density <= 0:
         return "never fires"
     return f"{record.density:.2e} (1 in {1 / record.density:,.0f} tokens)"
+
+
+def one_in(record: FeatureRecord) -> str:
+    return f"1 in {1 / record.density:,.0f} tokens" if record.density > 0 else "never fires"
 
 
 def header(record: FeatureRecord) -> None:
@@ -28,7 +36,8 @@ def header(record: FeatureRecord) -> None:
                 f"<span style='font-size:0.8rem;color:#777'>of {record.n_features:,}</span>",
                 unsafe_allow_html=True)
     cols = st.columns([1.4, 1, 1, 1, 1])
-    cols[0].metric("density", density_text(record),
+    cols[0].metric("density", f"{record.density:.2e}", delta=one_in(record), delta_color="off",
+                   delta_arrow="off",
                    help="Share of tokens on which the activation is > 0.")
     cols[1].metric("class", record.density_class,
                    help="dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1")
@@ -36,22 +45,16 @@ def header(record: FeatureRecord) -> None:
                    help=f"of {record.n_tokens:,} tokens the statistics cover")
     cols[3].metric("mean act", f"{record.mean_act:.3f}", help="over active tokens")
     cols[4].metric("max act", f"{record.max_act:.3f}")
-    nav = st.columns(6)
-    with nav[0]:
+    with st.container(horizontal=True, gap="small"):
         if record.index > 0:
             links.feature_link(record.dictionary, record.index - 1, "← previous")
-    with nav[1]:
         if record.index + 1 < record.n_features:
             links.feature_link(record.dictionary, record.index + 1, "next →")
-    with nav[2]:
         links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
-    with nav[3]:
         links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
-    with nav[4]:
-        st.markdown(f"[Score it ↗]({links.score_url(record.dictionary, record.index)})",
-                    help="The scoring page arrives in a later release.")
-    with nav[5]:
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
+        st.markdown(f"[Score it]({links.score_url(record.dictionary, record.index)})",
+                    width="content", help="Opens the scoring page (arrives with scoring).")
 
 
 def logits(record: FeatureRecord) -> None:
@@ -108,7 +111,7 @@ def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
     scale = token_html.ablation_scale(everything) if mode == "ablation" else record.max_act
     st.html(token_html.legend_html(mode, scale))
     st.markdown(f"**Top activations** ({len(record.top_examples)})")
-    st.html(token_html.examples_html(record.top_examples, mode, scale,
+    st.html(token_html.examples_html(record.top_examples, mode, scale, EXAMPLE_CONTEXT,
                                      empty="This feature never fired."))
     st.markdown(f"**{len(record.intervals)} equal-width intervals over (0, max act]**, "
                 "examples drawn uniformly from each")
@@ -118,7 +121,7 @@ def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
                     f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
                     f"<b>{interval.share:.1%}</b> of activations ({interval.count:,})</div>",
                     unsafe_allow_html=True)
-        st.html(token_html.examples_html(interval.examples, mode, scale,
+        st.html(token_html.examples_html(interval.examples, mode, scale, EXAMPLE_CONTEXT,
                                          empty="no activations in this interval"))
 
 
@@ -127,7 +130,8 @@ def activation_histogram(record: FeatureRecord) -> None:
 
 
 def compact_column(record: FeatureRecord, caption: str, n_examples: int = 5,
-                   n_logits: int = 6, context: int = 6) -> None:
+                   n_logits: int = 6,
+                   context: tuple[int, int] = COMPACT_CONTEXT) -> None:
     """One dictionary's feature in a narrow column: density, logits, top examples cropped
     to a few tokens around the drawn one."""
     links.feature_link(record.dictionary, record.index,

@@ -1,6 +1,9 @@
 """Where each page lives and how to link to a feature, so every view is a shareable URL.
 
-Page files are registered in `app.py` under these url paths; links carry the view in query
+Page files live in `app_pages/`, not `pages/`: a `pages/` folder beside the entry script
+switches Streamlit 1.67's server into the old directory-based multipage mode, which runs the
+page file alone and never calls `st.navigation` in `app.py` (no wide layout, no stylesheet,
+file names in the sidebar). They are registered in `app.py` under these url paths; links carry the view in query
 parameters (strings, as `st.query_params` holds them). Two kinds of link: `st.page_link`
 navigates inside the running session (fast, keeps caches warm in the browser), and plain
 URLs (`feature_url`) serve tables and charts that can only hold an href.
@@ -12,11 +15,11 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-OVERVIEW = "pages/overview.py"
-BROWSER = "pages/browser.py"
-FEATURE = "pages/feature.py"
-COMPARE = "pages/compare.py"
-SPLITTING = "pages/splitting.py"
+OVERVIEW = "app_pages/overview.py"
+BROWSER = "app_pages/browser.py"
+FEATURE = "app_pages/feature.py"
+COMPARE = "app_pages/compare.py"
+SPLITTING = "app_pages/splitting.py"
 URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
              COMPARE: "compare", SPLITTING: "splitting"}
 SCORE_URL_PATH = "score"  # the scoring page arrives with a later issue; links already point there

@@ -40,9 +40,9 @@ TOKEN_CSS = """
 .tokens .tok.c { outline: 1.5px solid #333; }
 .tokens .tok:hover { outline: 1px solid #000; }
 .logits { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-          font-size: 0.8rem; border-collapse: collapse; width: 100%; }
+          font-size: 0.8rem; border-collapse: collapse; }
 .logits td { padding: 0 4px; white-space: pre; }
-.logits td.v { text-align: right; color: #555; width: 4.5em; }
+.logits td.v { text-align: right; color: #555; padding-left: 10px; }
 .legend { font-size: 0.75rem; color: #666; }
 """
 
@@ -77,15 +77,19 @@ def token_span(text: str, background: str, title: str, centre: bool = False) -> 
             f'title="{html.escape(title, quote=True)}">{_text(text)}</span>')
 
 
-def _window(example: Example, context: int | None) -> range:
+def _window(example: Example, context: tuple[int, int] | None) -> range:
+    """Tokens from `before` ahead of the drawn one to `after` past it: the drawn token stays
+    near the same column on every line, and the text before it (what the feature reads)
+    gets most of the room."""
     n = len(example.tokens)
     if context is None:
         return range(n)
-    return range(max(0, example.center - context), min(n, example.center + context + 1))
+    before, after = context
+    return range(max(0, example.center - before), min(n, example.center + after + 1))
 
 
 def example_html(example: Example, mode: Mode, scale: float,
-                 context: int | None = None) -> str:
+                 context: tuple[int, int] | None = None) -> str:
     """One example window on one line, its activation at the drawn token in the margin."""
     spans = []
     for t in _window(example, context):
@@ -103,7 +107,7 @@ def example_html(example: Example, mode: Mode, scale: float,
 
 
 def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
-                  context: int | None = None, empty: str = "no examples") -> str:
+                  context: tuple[int, int] | None = None, empty: str = "no examples") -> str:
     if not examples:
         return f'<div class="tokens legend">{html.escape(empty)}</div>'
     rows = "".join(example_html(e, mode, scale, context) for e in examples)

@@ -54,7 +54,7 @@ def plotly_figures(at: AppTest) -> list[dict]:
 
 
 def test_overview(app):
-    at = app("pages/overview.py")
+    at = app("app_pages/overview.py")
     assert not at.error
     table = at.dataframe[0].value
     assert list(table["dictionary"]) == ["neurons"] + [f"sae_{n}" for n in SIZES]
@@ -66,7 +66,7 @@ def test_overview(app):
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
 def test_browser(app, params):
-    at = app("pages/browser.py", **params)
+    at = app("app_pages/browser.py", **params)
     assert not at.error
     table = at.dataframe[0].value
     expected = {"neurons": None, "sae_128": 128}.get(params.get("dictionary", "sae_64"), 64)
@@ -76,7 +76,7 @@ def test_browser(app, params):
 
 
 def test_browser_search_finds_hostile_token_as_text(app):
-    at = app("pages/browser.py", dictionary="sae_64", q="<script>")
+    at = app("app_pages/browser.py", dictionary="sae_64", q="<script>")
     table = at.dataframe[0].value
     assert 0 in set(table["feature"])
     assert all("<script>" in t or "<script>" in lg
@@ -87,7 +87,7 @@ def test_browser_search_finds_hostile_token_as_text(app):
                                     {"dictionary": "neurons", "feature": "3"},
                                     {"dictionary": "sae_256", "feature": "255"}])
 def test_feature_page(app, params):
-    at = app("pages/feature.py", **params)
+    at = app("app_pages/feature.py", **params)
     assert not at.error
     shown = texts(at)
     assert sum(f"Interval {k}</b>" in shown for k in range(1, N_INTERVALS + 1)) == N_INTERVALS
@@ -100,7 +100,7 @@ def test_feature_page(app, params):
 
 
 def test_feature_page_escapes_hostile_tokens(app):
-    at = app("pages/feature.py", dictionary="sae_64", feature="0")
+    at = app("app_pages/feature.py", dictionary="sae_64", feature="0")
     bodies = "".join(h.proto.body for h in at.get("html"))
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bodies
     assert "&lt;img src=x onerror=alert(1)&gt;" in bodies
@@ -108,13 +108,13 @@ def test_feature_page_escapes_hostile_tokens(app):
 
 
 def test_feature_page_ablation_shading(app):
-    at = app("pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
+    at = app("app_pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
     assert at.toggle[0].value is True
     assert "raised log p(next token)" in texts(at)
 
 
 def test_activation_histogram_coloured_by_interval(app):
-    at = app("pages/feature.py", dictionary="sae_64", feature="2")
+    at = app("app_pages/feature.py", dictionary="sae_64", feature="2")
     bars = plotly_figures(at)[0]["data"][0]
     assert len(set(bars["marker"]["color"])) > 1
 
@@ -122,7 +122,7 @@ def test_activation_histogram_coloured_by_interval(app):
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "5"},
                                     {"dictionary": "neurons", "feature": "0"}])
 def test_compare(app, params):
-    at = app("pages/compare.py", **params)
+    at = app("app_pages/compare.py", **params)
     assert not at.error
     shown = texts(at)
     assert "decoder cosine" in shown
@@ -131,7 +131,7 @@ def test_compare(app, params):
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
 def test_splitting(app, params):
-    at = app("pages/splitting.py", **params)
+    at = app("app_pages/splitting.py", **params)
     assert not at.error
     figures = plotly_figures(at)
     titles = [f["layout"]["title"]["text"] for f in figures]
@@ -140,7 +140,7 @@ def test_splitting(app, params):
         assert any(t.startswith("Family") for t in titles)
 
 
-@pytest.mark.parametrize("page", ["pages/feature.py", "pages/compare.py", "pages/splitting.py"])
+@pytest.mark.parametrize("page", ["app_pages/feature.py", "app_pages/compare.py", "app_pages/splitting.py"])
 @pytest.mark.parametrize("params, message", [
     ({"dictionary": "sae_999", "feature": "1"}, "Unknown dictionary 'sae_999'"),
     ({"dictionary": "sae_64", "feature": "64"}, "No feature 64 in sae_64"),
@@ -152,8 +152,8 @@ def test_bad_url_gives_a_clear_error(app, page, params, message):
     assert at.error and message in at.error[0].value
 
 
-@pytest.mark.parametrize("page", ["pages/overview.py", "pages/browser.py", "pages/feature.py",
-                                  "pages/compare.py", "pages/splitting.py"])
+@pytest.mark.parametrize("page", ["app_pages/overview.py", "app_pages/browser.py", "app_pages/feature.py",
+                                  "app_pages/compare.py", "app_pages/splitting.py"])
 def test_missing_store_says_how_to_build_one(tmp_path, monkeypatch, page):
     monkeypatch.setenv("FEATURE_STORE", str(tmp_path / "nowhere"))
     at = AppTest.from_file(APP, default_timeout=60)

@@ -98,5 +98,5 @@ def test_ablation_is_diverging():
 
 def test_context_crops_around_the_centre():
     tokens = tuple(f"t{i}" for i in range(21))
-    markup = token_html.example_html(example(tokens), "activation", 20.0, context=2)
+    markup = token_html.example_html(example(tokens), "activation", 20.0, context=(2, 2))
     assert "".join(parse(markup).text).endswith("t8t9t10t11t12")
