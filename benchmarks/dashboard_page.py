@@ -53,9 +53,9 @@ def main() -> None:
 
     from feature_store.store import FeatureStore
 
-    # SAE names are sae_<n>, so equal sizes would collide: n, n+1, ... keeps every
-    # dictionary at ~16k features (the neurons come on top, at the synthetic d_mlp).
-    sizes = tuple(args.features + k for k in range(args.dictionaries))
+    # Repeated sizes get distinct names (sae_16384, sae_16384_2, ...); the 512 raw neurons
+    # come on top as a fifth, small dictionary.
+    sizes = (args.features,) * args.dictionaries
     path = args.store or Path(tempfile.gettempdir()) / f"bench_store_{args.dictionaries}x{args.features}"
     build(path, sizes, args.rebuild)
 

@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     from feature_store.synthetic import build_synthetic_store
 
     store = tmp_path_factory.mktemp("browser") / "store"
-    build_synthetic_store(store, n_features=(64, 128))
+    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
     port = free_port()
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
     proc = subprocess.Popen(

@@ -20,7 +20,7 @@ SIZES = (64, 128, 256)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dash") / "store"
-    build_synthetic_store(path, n_features=SIZES)
+    build_synthetic_store(path, n_features=SIZES, d_mlp=64, n_tokens=200_000)
     return path
 
 
@@ -95,7 +95,7 @@ def test_feature_page(app, params):
     assert "Top activations" in shown and "Raises" in shown and "Lowers" in shown
     assert len(plotly_figures(at)) == 2  # activation histogram, logit histogram
     if params:
-        assert at.query_params["dictionary"] == [params["dictionary"]]
+        assert at.query_params["dictionary"] == params["dictionary"]
         assert f"feature {params['feature']}" in shown
 
 
@@ -162,3 +162,24 @@ def test_missing_store_says_how_to_build_one(tmp_path, monkeypatch, page):
     assert not at.exception
     assert at.error and "No usable feature store" in at.error[0].value
     assert "make demo" in at.code[0].value
+
+
+def test_no_page_imports_torch(store):
+    """Pages load in a fresh interpreter without torch (or pipelines/) being imported."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "for page in ['overview', 'browser', 'feature', 'compare', 'splitting']:\n"
+        f"    at = AppTest.from_file({APP!r}, default_timeout=60); at.run()\n"
+        "    at.switch_page(f'app_pages/{page}.py').run()\n"
+        "    assert not at.exception, page\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pipelines')))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "FEATURE_STORE": str(store)}, timeout=120,
+                         cwd=Path(APP).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
