@@ -58,13 +58,10 @@ def header(record: FeatureRecord) -> None:
 
 
 def logits(record: FeatureRecord) -> None:
-    """Top raised and lowered next-token logits side by side, then all of them."""
+    """Top raised and lowered next-token logits side by side (wrapping when a token is
+    long), then the histogram of all of them."""
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
-    up, down = st.columns(2)
-    up.markdown("**Raises** (d·W_out·W_U)")
-    up.html(token_html.logit_table_html(record.top_logits, scale, raises=True))
-    down.markdown("**Lowers**")
-    down.html(token_html.logit_table_html(record.bottom_logits, scale, raises=False))
+    st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
     st.plotly_chart(charts.logit_histogram_figure(record), config={"displayModeBar": False})
 
 

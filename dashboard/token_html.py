@@ -148,6 +148,17 @@ def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool) 
     return f'<table class="logits">{"".join(rows)}</table>'
 
 
+def logit_columns_html(raised: Sequence[LogitEntry], lowered: Sequence[LogitEntry],
+                       scale: float) -> str:
+    """Both logit tables in one block that wraps instead of overlapping in a narrow column."""
+    head = '<div class="legend"><b>{}</b></div>'
+    return ('<div style="display:flex;flex-wrap:wrap;gap:4px 24px">'
+            f'<div>{head.format("Raises (d·W_out·W_U)")}'
+            f'{logit_table_html(raised, scale, raises=True)}</div>'
+            f'<div>{head.format("Lowers")}{logit_table_html(lowered, scale, raises=False)}</div>'
+            '</div>')
+
+
 def inline_tokens_html(tokens: Iterable[str]) -> str:
     """A compact run of plain token chips (e.g. top logits in a narrow column)."""
     chips = " ".join(f'<span class="tok" style="background:rgba(128,128,128,0.15)">'

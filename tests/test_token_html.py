@@ -73,6 +73,7 @@ def test_logit_tables_show_hostile_tokens_as_text():
                     for i, t in enumerate(HOSTILE))
     assert_safe(token_html.logit_table_html(entries, scale=1.0, raises=True), HOSTILE)
     assert_safe(token_html.inline_tokens_html(HOSTILE), HOSTILE)
+    assert_safe(token_html.logit_columns_html(entries, entries[::-1], 1.0), HOSTILE)
 
 
 def test_escaped_once_not_twice():
