@@ -64,7 +64,8 @@ _EXAMPLE_COLUMNS = ["kind", "rank", "seq_id", "position", "center", "act", "toke
 
 @dataclass(frozen=True)
 class _Dictionary:
-    """One dictionary's small tables, read whole, as read-only arrays."""
+    """One dictionary's features table, read whole, as read-only arrays, and where its
+    examples are."""
 
     name: str
     n_features: int
@@ -84,12 +85,19 @@ class _Dictionary:
     examples_path: Path
     examples_meta: pq.FileMetaData
     row_group_starts: np.ndarray  # first global row of each examples row group, plus the end
+
+
+@dataclass(frozen=True)
+class _Related:
+    """One dictionary's logits and neighbours tables: needed by feature pages, not by
+    browsing, so `.features()` does not wait for them."""
+
     logit_offsets: np.ndarray  # (n + 1,) row range of each feature in the logits table
-    logit_side: np.ndarray
+    logit_side: np.ndarray  # index into LOGIT_SIDES
     logit_token: np.ndarray
     logit_value: np.ndarray
     nb_offsets: np.ndarray
-    nb_relation: np.ndarray
+    nb_relation: np.ndarray  # index into RELATIONS
     nb_dictionary: np.ndarray
     nb_index: np.ndarray
     nb_cosine: np.ndarray
@@ -109,7 +117,8 @@ class FeatureStore:
         self._info = {d["name"]: d for d in manifest["dictionaries"]}
         self._order = _ordered(manifest["dictionaries"])
         self._lock = threading.Lock()
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[Any, Any] = {}
+        self._key_locks: dict[Any, threading.Lock] = {}
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -229,14 +238,15 @@ class FeatureStore:
                      share=int(counts[k]) / total if total else 0.0, count=int(counts[k]),
                      examples=tuple(by_interval[k]))
             for k in range(N_INTERVALS))
-        lo, hi = d.logit_offsets[i], d.logit_offsets[i + 1]
-        logits = ([], [])
-        shown = self._vocab[d.logit_token[lo:hi]].tolist()
-        for side, tok, tid, val in zip(d.logit_side[lo:hi].tolist(), shown,
-                                       d.logit_token[lo:hi].tolist(),
-                                       d.logit_value[lo:hi].tolist()):
+        rel = self._cached(("related", d.name), lambda: self._load_related(d.name, d.n_features))
+        lo, hi = rel.logit_offsets[i], rel.logit_offsets[i + 1]
+        logits: tuple[list[LogitEntry], list[LogitEntry]] = ([], [])
+        shown = self._vocab[rel.logit_token[lo:hi]].tolist()
+        for side, tok, tid, val in zip(rel.logit_side[lo:hi].tolist(), shown,
+                                       rel.logit_token[lo:hi].tolist(),
+                                       rel.logit_value[lo:hi].tolist()):
             logits[side].append(LogitEntry(token=tok, token_id=tid, value=val))
-        aligned, neighbours, counterparts = self._neighbours(d, i)
+        aligned, neighbours, counterparts = self._neighbours(rel, i)
         return FeatureRecord(
             dictionary=d.name, index=i, n_features=d.n_features, n_tokens=self.n_tokens,
             n_active=int(d.n_active[i]), density=float(d.density[i]),
@@ -334,7 +344,7 @@ class FeatureStore:
             (top if kind == schema.KIND_TOP else by_interval[kind]).append(ex)
         return top, by_interval
 
-    def _neighbours(self, d: _Dictionary, i: int):
+    def _neighbours(self, d: _Related, i: int):
         lo, hi = d.nb_offsets[i], d.nb_offsets[i + 1]
         aligned: list[Neighbour] = []
         same: list[Neighbour] = []
@@ -380,16 +390,6 @@ class FeatureStore:
         sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
         starts = _frozen(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
-        lg_rel = schema.partition_path(schema.LOGITS, name)
-        lg = _read(self.path, lg_rel, self._footers, dictionary=["side"])
-        side = _codes(lg.column("side"), schema.LOGIT_SIDES)
-        nb_rel = schema.partition_path(schema.NEIGHBOURS, name)
-        nb = _read(self.path, nb_rel, self._footers,
-                   dictionary=["relation", "neighbour_dictionary"])
-        relation = _codes(nb.column("relation"), schema.RELATIONS)
-        if np.any(side < 0) or np.any(relation < 0):
-            raise StoreError(f"{self.path / lg_rel} or {self.path / nb_rel}: unknown side or "
-                             f"relation values; {hint}")
         matrix = {c: _list_matrix(feat, c, n, self.path / feat_rel, hint) for c in
                   ("act_hist_counts", "interval_counts", "logit_hist_edges",
                    "logit_hist_counts")}
@@ -401,6 +401,21 @@ class FeatureStore:
             act_hist_edges=tuple(float(e) for e in info["act_hist_edges"]),
             browse=browse, density_class=density_class, **matrix,
             examples_path=self.path / ex_rel, examples_meta=meta, row_group_starts=starts,
+            **col)
+
+    def _load_related(self, name: str, n: int) -> _Related:
+        hint = _rebuild_hint(self.path)
+        lg_rel = schema.partition_path(schema.LOGITS, name)
+        lg = _read(self.path, lg_rel, self._footers, dictionary=["side"])
+        side = _codes(lg.column("side"), schema.LOGIT_SIDES)
+        nb_rel = schema.partition_path(schema.NEIGHBOURS, name)
+        nb = _read(self.path, nb_rel, self._footers,
+                   dictionary=["relation", "neighbour_dictionary"])
+        relation = _codes(nb.column("relation"), schema.RELATIONS)
+        if np.any(side < 0) or np.any(relation < 0):
+            raise StoreError(f"{self.path / lg_rel} or {self.path / nb_rel}: unknown side or "
+                             f"relation values; {hint}")
+        return _Related(
             logit_offsets=_offsets(lg.column("feature").to_numpy(), n),
             logit_side=_frozen(side),
             logit_token=_frozen(lg.column("token_id").to_numpy().astype(np.int64)),
@@ -409,18 +424,21 @@ class FeatureStore:
             nb_relation=_frozen(relation),
             nb_dictionary=_frozen(_strings(nb.column("neighbour_dictionary"))),
             nb_index=_frozen(nb.column("neighbour_index").to_numpy()),
-            nb_cosine=_frozen(nb.column("cosine").to_numpy()),
-            **col)
+            nb_cosine=_frozen(nb.column("cosine").to_numpy()))
 
     def _cached(self, key: Any, load: Callable[[], T]) -> T:
-        """Load once, under a lock, values that are never mutated afterwards."""
+        """Load once values that are never mutated afterwards. One lock per key, so a
+        session loading one dictionary does not hold up another reading a different one."""
         value = self._cache.get(key)
-        if value is None:
-            with self._lock:
-                value = self._cache.get(key)
-                if value is None:
-                    value = load()
-                    self._cache[key] = value
+        if value is not None:
+            return value
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            value = self._cache.get(key)
+            if value is None:
+                value = load()
+                self._cache[key] = value
         return value
 
     def _check_dictionary(self, name: str) -> None:
