@@ -49,6 +49,9 @@ def build_synthetic_store(path: str | Path, n_features: Sequence[int] = (512, 10
 
     Repeated sizes get distinct names (`sae_16384`, `sae_16384_2`, ...), so a benchmark can
     ask for four dictionaries of one size."""
+    if d_vocab < 64 or d_mlp < 2 or min(n_features, default=2) < 2:
+        raise ValueError(f"need d_vocab >= 64, d_mlp >= 2 and sizes >= 2; got {d_vocab}, "
+                         f"{d_mlp}, {tuple(n_features)}")
     rng = np.random.default_rng(seed)
     vocab = _vocab(d_vocab, hostile_tokens, rng)
     hostile_ids = np.arange(1, 1 + len(HOSTILE_TOKENS)) if hostile_tokens else None
@@ -272,10 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
-        if not sizes or min(sizes) < 1 or args.d_mlp < 1:
+        if not sizes or min(sizes) < 2 or args.d_mlp < 2:
             raise ValueError
     except ValueError:
-        print(f"synthetic: --sizes must be positive integers, got {args.sizes!r}",
+        print(f"synthetic: --sizes and --d-mlp must be integers >= 2, got {args.sizes!r}",
               file=sys.stderr)
         return 2
     start = time.perf_counter()

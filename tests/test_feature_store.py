@@ -456,6 +456,29 @@ def test_synthetic_feature_zero_shows_hostile_tokens(synthetic):
         assert set(HOSTILE_TOKENS) <= {e.token for e in record.top_logits}, name
 
 
+def test_synthetic_cli(tmp_path, capsys):
+    from feature_store.synthetic import main
+
+    assert main([str(tmp_path / "s"), "--sizes", "8,16", "--d-mlp", "4"]) == 0
+    assert "-> " in capsys.readouterr().out
+    assert FeatureStore.open(tmp_path / "s").dictionaries() == ["neurons", "sae_8", "sae_16"]
+    assert main([str(tmp_path / "t"), "--sizes", "8,x"]) == 2
+    assert not (tmp_path / "t").exists()
+
+
+def test_duckdb_reads_the_store(written):
+    duckdb = pytest.importorskip("duckdb")  # optional: not a project dependency
+    path, _ = written
+    rows = duckdb.sql(
+        f"select dictionary, count(*) from read_parquet('{path}/features/*/*.parquet', "
+        "hive_partitioning=true) group by 1 order by 1").fetchall()
+    assert rows == sorted(SIZES.items())
+    n = duckdb.sql(f"select count(*) from read_parquet('{path}/examples/*/*.parquet') "
+                   "where feature = 2").fetchall()[0][0]
+    assert n == sum(int((d["examples"]["feature"] == 2).sum()) for d in
+                    (written[1][name] for name in SIZES))
+
+
 def test_importing_does_not_import_torch():
     code = ("import sys, feature_store, feature_store.synthetic, feature_store.schema;"
             "assert 'torch' not in sys.modules and 'pipelines' not in sys.modules")
