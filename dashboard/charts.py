@@ -165,7 +165,8 @@ def family_graph_figure(family: Family, order: Sequence[str],
     height = max(260, 60 * max(len(c) for c in members_by_layer.values()) + 80)
     fig.update_layout(title=f"Family {family.family_id}: {len(family.members)} features, "
                             f"{len(family.edges)} edges (masked cosine)",
-                      height=height, margin=MARGIN, clickmode="event+select", dragmode=False,
+                      height=height, margin=dict(MARGIN, t=56), clickmode="event+select",
+                      dragmode=False,
                       xaxis=dict(tickvals=list(range(len(layers))), ticktext=layers,
                                  range=[-0.4, len(layers) - 0.4], showgrid=False),
                       yaxis=dict(visible=False))

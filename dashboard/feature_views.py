@@ -17,7 +17,7 @@ N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to sc
 
 
 EXAMPLE_CONTEXT = (16, 6)  # tokens shown before / after the drawn one on the feature page
-COMPACT_CONTEXT = (6, 2)  # in the narrow columns of the compare page
+COMPACT_CONTEXT = (5, 2)  # in the narrow columns of the compare page
 
 
 def density_text(record: FeatureRecord) -> str:
@@ -126,7 +126,7 @@ def activation_histogram(record: FeatureRecord) -> None:
     st.plotly_chart(charts.activation_histogram_figure(record), config={"displayModeBar": False})
 
 
-def compact_column(record: FeatureRecord, caption: str, n_examples: int = 5,
+def compact_column(record: FeatureRecord, caption: str, n_examples: int = 8,
                    n_logits: int = 6,
                    context: tuple[int, int] = COMPACT_CONTEXT) -> None:
     """One dictionary's feature in a narrow column: density, logits, top examples cropped
@@ -140,7 +140,7 @@ def compact_column(record: FeatureRecord, caption: str, n_examples: int = 5,
     st.html(token_html.logit_table_html(record.top_logits[:n_logits], scale, raises=True))
     st.html(token_html.examples_html(record.top_examples[:n_examples], "activation",
                                      record.max_act, context=context,
-                                     empty="never fired"))
+                                     empty="never fired", wrap=True))
 
 
 def finite_or_dash(value: float, fmt: str) -> str:

@@ -34,6 +34,7 @@ TOKEN_CSS = """
           font-size: 0.82rem; line-height: 1.55; }
 .tokens .ex { white-space: nowrap; overflow-x: auto; padding: 1px 0;
               border-bottom: 1px solid rgba(128,128,128,0.15); }
+.tokens.wrap .ex { white-space: normal; }
 .tokens .ex-act { display: inline-block; min-width: 3.6em; color: #777; margin-right: .4em;
                   text-align: right; font-size: 0.75rem; }
 .tokens .tok { white-space: pre; border-radius: 2px; padding: 0 1px; }
@@ -107,11 +108,13 @@ def example_html(example: Example, mode: Mode, scale: float,
 
 
 def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
-                  context: tuple[int, int] | None = None, empty: str = "no examples") -> str:
+                  context: tuple[int, int] | None = None, empty: str = "no examples",
+                  wrap: bool = False) -> str:
+    """Examples one per line; `wrap` lets a line wrap (narrow columns) instead of scrolling."""
     if not examples:
         return f'<div class="tokens legend">{html.escape(empty)}</div>'
     rows = "".join(example_html(e, mode, scale, context) for e in examples)
-    return f'<div class="tokens">{rows}</div>'
+    return f'<div class="tokens{" wrap" if wrap else ""}">{rows}</div>'
 
 
 def ablation_scale(examples: Iterable[Example]) -> float:
