@@ -48,7 +48,9 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
 
 `density_histograms.parquet` — the log10 feature-density histogram of each dictionary
     `dictionary`, `bin_lo`, `bin_hi` (log10 of the share of tokens a feature fires on),
-    `count` (features in [bin_lo, bin_hi)). Dead features (density 0) are in no bin.
+    `count` (features in [bin_lo, bin_hi)). Dead features (density 0) are in no bin. When
+    the stats stage gives none, the writer bins the features' densities in 0.25-wide bins
+    from log10(1 / n_tokens) to 0.
 
 `splits.parquet` — feature-splitting edges between features of adjacent sizes
     `dictionary_a`, `index_a`, `dictionary_b`, `index_b` (a is the smaller dictionary),
@@ -59,7 +61,7 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     `family_id`, `dictionary`, `index`; sorted by family, then dictionary order, then index.
 
 `umap.parquet` — joint 2-D UMAP of all dictionaries' decoder directions
-    `dictionary`, `index`, `x`, `y`, `density`.
+    `dictionary`, `index`, `x`, `y`, `density` (copied from the features table, for colour).
 
 `features/dictionary=<name>/part-0.parquet` — one row per feature, sorted by `index`
     `index` int32; `n_active` int64 (tokens with activation > 0); `density` float64
@@ -86,13 +88,15 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
 
 `logits/dictionary=<name>/part-0.parquet` — top and bottom logit weights d_i·W_out·W_U
     `feature` int32, `side` string (`top` largest first, `bottom` most negative first),
-    `rank` int16, `token_id` int32, `value` float32; sorted by (feature, side, rank).
+    `rank` int16, `token_id` int32, `value` float32; sorted by feature, then top before
+    bottom, then rank.
 
 `neighbours/dictionary=<name>/part-0.parquet` — nearby units by direction cosine
     `feature` int32; `relation` string (`neighbour`: same dictionary, decoder cosine, self
     excluded; `aligned_neuron`: W_out rows by |cosine|; `counterpart`: nearest features of
     another dictionary); `neighbour_dictionary` string; `rank` int16; `neighbour_index`
-    int32; `cosine` float32; sorted by (feature, relation, dictionary order, rank).
+    int32; `cosine` float32; sorted by feature, then relation in the order above, then
+    dictionary order (neurons first, then SAEs by size), then rank.
 """
 
 from __future__ import annotations

@@ -356,6 +356,8 @@ def test_writer_rejects_bad_shapes_and_ranges(tmp_path):
         w.add_examples("sae_8", **one)
     with pytest.raises(ValueError, match="not declared"):
         w.add_neighbours("sae_9", np.zeros((8, 1), int), np.zeros((8, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        w.add_umap("sae_8", np.full(8, np.nan), np.zeros(8))
     w.add_examples("sae_8", **{**one, "feature": [5]})
     with pytest.raises(ValueError, match="higher features"):
         w.add_examples("sae_8", **{**one, "feature": [2]})
