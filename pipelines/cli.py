@@ -13,7 +13,9 @@ from pathlib import Path
 
 from pipelines.config import load_config
 from pipelines.errors import PipelineError
+from pipelines.run_folder import Manifest
 from pipelines.runner import STAGE_NAMES, run_pipeline, stage_table
+from pipelines.sae_stage import metrics_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,4 +84,9 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         if row["summary"] != "-":
             print(row["summary"])
+    sae = Manifest(run_dir).get("sae")
+    if sae is not None:
+        print()
+        print(f"SAE metrics on held-out validation tokens ({sae.config.get('recipe')}):")
+        print(metrics_table(sae.results["metrics"]))
     return 0

@@ -128,6 +128,67 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ActivationsConfig:
+    """Which tokens' `blocks.0.mlp.hook_post` to cache (validation is always cached whole)."""
+
+    max_tokens: int = 1_000_000  # training tokens cached (a seeded random subset); 0 = all
+    shard_tokens: int = 131_072  # rows per Parquet shard: bounds memory when reading
+    batch_size: int = 64  # sequences per forward pass
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_tokens >= 0, "activations.max_tokens", self.max_tokens, "must be >= 0")
+        for key in ("shard_tokens", "batch_size"):
+            _require(getattr(self, key) > 0, f"activations.{key}", getattr(self, key), "must be positive")
+        _require(self.device in ("auto", "cpu", "cuda"), "activations.device", self.device,
+                 "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    """Every dictionary size trains from one shuffled pass over the cached activations."""
+
+    dict_sizes: tuple[int, ...] = (512, 1024, 2048)
+    recipe: str = "topk"  # topk | l1 | l1-unit (see pipelines/sae_training.py)
+    k: int = 24  # topk: active features per token
+    l1_coefficient: float = 5.0  # l1, l1-unit: λ (inputs have mean norm sqrt(d_mlp))
+    aux_k: int = 256  # topk: dead features that reconstruct the residual (AuxK)
+    aux_coefficient: float = 0.03125  # topk: α = 1/32
+    dead_window: int = 100_000  # a feature that has not fired in this many tokens is dead
+    resample_at: tuple[float, ...] = ()  # fractions of training at which dead features are resampled
+    lr: float = 1e-3
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over this last share of steps
+    l1_warmup_fraction: float = 0.05  # l1: λ ramps up over this first share of steps
+    grad_clip: float = 1.0
+    batch_size: int = 4096
+    epochs: int = 1
+    buffer_tokens: int = 262_144  # shuffle buffer (memory bound)
+    eval_sequences: int = 512  # validation sequences for CE loss recovered and KL
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dict_sizes) and min(self.dict_sizes) > 0, "sae.dict_sizes",
+                 self.dict_sizes, "must be a non-empty list of positive sizes")
+        _require(len(set(self.dict_sizes)) == len(self.dict_sizes), "sae.dict_sizes",
+                 self.dict_sizes, "sizes must be distinct")
+        _require(self.recipe in ("topk", "l1", "l1-unit"), "sae.recipe", self.recipe,
+                 "must be topk, l1 or l1-unit")
+        _require(self.recipe != "topk" or 0 < self.k <= min(self.dict_sizes), "sae.k", self.k,
+                 "must be in [1, smallest dictionary size]")
+        _require(all(0 < f < 1 for f in self.resample_at), "sae.resample_at", self.resample_at,
+                 "fractions must be in (0, 1)")
+        for key in ("lr", "batch_size", "epochs", "buffer_tokens", "eval_sequences", "dead_window"):
+            _require(getattr(self, key) > 0, f"sae.{key}", getattr(self, key), "must be positive")
+        _require(self.l1_coefficient >= 0, "sae.l1_coefficient", self.l1_coefficient, "must be >= 0")
+        _require(self.buffer_tokens >= self.batch_size, "sae.buffer_tokens", self.buffer_tokens,
+                 "must be at least sae.batch_size")
+        _require(self.device in ("auto", "cpu", "cuda"), "sae.device", self.device,
+                 "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Every stage's config; one section per stage in the TOML file."""
 
@@ -135,6 +196,8 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    sae: SaeConfig = field(default_factory=SaeConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from pipelines import corpus, model_training, tokenizer, tokens
+from pipelines import activations, corpus, model_training, sae_stage, tokenizer, tokens
 from pipelines.config import RunConfig, build_config, config_hash
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
@@ -39,6 +39,10 @@ def _vocab_size(run_dir: Path) -> int:
     return tokenizer.load(run_dir / "tokenizer").get_vocab_size()
 
 
+def _train_tokens(run_dir: Path) -> int:
+    return int(Manifest(run_dir).get("activations").results["train_tokens"])
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("corpus", (), lambda c, r, o: corpus.run(c.corpus, o),
           external_inputs=lambda c: corpus.input_fingerprint(c.corpus)),
@@ -47,6 +51,8 @@ STAGES: tuple[Stage, ...] = (
           lambda c, r, o: tokens.run(c.tokens, r / "corpus", r / "tokenizer", o)),
     Stage("model", ("tokenizer", "tokens"),
           lambda c, r, o: model_training.run(c.model, r / "tokens", _vocab_size(r), o)),
+    Stage("activations", ("tokens", "model"), lambda c, r, o: activations.run(c.activations, r, o)),
+    Stage("sae", ("activations",), lambda c, r, o: sae_stage.run(c.sae, r, _train_tokens(r), o)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")

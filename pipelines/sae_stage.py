@@ -1,0 +1,139 @@
+"""sae stage: train every dictionary size from one shuffled pass, then measure each on held-out data.
+
+Each batch is read once and fed to every size in turn, so sizes differ by size alone (same
+data, same order, same seed). Inputs are scaled by one factor s so that the training
+activations have mean norm sqrt(d_mlp); s is stored with each SAE (`input_scale`).
+
+Writes `sae/<d_sae>/sae.safetensors` + `config.json` (spec, training config, metrics),
+`sae/curves.parquet` (long format: size, step, tokens, mse, l0, aux, n_dead) and
+`sae/metrics.parquet` (one row per size; see `pipelines/sae_metrics.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from feature_store.sae_files import SaeSpec, load_sae, save_sae
+from feature_store.transformer_files import load_transformer
+from pipelines.activations import ActivationStream, read_shard, shard_paths
+from pipelines.config import SaeConfig
+from pipelines.model_training import pick_device
+from pipelines.sae_metrics import loss_metrics, reconstruction_metrics
+from pipelines.sae_training import SparseAutoencoder
+
+
+def input_scale(act_dir: Path, d_in: int) -> tuple[float, np.ndarray]:
+    """s with mean ‖s·x‖ = sqrt(d_in), and the mean scaled activation (the b_dec init)."""
+    x = read_shard(shard_paths(act_dir, "train")[0])["acts"][:65536]
+    scale = float(np.sqrt(d_in) / np.linalg.norm(x, axis=1).mean())
+    return scale, (x * scale).mean(0)
+
+
+def lr_at(step: int, total: int, cfg: SaeConfig) -> float:
+    decay_start = int(total * (1 - cfg.lr_decay_fraction))
+    if step < decay_start:
+        return cfg.lr
+    return cfg.lr * max(0.0, (total - step) / max(1, total - decay_start))
+
+
+def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: str
+              ) -> tuple[dict[int, SparseAutoencoder], float, dict]:
+    scale, b_dec_init = input_scale(act_dir, d_in)
+    saes = {size: SparseAutoencoder(
+        d_in, size, cfg.recipe, k=cfg.k, lr=cfg.lr, l1_coefficient=cfg.l1_coefficient,
+        aux_k=cfg.aux_k, aux_coefficient=cfg.aux_coefficient, dead_window=cfg.dead_window,
+        grad_clip=cfg.grad_clip, b_dec_init=torch.from_numpy(b_dec_init), seed=cfg.seed + i,
+        device=device) for i, size in enumerate(cfg.dict_sizes)}
+    stream = ActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+    steps_per_epoch = n_train // cfg.batch_size
+    total = max(1, steps_per_epoch * cfg.epochs)
+    resample_steps = {int(f * total) for f in cfg.resample_at}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curves: dict[str, list] = {k: [] for k in ("size", "step", "tokens", "mse", "l0", "aux", "n_dead")}
+    bar = tqdm(total=total, desc=f"sae ({device})", unit="step", disable=None)
+    step, t0, resampled = 0, time.perf_counter(), {size: 0 for size in saes}
+    for epoch in range(cfg.epochs):
+        for batch in stream.epoch(epoch):
+            if step >= total:
+                break
+            x = torch.from_numpy(batch).to(device) * scale
+            lr = lr_at(step, total, cfg)
+            l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
+            postfix = {}
+            for size, sae in saes.items():
+                stats = sae.step(x, lr, l1_scale)
+                if step in resample_steps:
+                    resampled[size] += sae.resample_dead(x, gen)
+                for key, value in (("size", size), ("step", step + 1), ("tokens", (step + 1) * len(x)),
+                                   ("mse", stats.mse), ("l0", stats.l0), ("aux", stats.aux),
+                                   ("n_dead", stats.n_dead)):
+                    curves[key].append(value)
+                postfix[str(size)] = f"L0 {stats.l0:.0f} mse {stats.mse:.1f} dead {stats.n_dead}"
+            if step % 10 == 0:
+                bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in postfix.items()), refresh=False)
+            bar.update(1)
+            step += 1
+    bar.close()
+    seconds = time.perf_counter() - t0
+    info = {"steps": step, "train_seconds": round(seconds, 2),
+            "activations_per_second": round(step * cfg.batch_size / seconds, 1),
+            "resampled": resampled, "curves": curves}
+    return saes, scale, info
+
+
+def run(cfg: SaeConfig, run_dir: Path, n_train: int, out: Path) -> tuple[str, dict]:
+    start = time.perf_counter()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    act_dir = run_dir / "activations"
+    d_in = read_shard(shard_paths(act_dir, "val")[0])["acts"].shape[1]
+    saes, scale, info = train_all(cfg, act_dir, d_in, n_train, device)
+    curves = info.pop("curves")
+    pq.write_table(pa.table(curves), out / "curves.parquet")
+    for size, sae in saes.items():
+        spec = SaeSpec(d_in=d_in, d_sae=size, recipe=cfg.recipe, k=cfg.k if cfg.recipe == "topk" else 0,
+                       input_scale=scale)
+        save_sae(out / str(size), spec, sae.tensors())
+    specs = {size: load_sae(out / str(size), device=device) for size in saes}  # evaluate what was saved
+    recon, mean_act = reconstruction_metrics(specs, act_dir, device)
+    model = load_transformer(run_dir / "model", device=device)
+    losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences, device)
+    rows = []
+    for size in saes:
+        row = {"dictionary": str(size), "n_features": size, "recipe": cfg.recipe,
+               **{k: v for k, v in recon[size].items() if k != "density"}, **losses[size],
+               "resampled": info["resampled"][size]}
+        rows.append(row)
+        save_sae(out / str(size), specs[size][0], specs[size][1],
+                 extra={"training": {k: (list(v) if isinstance(v, tuple) else v)
+                                     for k, v in cfg.__dict__.items()}, "metrics": row})
+    pq.write_table(pa.Table.from_pylist(rows), out / "metrics.parquet")
+    seconds = time.perf_counter() - start
+    parts = ", ".join(f"{r['dictionary']}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} CE rec "
+                      f"{100 * r['ce_loss_recovered']:.1f}% dead {100 * r['dead_fraction']:.1f}%" for r in rows)
+    summary = (f"sae: {cfg.recipe}, {len(rows)} dictionaries at {info['activations_per_second']:,.0f} "
+               f"act/s ({parts}), {seconds:.0f} s")
+    return summary, {**info, "input_scale": scale, "metrics": rows}
+
+
+METRIC_COLUMNS = ("dictionary", "l0", "fvu", "ce_loss_recovered", "ce_loss_recovered_mean_ablation",
+                  "kl_div", "dead_fraction", "dead_eval_tokens", "n_ultralow", "n_dense")
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """The `status` table: one line per dictionary."""
+    head = f"{'dictionary':>10} {'L0':>6} {'FVU':>6} {'CE rec':>7} {'(mean)':>7} {'KL':>6} " \
+           f"{'dead':>6} {'on tokens':>9} {'ultralow':>8} {'dense':>5}"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['dictionary']:>10} {r['l0']:6.1f} {r['fvu']:6.3f} {100 * r['ce_loss_recovered']:6.1f}% "
+                     f"{100 * r['ce_loss_recovered_mean_ablation']:6.1f}% {r['kl_div']:6.3f} "
+                     f"{100 * r['dead_fraction']:5.1f}% {r['dead_eval_tokens']:9,} {r['n_ultralow']:8} {r['n_dense']:5}")
+    return "\n".join(lines)
