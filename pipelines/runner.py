@@ -33,6 +33,11 @@ class Stage:
     deps: tuple[str, ...]
     execute: Execute  # (config, run_dir, staging folder) -> (summary line, results)
     external_inputs: Callable[[RunConfig], str] = lambda cfg: ""
+    folder: str = ""  # output folder under the run, when it is not the stage's name
+
+    @property
+    def out(self) -> str:
+        return self.folder or self.name
 
 
 def _vocab_size(run_dir: Path) -> int:
@@ -85,7 +90,7 @@ def staleness(stage: Stage, cfg: RunConfig, manifest: Manifest, run_dir: Path) -
     entry = manifest.get(stage.name)
     if entry is None:
         return "never completed"
-    if not (run_dir / stage.name).is_dir():
+    if not (run_dir / stage.out).is_dir():
         return "output missing"
     if entry.config_hash != config_hash(cfg.section(stage.name)):
         changed = sorted(k for k, v in cfg.to_dict()[stage.name].items()
@@ -141,7 +146,7 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, 
     log(f"{stage.name}: running ({reason})")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    final = run_dir / stage.name
+    final = run_dir / stage.out
     try:
         with staged_dir(final, before_swap=lambda: manifest.drop(stage.name)) as out:
             summary, results = stage.execute(cfg, run_dir, out)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_store.sae_files import SaeSpec, decode, encode
+from feature_store.sae_files import SaeSpec, encode, reconstruct
 from feature_store.transformer_files import HOOK_POST
 from pipelines.activations import read_shard, shard_paths
 from pipelines.tokens import read_sequences
@@ -46,7 +46,7 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
             x = x_all[i: i + 8192]
             for size, (spec, tensors) in specs.items():
                 f = encode(spec, tensors, x)
-                x_hat = decode(spec, tensors, f)
+                x_hat = reconstruct(spec, tensors, x)
                 sums[size]["sq_err"] += float(((x_hat - x) ** 2).sum())
                 active = f > 0
                 sums[size]["l0"] += float(active.sum())
@@ -89,7 +89,7 @@ def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path
 
     variants = {"zero": lambda a: torch.zeros_like(a), "mean": lambda a: mean.expand_as(a)}
     for size, (spec, tensors) in specs.items():
-        variants[f"sae{size}"] = (lambda s, t: lambda a: decode(s, t, encode(s, t, a)))(spec, tensors)
+        variants[f"sae{size}"] = (lambda s, t: lambda a: reconstruct(s, t, a))(spec, tensors)
     ce = {name: 0.0 for name in ["clean", *variants]}
     kl = {name: 0.0 for name in variants}
     count = 0
