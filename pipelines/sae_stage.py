@@ -12,6 +12,7 @@ Writes `sae/<d_sae>/sae.safetensors` + `config.json` (spec, training config, met
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,7 @@ def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: st
 
 
 def run(cfg: SaeConfig, run_dir: Path, n_train: int, out: Path) -> tuple[str, dict]:
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # it works; we test it
     start = time.perf_counter()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
