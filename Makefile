@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 RUN_DIR ?= runs/tiny
 
-.PHONY: demo test pipeline status clean-venv
+PORT ?= 8501
+
+.PHONY: demo test pipeline status dashboard clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,9 +16,16 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# Build (or resume, or skip) the tiny run, print its status, then serve the dashboard on it.
 demo: $(STAMP)
 	$(PY) -m pipelines run --preset tiny --run-dir $(RUN_DIR)
 	$(PY) -m pipelines status $(RUN_DIR)
+	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m streamlit run dashboard/app.py --server.port $(PORT) \
+		--browser.gatherUsageStats false
+
+dashboard: $(STAMP)
+	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m streamlit run dashboard/app.py --server.port $(PORT) \
+		--browser.gatherUsageStats false
 
 pipeline: $(STAMP)
 	$(PY) -m pipelines run --preset tiny --run-dir $(RUN_DIR)
