@@ -29,7 +29,8 @@ def build_transformer(spec: dict[str, Any], device: str = "cpu"):
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_native(TransformerBridgeConfig(**spec, device=device))
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(**spec, device=device))
+    return model.to(device)  # boot_native builds on the CPU whatever `device` says (seen on CUDA)
 
 
 def load_transformer(model_dir: Path, device: str = "cpu"):
