@@ -1,0 +1,579 @@
+"""ScoreBook: hand scores on the Towards Monosemanticity rubric, kept in SQLite beside the store.
+
+Why SQLite, and why here: scores are the one thing in a run a person made by hand, so they
+must outlive the store (rebuilt whenever the stats stage changes) and survive several raters
+at once. The database lives in the run folder, `runs/<name>/scores.sqlite` (see
+`default_path`), never inside `store/`; any other path can be given explicitly.
+
+Durability, concretely:
+- WAL journal with `synchronous=FULL`: a commit has reached the disk when `submit` returns,
+  so a page may say "saved" right after it;
+- every write is one short `BEGIN IMMEDIATE` transaction (takes the write lock up front, so
+  two writers never deadlock upgrading a read lock) with a busy timeout, so concurrent
+  raters queue for a few milliseconds instead of failing or overwriting each other;
+- the `scores` table is append-only: an edit is a new row, nothing is ever updated or
+  deleted; for each (rater, unit) the latest row counts (by `created_at`, then `score_id`);
+- each row carries a uuid (`score_id`), so importing a file from another machine merges
+  without duplicates (`INSERT OR IGNORE`), and importing it twice adds nothing.
+
+A unit is (dictionary, index): a feature of an SAE, or a raw MLP neuron (`neurons`).
+Queues (`make_queue`) are per rater, stored here with the rater's position, so a reload or a
+server restart resumes where the rater was.
+
+Results (distributions, Krippendorff's alpha) are computed in `scores_results.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_store.records import N_INTERVALS
+
+SCORES_FILE = "scores.sqlite"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000  # raters wait, never fail, while another write commits
+
+# The rubric (DESIGN.md, from Towards Monosemanticity): item -> (lowest, highest).
+RUBRIC: dict[str, tuple[int, int]] = {
+    "confidence": (0, 3),  # in the interpretation
+    "activation_consistency": (0, 5),  # of the high-activation tokens with it
+    "logit_consistency": (0, 3),  # of the positive logits with it
+    "separation": (0, 1),  # clear gap between consistent and inconsistent logits; 0 if n/a
+    "specificity": (0, 3),  # of the interpretation
+}
+# DESIGN.md calls the total "0-14", but the item ranges it lists (the ones above) add up to
+# 15. The items are what a rater sees and what is stored, so they win, and the total's top
+# follows them; if the ranges are ever corrected (e.g. logits 0-2), only RUBRIC changes.
+MAX_TOTAL = sum(hi for _, hi in RUBRIC.values())
+INTERVAL_SCALE = (0, 5)  # per-interval consistency, the same scale as activation_consistency
+QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
+
+_COLUMNS = ("score_id", "rater", "dictionary", "unit_index", "interpretation",
+            *RUBRIC, "total", "interval_scores", "blind", "created_at")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scores (
+    score_id TEXT PRIMARY KEY,              -- uuid4 hex: imports dedupe on it
+    rater TEXT NOT NULL CHECK (length(rater) > 0),
+    dictionary TEXT NOT NULL,               -- 'neurons' or 'sae_<n>'
+    unit_index INTEGER NOT NULL CHECK (unit_index >= 0),
+    interpretation TEXT NOT NULL CHECK (length(trim(interpretation)) > 0),
+    confidence INTEGER NOT NULL CHECK (confidence BETWEEN 0 AND 3),
+    activation_consistency INTEGER NOT NULL CHECK (activation_consistency BETWEEN 0 AND 5),
+    logit_consistency INTEGER NOT NULL CHECK (logit_consistency BETWEEN 0 AND 3),
+    separation INTEGER NOT NULL CHECK (separation BETWEEN 0 AND 1),
+    specificity INTEGER NOT NULL CHECK (specificity BETWEEN 0 AND 3),
+    total INTEGER NOT NULL CHECK (total BETWEEN 0 AND {MAX_TOTAL}),
+    interval_scores TEXT,                   -- JSON list of {N_INTERVALS} ints 0-5 or null; or NULL
+    blind INTEGER NOT NULL CHECK (blind IN (0, 1)),  -- 0: rater knew what the unit was
+    created_at TEXT NOT NULL                -- ISO 8601 UTC, microseconds
+);
+CREATE INDEX IF NOT EXISTS scores_unit ON scores (dictionary, unit_index, rater, created_at);
+CREATE TABLE IF NOT EXISTS queues (
+    rater TEXT PRIMARY KEY,
+    sources TEXT NOT NULL,                  -- JSON list of dictionary names
+    sample_size INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    units TEXT NOT NULL,                    -- JSON list of [dictionary, index], in order
+    position INTEGER NOT NULL,              -- 0-based; == len(units) when finished
+    created_at TEXT NOT NULL
+);
+"""
+
+
+class ScoreError(ValueError):
+    """A score, queue or import file that cannot be stored; the message says which item and
+    why. Nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rubric:
+    """One rater's judgement of one unit (validated on construction)."""
+
+    interpretation: str
+    confidence: int
+    activation_consistency: int
+    logit_consistency: int
+    separation: int
+    specificity: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interpretation, str) or not self.interpretation.strip():
+            raise ScoreError("interpretation: write one (it is the first rubric item)")
+        for item, (lo, hi) in RUBRIC.items():
+            value = getattr(self, item)
+            if value is None:
+                raise ScoreError(f"{item}: missing; pick {lo}-{hi}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ScoreError(f"{item}: {value!r} is not a whole number {lo}-{hi}")
+            if not lo <= value <= hi:
+                raise ScoreError(f"{item}: {value} is out of range {lo}-{hi}")
+
+    @property
+    def total(self) -> int:
+        return sum(int(getattr(self, item)) for item in RUBRIC)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "Rubric":
+        """From a dict (a form, a row); a missing item is a ScoreError, not a KeyError."""
+        missing = [f.name for f in fields(cls) if values.get(f.name) is None]
+        if missing:
+            raise ScoreError(f"missing rubric item(s): {', '.join(missing)}")
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One stored row of the append-only history."""
+
+    score_id: str
+    rater: str
+    dictionary: str
+    unit_index: int
+    rubric: Rubric
+    interval_scores: tuple[int | None, ...] | None  # N_INTERVALS entries, lowest first
+    blind: bool
+    created_at: str
+
+    @property
+    def total(self) -> int:
+        return self.rubric.total
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A rater's units to score, in order, and where they are."""
+
+    rater: str
+    sources: tuple[str, ...]
+    sample_size: int
+    seed: int
+    units: tuple[tuple[str, int], ...]
+    position: int  # 0-based; len(units) means finished
+    created_at: str
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self.units)
+
+
+def default_path(store_path: str | Path) -> Path:
+    """`runs/<name>/store` -> `runs/<name>/scores.sqlite`: beside the store, so rebuilding
+    the store never touches the scores."""
+    return Path(store_path).resolve().parent / SCORES_FILE
+
+
+class ScoreBook:
+    """The scores database at `path`. Cheap to make; opens a connection per operation, so one
+    instance may be shared by threads (Streamlit sessions) and each process makes its own."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._ready = False
+
+    @classmethod
+    def for_store(cls, store_path: str | Path) -> "ScoreBook":
+        return cls(default_path(store_path))
+
+    @property
+    def exists(self) -> bool:
+        """Whether anything was ever stored: read-only views check this so that merely
+        looking at a page never creates a database."""
+        return self.path.is_file()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None)
+        except sqlite3.Error as err:
+            raise ScoreError(f"{self.path}: cannot open the scores database ({err})") from None
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")
+        if not self._ready:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise ScoreError(f"{self.path}: could not switch to WAL journaling (got {mode})")
+            self._init_schema(conn)
+            self._ready = True
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        with _transaction(conn):
+            for statement in _SCHEMA.split(";\n"):  # not executescript: it commits first
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise ScoreError(f"{self.path}: scores schema {row[0]}, this code knows "
+                                 f"{SCHEMA_VERSION}; export with the matching version first")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction, committed (and on disk) when the block ends."""
+        with closing(self._connect()) as conn, _transaction(conn):
+            yield conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if not self.exists:
+            return []
+        with closing(self._connect()) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    # -- scores --------------------------------------------------------------------------------
+
+    def submit(self, rater: str, dictionary: str, index: int, rubric: Rubric | Mapping[str, Any],
+               interval_scores: Sequence[int | None] | None = None, blind: bool = True) -> Score:
+        """Validate, then append one row in its own transaction. When this returns the score
+        is committed; on any ScoreError nothing was written."""
+        rubric = rubric if isinstance(rubric, Rubric) else Rubric.from_mapping(rubric)
+        score = Score(score_id=uuid.uuid4().hex, rater=_rater(rater),
+                      dictionary=_dictionary(dictionary), unit_index=_index(index),
+                      rubric=rubric, interval_scores=_intervals(interval_scores),
+                      blind=bool(blind), created_at=_now())
+        with self._write() as conn:
+            _insert(conn, score)
+        return score
+
+    def history(self, rater: str | None = None, dictionary: str | None = None,
+                index: int | None = None) -> list[Score]:
+        """Every stored row matching the filters, oldest first."""
+        where, params = [], []
+        for column, value in (("rater", rater), ("dictionary", dictionary),
+                              ("unit_index", index)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = (f"SELECT {', '.join(_COLUMNS)} FROM scores"
+               f"{' WHERE ' + ' AND '.join(where) if where else ''} "
+               "ORDER BY created_at, score_id")
+        return [_score(row) for row in self._read(sql, params)]
+
+    def latest(self, rater: str, dictionary: str, index: int) -> Score | None:
+        """The row that counts for this rater and unit: their last submission or edit."""
+        rows = self.history(rater, dictionary, index)
+        return rows[-1] if rows else None
+
+    def table(self) -> pd.DataFrame:
+        """Every stored row, oldest first, one column per field (`interval_scores` as its JSON
+        text): exactly what export writes."""
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM scores "
+                          "ORDER BY created_at, score_id")
+        frame = pd.DataFrame(rows, columns=list(_COLUMNS))
+        return frame.astype({c: "int64" for c in (*RUBRIC, "unit_index", "total", "blind")})
+
+    def latest_table(self, blind_only: bool = False) -> pd.DataFrame:
+        """One row per (rater, unit): the latest. `blind_only` first drops scores given while
+        the rater knew the unit (so a later non-blind edit cannot stand in for a blind one)."""
+        rows = self.table()
+        if blind_only:
+            rows = rows[rows["blind"] == 1]
+        return (rows.drop_duplicates(["rater", "dictionary", "unit_index"], keep="last")
+                .reset_index(drop=True))
+
+    def unit_means(self, dictionary: str) -> pd.Series:
+        """Mean over raters of each scored unit's latest total, indexed by unit index."""
+        latest = self.latest_table()
+        latest = latest[latest["dictionary"] == dictionary]
+        return latest.groupby("unit_index")["total"].mean()
+
+    # -- export / import -----------------------------------------------------------------------
+
+    def export_csv(self, path: str | Path | None = None) -> bytes:
+        """Every row as UTF-8 CSV (header, all fields as text); written to `path` if given."""
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(_COLUMNS)
+        for score in self.history():
+            writer.writerow(["" if v is None else v for v in _row(score)])
+        data = buffer.getvalue().encode("utf-8")
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    def export_parquet(self, path: str | Path | None = None) -> bytes:
+        """Every row as a Parquet file (typed columns); written to `path` if given."""
+        rows = [_row(s) for s in self.history()]
+        table = pa.Table.from_pylist([dict(zip(_COLUMNS, r)) for r in rows], schema=_ARROW)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        data = sink.getvalue()
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    def import_file(self, source: str | Path | bytes, kind: str | None = None,
+                    name: str | None = None) -> int:
+        """Merge an exported CSV or Parquet file (a path, or its bytes with `kind`) and return
+        how many rows were new. Rows already here (same score_id) are left alone; every row
+        is validated first, and one bad row rejects the whole file."""
+        if isinstance(source, (str, Path)):
+            name = name or str(source)
+            kind = kind or Path(source).suffix.lstrip(".").lower()
+            try:
+                data = Path(source).read_bytes()
+            except OSError as err:
+                raise ScoreError(f"{source}: cannot read ({err})") from None
+        else:
+            data, name = source, name or "uploaded file"
+        if kind == "csv":
+            records = _csv_records(data, name)
+        elif kind == "parquet":
+            records = _parquet_records(data, name)
+        else:
+            raise ScoreError(f"{name}: unknown kind {kind!r}; expected csv or parquet")
+        scores = [_record_score(r, name, n) for n, r in enumerate(records, start=2)]
+        with self._write() as conn:
+            before = conn.total_changes
+            for score in scores:
+                _insert(conn, score, ignore=True)
+            return conn.total_changes - before
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def make_queue(self, rater: str, population: Mapping[str, Sequence[int]],
+                   sample_size: int, seed: int) -> Queue:
+        """A balanced random mix: `sample_size` split as evenly as possible across the sources
+        (a source with too few units gives all it has), drawn without replacement, then
+        shuffled together so sources interleave. The same population and seed give the same
+        queue. It replaces the rater's previous queue and starts at position 0."""
+        rater = _rater(rater)
+        sources = tuple(population)
+        if not sources:
+            raise ScoreError("queue: pick at least one source")
+        if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) \
+                or sample_size < 1:
+            raise ScoreError(f"queue: sample size must be a positive whole number, "
+                             f"got {sample_size!r}")
+        units = balanced_sample(population, int(sample_size), int(seed))
+        if not units:
+            raise ScoreError("queue: the chosen sources have no units to score")
+        queue = Queue(rater=rater, sources=sources, sample_size=int(sample_size),
+                      seed=int(seed), units=tuple(units), position=0, created_at=_now())
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (queue.rater, json.dumps(list(sources)), queue.sample_size,
+                          queue.seed, json.dumps([list(u) for u in units]), 0,
+                          queue.created_at))
+        return queue
+
+    def queue(self, rater: str) -> Queue | None:
+        rows = self._read("SELECT rater, sources, sample_size, seed, units, position, "
+                          "created_at FROM queues WHERE rater = ?", (rater,))
+        if not rows:
+            return None
+        r, sources, size, seed, units, position, created = rows[0]
+        return Queue(rater=r, sources=tuple(json.loads(sources)), sample_size=size, seed=seed,
+                     units=tuple((str(d), int(i)) for d, i in json.loads(units)),
+                     position=position, created_at=created)
+
+    def set_position(self, rater: str, position: int) -> Queue:
+        """Move the rater to `position` (clamped to 0..len); returns the updated queue."""
+        queue = self.queue(rater)
+        if queue is None:
+            raise ScoreError(f"rater {rater!r} has no queue; make one first")
+        position = max(0, min(int(position), len(queue)))
+        with self._write() as conn:
+            conn.execute("UPDATE queues SET position = ? WHERE rater = ?", (position, rater))
+        return Queue(**{**_shallow(queue), "position": position})
+
+
+def balanced_sample(population: Mapping[str, Sequence[int]], sample_size: int,
+                    seed: int) -> list[tuple[str, int]]:
+    """`sample_size` units split evenly across sources (the remainder goes to sources picked
+    at random), each drawn without replacement, then interleaved by one shuffle."""
+    rng = np.random.default_rng(seed)
+    sources = list(population)
+    share = np.full(len(sources), sample_size // len(sources))
+    share[rng.permutation(len(sources))[:sample_size % len(sources)]] += 1
+    units: list[tuple[str, int]] = []
+    for source, n in zip(sources, share.tolist()):
+        candidates = np.unique(np.asarray(population[source], dtype=np.int64))
+        picked = rng.choice(candidates, size=min(n, candidates.size), replace=False)
+        units.extend((source, int(i)) for i in picked)
+    order = rng.permutation(len(units))
+    return [units[k] for k in order]
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+_ARROW = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
+                    ("dictionary", pa.string()), ("unit_index", pa.int64()),
+                    ("interpretation", pa.string()),
+                    *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
+                    ("interval_scores", pa.string()), ("blind", pa.int64()),
+                    ("created_at", pa.string())])
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _insert(conn: sqlite3.Connection, score: Score, ignore: bool = False) -> None:
+    verb = "INSERT OR IGNORE" if ignore else "INSERT"
+    conn.execute(f"{verb} INTO scores ({', '.join(_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(_COLUMNS))})", _row(score))
+
+
+def _row(score: Score) -> tuple:
+    """A Score as the stored tuple, in `_COLUMNS` order."""
+    r = score.rubric
+    intervals = (None if score.interval_scores is None
+                 else json.dumps(list(score.interval_scores)))
+    return (score.score_id, score.rater, score.dictionary, score.unit_index, r.interpretation,
+            *[int(getattr(r, item)) for item in RUBRIC], r.total, intervals,
+            int(score.blind), score.created_at)
+
+
+def _score(row: Sequence[Any]) -> Score:
+    values = dict(zip(_COLUMNS, row))
+    intervals = values["interval_scores"]
+    return Score(score_id=values["score_id"], rater=values["rater"],
+                 dictionary=values["dictionary"], unit_index=int(values["unit_index"]),
+                 rubric=Rubric(**{k: values[k] for k in ("interpretation", *RUBRIC)}),
+                 interval_scores=None if intervals is None else tuple(json.loads(intervals)),
+                 blind=bool(values["blind"]), created_at=values["created_at"])
+
+
+def _record_score(record: Mapping[str, Any], name: str, line: int) -> Score:
+    """One imported row, checked as strictly as a submission (and its total recomputed)."""
+    where = f"{name}: row {line}"
+    try:
+        missing = [c for c in _COLUMNS if c not in record]
+        if missing:
+            raise ScoreError(f"missing column(s) {', '.join(missing)}")
+        ints = {c: _int(record[c], c) for c in (*RUBRIC, "unit_index", "total", "blind")}
+        rubric = Rubric(interpretation=record["interpretation"],
+                        **{item: ints[item] for item in RUBRIC})
+        if ints["total"] != rubric.total:
+            raise ScoreError(f"total {ints['total']} is not the sum of the items "
+                             f"({rubric.total})")
+        raw = record["interval_scores"]
+        intervals = None if raw in (None, "") else json.loads(raw)
+        score_id = str(record["score_id"])
+        uuid.UUID(hex=score_id)
+        created = str(record["created_at"])
+        datetime.fromisoformat(created)
+        if ints["blind"] not in (0, 1):
+            raise ScoreError(f"blind must be 0 or 1, got {ints['blind']}")
+        return Score(score_id=score_id, rater=_rater(record["rater"]),
+                     dictionary=_dictionary(record["dictionary"]),
+                     unit_index=_index(ints["unit_index"]), rubric=rubric,
+                     interval_scores=_intervals(intervals), blind=bool(ints["blind"]),
+                     created_at=created)
+    except ScoreError as err:
+        raise ScoreError(f"{where}: {err}") from None
+    except (ValueError, TypeError) as err:  # bad uuid, timestamp or JSON
+        raise ScoreError(f"{where}: {err}") from None
+
+
+def _csv_records(data: bytes, name: str) -> list[dict[str, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ScoreError(f"{name}: not UTF-8 text ({err})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "score_id" not in reader.fieldnames:
+        raise ScoreError(f"{name}: not a scores export (no score_id column)")
+    return list(reader)
+
+
+def _parquet_records(data: bytes, name: str) -> list[dict[str, Any]]:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (OSError, pa.ArrowException) as err:
+        raise ScoreError(f"{name}: not a readable Parquet file ({err})") from None
+    return table.to_pylist()
+
+
+def _int(value: Any, item: str) -> int:
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.lstrip("-").isdigit():
+            raise ScoreError(f"{item}: {value!r} is not a whole number")
+        return int(value)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ScoreError(f"{item}: {value!r} is not a whole number")
+    if value is None:
+        raise ScoreError(f"{item}: missing")
+    return int(value)
+
+
+def _rater(rater: Any) -> str:
+    if not isinstance(rater, str) or not rater.strip():
+        raise ScoreError("rater: give a name")
+    return rater.strip()
+
+
+def _dictionary(dictionary: Any) -> str:
+    if not isinstance(dictionary, str) or not dictionary:
+        raise ScoreError(f"dictionary: {dictionary!r} is not a dictionary name")
+    return dictionary
+
+
+def _index(index: Any) -> int:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ScoreError(f"unit index: {index!r} is not a non-negative whole number")
+    return int(index)
+
+
+def _intervals(values: Iterable[Any] | None) -> tuple[int | None, ...] | None:
+    """None, or exactly N_INTERVALS entries, each 0-5 or None (that interval not scored)."""
+    if values is None:
+        return None
+    values = list(values)
+    lo, hi = INTERVAL_SCALE
+    if len(values) != N_INTERVALS:
+        raise ScoreError(f"interval scores: {len(values)} given, expected {N_INTERVALS}")
+    out: list[int | None] = []
+    for k, v in enumerate(values, start=1):
+        if v is None:
+            out.append(None)
+        elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise ScoreError(f"interval {k}: {v!r} is out of range {lo}-{hi}")
+        else:
+            out.append(int(v))
+    return tuple(out) if any(v is not None for v in out) else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+__all__ = ["ScoreBook", "ScoreError", "Rubric", "Score", "Queue", "RUBRIC", "MAX_TOTAL",
+           "INTERVAL_SCALE", "QUITE_INTERPRETABLE", "default_path", "balanced_sample"]
