@@ -189,6 +189,53 @@ class SaeConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    """The statistics pass behind the feature store (see `pipelines/stats.py`).
+
+    Defaults follow Towards Monosemanticity's dashboards: 11 intervals (fixed by the store
+    schema), a handful of uniformly drawn examples per interval, ~20 top examples, a context
+    window long enough to read and short enough to scan.
+    """
+
+    split: str = "val"  # val: held-out documents, never seen by the model or the SAEs
+    max_tokens: int = 0  # cap on the tokens the statistics cover (whole sequences); 0 = all
+    batch_tokens: int = 8192  # tokens per step: bounds memory (codes are [batch, d_sae])
+    top_k: int = 20  # top-activating examples per feature
+    examples_per_interval: int = 5  # drawn uniformly at random within each of the 11 intervals
+    window_before: int = 12  # context tokens shown before the example token
+    window_after: int = 4  # and after it (clipped to the sequence)
+    act_hist_bins: int = 40  # log10-spaced activation histogram bins, shared per dictionary
+    n_logits: int = 20  # top and bottom logit-weight tokens stored per feature
+    logit_hist_bins: int = 40
+    n_neighbours: int = 10  # nearest features (same dictionary) and counterparts (others)
+    n_aligned_neurons: int = 5
+    split_candidates: int = 3  # decoder-cosine candidates per feature for splitting edges
+    split_threshold: float = 0.4  # masked activation cosine above which an edge is drawn
+    umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see stats.py)
+    umap_neighbours: int = 15
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("val", "train"), "stats.split", self.split, "must be val or train")
+        _require(self.max_tokens >= 0, "stats.max_tokens", self.max_tokens, "must be >= 0")
+        for key in ("batch_tokens", "top_k", "examples_per_interval", "act_hist_bins",
+                    "n_logits", "logit_hist_bins", "n_neighbours", "n_aligned_neurons",
+                    "split_candidates", "umap_neighbours"):
+            _require(getattr(self, key) > 0, f"stats.{key}", getattr(self, key), "must be positive")
+        _require(self.top_k < 2**15, "stats.top_k", self.top_k, "must be < 32768")
+        _require(self.examples_per_interval < 2**15, "stats.examples_per_interval",
+                 self.examples_per_interval, "must be < 32768")
+        for key in ("window_before", "window_after"):
+            _require(0 <= getattr(self, key) <= 1024, f"stats.{key}", getattr(self, key),
+                     "must be in [0, 1024]")
+        _require(0.0 <= self.split_threshold <= 1.0, "stats.split_threshold",
+                 self.split_threshold, "must be in [0, 1]")
+        _require(self.device in ("auto", "cpu", "cuda"), "stats.device", self.device,
+                 "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Every stage's config; one section per stage in the TOML file."""
 
@@ -198,6 +245,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     sae: SaeConfig = field(default_factory=SaeConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from pipelines import activations, corpus, model_training, sae_stage, tokenizer, tokens
+from pipelines import activations, corpus, model_training, sae_stage, stats, tokenizer, tokens
 from pipelines.config import RunConfig, build_config, config_hash
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
@@ -58,6 +58,8 @@ STAGES: tuple[Stage, ...] = (
           lambda c, r, o: model_training.run(c.model, r / "tokens", _vocab_size(r), o)),
     Stage("activations", ("tokens", "model"), lambda c, r, o: activations.run(c.activations, r, o)),
     Stage("sae", ("activations",), lambda c, r, o: sae_stage.run(c.sae, r, _train_tokens(r), o)),
+    Stage("stats", ("tokenizer", "tokens", "model", "activations", "sae"),
+          lambda c, r, o: stats.run(c.stats, r, o), folder="store"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")
