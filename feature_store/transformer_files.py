@@ -30,7 +30,9 @@ def build_transformer(spec: dict[str, Any], device: str = "cpu"):
     from transformer_lens.model_bridge import TransformerBridge
 
     model = TransformerBridge.boot_native(TransformerBridgeConfig(**spec, device=device))
-    return model.to(device)  # boot_native builds on the CPU whatever `device` says (seen on CUDA)
+    if device != "cpu":
+        model = model.to(device)  # boot_native builds on the CPU whatever `device` says (seen on CUDA)
+    return model
 
 
 def load_transformer(model_dir: Path, device: str = "cpu"):
@@ -42,3 +44,26 @@ def load_transformer(model_dir: Path, device: str = "cpu"):
     model.load_state_dict(load_file(str(model_dir / "model.safetensors"), device=device))
     model.eval()
     return model
+
+
+class _Captured(Exception):
+    """Raised from a hook to stop the forward pass once the MLP output is in hand."""
+
+
+def mlp_activations(model, tokens):
+    """`blocks.0.mlp.hook_post` for `tokens` [batch, pos], without computing the unembedding.
+
+    The unembedding (d_model x d_vocab per token) costs ~4x the rest of a one-layer model, and
+    TransformerBridge ignores `stop_at_layer` here, so the hook raises once it has the value;
+    `run_with_hooks` removes its hooks on the way out."""
+    captured = {}
+
+    def grab(acts, hook):
+        captured["acts"] = acts
+        raise _Captured
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[(HOOK_POST, grab)])
+    except _Captured:
+        pass
+    return captured["acts"]

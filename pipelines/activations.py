@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from feature_store.transformer_files import HOOK_POST, load_transformer
+from feature_store.transformer_files import HOOK_POST, load_transformer, mlp_activations
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
 from pipelines.model_training import pick_device
@@ -61,8 +61,7 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
         chunk, chunk_ids, parts = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard], []
         for i in range(0, len(chunk), cfg.batch_size):
             batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
-            _, cache = model.run_with_cache(batch, names_filter=lambda name: name == HOOK_POST)
-            parts.append(cache[HOOK_POST][:, 1:].float().cpu().numpy())
+            parts.append(mlp_activations(model, batch)[:, 1:].float().cpu().numpy())
             bar.update(batch.shape[0] * (n_ctx - 1))
         acts = np.concatenate(parts).reshape(-1, parts[0].shape[-1])
         positions = np.tile(np.arange(1, n_ctx), len(chunk))

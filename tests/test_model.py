@@ -53,3 +53,16 @@ def test_schedule_warms_up_then_decays_to_floor():
     assert lr_at(9, 100, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, cfg) == pytest.approx(0.1)
     assert lr_at(55, 100, cfg) == pytest.approx(0.55)
+
+
+def test_mlp_activations_equal_the_cached_hook_and_leave_no_hook(mini_run):
+    from feature_store.transformer_files import mlp_activations
+
+    model = load_transformer(mini_run / "model")
+    val = torch.from_numpy(read_sequences(mini_run / "tokens" / "val.parquet")[:3].astype(np.int64))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(val, names_filter=lambda n: n == HOOK_POST)
+        assert torch.equal(mlp_activations(model, val), cache[HOOK_POST])
+        before = model(val)
+        mlp_activations(model, val)
+        assert torch.equal(model(val), before)  # the raising hook is gone
