@@ -16,6 +16,9 @@ MINI = {
     "model": {"d_model": 32, "d_mlp": 64, "n_heads": 2, "d_head": 16, "train_tokens": 40_000,
               "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": 20,
               "eval_sequences": 32},
+    "activations": {"max_tokens": 30_000, "shard_tokens": 8192},
+    "sae": {"dict_sizes": [64, 128], "k": 4, "batch_size": 256, "buffer_tokens": 4096,
+            "dead_window": 5000, "eval_sequences": 16, "lr": 3e-3},
 }
 
 
