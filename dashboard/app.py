@@ -31,6 +31,9 @@ def main() -> None:
         st.Page(links.FEATURE, title="Feature", url_path=links.URL_PATHS[links.FEATURE]),
         st.Page(links.COMPARE, title="Compare sizes", url_path=links.URL_PATHS[links.COMPARE]),
         st.Page(links.SPLITTING, title="Splitting", url_path=links.URL_PATHS[links.SPLITTING]),
+        st.Page(links.PROMPT, title="Prompt explorer", url_path=links.URL_PATHS[links.PROMPT]),
+        st.Page(links.SCORE, title="Score", url_path=links.URL_PATHS[links.SCORE]),
+        st.Page(links.RESULTS, title="Results", url_path=links.URL_PATHS[links.RESULTS]),
     ]
     st.navigation(pages, position="top").run()
 

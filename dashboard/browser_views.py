@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import links, store_access, url_state
+from dashboard import links, score_access, store_access, url_state
 from feature_store.records import DENSITY_CLASSES
 
 
@@ -70,6 +70,9 @@ def feature_table(path: str, dictionary: str, query: str, classes: list[str]) ->
         "top tokens": rows["top_tokens"].to_numpy(),
         "top logits": rows["top_logits"].to_numpy(),
     })
+    means = score_access.unit_means(path, dictionary)
+    if len(means):  # only once something in this dictionary was scored
+        view.insert(2, "score", rows["index"].map(means).to_numpy())
     event = st.dataframe(
         view, hide_index=True, height=620, on_select="rerun", selection_mode="single-row",
         key=f"table_{dictionary}",
@@ -84,6 +87,9 @@ def feature_table(path: str, dictionary: str, query: str, classes: list[str]) ->
             "mean act": st.column_config.NumberColumn("mean act", format="%.2f", width=70),
             "top tokens": st.column_config.TextColumn("top tokens", width="large"),
             "top logits": st.column_config.TextColumn("top logits", width="large"),
+            "score": st.column_config.NumberColumn(
+                "score", format="%.1f", width=60,
+                help="Rubric total: mean over raters of each rater's latest score"),
         })
     selected = getattr(getattr(event, "selection", None), "rows", None)
     if selected:

@@ -54,7 +54,7 @@ def header(record: FeatureRecord) -> None:
         links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
         st.markdown(f"[Score it]({links.score_url(record.dictionary, record.index)})",
-                    width="content", help="Opens the scoring page (arrives with scoring).")
+                    width="content", help="Score this unit on the rubric, knowingly (stored as not blind).")
 
 
 def logits(record: FeatureRecord) -> None:

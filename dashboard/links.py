@@ -20,9 +20,13 @@ BROWSER = "app_pages/browser.py"
 FEATURE = "app_pages/feature.py"
 COMPARE = "app_pages/compare.py"
 SPLITTING = "app_pages/splitting.py"
+SCORE = "app_pages/score.py"
+RESULTS = "app_pages/results.py"
+PROMPT = "app_pages/prompt.py"
 URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
-             COMPARE: "compare", SPLITTING: "splitting"}
-SCORE_URL_PATH = "score"  # the scoring page arrives with a later issue; links already point there
+             COMPARE: "compare", SPLITTING: "splitting", SCORE: "score", RESULTS: "results",
+             PROMPT: "prompt"}
+SCORE_URL_PATH = URL_PATHS[SCORE]  # `score?dictionary=&feature=` scores that unit, not blind
 
 
 def feature_params(dictionary: str, index: int) -> dict[str, str]:
@@ -35,6 +39,7 @@ def feature_url(dictionary: str, index: int, page: str = FEATURE) -> str:
 
 
 def score_url(dictionary: str, index: int) -> str:
+    """Score this one unit, knowingly: the scoring page marks such scores not blind."""
     return f"{SCORE_URL_PATH}?{urlencode(feature_params(dictionary, index))}"
 
 

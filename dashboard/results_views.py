@@ -1,0 +1,141 @@
+"""The results page's parts: score distributions per source, the summary and per-item tables,
+inter-rater agreement, export and import.
+
+The distribution chart follows Towards Monosemanticity's figure: one colour per source
+(`neurons`, each SAE size), x the rubric total, y the share of that source's ratings, bars
+overlaid so a bimodal "features high, neurons low" picture reads at a glance. Figures are
+built without Streamlit calls (testable alone); uploaded files are untrusted and go through
+`ScoreBook.import_file`, which validates every row before writing any.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import charts
+from feature_store.scores import MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, ScoreBook, ScoreError
+from feature_store.scores_results import Results
+
+
+def distribution_figure(res: Results) -> go.Figure:
+    colours = charts.dictionary_colours(list(res.distribution.columns))
+    fig = go.Figure()
+    for source in res.distribution.columns:
+        counts = res.distribution[source]
+        share = counts / max(int(counts.sum()), 1)
+        fig.add_trace(go.Bar(x=list(res.distribution.index), y=share, name=source,
+                             marker=dict(color=colours[source], opacity=0.6),
+                             customdata=counts,
+                             hovertemplate=f"{source}<br>score %{{x}}: %{{customdata}} ratings "
+                                           "(%{y:.0%})<extra></extra>"))
+    fig.add_vline(x=QUITE_INTERPRETABLE + 0.5, line_dash="dot", line_color="#888",
+                  annotation_text=f"> {QUITE_INTERPRETABLE}: quite interpretable",
+                  annotation_position="top right")
+    fig.update_layout(barmode="overlay", height=340, margin=charts.MARGIN,
+                      title="Rubric totals per source (each rater's latest score of a unit)",
+                      xaxis=dict(title=f"total score (0–{MAX_TOTAL})", dtick=1,
+                                 range=[-0.5, MAX_TOTAL + 0.5]),
+                      yaxis=dict(title="share of ratings", tickformat=".0%"),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def items_figure(res: Results) -> go.Figure:
+    """Each rubric item's mean as a share of its maximum, grouped by source."""
+    colours = charts.dictionary_colours(list(res.items.index))
+    labels = [item.replace("_", " ") for item in RUBRIC]
+    fig = go.Figure()
+    for source, row in res.items.iterrows():
+        fig.add_trace(go.Bar(x=labels, y=[row[i] / RUBRIC[i][1] for i in RUBRIC], name=source,
+                             marker_color=colours[source],
+                             customdata=[row[i] for i in RUBRIC],
+                             hovertemplate=f"{source}<br>%{{x}}: mean %{{customdata:.2f}} "
+                                           "(%{y:.0%} of max)<extra></extra>"))
+    fig.update_layout(barmode="group", height=300, margin=charts.MARGIN,
+                      title="Per rubric item: mean as a share of the item's maximum",
+                      yaxis=dict(tickformat=".0%", range=[0, 1]),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def summary_table(res: Results) -> None:
+    table = res.by_source.rename(columns={"share_above_8": f"share > {QUITE_INTERPRETABLE}"})
+    st.dataframe(table, hide_index=True, column_config={
+        "median": st.column_config.NumberColumn(format="%.1f"),
+        "mean": st.column_config.NumberColumn(format="%.2f"),
+        f"share > {QUITE_INTERPRETABLE}": st.column_config.NumberColumn(format="percent"),
+    })
+
+
+def item_table(res: Results) -> None:
+    table = res.items.rename(columns=lambda c: f"{c.replace('_', ' ')} (0–{RUBRIC[c][1]})")
+    st.dataframe(table.rename_axis("source").reset_index(), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.2f")
+                                for c in table.columns})
+
+
+def agreement_line(res: Results) -> str:
+    if res.alpha_units == 0:
+        return ("**Inter-rater agreement:** Krippendorff's α needs units scored by at least "
+                "two raters; there are none yet (0 units).")
+    alpha = "undefined (no variation)" if math.isnan(res.alpha) else f"{res.alpha:.3f}"
+    return (f"**Inter-rater agreement:** Krippendorff's α (interval, on totals) = {alpha} "
+            f"over {res.alpha_units} unit{'s' if res.alpha_units != 1 else ''} scored by "
+            "≥ 2 raters.")
+
+
+def interval_table(res: Results) -> None:
+    if res.intervals.empty or res.intervals.isna().all().all():
+        return
+    st.markdown("**Per-interval scores** (mean 0–5, where raters scored intervals; "
+                "interval 11 holds the highest activations)")
+    st.dataframe(res.intervals.rename_axis("source").reset_index(), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.1f")
+                                for c in res.intervals.columns})
+
+
+def export_buttons(book: ScoreBook) -> None:
+    """CSV and Parquet of every stored row (the whole history, not only the latest)."""
+    with st.container(horizontal=True):
+        st.download_button("Download CSV", data=book.export_csv(), file_name="scores.csv",
+                           mime="text/csv", key="download_csv")
+        st.download_button("Download Parquet", data=book.export_parquet(),
+                           file_name="scores.parquet", mime="application/octet-stream",
+                           key="download_parquet")
+
+
+def import_box(book: ScoreBook) -> None:
+    """Merge an export from another machine; each upload is imported once per session and
+    the page says how many rows were new."""
+    upload = st.file_uploader("Import scores exported on another machine (CSV or Parquet)",
+                              type=["csv", "parquet"], key="import_upload")
+    if upload is None:
+        return
+    done = f"imported_{upload.file_id}"
+    if done not in st.session_state:
+        kind = upload.name.rsplit(".", 1)[-1].lower()
+        try:
+            added = book.import_file(upload.getvalue(), kind=kind, name=upload.name)
+        except ScoreError as err:
+            st.session_state[done] = ("error", str(err))
+        else:
+            st.session_state[done] = ("ok", added)
+            st.rerun()  # redraw the results with the new rows
+    status, value = st.session_state[done]
+    if status == "error":
+        st.error(f"Nothing imported: {value}")
+    else:
+        st.success(f"Imported {upload.name}: added {value} new score"
+                   f"{'s' if value != 1 else ''} (rows already here were skipped).")
+
+
+def ratings_note(res: Results, blind_only: bool) -> str:
+    n = len(res.ratings)
+    raters = res.ratings["rater"].nunique() if n else 0
+    note = f"{n} rating{'s' if n != 1 else ''} by {raters} rater{'s' if raters != 1 else ''}"
+    if blind_only and res.excluded_not_blind:
+        note += f"; {res.excluded_not_blind} not-blind score(s) left out"
+    return note

@@ -1,0 +1,278 @@
+"""The scoring page's parts: the rater's name, the queue setup, a unit shown blind, the rubric.
+
+Blindness is a property of what reaches the browser, not of what is drawn prominently: until
+the rater's score for a unit is saved, nothing rendered (text, HTML, chart, widget label or
+key, link, URL) names the unit's dictionary, its size or its index. The URL carries only the
+rater and a 1-based queue position (`/score?rater=ann&pos=3`); the queue itself is in the
+scores database. Shown: the positive and negative logit tables and the logit histogram, all
+11 intervals with their share of activations and samples, the top examples behind an
+expander. Not shown, because they give the answer away: density, activation counts, the
+activation histogram, links to neighbours. Widget keys are built from the queue's creation
+time and the position, never from the unit.
+
+After a submit the page says "saved" only once `ScoreBook.submit` has returned (the row is
+committed), then reveals what the unit was. A unit already scored by this rater opens
+revealed, with Edit (a new row; history kept, the latest counts).
+
+Opened from a feature page (`/score?dictionary=…&feature=…`), the page scores that unit
+*not blind*: a banner says so, and the row is stored with `blind = 0`, which the results
+page leaves out by default.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, links, store_access, token_html
+from feature_store.records import FeatureRecord
+from feature_store.scores import (
+    INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
+)
+
+EXAMPLE_CONTEXT = (16, 6)
+DEFAULT_SAMPLE = 20
+QUESTIONS = {  # DESIGN.md's rubric, in its order and words
+    "confidence": "2 · Confidence in the interpretation",
+    "activation_consistency": "3 · Consistency of the high-activation tokens with it",
+    "logit_consistency": "4 · Consistency of the positive logits with it",
+    "separation": "5 · If some logits were inconsistent: clear separation in effect size "
+                  "between consistent and inconsistent ones? (0 if not applicable)",
+    "specificity": "6 · Specificity of the interpretation",
+}
+_FLASH = "score_flash"  # session key: (position key, message) shown once after a save
+
+
+# -- rater and queue ---------------------------------------------------------------------------
+
+def rater_name() -> str | None:
+    """The rater's name, kept in `?rater=`; None until they give one."""
+    current = st.query_params.get("rater", "")
+    name = st.text_input("Your name (rater)", value=current, max_chars=60,
+                         placeholder="e.g. ann", key="rater_input").strip()
+    if name and name != current:
+        st.query_params["rater"] = name
+        for key in ("pos", "setup"):
+            st.query_params.pop(key, None)
+        st.rerun()
+    return name or None
+
+
+def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None) -> None:
+    """Sources, sample size and seed -> a new queue for this rater (replacing theirs)."""
+    names = store_access.dictionaries(path)
+    st.subheader("New scoring queue")
+    st.caption("A balanced random mix: the sample is split evenly across the chosen sources "
+               "and shuffled, so you cannot tell a unit's source from its place in the "
+               "queue. Units that never fired are left out.")
+    with st.form("queue_setup", border=True):
+        sources = st.multiselect("Sources", names, default=names)
+        a, b = st.columns(2)
+        size = a.number_input("Sample size", min_value=1, max_value=5_000, step=1,
+                              value=current.sample_size if current else DEFAULT_SAMPLE)
+        seed = b.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1,
+                              value=current.seed if current else 0)
+        start = st.form_submit_button("Start queue", type="primary")
+    if current is not None and st.button("Keep my current queue"):
+        st.query_params.pop("setup", None)
+        st.rerun()
+    if start:
+        population = {name: _alive(path, name) for name in sources}
+        try:
+            book.make_queue(rater, population, int(size), int(seed))
+        except ScoreError as err:
+            st.error(str(err))
+            return
+        st.query_params.pop("setup", None)
+        st.query_params["pos"] = "1"
+        st.rerun()
+
+
+def _alive(path: str, dictionary: str) -> list[int]:
+    table = store_access.features(path, dictionary)
+    return table.loc[table["density_class"] != "dead", "index"].astype(int).tolist()
+
+
+def position(book: ScoreBook, queue: Queue) -> int:
+    """1-based position: the URL's if valid, else where the database says the rater was;
+    both are brought into agreement."""
+    raw = st.query_params.get("pos", "")
+    pos = int(raw) if raw.isdigit() and 1 <= int(raw) <= len(queue) + 1 else queue.position + 1
+    if pos - 1 != queue.position:
+        book.set_position(queue.rater, pos - 1)
+    if st.query_params.get("pos") != str(pos):
+        st.query_params["pos"] = str(pos)
+    return pos
+
+
+def go(book: ScoreBook, queue: Queue, pos: int) -> None:
+    """Move to `pos` (1-based): database first, then URL, then rerun."""
+    pos = max(1, min(pos, len(queue) + 1))
+    book.set_position(queue.rater, pos - 1)
+    st.query_params["pos"] = str(pos)
+    st.rerun()
+
+
+def queue_key(queue: Queue, pos: int) -> str:
+    """Widget-key prefix for one queue slot: new queue or new slot, fresh widgets; says
+    nothing about the unit."""
+    return f"q{zlib.crc32(queue.created_at.encode()):08x}_{pos}"
+
+
+def finished(book: ScoreBook, queue: Queue) -> None:
+    scored = sum(book.latest(queue.rater, d, i) is not None for d, i in queue.units)
+    st.success(f"Queue finished: you scored {scored} of {len(queue)} units.")
+    with st.container(horizontal=True):
+        if st.button("← Back"):
+            go(book, queue, len(queue))
+        if st.button("New queue"):
+            st.query_params["setup"] = "1"
+            st.rerun()
+        st.page_link(links.RESULTS, label="See the results")
+
+
+# -- one unit ----------------------------------------------------------------------------------
+
+def logit_evidence(record: FeatureRecord, key: str) -> None:
+    """Raised and lowered next-token logits, then the histogram of all of them."""
+    scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
+    st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
+    st.plotly_chart(charts.logit_histogram_figure(record), config={"displayModeBar": False},
+                    key=f"{key}_logit_hist")
+
+
+def interval_evidence(record: FeatureRecord, key: str,
+                      scoring: bool = True) -> list[int | None] | None:
+    """All intervals, highest first, with their share of activations and samples (top
+    examples behind an expander). With `scoring`, a toggle offers a 0-5 score per interval;
+    returns those (lowest interval first, None where not given) or None if not chosen."""
+    per_interval = scoring and st.toggle(
+        "Also score each interval (0–5: how consistent its samples are with your "
+        "interpretation)", key=f"{key}_per_interval")
+    st.html(token_html.legend_html("activation", record.max_act))
+    with st.expander(f"Top activations ({len(record.top_examples)})"):
+        st.html(token_html.examples_html(record.top_examples, "activation", record.max_act,
+                                         EXAMPLE_CONTEXT, empty="never fired"))
+    scores: list[int | None] = [None] * len(record.intervals)
+    lo, hi = INTERVAL_SCALE
+    for number, interval in reversed(list(enumerate(record.intervals, start=1))):
+        closing = "]" if number == len(record.intervals) else ")"
+        st.markdown(f"<div class='interval-head'><b>Interval {number}</b> · "
+                    f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
+                    f"<b>{interval.share:.1%}</b> of activations</div>",
+                    unsafe_allow_html=True)
+        st.html(token_html.examples_html(interval.examples, "activation", record.max_act,
+                                         EXAMPLE_CONTEXT, empty="no activations in this interval"))
+        if per_interval and interval.examples:
+            scores[number - 1] = st.radio(
+                f"Interval {number} score ({lo}–{hi})", list(range(lo, hi + 1)), index=None,
+                horizontal=True, key=f"{key}_interval_{number}")
+    return scores if per_interval else None
+
+
+def rubric(key: str, initial: Score | None) -> dict[str, Any]:
+    """The six rubric items with bounded widgets (out-of-range values cannot be entered) and
+    the live total; returns the picked values (None where not yet picked)."""
+    st.markdown("**Rubric**")
+    values: dict[str, Any] = {"interpretation": st.text_area(
+        "1 · Your interpretation", value=initial.rubric.interpretation if initial else "",
+        height=80, key=f"{key}_interpretation",
+        placeholder="What does this unit respond to, and what does it do?")}
+    for item, (lo, hi) in RUBRIC.items():
+        options = list(range(lo, hi + 1))
+        before = getattr(initial.rubric, item) if initial else None
+        values[item] = st.radio(f"{QUESTIONS[item]} ({lo}–{hi})", options, horizontal=True,
+                                index=None if before is None else options.index(before),
+                                key=f"{key}_{item}")
+    total = sum(v for item, v in values.items() if item in RUBRIC and v is not None)
+    missing = [QUESTIONS[i].split(" · ")[0] for i in RUBRIC if values[i] is None]
+    if not values["interpretation"].strip():
+        missing.insert(0, "1")
+    note = f"still to answer: {', '.join(missing)}" if missing else "all items answered"
+    st.metric("Total", f"{total} / {MAX_TOTAL}", help=f"Above {QUITE_INTERPRETABLE} reads as "
+              "'quite interpretable'.", delta=note, delta_color="off", delta_arrow="off")
+    values["_missing"] = missing
+    return values
+
+
+def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[str, Any],
+               intervals: list[int | None] | None, blind: bool, key: str,
+               cancel: Callable[[], None] | None = None) -> None:
+    """Submit (disabled until every item is answered; validated again by the ScoreBook).
+    "Saved" is flashed only after `submit` returned, i.e. after the commit."""
+    with st.container(horizontal=True):
+        clicked = st.button("Submit score", type="primary", disabled=bool(values["_missing"]),
+                            key=f"{key}_submit")
+        if cancel is not None:
+            cancel()
+    if not clicked:
+        return
+    rubric_values = {k: v for k, v in values.items() if not k.startswith("_")}
+    try:
+        saved = book.submit(rater, unit[0], unit[1], rubric_values, interval_scores=intervals,
+                            blind=blind)
+    except ScoreError as err:
+        st.error(f"Not saved: {err}")
+        return
+    st.session_state[_FLASH] = (key, f"Saved: {saved.total} / {MAX_TOTAL}, committed at "
+                                     f"{saved.created_at[11:19]} UTC.")
+    st.session_state.pop(f"{key}_editing", None)
+    st.rerun()
+
+
+def revealed(book: ScoreBook, rater: str, record: FeatureRecord, latest: Score,
+             key: str) -> bool:
+    """What the unit was, and the rater's latest score of it; returns True if they chose to
+    edit it."""
+    flash = st.session_state.get(_FLASH)
+    if flash and flash[0] == key:
+        st.success(flash[1])
+        del st.session_state[_FLASH]
+    versions = len(book.history(rater, record.dictionary, record.index))
+    st.markdown(f"This was **{record.dictionary} · feature {record.index}** "
+                f"(of {record.n_features:,}) · your score **{latest.total} / {MAX_TOTAL}**"
+                f"{'' if latest.blind else ' (not blind)'} · {versions} version"
+                f"{'s' if versions > 1 else ''} saved, the latest counts.")
+    items = " · ".join(f"{item.replace('_', ' ')} {getattr(latest.rubric, item)}"
+                       for item in RUBRIC)
+    st.caption(f"“{latest.rubric.interpretation}” — {items}")
+    links.feature_link(record.dictionary, record.index, "Open its feature page")
+    return st.button("Edit my score", key=f"{key}_edit")
+
+
+def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
+               blind: bool) -> None:
+    """One unit: revealed with its score if this rater has scored it (unless editing),
+    else the evidence and the rubric. `key` must not identify the unit."""
+    latest = book.latest(rater, record.dictionary, record.index)
+    editing_key = f"{key}_editing"
+    left, right = st.columns([2, 3], gap="medium")
+    if latest is not None and not st.session_state.get(editing_key):
+        with left:
+            if revealed(book, rater, record, latest, key):
+                st.session_state[editing_key] = True
+                st.rerun()
+            logit_evidence(record, key)
+        with right:
+            interval_evidence(record, key, scoring=False)
+        return
+    form_key = f"{key}_{latest.score_id[:8] if latest else 'new'}"
+    with right:  # first, so the per-interval scores exist when Submit is handled
+        intervals = interval_evidence(record, form_key)
+    with left:
+        if latest is not None:
+            st.info(f"Editing your score ({latest.total} / {MAX_TOTAL}); the old one stays "
+                    "in the history and the new one counts.")
+        values = rubric(form_key, latest)
+
+        def cancel() -> None:
+            if latest is not None and st.button("Cancel edit", key=f"{form_key}_cancel"):
+                st.session_state.pop(editing_key, None)
+                st.rerun()
+
+        submit_row(book, rater, (record.dictionary, record.index), values, intervals, blind,
+                   key, cancel)
+        logit_evidence(record, form_key)

@@ -1,0 +1,251 @@
+"""The Score and Results pages, headless (AppTest), against a synthetic store.
+
+Blindness is tested on everything that reaches the browser: text, HTML, chart specs, widget
+labels and keys, and the URL. The store is built with dictionary names that occur nowhere
+else (`sae_96`, `sae_160`, `neurons`), and unit indices are checked in every form a page
+could spell them (`feature 17`, `#17`, `index 17`, `/17`, a URL value).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from feature_store.scores import ScoreBook
+from feature_store.synthetic import build_synthetic_store
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+SCORE, RESULTS = "app_pages/score.py", "app_pages/results.py"
+SIZES = (96, 160)
+NAMES = ("neurons", "sae_96", "sae_160")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scoring") / "store"
+    build_synthetic_store(path, n_features=SIZES, d_mlp=48, n_tokens=100_000)
+    return path
+
+
+@pytest.fixture
+def scores(store, tmp_path, monkeypatch) -> Path:
+    """A fresh scores database per test; FEATURE_STORE points at the shared store."""
+    monkeypatch.setenv("FEATURE_STORE", str(store))
+    path = tmp_path / "scores.sqlite"
+    monkeypatch.setenv("FEATURE_SCORES", str(path))
+    return path
+
+
+def open_page(page: str, **params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.switch_page(page).run()
+    ok(at)
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def rendered(at: AppTest) -> str:
+    """Everything the browser receives as text, labels, keys or chart data."""
+    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "header",
+                                  "success", "info", "warning", "error")
+             for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [h.proto.body for h in at.get("html")]
+    parts += [c.proto.spec for c in at.get("plotly_chart")]
+    parts += [e.proto.label for e in at.get("expandable")]
+    for kind in ("button", "radio", "text_area", "text_input", "toggle", "number_input",
+                 "multiselect", "checkbox"):
+        for w in getattr(at, kind):
+            parts += [str(w.label), str(w.key or "")]
+            parts += [str(o) for o in getattr(w, "options", [])]
+    parts += [f"{k}={v}" for k, v in at.query_params.items()]
+    return "\n".join(str(p) for p in parts)
+
+
+def assert_blind(at: AppTest, unit: tuple[str, int]) -> None:
+    dictionary, index = unit
+    shown = rendered(at)
+    for name in NAMES:
+        assert name not in shown, f"{name!r} shown on a blind page"
+    for pattern in (rf"feature\s*{index}\b", rf"#\s*{index}\b", rf"index\W*{index}\b",
+                    rf"/\s*{index}\b(?!\s*/)", rf"unit_index"):
+        assert not re.search(pattern, shown, re.IGNORECASE), pattern
+    params = dict(at.query_params.items())
+    assert set(params) <= {"rater", "pos"}, params
+    assert all(dictionary not in str(v) for v in params.values())
+
+
+def widget(items, suffix: str):
+    found = [w for w in items if (w.key or "").endswith(suffix)]
+    assert len(found) == 1, (suffix, [w.key for w in items])
+    return found[0]
+
+
+def fill_rubric(at: AppTest, text: str, values: dict[str, int]) -> None:
+    widget(at.text_area, "_interpretation").input(text)
+    for item, value in values.items():
+        widget(at.radio, f"_{item}").set_value(value)
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, (label, [b.label for b in at.button])
+    return found[0]
+
+
+ITEMS = dict(confidence=3, activation_consistency=4, logit_consistency=2, separation=1,
+             specificity=2)
+
+
+def test_walkthrough_reload_and_results(scores):
+    at = open_page(SCORE, rater="ann")
+    assert at.query_params["rater"] == "ann"
+    # queue setup: two sources, six units, seed 1
+    at.multiselect[0].set_value(["neurons", "sae_96"])
+    at.number_input[0].set_value(6)
+    at.number_input[1].set_value(1)
+    ok(at.button[0].click().run())  # the form's "Start queue"
+    queue = ScoreBook(scores).queue("ann")
+    assert len(queue) == 6 and sorted({d for d, _ in queue.units}) == ["neurons", "sae_96"]
+    assert at.query_params["pos"] == "1"
+
+    # unit 1: blind, Submit disabled until every item is answered, the total live
+    assert_blind(at, queue.units[0])
+    assert button(at, "Submit score").disabled
+    fill_rubric(at, "indentation <b>before</b> def", ITEMS)
+    ok(at.run())
+    assert_blind(at, queue.units[0])
+    assert f"{sum(ITEMS.values())} / 15" in rendered(at)
+    assert not button(at, "Submit score").disabled
+    ok(button(at, "Submit score").click().run())
+    shown = rendered(at)
+    assert "Saved: 12 / 15" in shown
+    dictionary, index = queue.units[0]
+    assert f"This was **{dictionary} · feature {index}**" in shown  # revealed after saving
+    first = ScoreBook(scores).latest("ann", dictionary, index)
+    assert first.total == 12 and first.blind and first.interval_scores is None
+    assert first.rubric.interpretation == "indentation <b>before</b> def"
+
+    # unit 2: with per-interval scores
+    ok(button(at, "Next →").click().run())
+    assert at.query_params["pos"] == "2"
+    assert_blind(at, queue.units[1])
+    widget(at.toggle, "_per_interval").set_value(True)
+    ok(at.run())
+    assert_blind(at, queue.units[1])
+    widget(at.radio, "_interval_1").set_value(2)
+    fill_rubric(at, "closing brackets", {**ITEMS, "confidence": 0})
+    ok(at.run())  # each widget change reruns the page in a browser; the total follows
+    ok(button(at, "Submit score").click().run())
+    second = ScoreBook(scores).latest("ann", *queue.units[1])
+    assert second.total == 9 and second.interval_scores[0] == 2
+
+    # unit 3: skipped
+    ok(button(at, "Next →").click().run())
+    assert_blind(at, queue.units[2])
+    ok(button(at, "Skip →").click().run())
+    assert at.query_params["pos"] == "4"
+    assert ScoreBook(scores).latest("ann", *queue.units[2]) is None
+
+    # back to unit 2 and edit it: history kept, the latest counts
+    ok(button(at, "← Back").click().run())
+    ok(button(at, "← Back").click().run())
+    assert at.query_params["pos"] == "2"
+    assert "This was" in rendered(at)
+    ok(button(at, "Edit my score").click().run())
+    assert widget(at.radio, "_confidence").value == 0  # prefilled with the saved score
+    widget(at.radio, "_confidence").set_value(1)
+    ok(button(at, "Submit score").click().run())
+    assert "Saved: 10 / 15" in rendered(at)
+    book = ScoreBook(scores)
+    assert [s.total for s in book.history("ann", *queue.units[1])] == [9, 10]
+    assert book.queue("ann").position == 1
+
+    # a reload (a new session, as after a server restart) with the same URL resumes there;
+    # without pos, the database's position is used
+    again = open_page(SCORE, rater="ann", pos="2")
+    assert again.query_params["pos"] == "2" and "This was" in rendered(again)
+    assert ScoreBook(scores).queue("ann").units == queue.units
+    ok(button(again, "Next →").click().run())
+    again = open_page(SCORE, rater="ann")
+    assert again.query_params["pos"] == "3"
+    assert_blind(again, queue.units[2])
+
+    # a second rater scores unit 1 too, then the results page
+    ScoreBook(scores).submit("bob", dictionary, index, {**ITEMS, "interpretation": "indent"})
+    res = open_page(RESULTS)
+    shown = rendered(res)
+    assert "3 ratings by 2 raters" in shown
+    assert "Krippendorff's α (interval, on totals) =" in shown and "over 1 unit scored" in shown
+    summary = res.dataframe[0].value
+    assert set(summary["source"]) == {d for d, _ in queue.units[:2]}
+    assert summary["ratings"].sum() == 3
+    spec = json.loads(res.get("plotly_chart")[0].proto.spec)
+    assert {t["name"] for t in spec["data"]} == set(summary["source"])
+    assert [b.label for b in res.get("download_button")] == ["Download CSV",
+                                                             "Download Parquet"]
+
+
+DISTINCT = (("sae_160", 137), ("neurons", 43), ("sae_96", 71))
+
+
+def test_blind_page_never_spells_the_index(scores):
+    """Units with indices chosen to be detectable: no standalone 137, 43 or 71 anywhere but
+    in chart data and token-id tooltips (which hold unrelated numbers)."""
+    queue = ScoreBook(scores).make_queue("eve", {d: [i] for d, i in DISTINCT}, 3, 0)
+    assert sorted(queue.units) == sorted(DISTINCT)
+    for pos, unit in enumerate(queue.units, start=1):
+        at = open_page(SCORE, rater="eve", pos=str(pos))
+        widget(at.toggle, "_per_interval").set_value(True)
+        ok(at.run())
+        assert_blind(at, unit)
+        text = rendered(at).replace(at.get("plotly_chart")[0].proto.spec, "")
+        text = re.sub(r'title="token id \d+"', "", text)
+        assert not re.search(rf"(?<![\d.]){unit[1]}(?![\d.%])", text), unit
+
+
+def test_finished_queue_and_new_queue(scores):
+    ScoreBook(scores).make_queue("cy", {"sae_160": [3, 4]}, 2, 0)
+    at = open_page(SCORE, rater="cy", pos="3")
+    assert "Queue finished: you scored 0 of 2 units." in rendered(at)
+    ok(button(at, "New queue").click().run())
+    assert at.query_params["setup"] == "1" and at.get("multiselect")
+
+
+def test_named_unit_is_scored_not_blind(scores):
+    at = open_page(SCORE, dictionary="sae_96", feature="5", rater="dee")
+    shown = rendered(at)
+    assert "Not blind" in shown and "sae_96 · feature 5" in shown
+    fill_rubric(at, "x", ITEMS)
+    ok(at.run())
+    ok(button(at, "Submit score").click().run())
+    saved = ScoreBook(scores).latest("dee", "sae_96", 5)
+    assert saved is not None and not saved.blind
+    res = open_page(RESULTS)
+    assert "No scores yet" in rendered(res) and "1 not-blind" not in rendered(res)
+    res = open_page(RESULTS, all="1")
+    assert "1 rating by 1 rater" in rendered(res)
+
+
+def test_no_rater_asks_for_a_name(scores):
+    at = open_page(SCORE)
+    assert "Name yourself" in rendered(at)
+    assert not Path(scores).exists()  # looking creates no database
+
+
+def test_browser_shows_score_column(scores):
+    ScoreBook(scores).submit("ann", "sae_96", 2, {**ITEMS, "interpretation": "x"})
+    at = open_page("app_pages/browser.py", dictionary="sae_96")
+    table = at.dataframe[0].value
+    assert table.loc[table["feature"] == 2, "score"].item() == 12
