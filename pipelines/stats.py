@@ -111,6 +111,26 @@ class Unit:
     direction: torch.Tensor | None
     out_dir: torch.Tensor
     info: dict = field(default_factory=dict)
+    sparse: Callable | None = None  # x -> (codes, row, feat, val) without a dense scan
+
+    def entries(self, x: torch.Tensor):
+        """Dense codes [B, n] and the active (> 0) entries as (row, feature, value)."""
+        if self.sparse is not None:
+            return self.sparse(x)
+        codes = self.encode(x)
+        row, feat = (codes > 0).nonzero(as_tuple=True)
+        return codes, row, feat, codes[row, feat]
+
+
+def topk_entries(spec: SaeSpec, t: dict, x: torch.Tensor):
+    """`sae_files.encode` for topk SAEs, also returning the active entries it scattered."""
+    pre = (x * spec.input_scale - t["b_dec"]) @ t["W_enc"].T + t["b_enc"]
+    vals, idx = pre.topk(spec.k, dim=-1)
+    vals = vals.relu()
+    codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
+    active = vals > 0
+    row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[active]
+    return codes, row, idx[active], vals[active]
 
 
 @dataclass
@@ -238,15 +258,15 @@ def statistics(batches: Callable[[], Iterator[Batch]], units: list[Unit], cfg: S
     offs = window_offsets(cfg, device)
     by_name = {u.name: u for u in units}
     st: dict[str, UnitStats] = {}
+    tops: dict[str, BottomM] = {}
     for u in units:
         st[u.name] = UnitStats(
             n_active=torch.zeros(u.n, dtype=torch.int64, device=device),
             sum_act=torch.zeros(u.n, dtype=torch.float64, device=device),
             sumsq=torch.zeros(u.n, dtype=torch.float64, device=device),
             max_act=torch.zeros(u.n, device=device), min_pos=float("inf"),
-            top_val=torch.full((u.n, K), -float("inf"), device=device),
-            top_seq=torch.full((u.n, K), -1, dtype=torch.int64, device=device),
-            top_pos=torch.full((u.n, K), -1, dtype=torch.int64, device=device))
+            top_val=torch.empty(0), top_seq=torch.empty(0), top_pos=torch.empty(0))
+        tops[u.name] = BottomM(u.n, K, w, device)
     cands = [_split_candidates(by_name[a], by_name[b], cfg.split_candidates, device)
              for small, large in split_pairs for a, b in ((small, large), (large, small))]
 
@@ -256,35 +276,34 @@ def statistics(batches: Callable[[], Iterator[Batch]], units: list[Unit], cfg: S
     for batch in batches():
         B = batch.x.shape[0]
         n_tokens += B
-        codes = {u.name: u.encode(batch.x) for u in units}
+        codes = {}
         for u in units:
-            s, c = st[u.name], codes[u.name]
-            active = c > 0
-            s.n_active += active.sum(0)
-            s.sum_act += c.clamp(min=0).sum(0, dtype=torch.float64)
-            s.sumsq += (c.clamp(min=0) ** 2).sum(0, dtype=torch.float64)
-            s.max_act = torch.maximum(s.max_act, c.max(0).values.clamp(min=0))
-            pos_vals = c[active]
-            if pos_vals.numel():
-                s.min_pos = min(s.min_pos, float(pos_vals.min()))
-            kk = min(K, B)
-            vals, rows = c.topk(kk, dim=0)  # [kk, n]
-            seq = batch.seq_ids[rows // per_seq]
-            pos = rows % per_seq + 1
-            all_val = torch.cat([s.top_val, vals.T], 1)
-            all_seq = torch.cat([s.top_seq, seq.T], 1)
-            all_pos = torch.cat([s.top_pos, pos.T], 1)
-            s.top_val, idx = all_val.topk(K, dim=1)
-            s.top_seq, s.top_pos = all_seq.gather(1, idx), all_pos.gather(1, idx)
+            s = st[u.name]
+            c, row, feat, val = u.entries(batch.x)
+            codes[u.name] = c
+            if val.numel() == 0:
+                continue
+            s.n_active += torch.bincount(feat, minlength=u.n)
+            v64 = val.double()
+            s.sum_act += torch.bincount(feat, weights=v64, minlength=u.n)
+            s.sumsq += torch.bincount(feat, weights=v64 * v64, minlength=u.n)
+            s.max_act.scatter_reduce_(0, feat, val, reduce="amax")
+            s.min_pos = min(s.min_pos, float(val.min()))
+            tops[u.name].offer(feat, -v64, row, val, batch.seq_ids, c, feat, n_ctx, offs)
         for cand in cands:
             _accumulate_split(cand, codes[cand.anchor], codes[cand.other])
         bar.update(B)
     bar.close()
     if n_tokens == 0:
         raise InputError("no activations in the split; rerun with --force activations")
+    for u in units:
+        s, t = st[u.name], tops[u.name]
+        s.top_val = torch.where(torch.isfinite(t.key), t.act, torch.zeros_like(t.act))
+        s.top_seq, s.top_pos, s.top_win = t.seq, t.pos, t.win
 
     # Pass 2: histogram, intervals, reservoirs, windows.
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    res: dict[str, BottomM] = {}
     for u in units:
         s = st[u.name]
         hi = float(s.max_act.max())
@@ -295,77 +314,84 @@ def statistics(batches: Callable[[], Iterator[Batch]], units: list[Unit], cfg: S
         s.hist_edges[0], s.hist_edges[-1] = lo, hi
         s.hist_counts = torch.zeros(u.n * cfg.act_hist_bins, dtype=torch.int64, device=device)
         s.interval_counts = torch.zeros(u.n * N_INTERVALS, dtype=torch.int64, device=device)
-        G = u.n * N_INTERVALS
-        s.res_key = torch.full((G, m), float("inf"), dtype=torch.float64, device=device)
-        s.res_seq = torch.full((G, m), -1, dtype=torch.int64, device=device)
-        s.res_pos = torch.full((G, m), -1, dtype=torch.int64, device=device)
-        s.res_act = torch.zeros((G, m), device=device)
-        s.res_win = torch.zeros((G, m, w), device=device)
-        s.top_win = torch.zeros((u.n, K, w), device=device)
+        res[u.name] = BottomM(u.n * N_INTERVALS, m, w, device)
     bar = tqdm(total=n_tokens, desc="stats (2/3 intervals)", unit="tok", unit_scale=True,
                disable=None)
     for batch in batches():
         for u in units:
-            s, c = st[u.name], u.encode(batch.x)
-            row, feat = (c > 0).nonzero(as_tuple=True)
-            v = c[row, feat]
-            v64 = v.double()
+            s = st[u.name]
+            c, row, feat, val = u.entries(batch.x)
+            if val.numel() == 0:
+                continue
+            v64 = val.double()
             edges = torch.from_numpy(s.hist_edges[1:-1]).to(device)
             hbin = torch.searchsorted(edges, v64.clamp(min=s.hist_edges[0]), right=True)
             s.hist_counts += torch.bincount(feat * cfg.act_hist_bins + hbin,
                                             minlength=u.n * cfg.act_hist_bins)
-            iv = interval_index(v64, s.max_act[feat].double())
-            g = feat * N_INTERVALS + iv
+            g = feat * N_INTERVALS + interval_index(v64, s.max_act[feat].double())
             s.interval_counts += torch.bincount(g, minlength=u.n * N_INTERVALS)
-            key = torch.rand(v.shape[0], generator=gen, dtype=torch.float64, device=device)
-            enter = key < s.res_key.max(1).values[g]
-            if enter.any():
-                r, f = row[enter], feat[enter]
-                _reservoir_merge(s, g[enter], key[enter], batch.seq_ids[r // per_seq],
-                                 r % per_seq + 1, v[enter], _windows(c, r, f, n_ctx, offs))
-            # top-k windows whose sequence is in this batch
-            seq_rows = _rows_in_batch(batch.seq_ids, s.top_seq, per_seq, s.top_pos)
-            hit = (seq_rows >= 0) & (s.top_val > 0)
-            if hit.any():
-                fi, ki = hit.nonzero(as_tuple=True)
-                s.top_win[fi, ki] = _windows(c, seq_rows[fi, ki], fi, n_ctx, offs)
+            key = torch.rand(val.shape[0], generator=gen, dtype=torch.float64, device=device)
+            res[u.name].offer(g, key, row, val, batch.seq_ids, c, feat, n_ctx, offs)
         bar.update(batch.x.shape[0])
     bar.close()
+    for u in units:
+        s, r = st[u.name], res[u.name]
+        s.res_key, s.res_seq, s.res_pos, s.res_act, s.res_win = r.key, r.seq, r.pos, r.act, r.win
     return st, cands, n_tokens
+
+
+class BottomM:
+    """Per group, the m entries with the smallest keys seen so far, sorted by key, with
+    payload (sequence, position, activation, window). key = −activation gives a streaming
+    top-m; key = i.i.d. uniform gives a uniform sample without replacement (the m smallest
+    of i.i.d. keys are a uniformly random m-subset). Only entries whose key beats the
+    group's current m-th smallest are merged, and only the groups they touch are re-sorted."""
+
+    def __init__(self, groups: int, m: int, w: int, device: str) -> None:
+        self.m = m
+        self.key = torch.full((groups, m), float("inf"), dtype=torch.float64, device=device)
+        self.seq = torch.full((groups, m), -1, dtype=torch.int64, device=device)
+        self.pos = torch.full((groups, m), -1, dtype=torch.int64, device=device)
+        self.act = torch.zeros((groups, m), device=device)
+        self.win = torch.zeros((groups, m, w), device=device)
+
+    def offer(self, g, key, row, act, seq_ids, codes, feat, n_ctx, offs) -> None:
+        enter = key < self.key[:, -1][g]
+        if not enter.any():
+            return
+        g, key, row, act, feat = g[enter], key[enter], row[enter], act[enter], feat[enter]
+        m = self.m
+        touched, local = torch.unique(g, return_inverse=True)
+        T = touched.numel()
+        old_key = self.key[touched].reshape(-1)
+        all_g = torch.cat([torch.arange(T, device=g.device).repeat_interleave(m), local])
+        all_key = torch.cat([old_key, key])
+        o1 = torch.argsort(all_key, stable=True)
+        order = o1[torch.argsort(all_g[o1], stable=True)]
+        gs = all_g[order]
+        rank = torch.arange(gs.numel(), device=g.device) - torch.searchsorted(gs, gs)
+        keep = order[rank < m]  # exactly m per touched group, smallest key first
+        is_new = keep >= T * m
+        new = keep[is_new] - T * m
+        per_seq = n_ctx - 1
+
+        def merged(old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+            flat_old = old[touched].reshape(T * m, *old.shape[2:])
+            out = flat_old[keep.clamp(max=T * m - 1)]
+            out[is_new] = fresh
+            return out.reshape(T, m, *old.shape[2:])
+
+        r = row[new]
+        self.seq[touched] = merged(self.seq, seq_ids[r // per_seq])
+        self.pos[touched] = merged(self.pos, r % per_seq + 1)
+        self.act[touched] = merged(self.act, act[new])
+        self.win[touched] = merged(self.win, _windows(codes, r, feat[new], n_ctx, offs))
+        self.key[touched] = all_key[keep].reshape(T, m)
 
 
 def interval_index(v: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:
     """Which of the 11 equal-width intervals over (0, vmax] holds v: [lo, hi), last closed."""
     return (v / vmax * N_INTERVALS).floor().long().clamp(0, N_INTERVALS - 1)
-
-
-def _rows_in_batch(seq_ids: torch.Tensor, seq: torch.Tensor, per_seq: int,
-                   pos: torch.Tensor) -> torch.Tensor:
-    """Batch row of (seq, pos) where seq is one of the batch's sequences, else -1."""
-    sorted_ids, order = seq_ids.sort()
-    at = torch.searchsorted(sorted_ids, seq.clamp(min=0)).clamp(max=len(sorted_ids) - 1)
-    found = sorted_ids[at] == seq
-    return torch.where(found, order[at] * per_seq + pos - 1, torch.full_like(seq, -1))
-
-
-def _reservoir_merge(s: UnitStats, g, key, seq, pos, act, win) -> None:
-    """Keep, per group, the m smallest keys among the reservoir and the newcomers."""
-    G, m = s.res_key.shape
-    dev = key.device
-    all_g = torch.cat([torch.arange(G, device=dev).repeat_interleave(m), g])
-    all_key = torch.cat([s.res_key.reshape(-1), key])
-    o1 = torch.argsort(all_key, stable=True)
-    o2 = torch.argsort(all_g[o1], stable=True)
-    order = o1[o2]
-    gs = all_g[order]
-    rank = torch.arange(gs.numel(), device=dev) - torch.searchsorted(gs, gs)
-    keep = order[rank < m]  # exactly m per group, in group order, smallest key first
-    s.res_key = all_key[keep].reshape(G, m)
-    s.res_seq = torch.cat([s.res_seq.reshape(-1), seq])[keep].reshape(G, m)
-    s.res_pos = torch.cat([s.res_pos.reshape(-1), pos])[keep].reshape(G, m)
-    s.res_act = torch.cat([s.res_act.reshape(-1), act])[keep].reshape(G, m)
-    w = s.res_win.shape[-1]
-    s.res_win = torch.cat([s.res_win.reshape(-1, w), win])[keep].reshape(G, m, w)
 
 
 def _split_candidates(anchor: Unit, other: Unit, c: int, device: str) -> SplitCandidates:
@@ -468,27 +494,31 @@ def logit_weights(out_dir: torch.Tensor, ro: Readout) -> torch.Tensor:
 
 
 def ablation_effects(resid: torch.Tensor, next_tok: torch.Tensor, act: torch.Tensor,
-                     out_dir: torch.Tensor, weights: torch.Tensor, ro: Readout,
-                     chunk: int = 1024) -> torch.Tensor:
+                     out_dir: torch.Tensor, weights: torch.Tensor, ro: Readout) -> torch.Tensor:
     """Δ log p(next) per pair: resid [P, d_model] final residual at the token, next_tok [P],
-    act [P], out_dir [P, d_model] (v), weights [P, d_vocab] (logit weights of v)."""
-    out = torch.empty(resid.shape[0], device=resid.device)
-    G, bias = ro.G, ro.bias
-    for lo in range(0, resid.shape[0], chunk):
+    act [P], out_dir [P, d_model] (v), weights [P, d_vocab] (the logit weights of v)."""
+    c = resid - resid.mean(1, keepdim=True)
+    z = c @ ro.G
+    sigma = ((c * c).mean(1, keepdim=True) + ro.eps).sqrt()
+    base = z / sigma + ro.bias
+    lp_base = base.gather(1, next_tok[:, None])[:, 0] - torch.logsumexp(base, 1)
+    return _delta_logp(z, c, lp_base, next_tok, act, out_dir, weights, ro)
+
+
+def _delta_logp(z, c, lp_base, next_tok, act, out_dir, weights, ro: Readout,
+                chunk: int = 1024) -> torch.Tensor:
+    """The per-pair part: only O(d_vocab) work per pair (z = c·G precomputed per token)."""
+    out = torch.empty(z.shape[0], device=z.device)
+    bias = ro.bias
+    for lo in range(0, z.shape[0], chunk):
         sl = slice(lo, lo + chunk)
-        c = resid[sl] - resid[sl].mean(1, keepdim=True)
         a = act[sl][:, None]
         v = out_dir[sl] - out_dir[sl].mean(1, keepdim=True)
-        z = c @ G
-        sigma = ((c * c).mean(1, keepdim=True) + ro.eps).sqrt()
-        c2 = c - a * v
-        sigma2 = ((c2 * c2).mean(1, keepdim=True) + ro.eps).sqrt()
-        base = z / sigma + bias
-        new = (z - a * weights[sl]) / sigma2 + bias
-        nt = next_tok[sl][:, None]
-        lp_base = base.gather(1, nt)[:, 0] - torch.logsumexp(base, 1)
-        lp_new = new.gather(1, nt)[:, 0] - torch.logsumexp(new, 1)
-        out[sl] = lp_new - lp_base
+        c2 = c[sl] - a * v
+        inv = 1.0 / ((c2 * c2).mean(1, keepdim=True) + ro.eps).sqrt()
+        new = torch.addcmul(z[sl], a, weights[sl], value=-1.0).mul_(inv).add_(bias)
+        picked = new.gather(1, next_tok[sl][:, None])[:, 0]
+        out[sl] = picked - torch.logsumexp(new, 1) - lp_base[sl]
     return out
 
 
@@ -512,7 +542,9 @@ def load_units(run_dir: Path, W_out: torch.Tensor, device: str) -> list[Unit]:
                           (lambda x, spec=spec, t=tensors: encode(spec, t, x)),
                           direction, direction @ W_out,
                           {"recipe": spec.recipe, "k": spec.k, "d_in": spec.d_in,
-                           "input_scale": spec.input_scale, "hook_name": spec.hook_name}))
+                           "input_scale": spec.input_scale, "hook_name": spec.hook_name},
+                          (lambda x, spec=spec, t=tensors: topk_entries(spec, t, x))
+                          if spec.recipe == "topk" else None))
     return units
 
 
@@ -687,24 +719,28 @@ def fill_ablation(model, seqs: np.ndarray, units: list[Unit], examples: dict[str
     result = np.empty(uniq.size, dtype=np.float32)
     order = np.argsort(u_seq, kind="stable")
     seq_list = np.unique(u_seq)
-    per_batch = max(1, cfg.batch_tokens // n_ctx)
+    per_batch = max(1, min(32, cfg.batch_tokens // n_ctx))  # z is [tokens, d_vocab]
     bar = tqdm(total=uniq.size, desc="stats (3/3 ablation)", unit="pair", unit_scale=True,
                disable=None)
     sorted_seq = u_seq[order]
+    G, bias = ro.G, ro.bias
     for lo in range(0, seq_list.size, per_batch):
         chunk = seq_list[lo: lo + per_batch]
         a = np.searchsorted(sorted_seq, chunk[0], side="left")
         b = np.searchsorted(sorted_seq, chunk[-1], side="right")
         idx = order[a:b]
         tokens = torch.from_numpy(seqs[chunk].astype(np.int64)).to(device)
-        resid = final_residual(model, tokens)
-        local = np.searchsorted(chunk, u_seq[idx])
-        li = torch.from_numpy(local).to(device)
-        pi = torch.from_numpy(u_pos[idx]).to(device)
+        resid = final_residual(model, tokens).reshape(-1, G.shape[0])
+        c = resid - resid.mean(1, keepdim=True)
+        z = c @ G  # [S * n_ctx, d_vocab]
+        base = z / ((c * c).mean(1, keepdim=True) + ro.eps).sqrt() + bias
+        nxt_all = torch.roll(tokens, -1, dims=1).reshape(-1)  # the last position is never asked
+        lp_base = base.gather(1, nxt_all[:, None])[:, 0] - torch.logsumexp(base, 1)
+        del base
+        tok = torch.from_numpy(np.searchsorted(chunk, u_seq[idx]) * n_ctx + u_pos[idx]).to(device)
         fi = torch.from_numpy(u_feat[idx]).to(device)
-        nxt = tokens[li, pi + 1]
-        delta = ablation_effects(resid[li, pi], nxt, torch.from_numpy(u_act[idx]).to(device),
-                                 out_dir[fi], all_w[fi], ro)
+        delta = _delta_logp(z[tok], c[tok], lp_base[tok], nxt_all[tok],
+                            torch.from_numpy(u_act[idx]).to(device), out_dir[fi], all_w[fi], ro)
         result[idx] = delta.cpu().numpy()
         bar.update(idx.size)
     bar.close()
@@ -812,8 +848,20 @@ def joint_umap(units: list[Unit], cfg: StatsConfig) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     import umap  # numba JIT on first use; see the module docstring
 
-    points = torch.cat([unit_rows(u.direction) for u in units]).cpu().numpy()
-    reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=cfg.umap_neighbours,
-                        random_state=cfg.seed)
-    xy = reducer.fit_transform(points).astype(np.float32)
+    points = torch.cat([unit_rows(u.direction) for u in units])
+    k = min(cfg.umap_neighbours, points.shape[0] - 1)
+    # Exact cosine kNN by one matmul per block: skips pynndescent and its numba JIT (~30 s).
+    knn_i, knn_d = [], []
+    for lo in range(0, points.shape[0], 4096):
+        top = (points[lo: lo + 4096] @ points.T).topk(k, dim=1)
+        knn_i.append(top.indices)
+        knn_d.append((1.0 - top.values).clamp(min=0.0))
+    knn = (torch.cat(knn_i).cpu().numpy(), torch.cat(knn_d).cpu().numpy(), None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no NNDescent index", "n_jobs": expected
+        reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=k, random_state=cfg.seed,
+                            precomputed_knn=knn)
+        xy = reducer.fit_transform(points.cpu().numpy()).astype(np.float32)
     return xy, time.perf_counter() - t0

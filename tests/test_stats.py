@@ -1,0 +1,284 @@
+"""The stats stage against brute force on small random cases (no run folder needed).
+
+Codes are built here as random sparse activations and fed through an identity "encoder",
+in ragged batches of whole sequences, so every streaming statistic can be recomputed with
+plain numpy over the whole matrix at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from feature_store.records import N_INTERVALS
+from feature_store.sae_files import SaeSpec, encode
+from feature_store.transformer_files import HOOK_POST, build_transformer, transformer_spec
+from pipelines import stats
+from pipelines.config import StatsConfig
+
+N_CTX = 9  # 8 cached positions per sequence
+
+
+def _codes(n_seq: int, n: int, density: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.exponential(size=(n_seq * (N_CTX - 1), n)) * (rng.random((n_seq * (N_CTX - 1), n)) < density)
+    return x.astype(np.float32)
+
+
+def _batches(codes: np.ndarray, sizes=(3, 5, 2, 7)):
+    """Ragged batches of whole sequences, seq ids = row // (N_CTX - 1)."""
+    per = N_CTX - 1
+    n_seq = codes.shape[0] // per
+
+    def gen():
+        lo, i = 0, 0
+        while lo < n_seq:
+            hi = min(n_seq, lo + sizes[i % len(sizes)])
+            yield stats.Batch(torch.arange(lo, hi), torch.from_numpy(codes[lo * per: hi * per]))
+            lo, i = hi, i + 1
+    return gen
+
+
+def _unit(name: str, n: int, d: int = 16, seed: int = 0) -> stats.Unit:
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(n, d, generator=g)
+    return stats.Unit(name, n, lambda x: x, direction, torch.randn(n, 8, generator=g))
+
+
+def _run(codes, cfg, units=None, pairs=()):
+    units = units or [_unit("u", codes.shape[1])]
+    return stats.statistics(_batches(codes), units, cfg, N_CTX, "cpu", list(pairs))
+
+
+CFG = StatsConfig(top_k=4, examples_per_interval=3, window_before=3, window_after=2,
+                  act_hist_bins=7, umap=False)
+
+
+@pytest.fixture(scope="module")
+def case():
+    codes = _codes(40, 6, 0.3, seed=1)
+    codes[:, 5] = 0.0  # a dead feature
+    st, _, n_tokens = _run(codes, CFG)
+    return codes, st["u"], n_tokens
+
+
+def test_summary_and_histogram_match_brute_force(case):
+    codes, s, n_tokens = case
+    assert n_tokens == codes.shape[0]
+    np.testing.assert_array_equal(s.n_active.numpy(), (codes > 0).sum(0))
+    np.testing.assert_allclose(s.sum_act.numpy(), codes.sum(0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(s.max_act.numpy(), codes.max(0))
+    edges = s.hist_edges
+    assert np.all(np.diff(np.log10(edges)) == pytest.approx(np.diff(np.log10(edges))[0]))
+    counts = s.hist_counts.reshape(codes.shape[1], -1).numpy()
+    for j in range(codes.shape[1]):
+        fired = codes[:, j][codes[:, j] > 0].astype(np.float64)
+        expected, _ = np.histogram(np.clip(fired, edges[0], edges[-1]), bins=edges)
+        np.testing.assert_array_equal(counts[j], expected)
+
+
+def test_interval_counts_and_shares_match_brute_force(case):
+    codes, s, _ = case
+    counts = s.interval_counts.reshape(codes.shape[1], N_INTERVALS).numpy()
+    for j in range(codes.shape[1]):
+        fired = codes[:, j][codes[:, j] > 0]
+        if fired.size == 0:
+            assert counts[j].sum() == 0
+            continue
+        expected, _ = np.histogram(fired, bins=np.linspace(0, fired.max(), N_INTERVALS + 1))
+        np.testing.assert_array_equal(counts[j], expected)
+        np.testing.assert_allclose(counts[j] / fired.size, expected / fired.size)
+
+
+def test_top_k_and_windows_match_brute_force(case):
+    codes, s, _ = case
+    per = N_CTX - 1
+    for j in range(codes.shape[1]):
+        col = codes[:, j]
+        want = np.sort(col[col > 0])[::-1][: CFG.top_k]
+        got = s.top_val[j].numpy()
+        np.testing.assert_allclose(got[: want.size], want)
+        assert np.all(got[want.size:] <= 0)
+        for r in range(want.size):
+            seq, pos = int(s.top_seq[j, r]), int(s.top_pos[j, r])
+            assert col[seq * per + pos - 1] == pytest.approx(got[r])
+            window = s.top_win[j, r].numpy()
+            for o, value in zip(range(-CFG.window_before, CFG.window_after + 1), window):
+                p = pos + o
+                inside = 1 <= p <= per
+                assert value == pytest.approx(col[seq * per + p - 1] if inside else 0.0)
+
+
+def test_interval_samples_are_members_without_repeats(case):
+    codes, s, _ = case
+    per = N_CTX - 1
+    counts = s.interval_counts.reshape(codes.shape[1], N_INTERVALS).numpy()
+    for j in range(codes.shape[1]):
+        col = codes[:, j]
+        for i in range(N_INTERVALS):
+            g = j * N_INTERVALS + i
+            filled = torch.isfinite(s.res_key[g]).numpy()
+            assert filled.sum() == min(CFG.examples_per_interval, counts[j, i])
+            rows = (s.res_seq[g] * per + s.res_pos[g] - 1).numpy()[filled]
+            assert len(set(rows.tolist())) == rows.size
+            acts = col[rows]
+            np.testing.assert_allclose(acts, s.res_act[g].numpy()[filled])
+            lo, hi = i * col.max() / N_INTERVALS, (i + 1) * col.max() / N_INTERVALS
+            assert np.all(acts > 0) and np.all(acts >= lo * (1 - 1e-6))
+            assert np.all(acts < hi) or i == N_INTERVALS - 1
+            assert np.all(np.diff(s.res_key[g].numpy()[filled]) > 0)  # draw order
+
+
+def test_interval_sampling_is_uniform_within_the_interval():
+    """Over many seeds, the sampled activations' ranks within their interval are uniform.
+    Top-biased sampling (keeping the largest, or any bias by value) fails this KS test."""
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(7)
+    n_seq = 50
+    col = rng.uniform(0.0, 1.0, size=n_seq * (N_CTX - 1)).astype(np.float32)
+    col[0] = 11.0  # max: interval 0 is (0, 1] and holds every other activation
+    codes = col[:, None]
+    inside = np.sort(col[(col > 0) & (col < 1.0)])
+    cfg = StatsConfig(top_k=1, examples_per_interval=3, window_before=0, window_after=0,
+                      act_hist_bins=4, umap=False)
+    u = []
+    for seed in range(120):
+        st, _, _ = _run(codes, StatsConfig(**{**cfg.__dict__, "seed": seed}))
+        acts = st["u"].res_act[0].numpy()
+        ranks = np.searchsorted(inside, acts)
+        u.extend(((ranks + 0.5) / inside.size).tolist())
+    assert kstest(u, "uniform").pvalue > 1e-3
+    assert abs(np.mean(u) - 0.5) < 0.05
+
+
+def test_masked_cosine_matches_brute_force():
+    codes_a = _codes(30, 5, 0.4, seed=3)
+    codes_b = _codes(30, 10, 0.4, seed=4)
+    codes_b[:, :5] += codes_a * 2.0  # overlapping supports: large masked cosines
+    both = np.concatenate([codes_a, codes_b], 1)
+    ua = stats.Unit("a", 5, lambda x: x[:, :5], torch.randn(5, 16), torch.randn(5, 8))
+    ub = stats.Unit("b", 10, lambda x: x[:, 5:], torch.randn(10, 16), torch.randn(10, 8))
+    cfg = StatsConfig(split_candidates=3, umap=False)
+    st, cands, n_tokens = _run(both, cfg, [ua, ub], [("a", "b")])
+    edges = stats.split_edges(cands, st, [ua, ub], n_tokens, threshold=-1.0)
+    (small, large, ia, ib, mc, dc), = edges
+    assert (small, large) == ("a", "b") and len(ia) > 0
+
+    def masked(x, y):
+        out = []
+        for mask in (x > 0, y > 0):
+            xm, ym = x * mask, y * mask
+            out.append(xm @ ym / np.sqrt((xm @ xm) * (ym @ ym)))
+        return max(out)
+
+    for a, b, value in zip(ia, ib, mc):
+        assert value == pytest.approx(masked(codes_a[:, a].astype(np.float64),
+                                             codes_b[:, b].astype(np.float64)), rel=1e-5)
+    # candidates: for every feature of either side, its 3 nearest by decoder cosine
+    cos = stats.unit_rows(ua.direction) @ stats.unit_rows(ub.direction).T
+    pairs = set(zip(ia.tolist(), ib.tolist()))
+    for b in range(10):
+        for a in cos[:, b].topk(3).indices.tolist():
+            assert (a, b) in pairs
+    np.testing.assert_allclose(dc, cos[ia, ib].numpy(), rtol=1e-5)
+
+
+def test_topk_entries_equal_encode():
+    g = torch.Generator().manual_seed(0)
+    spec = SaeSpec(d_in=12, d_sae=20, recipe="topk", k=4, input_scale=1.7)
+    t = {"W_enc": torch.randn(20, 12, generator=g), "b_enc": torch.randn(20, generator=g),
+         "W_dec": torch.randn(20, 12, generator=g), "b_dec": torch.randn(12, generator=g)}
+    x = torch.randn(50, 12, generator=g)
+    codes, row, feat, val = stats.topk_entries(spec, t, x)
+    torch.testing.assert_close(codes, encode(spec, t, x))
+    dense = torch.zeros_like(codes)
+    dense[row, feat] = val
+    torch.testing.assert_close(dense, codes)
+    assert bool((val > 0).all())
+
+
+@pytest.fixture(scope="module")
+def model():
+    spec = transformer_spec(d_model=32, d_mlp=64, n_heads=2, d_head=16, d_vocab=50, n_ctx=16,
+                            act_fn="solu_ln", seed=0)
+    m = build_transformer(spec)
+    m.eval()
+    with torch.no_grad():  # a non-trivial final LayerNorm
+        g = torch.Generator().manual_seed(1)
+        m.ln_final.weight.copy_(1 + 0.5 * torch.randn(32, generator=g))
+        m.ln_final.bias.copy_(0.2 * torch.randn(32, generator=g))
+    return m
+
+
+def test_ablation_effect_matches_a_real_splice(model):
+    """Remove a·d from hook_post at one token, rerun the model: Δ log p(next) agrees."""
+    W_out, ro = stats.model_readout(model)
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 50, (2, 16), generator=g)
+    direction = torch.randn(64, generator=g) / 3  # e.g. W_dec[i] / input_scale
+    out_dir = direction @ W_out
+    weights = stats.logit_weights(out_dir[None], ro)
+    with torch.no_grad():
+        resid = stats.final_residual(model, tokens)
+        clean = model(tokens).log_softmax(-1)
+    for b, t, a in ((0, 5, 1.3), (1, 14, 0.4), (1, 2, 3.0)):
+
+        def splice(value, hook, b=b, t=t, a=a):
+            value = value.clone()
+            value[b, t] -= a * direction
+            return value
+
+        with torch.no_grad():
+            hooked = model.run_with_hooks(tokens, fwd_hooks=[(HOOK_POST, splice)]).log_softmax(-1)
+        nxt = tokens[b, t + 1]
+        want = float(hooked[b, t, nxt] - clean[b, t, nxt])
+        got = stats.ablation_effects(resid[b, t][None], nxt[None], torch.tensor([a]),
+                                     out_dir[None], weights, ro)
+        assert float(got) == pytest.approx(want, abs=2e-4)
+        other = [p for p in range(15) if p != t]  # only the logits at t change
+        torch.testing.assert_close(hooked[b, other], clean[b, other], atol=1e-5, rtol=0)
+
+
+def test_logit_weights_are_the_direct_effect_at_fixed_ln_scale(model):
+    """w = (v - mean v)·diag(γ)·W_U: adding ε·v to the final residual changes the logits by
+    ε·w/σ to first order, σ being LN_final's scale at that token."""
+    W_out, ro = stats.model_readout(model)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 50, (1, 16), generator=g)
+    v = torch.randn(32, generator=g)
+    w = stats.logit_weights(v[None], ro)[0]
+    eps, t = 1e-3, 7
+    with torch.no_grad():
+        resid = stats.final_residual(model, tokens)[0, t]
+        clean = model(tokens)[0, t]
+
+        def push(value, hook):
+            value = value.clone()
+            value[0, t] += eps * v
+            return value
+
+        pushed = model.run_with_hooks(tokens, fwd_hooks=[("ln_final.hook_in", push)])[0, t]
+    c = resid - resid.mean()
+    sigma = float(((c * c).mean() + ro.eps).sqrt())
+    # the unembedding is linear, so centring w across the vocab removes LN's σ-change term
+    delta = (pushed - clean) - (pushed - clean).mean()
+    expect = eps * w / sigma
+    torch.testing.assert_close(delta, expect - expect.mean(), atol=2e-3 * float(expect.abs().max()),
+                               rtol=0)
+
+
+def test_row_histograms_and_nearest():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 300, generator=g)
+    edges, counts = stats.row_histograms(x, 9)
+    for i in range(5):
+        want, _ = np.histogram(x[i].numpy(), bins=edges[i].numpy().astype(np.float64))
+        assert counts[i].sum() == 300
+        assert np.abs(counts[i].numpy() - want).sum() <= 2  # float32 edges vs float64 bins
+    a = stats.unit_rows(torch.randn(7, 6, generator=g))
+    idx, val = stats.nearest(a, a, 3, exclude_self=True)
+    cos = (a @ a.T).numpy()
+    np.fill_diagonal(cos, -np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(-cos, axis=1)[:, :3])
