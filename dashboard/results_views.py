@@ -62,11 +62,13 @@ def items_figure(res: Results) -> go.Figure:
 
 
 def summary_table(res: Results) -> None:
-    table = res.by_source.rename(columns={"share_above_8": f"share > {QUITE_INTERPRETABLE}"})
+    share = f"share > {QUITE_INTERPRETABLE}"
+    table = res.by_source.rename(columns={"share_above_8": share})
+    table[share] = table[share] * 100
     st.dataframe(table, hide_index=True, column_config={
         "median": st.column_config.NumberColumn(format="%.1f"),
         "mean": st.column_config.NumberColumn(format="%.2f"),
-        f"share > {QUITE_INTERPRETABLE}": st.column_config.NumberColumn(format="percent"),
+        share: st.column_config.NumberColumn(format="%.0f%%"),
     })
 
 

@@ -52,7 +52,7 @@ def rater_name() -> str | None:
     """The rater's name, kept in `?rater=`; None until they give one."""
     current = st.query_params.get("rater", "")
     name = st.text_input("Your name (rater)", value=current, max_chars=60,
-                         placeholder="e.g. ann", key="rater_input").strip()
+                         placeholder="e.g. ann", key="rater_input", width=360).strip()
     if name and name != current:
         st.query_params["rater"] = name
         for key in ("pos", "setup"):
@@ -233,7 +233,8 @@ def revealed(book: ScoreBook, rater: str, record: FeatureRecord, latest: Score,
         del st.session_state[_FLASH]
     versions = len(book.history(rater, record.dictionary, record.index))
     st.markdown(f"This was **{record.dictionary} · feature {record.index}** "
-                f"(of {record.n_features:,}) · your score **{latest.total} / {MAX_TOTAL}**"
+                f"(of {record.n_features:,}).")
+    st.markdown(f"Your score: **{latest.total} / {MAX_TOTAL}**"
                 f"{'' if latest.blind else ' (not blind)'} · {versions} version"
                 f"{'s' if versions > 1 else ''} saved, the latest counts.")
     items = " · ".join(f"{item.replace('_', ' ')} {getattr(latest.rubric, item)}"
@@ -249,20 +250,23 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
     else the evidence and the rubric. `key` must not identify the unit."""
     latest = book.latest(rater, record.dictionary, record.index)
     editing_key = f"{key}_editing"
-    left, right = st.columns([2, 3], gap="medium")
+    # logits | intervals | rubric: the evidence and the form side by side, no scrolling to
+    # score; the intervals come first in code so their scores exist when Submit is handled
+    logits_col, intervals_col, form_col = st.columns([1.1, 2.4, 1.3], gap="medium")
+    with logits_col:
+        logit_evidence(record, key)
     if latest is not None and not st.session_state.get(editing_key):
-        with left:
+        with intervals_col:
+            interval_evidence(record, key, scoring=False)
+        with form_col:
             if revealed(book, rater, record, latest, key):
                 st.session_state[editing_key] = True
                 st.rerun()
-            logit_evidence(record, key)
-        with right:
-            interval_evidence(record, key, scoring=False)
         return
     form_key = f"{key}_{latest.score_id[:8] if latest else 'new'}"
-    with right:  # first, so the per-interval scores exist when Submit is handled
+    with intervals_col:
         intervals = interval_evidence(record, form_key)
-    with left:
+    with form_col:
         if latest is not None:
             st.info(f"Editing your score ({latest.total} / {MAX_TOTAL}); the old one stays "
                     "in the history and the new one counts.")
@@ -275,4 +279,3 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
 
         submit_row(book, rater, (record.dictionary, record.index), values, intervals, blind,
                    key, cancel)
-        logit_evidence(record, form_key)
