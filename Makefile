@@ -8,7 +8,7 @@ RUN_DIR ?= runs/tiny
 
 PORT ?= 8501
 
-.PHONY: demo test pipeline status dashboard clean-venv
+.PHONY: demo test pipeline status dashboard bench clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ status: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+PEERS := benchmarks/peers/.venv
+$(PEERS)/.installed: benchmarks/peers/requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt
+	touch $@
+
+# Every benchmark; writes benchmarks/results.md and benchmarks/results.json.
+bench: $(STAMP) $(PEERS)/.installed
+	$(PY) benchmarks/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,143 @@
+"""`make bench`: run every benchmark and write benchmarks/results.md (+ results.json).
+
+Each benchmark runs as its own process (so one's imports and caches never flatter another)
+and prints its figures as ratios against a baseline timed in the same run where one exists.
+The pipeline figures come from rerunning the activations, sae and stats stages of a copy of
+runs/tiny (built first if missing) and reading what each stage recorded in its manifest.
+
+    python benchmarks/run_all.py [--skip saelens,first_paint] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+PY = sys.executable
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {name: metadata.version(name) for name in ("torch", "transformer-lens", "streamlit", "numpy")}
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+
+
+def run(name: str, cmd: list[str], results: dict, timeout: int = 900) -> None:
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seconds = time.perf_counter() - start
+    text = done.stdout.strip()
+    if done.returncode != 0:
+        text += f"\n(exit {done.returncode})\n" + done.stderr.strip()[-3000:]
+    print(text, flush=True)
+    results[name] = {"command": " ".join(cmd), "seconds": round(seconds, 1), "output": text,
+                     "ok": done.returncode == 0}
+
+
+def pipeline(results: dict) -> None:
+    """Rerun activations -> sae -> stats on a copy of the tiny run; read the manifest."""
+    run_dir = OUT / "tiny"
+    if not (run_dir / "model" / "model.safetensors").exists():
+        if (ROOT / "runs" / "tiny" / "model" / "model.safetensors").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.copytree(ROOT / "runs" / "tiny", run_dir)
+    cmd = [PY, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(run_dir), "--force", "activations"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    run("pipeline", cmd, results, timeout=1500)
+    peak_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    figures = {"peak_rss_mib": round(peak_mib)}
+    for stage in ("model", "activations", "sae", "stats"):
+        entry = manifest.get(stage, {})
+        figures[f"{stage}_seconds"] = entry.get("duration_s")
+        figures[f"{stage}_results"] = {k: v for k, v in entry.get("results", {}).items()
+                                       if k not in ("metrics", "curves")}
+    figures["sae_metrics"] = manifest.get("sae", {}).get("results", {}).get("metrics")
+    results["pipeline"]["figures"] = figures
+
+
+def write_markdown(info: dict, results: dict) -> str:
+    lines = ["# Benchmark results", "",
+             f"Written by `make bench` on {info['date']}: {info['cpu']}, {info['cores']} cores; "
+             f"Python {info['python']}, torch {info['torch']}, transformer-lens {info['transformer-lens']}, "
+             f"streamlit {info['streamlit']}. CPU only (see the GPU section for a lent card). "
+             "Absolute rates depend on what else the machine runs; ratios against a baseline timed "
+             "in the same process are the figures to compare.", ""]
+    fig = results.get("pipeline", {}).get("figures")
+    if fig:
+        lines += ["## Pipeline stages (tiny preset, rerun from the activations stage)", "",
+                  "| stage | seconds | rate |", "| --- | --- | --- |",
+                  f"| activations | {fig['activations_seconds']} | "
+                  f"{fig['activations_results'].get('tokens_per_second', 0):,.0f} tokens/s |",
+                  f"| sae (all sizes, one pass) | {fig['sae_seconds']} | "
+                  f"{fig['sae_results'].get('activations_per_second', 0):,.0f} activations/s |",
+                  f"| stats | {fig['stats_seconds']} | "
+                  f"{fig['stats_results'].get('tokens_per_second', 0):,.0f} tokens/s |", "",
+                  f"Peak resident memory of the pipeline process: {fig['peak_rss_mib']:,} MiB.", ""]
+        if fig.get("sae_metrics"):
+            lines += ["| dictionary | L0 | FVU | CE loss recovered | dead |", "| --- | --- | --- | --- | --- |"]
+            for r in fig["sae_metrics"]:
+                lines.append(f"| {r['dictionary']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
+                             f"{100 * r['ce_loss_recovered']:.1f}% | {100 * r['dead_fraction']:.1f}% "
+                             f"of {r['dead_eval_tokens']:,} tokens |")
+            lines.append("")
+    for name, res in results.items():
+        lines += [f"## {name}", "", f"`{res['command']}` ({res['seconds']} s)", "", "```",
+                  res["output"], "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,saelens,"
+                                                   "store_read,dashboard_page,first_paint")
+    parser.add_argument("--quick", action="store_true", help="smaller stores and fewer steps")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    OUT.mkdir(parents=True, exist_ok=True)
+    info, results = machine(), {}
+    n = "4096" if args.quick else "16384"
+    if "pipeline" not in skip:
+        pipeline(results)
+    run_dir = str(OUT / "tiny") if (OUT / "tiny" / "activations").exists() else "runs/tiny"
+    if "sae_throughput" not in skip:
+        run("sae_throughput", [PY, "benchmarks/sae_throughput.py", "--run-dir", run_dir], results)
+    if "saelens" not in skip:
+        run("saelens", [PY, "benchmarks/sae_vs_saelens.py", "--run-dir", run_dir,
+                        "--steps", "30" if args.quick else "60"], results)
+    if "store_read" not in skip:
+        run("store_read", [PY, "benchmarks/store_read.py", "--n-features", n], results)
+    if "dashboard_page" not in skip:
+        run("dashboard_page", [PY, "benchmarks/dashboard_page.py", "--features", n], results)
+    if "first_paint" not in skip:
+        store = Path(run_dir) / "store"
+        run("first_paint", [PY, "benchmarks/first_paint.py", "--store", str(store)], results)
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
+    (ROOT / "benchmarks" / "results.md").write_text(write_markdown(info, results))
+    print(f"bench: {len(results)} benchmarks -> benchmarks/results.md")
+
+
+if __name__ == "__main__":
+    main()
