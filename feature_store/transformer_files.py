@@ -50,8 +50,8 @@ class _Captured(Exception):
     """Raised from a hook to stop the forward pass once the MLP output is in hand."""
 
 
-def mlp_activations(model, tokens):
-    """`blocks.0.mlp.hook_post` for `tokens` [batch, pos], without computing the unembedding.
+def capture(model, tokens, hook_name: str):
+    """The value at `hook_name` for `tokens` [batch, pos], stopping the forward pass there.
 
     The unembedding (d_model x d_vocab per token) costs ~4x the rest of a one-layer model, and
     TransformerBridge ignores `stop_at_layer` here, so the hook raises once it has the value;
@@ -63,7 +63,12 @@ def mlp_activations(model, tokens):
         raise _Captured
 
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[(HOOK_POST, grab)])
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)])
     except _Captured:
         pass
     return captured["acts"]
+
+
+def mlp_activations(model, tokens):
+    """`blocks.0.mlp.hook_post` for `tokens`, without computing the logits."""
+    return capture(model, tokens, HOOK_POST)

@@ -213,6 +213,7 @@ class StatsConfig:
     split_threshold: float = 0.4  # masked activation cosine above which an edge is drawn
     umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see stats.py)
     umap_neighbours: int = 15
+    code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"
     seed: int = 0
 
