@@ -106,6 +106,10 @@ def write_markdown(info: dict, results: dict) -> str:
     for name, res in results.items():
         lines += [f"## {name}", "", f"`{res['command']}` ({res['seconds']} s)", "", "```",
                   res["output"], "```", ""]
+    gpu = ROOT / "benchmarks" / "results_gpu.md"
+    if gpu.exists():  # measured on a lent card, kept apart from the CPU figures above
+        lines += ["# GPU (separate machine; see benchmarks/results_gpu.md)", "",
+                  *gpu.read_text().split("\n")[1:]]
     return "\n".join(lines)
 
 

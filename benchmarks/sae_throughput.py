@@ -27,14 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.sae_training import SparseAutoencoder  # noqa: E402
 
 
-def dense_rate(batch: int, d_in: int, d_sae: int, repeats: int = 5) -> float:
-    """FLOP/s of x @ W^T for x [batch, d_in], W [d_sae, d_in]: the best of a few runs."""
-    x, w = torch.randn(batch, d_in), torch.randn(d_sae, d_in)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def dense_rate(batch: int, d_in: int, d_sae: int, device: str, repeats: int = 5) -> float:
+    """FLOP/s of x @ W^T for x [batch, d_in], W [d_sae, d_in] in fp32: the best of a few runs."""
+    x, w = torch.randn(batch, d_in, device=device), torch.randn(d_sae, d_in, device=device)
     x @ w.T
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         x @ w.T
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * batch * d_in * d_sae / best
 
@@ -59,28 +66,34 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     sizes = [int(s) for s in args.sizes.split(",")]
     data, source = inputs(Path(args.run_dir), args.batch, args.steps, 512)
+    data = data.to(args.device)
     d_in = data.shape[-1]
     rows = []
     for size in sizes:
-        sae = SparseAutoencoder(d_in, size, "topk", k=args.k, b_dec_init=data[0].mean(0))
+        sae = SparseAutoencoder(d_in, size, "topk", k=args.k, b_dec_init=data[0].mean(0).cpu(),
+                                device=args.device)
         for x in data[:3]:  # warm-up, also lets codes settle away from the init
             sae.step(x, 1e-3)
+        sync(args.device)
         t = time.perf_counter()
         for x in data[3:]:
             sae.step(x, 1e-3)
+        sync(args.device)
         seconds = time.perf_counter() - t
         acts_per_s = (len(data) - 3) * args.batch / seconds
-        dense = dense_rate(args.batch, d_in, size)
+        dense = dense_rate(args.batch, d_in, size, args.device)
         share = 12 * d_in * size * acts_per_s / dense
         rows.append({"d_sae": size, "activations_per_s": round(acts_per_s), "dense_gflops": round(dense / 1e9, 1),
                      "share_of_dense": round(share, 2)})
-    print(f"SAE training throughput (topk k={args.k}, batch {args.batch}, d_in {d_in}, {torch.get_num_threads()} "
-          f"threads, {platform.machine()}, inputs: {source})")
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
+    print(f"SAE training throughput (topk k={args.k}, batch {args.batch}, d_in {d_in}, {where}, inputs: {source})")
     print(f"{'d_sae':>7} {'act/s':>9} {'dense GFLOP/s':>14} {'share of dense':>15}")
     for r in rows:
         print(f"{r['d_sae']:>7} {r['activations_per_s']:>9,} {r['dense_gflops']:>14} {r['share_of_dense']:>15}")

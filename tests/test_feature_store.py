@@ -469,7 +469,7 @@ def test_synthetic_cli(tmp_path, capsys):
 
 
 def test_duckdb_reads_the_store(written):
-    duckdb = pytest.importorskip("duckdb")  # optional: not a project dependency
+    import duckdb  # in requirements.txt: the schema promises DuckDB reads the store as is
     path, _ = written
     rows = duckdb.sql(
         f"select dictionary, count(*) from read_parquet('{path}/features/*/*.parquet', "
