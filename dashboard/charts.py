@@ -69,7 +69,7 @@ def ce_recovered_figure(metrics: pd.DataFrame, order: Sequence[str]) -> go.Figur
         hovertemplate="%{customdata}: %{y:.1%} of the MLP's loss recovered<extra></extra>"))
     fig.update_layout(title="CE loss recovered vs size", height=320, margin=MARGIN,
                       xaxis=dict(type="log", title="features", tickvals=list(saes["n_features"])),
-                      yaxis=dict(title="CE loss recovered", tickformat=".0%"))
+                      yaxis=dict(title="CE loss recovered", tickformat=".1%"))
     return fig
 
 

@@ -44,7 +44,7 @@ def tokens_html(acts: PromptActivations, values: np.ndarray, mode: str, title: s
         background = (token_html.activation_background(float(value), scale) if mode == "act"
                       else token_html.ablation_background(float(value), scale))
         spans.append(token_html.token_span(token, background, f"#{i} {title} {value:.3f}"))
-    return f'<div class="tokens">{"".join(spans)}</div>'
+    return f'<div class="tokens">{"<wbr>".join(spans)}</div>'
 
 
 def top_features_table(acts: PromptActivations, dictionary: str, per_token: int = 3) -> pd.DataFrame:

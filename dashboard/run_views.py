@@ -33,7 +33,7 @@ def model_summary(path: str) -> None:
                    if math.isfinite(val) and math.isfinite(unigram) else None,
                    delta_color="inverse")
     cols[3].metric("unigram baseline", f"{unigram:.3f}" if math.isfinite(unigram) else "–")
-    n_tokens = _number(get("n_tokens"))
+    n_tokens = _number(get("stats_tokens") if get("stats_tokens") is not None else get("n_tokens"))
     cols[4].metric("tokens in statistics", f"{n_tokens:,.0f}" if math.isfinite(n_tokens) else "–")
 
 

@@ -1,0 +1,85 @@
+"""Screenshots of every dashboard page for the README: `python docs/screenshots.py [STORE]`.
+
+Serves the app on a free localhost port against STORE (default runs/tiny/store), drives
+Debian's chromium with Playwright (never a downloaded browser), waits for the plotly charts
+and writes docs/screenshots/<page>.png.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    store = sys.argv[1] if len(sys.argv) > 1 else "runs/tiny/store"
+    sys.path.insert(0, str(ROOT))
+    from feature_store import FeatureStore
+
+    fs = FeatureStore.open(store)
+    big = fs.dictionaries()[-1]
+    feats = fs.features(big)
+    normal = feats[feats.density_class == "normal"].sort_values("density", ascending=False)
+    feature = int(normal["index"].iloc[len(normal) // 3])
+    splits = fs.splits()
+    fam_d, fam_i = (splits.iloc[0]["dictionary_b"], int(splits.iloc[0]["index_b"])) if len(splits) else (big, feature)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT,
+                            env={**os.environ, "FEATURE_STORE": store}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    pages = {
+        "overview": "",
+        "browser": f"browser?dictionary={big}",
+        "feature": f"feature?dictionary={big}&feature={feature}",
+        "feature_ablation": f"feature?dictionary={big}&feature={feature}&shade=ablation",
+        "compare": f"compare?dictionary={big}&feature={feature}",
+        "splitting": f"splitting?dictionary={fam_d}&feature={fam_i}",
+        "prompt": f"prompt?dictionary={big}",
+        "score": "score?rater=demo",
+        "results": "results",
+    }
+    out = ROOT / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            for name, path in pages.items():
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page.goto(f"{base}/{path}")
+                try:
+                    page.wait_for_selector(".js-plotly-plot, [data-testid='stDataFrame'], textarea", timeout=20_000)
+                except Exception:
+                    pass
+                time.sleep(3)
+                page.screenshot(path=str(out / f"{name}.png"), full_page=False)
+                page.close()
+                print(f"{name}: {out / f'{name}.png'}")
+            browser.close()
+    finally:
+        proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
