@@ -86,10 +86,10 @@ def main() -> None:
     with open(Path(tmp.name) / "streamlit.log", "w") as log:
         proc = serve(store, port, log)
         try:
-            paint, done = [], []
+            paint, done, warm = [], [], []
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                for dictionary, index in targets:
+                for dictionary, index in targets:  # cold: a new browser context (empty cache) each
                     page = browser.new_context(viewport={"width": 1600, "height": 1200}).new_page()
                     t = time.perf_counter()
                     page.goto(f"http://127.0.0.1:{port}/feature?dictionary={dictionary}&feature={index}")
@@ -98,6 +98,12 @@ def main() -> None:
                     page.get_by_text("Interval 1 ").first.wait_for(timeout=60_000)
                     done.append(time.perf_counter() - t)
                     page.context.close()
+                page = browser.new_context(viewport={"width": 1600, "height": 1200}).new_page()
+                for dictionary, index in targets:  # warm: one context, its HTTP cache kept
+                    t = time.perf_counter()
+                    page.goto(f"http://127.0.0.1:{port}/feature?dictionary={dictionary}&feature={index}")
+                    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+                    warm.append(time.perf_counter() - t)
                 browser.close()
         finally:
             proc.terminate()
@@ -106,10 +112,13 @@ def main() -> None:
     result = {"store": str(args.store if not args.synthetic else f"synthetic 4 x {args.synthetic}"),
               "cold_first_paint_s": paint[0], "first_paint_p50_s": pct(warm_paint, 0.5),
               "first_paint_p95_s": pct(warm_paint, 0.95), "all_intervals_p50_s": pct(warm_done, 0.5),
-              "pages": len(warm_paint)}
+              "pages": len(warm_paint), "cached_browser_first_paint_p50_s": pct(warm[1:], 0.5),
+              "cached_browser_first_paint_p95_s": pct(warm[1:], 0.95)}
     print(f"first paint in chromium ({result['store']}): cold server {paint[0]:.2f} s; then "
           f"p50 {result['first_paint_p50_s']:.2f} s, p95 {result['first_paint_p95_s']:.2f} s over "
-          f"{len(warm_paint)} pages (all 11 intervals shown: p50 {result['all_intervals_p50_s']:.2f} s); "
+          f"{len(warm_paint)} pages with an empty browser cache (all 11 intervals shown: p50 "
+          f"{result['all_intervals_p50_s']:.2f} s); with the browser's cache kept: p50 "
+          f"{result['cached_browser_first_paint_p50_s']:.2f} s, p95 {result['cached_browser_first_paint_p95_s']:.2f} s; "
           f"target <= 2 s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

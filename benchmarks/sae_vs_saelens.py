@@ -65,8 +65,10 @@ def saelens(run_dir: Path, d_sae: int, steps: int, k: int, lr: float, sparse: bo
         cmd = [str(PEER_PYTHON), str(ROOT / "benchmarks" / "peers" / "saelens_train.py"), str(run_dir),
                str(d_sae), str(steps), str(k), str(lr), str(out), *(["sparse"] if sparse else [])]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"SAELens run failed:\n{done.stderr[-2000:]}")
+        if done.returncode != 0:  # a peer's failure is a result too: say what broke
+            errors = [l for l in done.stderr.splitlines() if "Error" in l and "registered at" not in l]
+            return {"peer": f"SAELens TopK{' (use_sparse_activations)' if sparse else ''}", "d_sae": d_sae,
+                    "failed": (errors[-1] if errors else done.stderr.strip().splitlines()[-1])[:160]}
         return json.loads(out.read_text())
 
 
@@ -89,12 +91,16 @@ def main() -> None:
         rows.append(mine)
         for sparse in (False, True):
             peer = saelens(run_dir, size, args.steps, args.k, args.lr, sparse)
-            peer["our_speedup"] = mine["activations_per_s"] / peer["activations_per_s"]
+            if "failed" not in peer:
+                peer["our_speedup"] = mine["activations_per_s"] / peer["activations_per_s"]
             rows.append(peer)
     print(f"SAE training head to head (topk k={args.k}, batch {BATCH}, {args.steps} steps, lr {args.lr}, "
           f"{torch.get_num_threads()} CPU threads; same data, order and scale)")
     print(f"{'trainer':<58} {'d_sae':>6} {'act/s':>8} {'FVU':>6} {'L0':>5} {'ours is':>8}")
     for r in rows:
+        if "failed" in r:
+            print(f"{r['peer']:<58} {r['d_sae']:>6} failed on CPU: {r['failed']}")
+            continue
         speed = f"{r['our_speedup']:.1f}x" if "our_speedup" in r else ""
         print(f"{r['peer']:<58} {r['d_sae']:>6} {r['activations_per_s']:>8,.0f} {r['fvu']:>6.3f} {r['l0']:>5.1f} {speed:>8}")
     if args.json:
