@@ -30,6 +30,15 @@ def one_in(record: FeatureRecord) -> str:
     return f"1 in {1 / record.density:,.0f} tokens" if record.density > 0 else "never fires"
 
 
+def interval_heading(number: int, interval, n_intervals: int, count: bool = True) -> str:
+    """`Interval n · [lo, hi) · share`: numbers only, so no corpus text needs escaping here."""
+    closing = "]" if number == n_intervals else ")"
+    tail = f" ({interval.count:,})" if count else ""
+    return (f"<div class='interval-head'><b>Interval {number}</b> · "
+            f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
+            f"<b>{interval.share:.1%}</b> of activations{tail}</div>")
+
+
 def header(record: FeatureRecord) -> None:
     """Title, the numbers that classify the feature, and where to go next."""
     st.markdown(f"### {record.dictionary} · feature {record.index} "
@@ -113,11 +122,7 @@ def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
     st.markdown(f"**{len(record.intervals)} equal-width intervals over (0, max act]**, "
                 "examples drawn uniformly from each")
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
-        closing = "]" if number == len(record.intervals) else ")"
-        st.markdown(f"<div class='interval-head'><b>Interval {number}</b> · "
-                    f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
-                    f"<b>{interval.share:.1%}</b> of activations ({interval.count:,})</div>",
-                    unsafe_allow_html=True)
+        st.markdown(interval_heading(number, interval, len(record.intervals)), unsafe_allow_html=True)
         st.html(token_html.examples_html(interval.examples, mode, scale, EXAMPLE_CONTEXT,
                                          empty="no activations in this interval"))
 

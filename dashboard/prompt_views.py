@@ -7,8 +7,6 @@ The only dashboard module that needs the live model; it reaches it through
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -74,8 +72,9 @@ def distribution_html(pairs: tuple[tuple[str, float], ...], fmt: str) -> str:
 
 
 def change_panel(change: NextTokenChange, token: str) -> None:
-    st.markdown(f"Next token after position {change.position} "
-                f"(`{html.escape(token)}`): KL(before ‖ after) = {change.kl:.4f} nats")
+    st.markdown(f"Next token after position {change.position}: KL(before ‖ after) = "
+                f"{change.kl:.4f} nats")
+    st.html(token_html.inline_tokens_html([token]))  # corpus text: escaped there, once
     before, after, moved = st.columns(3)
     before.markdown("**Before**")
     before.html(distribution_html(change.top_before, "{:.3f}"))

@@ -27,7 +27,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, links, store_access, token_html
+from dashboard import charts, feature_views, links, store_access, token_html
 from feature_store.records import FeatureRecord
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
@@ -159,10 +159,7 @@ def interval_evidence(record: FeatureRecord, key: str,
     scores: list[int | None] = [None] * len(record.intervals)
     lo, hi = INTERVAL_SCALE
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
-        closing = "]" if number == len(record.intervals) else ")"
-        st.markdown(f"<div class='interval-head'><b>Interval {number}</b> · "
-                    f"[{interval.lo:.3f}, {interval.hi:.3f}{closing} · "
-                    f"<b>{interval.share:.1%}</b> of activations</div>",
+        st.markdown(feature_views.interval_heading(number, interval, len(record.intervals), count=False),
                     unsafe_allow_html=True)
         st.html(token_html.examples_html(interval.examples, "activation", record.max_act,
                                          EXAMPLE_CONTEXT, empty="no activations in this interval"))
