@@ -18,24 +18,27 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from dashboard import links, token_html  # noqa: E402
+from dashboard import light_plotly, links, token_html  # noqa: E402
+
+
+PAGE_TITLES = {links.OVERVIEW: "Overview", links.BROWSER: "Feature browser",
+               links.FEATURE: "Feature", links.COMPARE: "Compare sizes",
+               links.SPLITTING: "Splitting", links.PROMPT: "Prompt explorer",
+               links.SCORE: "Score", links.RESULTS: "Results"}
+# Pages that draw `light_plotly` charts: the bundle starts loading before their elements render.
+CHART_PAGES = (links.OVERVIEW, links.FEATURE, links.SCORE, links.RESULTS)
 
 
 def main() -> None:
     st.set_page_config(page_title="Feature explorer", layout="wide")
+    pages = {script: st.Page(script, title=title, url_path=links.URL_PATHS[script],
+                             default=script == links.OVERVIEW)
+             for script, title in PAGE_TITLES.items()}
+    page = st.navigation(list(pages.values()), position="top")
     st.html(f"<style>{token_html.TOKEN_CSS}</style>")
-    pages = [
-        st.Page(links.OVERVIEW, title="Overview", url_path=links.URL_PATHS[links.OVERVIEW],
-                default=True),
-        st.Page(links.BROWSER, title="Feature browser", url_path=links.URL_PATHS[links.BROWSER]),
-        st.Page(links.FEATURE, title="Feature", url_path=links.URL_PATHS[links.FEATURE]),
-        st.Page(links.COMPARE, title="Compare sizes", url_path=links.URL_PATHS[links.COMPARE]),
-        st.Page(links.SPLITTING, title="Splitting", url_path=links.URL_PATHS[links.SPLITTING]),
-        st.Page(links.PROMPT, title="Prompt explorer", url_path=links.URL_PATHS[links.PROMPT]),
-        st.Page(links.SCORE, title="Score", url_path=links.URL_PATHS[links.SCORE]),
-        st.Page(links.RESULTS, title="Results", url_path=links.URL_PATHS[links.RESULTS]),
-    ]
-    st.navigation(pages, position="top").run()
+    if any(page is pages[script] for script in CHART_PAGES):
+        light_plotly.preload()
+    page.run()
 
 
 main()

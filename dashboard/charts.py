@@ -70,6 +70,10 @@ def ce_recovered_figure(metrics: pd.DataFrame, order: Sequence[str]) -> go.Figur
     fig.update_layout(title="CE loss recovered vs size", height=320, margin=MARGIN,
                       xaxis=dict(type="log", title="features", tickvals=list(saes["n_features"])),
                       yaxis=dict(title="CE loss recovered", tickformat=".1%"))
+    values = pd.to_numeric(saes["ce_loss_recovered"]).to_numpy(dtype=float)
+    if values.size:  # head room for the text labels above the top point
+        span = max(float(values.max() - values.min()), 0.002)
+        fig.update_yaxes(range=[values.min() - 0.15 * span, values.max() + 0.25 * span])
     return fig
 
 

@@ -10,7 +10,7 @@ import math
 
 import streamlit as st
 
-from dashboard import charts, links, store_access, token_html
+from dashboard import charts, light_plotly, links, store_access, token_html
 from feature_store.records import FeatureRecord, Neighbour
 
 N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
@@ -44,16 +44,15 @@ def header(record: FeatureRecord) -> None:
     st.markdown(f"### {record.dictionary} · feature {record.index} "
                 f"<span style='font-size:0.8rem;color:#777'>of {record.n_features:,}</span>",
                 unsafe_allow_html=True)
-    cols = st.columns([1.4, 1, 1, 1, 1])
-    cols[0].metric("density", f"{record.density:.2e}", delta=one_in(record), delta_color="off",
-                   delta_arrow="off",
-                   help="Share of tokens on which the activation is > 0.")
-    cols[1].metric("class", record.density_class,
-                   help="dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1")
-    cols[2].metric("active tokens", f"{record.n_active:,}",
-                   help=f"of {record.n_tokens:,} tokens the statistics cover")
-    cols[3].metric("mean act", f"{record.mean_act:.3f}", help="over active tokens")
-    cols[4].metric("max act", f"{record.max_act:.3f}")
+    st.html(token_html.stats_html([
+        ("density", f"{record.density:.2e}", one_in(record),
+         "Share of tokens on which the activation is > 0."),
+        ("class", record.density_class, "", "dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1"),
+        ("active tokens", f"{record.n_active:,}", f"of {record.n_tokens:,}",
+         f"of the {record.n_tokens:,} tokens the statistics cover"),
+        ("mean act", f"{record.mean_act:.3f}", "over active tokens", "Mean activation where > 0."),
+        ("max act", f"{record.max_act:.3f}", "", "Largest activation seen."),
+    ]))
     with st.container(horizontal=True, gap="small"):
         if record.index > 0:
             links.feature_link(record.dictionary, record.index - 1, "← previous")
@@ -71,7 +70,7 @@ def logits(record: FeatureRecord) -> None:
     long), then the histogram of all of them."""
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
     st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
-    st.plotly_chart(charts.logit_histogram_figure(record), config={"displayModeBar": False})
+    light_plotly.chart(charts.logit_histogram_figure(record), key="feature_logit_histogram")
 
 
 def neighbour_links(title: str, neighbours: tuple[Neighbour, ...], absolute: bool = False) -> None:
@@ -110,25 +109,29 @@ def shading_mode() -> token_html.Mode:
 
 
 def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
-    """Top examples, then all 11 intervals (highest first), each with its share and range."""
+    """Top examples, then all 11 intervals (highest first), each with its share and range.
+
+    One `st.html` element for the whole section: on a first visit the browser's time goes
+    into rendering Streamlit elements, and 25 small ones cost more than one of the same HTML."""
     everything = list(record.top_examples)
     for interval in record.intervals:
         everything.extend(interval.examples)
     scale = token_html.ablation_scale(everything) if mode == "ablation" else record.max_act
-    st.html(token_html.legend_html(mode, scale))
-    st.markdown(f"**Top activations** ({len(record.top_examples)})")
-    st.html(token_html.examples_html(record.top_examples, mode, scale, EXAMPLE_CONTEXT,
-                                     empty="This feature never fired."))
-    st.markdown(f"**{len(record.intervals)} equal-width intervals over (0, max act]**, "
-                "examples drawn uniformly from each")
+    parts = [token_html.legend_html(mode, scale),
+             f"<div class='interval-head'><b>Top activations</b> ({len(record.top_examples)})</div>",
+             token_html.examples_html(record.top_examples, mode, scale, EXAMPLE_CONTEXT,
+                                      empty="This feature never fired."),
+             f"<div class='interval-head'><b>{len(record.intervals)} equal-width intervals over "
+             "(0, max act]</b>, examples drawn uniformly from each</div>"]
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
-        st.markdown(interval_heading(number, interval, len(record.intervals)), unsafe_allow_html=True)
-        st.html(token_html.examples_html(interval.examples, mode, scale, EXAMPLE_CONTEXT,
-                                         empty="no activations in this interval"))
+        parts.append(interval_heading(number, interval, len(record.intervals)))
+        parts.append(token_html.examples_html(interval.examples, mode, scale, EXAMPLE_CONTEXT,
+                                              empty="no activations in this interval"))
+    st.html("".join(parts))
 
 
 def activation_histogram(record: FeatureRecord) -> None:
-    st.plotly_chart(charts.activation_histogram_figure(record), config={"displayModeBar": False})
+    light_plotly.chart(charts.activation_histogram_figure(record), key="feature_activation_histogram")
 
 
 def compact_column(record: FeatureRecord, caption: str, n_examples: int = 8,

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, links, store_access
+from dashboard import charts, light_plotly, links, store_access
 
 
 def _number(value: object) -> float:
@@ -72,6 +72,9 @@ def metrics_table(path: str) -> None:
 def charts_row(path: str) -> None:
     order = store_access.dictionaries(path)
     left, right = st.columns([3, 2])
-    left.plotly_chart(charts.density_histograms_figure(store_access.density_histograms(path),
-                                                       order))
-    right.plotly_chart(charts.ce_recovered_figure(store_access.metrics(path), order))
+    with left:
+        light_plotly.chart(charts.density_histograms_figure(store_access.density_histograms(path),
+                                                            order), key="overview_density")
+    with right:
+        light_plotly.chart(charts.ce_recovered_figure(store_access.metrics(path), order),
+                           key="overview_ce")

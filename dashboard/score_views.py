@@ -27,7 +27,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, feature_views, links, store_access, token_html
+from dashboard import charts, feature_views, light_plotly, links, store_access, token_html
 from feature_store.records import FeatureRecord
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
@@ -140,8 +140,7 @@ def logit_evidence(record: FeatureRecord, key: str) -> None:
     """Raised and lowered next-token logits, then the histogram of all of them."""
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
     st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
-    st.plotly_chart(charts.logit_histogram_figure(record), config={"displayModeBar": False},
-                    key=f"{key}_logit_hist")
+    light_plotly.chart(charts.logit_histogram_figure(record), key=f"{key}_logit_hist")
 
 
 def interval_evidence(record: FeatureRecord, key: str,

@@ -45,7 +45,25 @@ TOKEN_CSS = """
 .logits td { padding: 0 4px; white-space: pre; }
 .logits td.v { text-align: right; color: #555; padding-left: 10px; }
 .legend { font-size: 0.75rem; color: #666; }
+.interval-head { margin: 0.8rem 0 0.2rem; font-size: 0.9rem; }
+.stats { display: flex; flex-wrap: wrap; gap: 0.3rem 2.4rem; margin: 0 0 0.3rem; }
+.stats .l { font-size: 0.85rem; color: #555; text-decoration: underline dotted #aaa; }
+.stats .v { font-size: 1.7rem; line-height: 1.25; }
+.stats .s { font-size: 0.8rem; color: #777; }
+div[data-testid="stElementContainer"]:has(script[data-light-plotly-preload]) { display: none; }
 """
+
+
+def stats_html(stats: Sequence[tuple[str, str, str, str]]) -> str:
+    """A row of (label, value, subline, hover help) figures: one element where five
+    `st.metric`s cost a lazily loaded chunk and five React widgets on a first visit."""
+    cells = []
+    for label, value, sub, help_text in stats:
+        sub_html = f'<div class="s">{html.escape(sub)}</div>' if sub else ""
+        cells.append(f'<div class="stat" title="{html.escape(help_text, quote=True)}">'
+                     f'<div class="l">{html.escape(label)}</div>'
+                     f'<div class="v">{html.escape(value)}</div>{sub_html}</div>')
+    return f'<div class="stats">{"".join(cells)}</div>'
 
 
 def _text(token: str) -> str:

@@ -88,7 +88,11 @@ def chosen_feature(path: str, default: tuple[str, int] | None = None) -> Feature
 
 
 def keep_in_url(**params: str) -> None:
-    """Write the view into the URL, leaving other parameters (e.g. the shading mode) alone."""
+    """Write the view into the URL, leaving other parameters (e.g. the shading mode) alone.
+
+    Written even when the server already holds the same values: after an `st.page_link` to
+    the page that is already open (previous/next, a neighbour), Streamlit 1.67 runs the page
+    with the new parameters but leaves the browser's address bar on the old ones; only a
+    sent update moves it (and gives the back button its entry)."""
     for key, value in params.items():
-        if st.query_params.get(key) != value:
-            st.query_params[key] = value
+        st.query_params[key] = value

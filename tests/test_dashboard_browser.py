@@ -92,6 +92,9 @@ def test_feature_page_in_chromium(server, page, tmp_path):
     painted = time.monotonic() - start
     body = page.inner_text("body")
     assert "sae_64 · feature 0" in body
+    # both charts drawn by the vendored basic bundle (dashboard/light_plotly.py), so static
+    # serving of dashboard/static/ works
+    assert page.locator(".light-plotly.js-plotly-plot").count() == 2
     assert "Top activations" in body and "Interval 11" in body
     assert "<script>alert(1)</script>" in body  # shown as text...
     assert "<img src=x onerror=alert(1)>" in body
@@ -112,3 +115,19 @@ def test_bad_feature_in_chromium(server, page):
     page.goto(f"{server}/feature?dictionary=sae_64&feature=99999")
     page.wait_for_selector("text=No feature 99999 in sae_64", timeout=60_000)
     assert "Traceback" not in page.inner_text("body")
+
+
+def test_in_app_links_move_the_address_bar_and_back_returns(server, page):
+    """previous/next and neighbour links stay on the feature page; the URL must follow them
+    (shareable), and the back button and a reload must show the feature the URL names."""
+    page.goto(f"{server}/feature?dictionary=sae_64&feature=0")
+    page.wait_for_selector("text=sae_64 · feature 0", timeout=60_000)
+    page.locator("a", has_text="next →").first.click()
+    page.wait_for_selector("text=sae_64 · feature 1", timeout=30_000)
+    page.wait_for_function("location.search.includes('feature=1')", timeout=10_000)
+    page.go_back()
+    page.wait_for_selector("text=sae_64 · feature 0", timeout=30_000)
+    assert "feature=0" in page.evaluate("location.search")
+    page.reload()
+    page.wait_for_selector("text=sae_64 · feature 0", timeout=60_000)
+    page.wait_for_selector(".light-plotly.js-plotly-plot", timeout=30_000)

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard import light_plotly
 from feature_store.records import N_INTERVALS
 from feature_store.synthetic import build_synthetic_store
+from tests.chart_helpers import chart_figures
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
@@ -49,16 +51,12 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def plotly_figures(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-
-
 def test_overview(app):
     at = app("app_pages/overview.py")
     assert not at.error
     table = at.dataframe[0].value
     assert list(table["dictionary"]) == ["neurons"] + [f"sae_{n}" for n in SIZES]
-    figures = plotly_figures(at)
+    figures = chart_figures(at)
     assert len(figures) == 2
     assert len(figures[0]["data"]) == 1 + len(SIZES)  # one density curve per dictionary
     assert "validation loss" in texts(at)
@@ -93,7 +91,7 @@ def test_feature_page(app, params):
     assert sum(f"Interval {k}</b>" in shown for k in range(1, N_INTERVALS + 1)) == N_INTERVALS
     assert shown.count("of activations (") == N_INTERVALS
     assert "Top activations" in shown and "Raises" in shown and "Lowers" in shown
-    assert len(plotly_figures(at)) == 2  # activation histogram, logit histogram
+    assert len(chart_figures(at)) == 2  # activation histogram, logit histogram
     if params:
         assert at.query_params["dictionary"] == params["dictionary"]
         assert f"feature {params['feature']}" in shown
@@ -101,10 +99,17 @@ def test_feature_page(app, params):
 
 def test_feature_page_escapes_hostile_tokens(app):
     at = app("app_pages/feature.py", dictionary="sae_64", feature="0")
-    bodies = "".join(h.proto.body for h in at.get("html"))
+    charts = [h.proto.body for h in at.get("html") if light_plotly.figures_in(h.proto.body)]
+    preload = [h.proto.body for h in at.get("html")
+               if h.proto.body.startswith(f"<script {light_plotly.PRELOAD_MARK}>")]
+    bodies = "".join(h.proto.body for h in at.get("html")
+                     if h.proto.body not in charts + preload)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bodies
     assert "&lt;img src=x onerror=alert(1)&gt;" in bodies
-    assert "<script>" not in bodies and "<img" not in bodies
+    assert "<script" not in bodies and "<img" not in bodies
+    # the only scripts on the page: the bundle preload and the two charts' own (data + drawing)
+    assert len(preload) == 1 and preload[0].count("<script") == 1
+    assert len(charts) == 2 and all(c.count("<script") == 2 and "<img" not in c for c in charts)
 
 
 def test_feature_page_ablation_shading(app):
@@ -115,7 +120,7 @@ def test_feature_page_ablation_shading(app):
 
 def test_activation_histogram_coloured_by_interval(app):
     at = app("app_pages/feature.py", dictionary="sae_64", feature="2")
-    bars = plotly_figures(at)[0]["data"][0]
+    bars = chart_figures(at)[0]["data"][0]
     assert len(set(bars["marker"]["color"])) > 1
 
 
@@ -133,7 +138,7 @@ def test_compare(app, params):
 def test_splitting(app, params):
     at = app("app_pages/splitting.py", **params)
     assert not at.error
-    figures = plotly_figures(at)
+    figures = chart_figures(at)
     titles = [f["layout"]["title"]["text"] for f in figures]
     assert any(t.startswith("Joint UMAP") for t in titles)
     if not params:  # the default opens on the strongest split, which has a family

@@ -3,7 +3,7 @@ By default only blind scores count (`?all=1` includes scores given from a featur
 
 import streamlit as st
 
-from dashboard import results_views, score_access, store_access, url_state
+from dashboard import light_plotly, results_views, score_access, store_access, url_state
 from feature_store.scores_results import results
 
 path = url_state.require_store()
@@ -24,10 +24,10 @@ else:
     st.markdown(results_views.agreement_line(res))
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        st.plotly_chart(results_views.distribution_figure(res), config={"displayModeBar": False})
+        light_plotly.chart(results_views.distribution_figure(res), key="results_distribution")
     with right:
         results_views.summary_table(res)
-        st.plotly_chart(results_views.items_figure(res), config={"displayModeBar": False})
+        light_plotly.chart(results_views.items_figure(res), key="results_items")
     results_views.item_table(res)
     results_views.interval_table(res)
 st.subheader("Export and import")
