@@ -92,7 +92,8 @@ def token_span(text: str, background: str, title: str, centre: bool = False) -> 
     """One token: escaped text, its shade, and the numbers on hover (`title` holds no corpus
     text, only numbers formatted here)."""
     cls = "tok c" if centre else "tok"
-    return (f'<span class="{cls}" style="background:{background}" '
+    style = "" if background == "transparent" else f' style="background:{background}"'
+    return (f'<span class="{cls}"{style} '
             f'title="{html.escape(title, quote=True)}">{_text(text)}</span>')
 
 
