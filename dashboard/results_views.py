@@ -46,7 +46,7 @@ def distribution_figure(res: Results) -> go.Figure:
 def items_figure(res: Results) -> go.Figure:
     """Each rubric item's mean as a share of its maximum, grouped by source."""
     colours = charts.dictionary_colours(list(res.items.index))
-    labels = [item.replace("_", " ") for item in RUBRIC]
+    labels = [item.replace("_", "<br>") for item in RUBRIC]  # two short lines: never rotated
     fig = go.Figure()
     for source, row in res.items.iterrows():
         fig.add_trace(go.Bar(x=labels, y=[row[i] / RUBRIC[i][1] for i in RUBRIC], name=source,
@@ -56,8 +56,8 @@ def items_figure(res: Results) -> go.Figure:
                                            "(%{y:.0%} of max)<extra></extra>"))
     fig.update_layout(barmode="group", height=300, margin=charts.MARGIN,
                       title="Per rubric item: mean as a share of the item's maximum",
-                      yaxis=dict(tickformat=".0%", range=[0, 1]),
-                      legend=dict(orientation="h", y=-0.3))
+                      xaxis=dict(tickangle=0), yaxis=dict(tickformat=".0%", range=[0, 1]),
+                      legend=dict(orientation="h", y=-0.35))
     return fig
 
 

@@ -3,21 +3,42 @@
 Serves the app on a free localhost port against STORE (default runs/tiny/store), drives
 Debian's chromium with Playwright (never a downloaded browser), waits for the plotly charts
 and writes docs/screenshots/<page>.png.
+
+The scoring pages are shown against a throwaway score file (never the run's own): the Score
+page with a real blind queue at its first unit, the Results page with *random* ratings from
+two made-up raters, so the picture shows the page's layout, not a finding.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
+import tempfile
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def seed_scores(fs, path: Path) -> None:
+    """A blind queue for rater `demo`; random ratings by `r1` and `r2` (for the layout only)."""
+    from feature_store.scores import RUBRIC, ScoreBook
+
+    book = ScoreBook(path)
+    population = {d: [int(i) for i in fs.features(d).query("density > 0")["index"]]
+                  for d in fs.dictionaries()}
+    book.make_queue("demo", population, 20, 0)
+    rng = random.Random(0)
+    for unit in book.make_queue("r1", population, 24, 1).units:
+        for rater in ("r1", "r2"):
+            items = {item: rng.randint(lo, hi) for item, (lo, hi) in RUBRIC.items()}
+            book.submit(rater, *unit, {**items, "interpretation": "random, for the screenshot"})
 
 
 def main() -> None:
@@ -34,13 +55,15 @@ def main() -> None:
     feature = int(normal["index"].iloc[len(normal) // 3])
     splits = fs.splits()
     fam_d, fam_i = (splits.iloc[0]["dictionary_b"], int(splits.iloc[0]["index_b"])) if len(splits) else (big, feature)
+    scores = Path(tempfile.mkdtemp()) / "scores.sqlite"
+    seed_scores(fs, scores)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT,
-                            env={**os.environ, "FEATURE_STORE": store}, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "FEATURE_STORE": store, "FEATURE_SCORES": str(scores)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     pages = {
@@ -51,7 +74,7 @@ def main() -> None:
         "compare": f"compare?dictionary={big}&feature={feature}",
         "splitting": f"splitting?dictionary={fam_d}&feature={fam_i}",
         "prompt": f"prompt?dictionary={big}",
-        "score": "score?rater=demo",
+        "score": "score?rater=demo&pos=1",
         "results": "results",
     }
     out = ROOT / "docs" / "screenshots"
