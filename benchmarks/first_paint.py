@@ -10,7 +10,7 @@ chart drawn (its SVG in the DOM). "First paint" here is the last of these: the p
 its chart. The first load of a fresh server (Python imports, store open) is reported apart
 from the rest; then the same pages again in one context whose cache is kept. Target: <= 2 s.
 
-    python benchmarks/first_paint.py [--store runs/tiny/store] [--synthetic 16384] [-n 10]
+    python benchmarks/first_paint.py [--store runs/tiny/store] [--synthetic 16384] [-n 20]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", default="runs/tiny/store")
     parser.add_argument("--synthetic", type=int, default=0, help="build a 4 x N synthetic store")
-    parser.add_argument("-n", type=int, default=10)
+    parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--json")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
