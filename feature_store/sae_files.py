@@ -60,20 +60,31 @@ def encode(spec: SaeSpec, tensors: dict[str, Any], x):
     return pre.relu()
 
 
-def reconstruct(spec: SaeSpec, tensors: dict[str, Any], x):
-    """decode(encode(x)) without the dense decoder matmul: for topk only k rows per token are
-    gathered (embedding_bag), ~d_sae/k times cheaper than multiplying the zeros."""
+def topk_codes(spec: SaeSpec, tensors: dict[str, Any], x):
+    """A topk SAE's codes as (values [..., k], feature ids [..., k]), in no particular order;
+    values are already ReLU'd (a kept pre-activation below zero codes 0)."""
+    pre = (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
+    vals, idx = pre.topk(spec.k, dim=-1, sorted=False)
+    return vals.relu(), idx
+
+
+def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):
+    """The reconstruction from `topk_codes`: only k decoder rows per token are gathered
+    (embedding_bag), ~d_sae/k times cheaper than multiplying the zeros."""
     import torch
 
-    if spec.recipe != "topk":
-        return decode(spec, tensors, encode(spec, tensors, x))
-    pre = (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
-    vals, idx = pre.topk(spec.k, dim=-1)
     shape = idx.shape
     out = torch.nn.functional.embedding_bag(idx.reshape(-1, spec.k), tensors["W_dec"],
-                                            per_sample_weights=vals.relu().reshape(-1, spec.k),
+                                            per_sample_weights=vals.reshape(-1, spec.k),
                                             mode="sum")
     return ((out + tensors["b_dec"]) / spec.input_scale).reshape(*shape[:-1], -1)
+
+
+def reconstruct(spec: SaeSpec, tensors: dict[str, Any], x):
+    """decode(encode(x)), sparse for topk."""
+    if spec.recipe != "topk":
+        return decode(spec, tensors, encode(spec, tensors, x))
+    return decode_topk(spec, tensors, *topk_codes(spec, tensors, x))
 
 
 def decode(spec: SaeSpec, tensors: dict[str, Any], f):

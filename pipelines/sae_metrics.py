@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_store.sae_files import SaeSpec, encode, reconstruct
+from feature_store.sae_files import SaeSpec, decode, decode_topk, encode, reconstruct, topk_codes
 from feature_store.transformer_files import HOOK_POST
 from pipelines.activations import read_shard, shard_paths
 from pipelines.tokens import read_sequences
@@ -45,12 +45,19 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
         for i in range(0, len(x_all), 8192):
             x = x_all[i: i + 8192]
             for size, (spec, tensors) in specs.items():
-                f = encode(spec, tensors, x)
-                x_hat = reconstruct(spec, tensors, x)
-                sums[size]["sq_err"] += float(((x_hat - x) ** 2).sum())
-                active = f > 0
+                if spec.recipe == "topk":  # encode once, decode the k active rows only
+                    vals, idx = topk_codes(spec, tensors, x)
+                    x_hat = decode_topk(spec, tensors, vals, idx)
+                    active = vals > 0
+                    fires = torch.bincount(idx[active], minlength=size)
+                else:
+                    f = encode(spec, tensors, x)
+                    x_hat = decode(spec, tensors, f)
+                    active = f > 0
+                    fires = active.sum(0)
+                sums[size]["sq_err"] += float(torch.linalg.vector_norm(x_hat - x) ** 2)
                 sums[size]["l0"] += float(active.sum())
-                sums[size]["fires"] += active.sum(0).cpu()
+                sums[size]["fires"] += fires.cpu()
     out = {}
     for size, acc in sums.items():
         density = acc["fires"].double().numpy() / n
@@ -96,13 +103,17 @@ def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path
     for i in range(0, len(seqs), batch_size):
         batch = torch.from_numpy(seqs[i: i + batch_size].astype(np.int64)).to(device)
         targets = batch[:, 1:]
-        clean_logp = model(batch).log_softmax(-1)[:, :-1]
+        clean_logp = model(batch).log_softmax(-1)[:, :-1].contiguous()
         ce["clean"] += float(-clean_logp.gather(-1, targets.unsqueeze(-1)).sum())
+        # KL(clean || spliced) = Σ p (log p − log q): p once per batch, then one difference
+        # and one dot product per variant. (Not Σ p log p − Σ p log q: two sums of ~1e4
+        # whose difference is ~1e2 would lose the KL to float32 rounding.)
+        clean_p = clean_logp.exp().reshape(-1)
         for name, make in variants.items():
             logits = model.run_with_hooks(batch, fwd_hooks=[(HOOK_POST, splice(make))])
-            logp = logits.log_softmax(-1)[:, :-1]
+            logp = logits.log_softmax(-1)[:, :-1].contiguous()
             ce[name] += float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
-            kl[name] += float((clean_logp.exp() * (clean_logp - logp)).sum())
+            kl[name] += float(clean_p @ (clean_logp.reshape(-1) - logp.reshape(-1)))
         count += targets.numel()
     ce = {k: v / count for k, v in ce.items()}
     kl = {k: v / count for k, v in kl.items()}
