@@ -1,0 +1,34 @@
+"""The SAE's input stream: every cached training row once per epoch (less a remainder shorter
+than a batch), exactly the stored values as float32, shuffled across shards, seeded."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from pipelines.activations import ActivationStream, read_shard, shard_paths
+
+
+def test_each_row_once_per_epoch_as_stored(mini_run):
+    folder = mini_run / "activations"
+    stored = np.concatenate([read_shard(p)["acts"] for p in shard_paths(folder, "train")])
+    assert len(shard_paths(folder, "train")) > 1  # the shuffle must cross shard boundaries
+    stream = ActivationStream(folder, "train", batch_size=256, buffer_tokens=8192, seed=3)
+    batches = list(stream.epoch(0))
+    assert all(b.dtype == np.float32 and b.shape == (256, stored.shape[1]) for b in batches)
+    seen = np.concatenate(batches)
+    assert len(stored) - 256 < len(seen) <= len(stored)
+    # rows as bytes, as multisets (identical contexts give identical rows): every emitted row
+    # is a stored row, none more often than it was stored
+    stored_rows = Counter(r.tobytes() for r in stored)
+    seen_rows = Counter(r.tobytes() for r in seen)
+    assert not seen_rows - stored_rows
+    # shuffled: the first batch mixes rows from far apart in the cache
+    where = {r.tobytes(): i for i, r in enumerate(stored)}
+    first = np.array([where[r.tobytes()] for r in batches[0]])
+    assert first.max() - first.min() > len(stored) // 4
+    again = list(ActivationStream(folder, "train", 256, 8192, seed=3).epoch(0))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    other = next(iter(ActivationStream(folder, "train", 256, 8192, seed=3).epoch(1)))
+    assert not np.array_equal(other, batches[0])
