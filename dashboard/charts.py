@@ -123,18 +123,18 @@ def logit_histogram_figure(record: FeatureRecord) -> go.Figure:
     return fig
 
 
-def family_graph_figure(family: Family, order: Sequence[str],
-                        chosen: tuple[str, int]) -> go.Figure:
+def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str, int],
+                        top_tokens: dict[tuple[str, int], str] | None = None) -> go.Figure:
     """Members laid out in columns by size, edges drawn with width and opacity by masked
-    cosine; node hover shows the member, edge midpoints show both cosines."""
+    cosine; node hover shows the member and its top activating tokens (escaped), edge
+    midpoints show both cosines."""
     layers = [name for name in order if any(m[0] == name for m in family.members)]
-    members_by_layer = {name: sorted(i for d, i in family.members if d == name)
-                        for name in layers}
+    members_by_layer = family_layer_order(family, layers)
     position: dict[tuple[str, int], tuple[float, float]] = {}
     for x, name in enumerate(layers):
         column = members_by_layer[name]
         for rank, index in enumerate(column):
-            position[(name, index)] = (x, rank - (len(column) - 1) / 2)
+            position[(name, index)] = (x, (len(column) - 1) / 2 - rank)  # first on top
     fig = go.Figure()
     mids_x, mids_y, mids_text = [], [], []
     for edge in family.edges:
@@ -159,12 +159,13 @@ def family_graph_figure(family: Family, order: Sequence[str],
     fig.add_trace(go.Scatter(
         x=[position[k][0] for k in keys], y=[position[k][1] for k in keys],
         mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="top center",
-        customdata=[[k[0], k[1]] for k in keys],
+        customdata=[[k[0], k[1], hover_text((top_tokens or {}).get(k, ""))] for k in keys],
         marker=dict(size=[22 if k == tuple(chosen) else 15 for k in keys],
                     color=[colours.get(k[0], "#444") for k in keys],
                     line=dict(width=[3 if k == tuple(chosen) else 1 for k in keys],
                               color="black")),
-        hovertemplate="%{customdata[0]} #%{customdata[1]}<br>click to open<extra></extra>",
+        hovertemplate="%{customdata[0]} #%{customdata[1]}<br>top tokens: %{customdata[2]}"
+                      "<br>click to open<extra></extra>",
         showlegend=False))
     height = max(260, 60 * max(len(c) for c in members_by_layer.values()) + 80)
     fig.update_layout(title=f"Family {family.family_id}: {len(family.members)} features, "
@@ -175,6 +176,29 @@ def family_graph_figure(family: Family, order: Sequence[str],
                                  range=[-0.4, len(layers) - 0.4], showgrid=False),
                       yaxis=dict(visible=False))
     return fig
+
+
+def family_layer_order(family: Family, layers: list[str]) -> dict[str, list[int]]:
+    """Each layer's members sorted under their strongest parent in the layer before (then by
+    index): a family is a tree of best parents, so its edges never cross."""
+    depth = {name: i for i, name in enumerate(layers)}
+    parent: dict[tuple[str, int], tuple[float, tuple[str, int]]] = {}
+    for edge in family.edges:
+        a, b = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
+        if a[0] in depth and b[0] in depth and depth[b[0]] < depth[a[0]]:
+            a, b = b, a
+        if a[0] in depth and b[0] in depth and depth[b[0]] == depth[a[0]] + 1:
+            if b not in parent or edge.masked_cosine > parent[b][0]:
+                parent[b] = (edge.masked_cosine, a)
+    out: dict[str, list[int]] = {}
+    rank: dict[tuple[str, int], int] = {}
+    for name in layers:
+        members = [i for d, i in family.members if d == name]
+        members.sort(key=lambda i: (rank.get(parent[(name, i)][1], len(rank))
+                                    if (name, i) in parent else -1, i))
+        out[name] = members
+        rank.update({(name, i): r for r, i in enumerate(members)})
+    return out
 
 
 def umap_figure(points: pd.DataFrame, order: Sequence[str],

@@ -2,7 +2,8 @@
 
 Both charts are clickable: a click selects a point, Streamlit reruns with the selection, and
 the page moves to that feature (`charts.picked_feature`). The family's members are also
-listed as links, for keyboards and for anyone who would rather not aim at a dot.
+listed as links, each with its top activating tokens and density, so a split can be read
+(what each child keeps of its parent) without opening every member.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, links, store_access
+from dashboard import charts, links, store_access, token_html
 from feature_store.records import Family, FeatureRecord
 
 
@@ -32,20 +33,26 @@ def family_graph(path: str, record: FeatureRecord) -> Family | None:
                 "it is ultralow density and was left out.")
         return None
     order = store_access.dictionaries(path)
+    summaries = {d: store_access.features(path, d).set_index("index")
+                 for d in {m[0] for m in family.members}}
+    top = {(d, i): str(summaries[d].at[i, "top_tokens"]) for d, i in family.members}
     event = st.plotly_chart(
-        charts.family_graph_figure(family, order, (record.dictionary, record.index)),
+        charts.family_graph_figure(family, order, (record.dictionary, record.index), top),
         on_select="rerun", selection_mode="points", key="family_graph",
         config={"displayModeBar": False})
     _follow(event, record)
-    by_dictionary: dict[str, list[int]] = {}
-    for dictionary, index in family.members:
-        by_dictionary.setdefault(dictionary, []).append(index)
+    by_dictionary = charts.family_layer_order(  # listed in the graph's order
+        family, [d for d in order if any(m[0] == d for m in family.members)])
     cols = st.columns(max(1, len(by_dictionary)))
     for col, (dictionary, indices) in zip(cols, by_dictionary.items()):
         with col:
             st.markdown(f"**{dictionary}**")
             for index in indices:
+                row = summaries[dictionary].loc[index]
                 links.feature_link(dictionary, index, f"#{index}")
+                st.html(token_html.inline_tokens_html(top[(dictionary, index)].split()) +
+                        f'<div class="legend">density {row["density"]:.1e} · '
+                        f'max act {row["max_act"]:.2f}</div>')
     return family
 
 

@@ -143,6 +143,14 @@ def test_splitting(app, params):
     assert any(t.startswith("Joint UMAP") for t in titles)
     if not params:  # the default opens on the strongest split, which has a family
         assert any(t.startswith("Family") for t in titles)
+        graph = next(f for f in figures if f["layout"]["title"]["text"].startswith("Family"))
+        nodes = graph["data"][-1]
+        assert "top tokens" in nodes["hovertemplate"]
+        assert all(len(c) == 3 for c in nodes["customdata"])  # dictionary, index, top tokens
+        assert not any("<" in c[2] for c in nodes["customdata"])  # escaped for plotly's hover
+        members = [h.proto.body for h in at.get("html") if 'class="tokens"' in h.proto.body]
+        assert len(members) == len(nodes["customdata"])  # each listed member shows its tokens
+        assert not any("<script" in b or "<img" in b for b in members)
 
 
 @pytest.mark.parametrize("page", ["app_pages/feature.py", "app_pages/compare.py", "app_pages/splitting.py"])
@@ -188,3 +196,29 @@ def test_no_page_imports_torch(store):
                          cwd=Path(APP).parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_family_graph_children_sit_under_their_parents():
+    """A family is a tree of best parents: ordered by parent rank, no two edges cross, and the
+    listed order is the drawn top-to-bottom order."""
+    from dashboard import charts
+    from feature_store.records import Family, SplitEdge
+
+    edges = (SplitEdge("s1", 5, "s2", 30, 0.9, 0.8), SplitEdge("s1", 2, "s2", 10, 0.7, 0.6),
+             SplitEdge("s1", 2, "s2", 40, 0.6, 0.5), SplitEdge("s1", 5, "s2", 3, 0.5, 0.4),
+             SplitEdge("s2", 30, "s3", 1, 0.8, 0.7), SplitEdge("s2", 3, "s3", 9, 0.8, 0.7),
+             SplitEdge("s2", 10, "s3", 7, 0.8, 0.7))
+    members = tuple(sorted({(e.dictionary_a, e.index_a) for e in edges}
+                           | {(e.dictionary_b, e.index_b) for e in edges}))
+    family = Family(0, members, edges)
+    order = charts.family_layer_order(family, ["s1", "s2", "s3"])
+    assert order == {"s1": [2, 5], "s2": [10, 40, 3, 30], "s3": [7, 9, 1]}
+    fig = charts.family_graph_figure(family, ["s1", "s2", "s3"], ("s2", 10))
+    nodes = fig.data[-1]
+    y = {(d, int(i)): yy for (d, i, _), yy in zip(nodes.customdata, nodes.y)}
+    assert y[("s2", 10)] > y[("s2", 40)] > y[("s2", 3)] > y[("s2", 30)]  # listed order, top down
+    segments = [(e.dictionary_a, y[(e.dictionary_a, e.index_a)], y[(e.dictionary_b, e.index_b)])
+                for e in edges]
+    for (d1, a1, b1) in segments:  # two edges between the same pair of columns never cross
+        for (d2, a2, b2) in segments:
+            assert d1 != d2 or (a1 - a2) * (b1 - b2) >= 0, "crossing edges"
