@@ -3,7 +3,6 @@ without query parameters, and bad input gets a clear page instead of a traceback
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard import light_plotly
 from feature_store.records import N_INTERVALS
 from feature_store.synthetic import build_synthetic_store
-from tests.chart_helpers import chart_figures
+from tests.app_helpers import APP, chart_figures, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
 SIZES = (64, 128, 256)
 
@@ -31,16 +29,7 @@ def app(store, monkeypatch):
     """A function: page, query params -> the AppTest after running that page."""
     monkeypatch.setenv("FEATURE_STORE", str(store))
 
-    def run(page: str, **params: str) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.run()
-        for key, value in params.items():
-            at.query_params[key] = value
-        at.switch_page(page).run()
-        assert not at.exception, [e.message for e in at.exception]
-        return at
-
-    return run
+    return open_page
 
 
 def texts(at: AppTest) -> str:

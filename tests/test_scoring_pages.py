@@ -8,7 +8,6 @@ could spell them (`feature 17`, `#17`, `index 17`, `/17`, a URL value).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard import light_plotly
 from feature_store.scores import ScoreBook
 from feature_store.synthetic import build_synthetic_store
-from tests.chart_helpers import chart_figures
+from tests.app_helpers import chart_figures, open_page
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 SCORE, RESULTS = "app_pages/score.py", "app_pages/results.py"
 SIZES = (96, 160)
 NAMES = ("neurons", "sae_96", "sae_160")
@@ -40,16 +38,6 @@ def scores(store, tmp_path, monkeypatch) -> Path:
     path = tmp_path / "scores.sqlite"
     monkeypatch.setenv("FEATURE_SCORES", str(path))
     return path
-
-
-def open_page(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.switch_page(page).run()
-    ok(at)
-    return at
 
 
 def ok(at: AppTest) -> AppTest:
