@@ -30,6 +30,7 @@ import io
 import json
 import math
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -212,9 +213,7 @@ class ScoreBook:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous = FULL")
         if not self._ready:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise ScoreError(f"{self.path}: could not switch to WAL journaling (got {mode})")
+            _switch_to_wal(conn, self.path)
             self._init_schema(conn)
             self._ready = True
         return conn
@@ -427,6 +426,31 @@ _ARROW = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
                     *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
                     ("interval_scores", pa.string()), ("blind", pa.int64()),
                     ("created_at", pa.string())])
+
+
+def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Turn on WAL journaling, which lets raters read while another writes.
+
+    The switch needs an exclusive lock, and SQLite answers "database is locked" at once,
+    without its busy handler, when several processes open a fresh database together (CI
+    caught it), so this retries until the busy timeout rather than failing a rater's save.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise ScoreError(f"{path}: cannot switch to WAL journaling ({err})") from None
+            if time.monotonic() > deadline:
+                raise ScoreError(f"{path}: the scores database stayed locked for "
+                                 f"{BUSY_TIMEOUT_MS // 1000} s; another process holds it") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    if mode.lower() != "wal":
+        raise ScoreError(f"{path}: could not switch to WAL journaling (got {mode})")
 
 
 @contextmanager

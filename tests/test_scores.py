@@ -12,14 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import multiprocessing
+import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from feature_store.scores import MAX_TOTAL, RUBRIC, Rubric, ScoreBook, ScoreError, default_path
+from feature_store.scores import (MAX_TOTAL, RUBRIC, Rubric, ScoreBook, ScoreError, _switch_to_wal,
+                                  default_path)
 from feature_store.scores_results import krippendorff_alpha_interval, results
 
 N_PROCESSES = 8
@@ -89,6 +92,32 @@ def test_concurrent_writers_lose_and_alter_nothing(fast_dir):
         assert fresh.import_file(file) == 0
         assert book.import_file(file.read_bytes(), kind=kind) == 0
         pd.testing.assert_frame_equal(fresh.table(), original)
+
+
+class _LockedAtFirst:
+    """A connection whose WAL switch meets the immediate "database is locked" that SQLite
+    gives (without its busy handler) when processes open a fresh database together."""
+
+    def __init__(self, conn, failures: int, message: str = "database is locked") -> None:
+        self.conn, self.failures, self.message, self.tries = conn, failures, message, 0
+
+    def execute(self, sql, *args):
+        if sql.startswith("PRAGMA journal_mode"):
+            self.tries += 1
+            if self.tries <= self.failures:
+                raise sqlite3.OperationalError(self.message)
+        return self.conn.execute(sql, *args)
+
+
+def test_wal_switch_waits_out_a_lock_and_names_other_errors(fast_dir):
+    path = fast_dir / "scores.sqlite"
+    with closing(sqlite3.connect(path)) as conn:
+        locked = _LockedAtFirst(conn, failures=3)
+        _switch_to_wal(locked, path)
+        assert locked.tries == 4
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with pytest.raises(ScoreError, match="scores.sqlite: cannot switch to WAL"):
+            _switch_to_wal(_LockedAtFirst(conn, failures=1, message="disk I/O error"), path)
 
 
 def test_import_merges_other_machine(fast_dir):
