@@ -6,6 +6,7 @@ compare-sizes page reuses `compact_column`. All token text goes through `token_h
 
 from __future__ import annotations
 
+import html
 import math
 
 import streamlit as st
@@ -41,10 +42,9 @@ def interval_heading(number: int, interval, n_intervals: int, count: bool = True
 
 def header(record: FeatureRecord) -> None:
     """Title, the numbers that classify the feature, and where to go next."""
-    st.markdown(f"### {record.dictionary} · feature {record.index} "
-                f"<span style='font-size:0.8rem;color:#777'>of {record.n_features:,}</span>",
-                unsafe_allow_html=True)
-    st.html(token_html.stats_html([
+    title = (f"<h3 class='feature-title'>{html.escape(record.dictionary)} · feature "
+             f"{record.index} <span>of {record.n_features:,}</span></h3>")
+    st.html(title + token_html.stats_html([
         ("density", f"{record.density:.2e}", one_in(record),
          "Share of tokens on which the activation is > 0."),
         ("class", record.density_class, "", "dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1"),
@@ -61,8 +61,8 @@ def header(record: FeatureRecord) -> None:
         links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
         links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
-        st.markdown(f"[Score it]({links.score_url(record.dictionary, record.index)})",
-                    width="content", help="Score this unit on the rubric, knowingly (stored as not blind).")
+        links.feature_link(record.dictionary, record.index, "Score it", links.SCORE,
+                           help="Score this unit on the rubric, knowingly (stored as not blind).")
 
 
 def logits(record: FeatureRecord) -> None:
@@ -96,16 +96,26 @@ def related(record: FeatureRecord) -> None:
         neighbour_links(f"Nearest in {other}", neighbours)
 
 
-def shading_mode() -> token_html.Mode:
-    """The toggle lives in the URL (`?shade=ablation`) so a shared link shows the same."""
-    on = st.toggle("Shade by ablation effect", value=st.query_params.get("shade") == "ablation",
-                   help="Colour each token by Δ log p(next token) when this feature is removed "
-                        "at it, instead of by the feature's activation.")
-    if on:
-        st.query_params["shade"] = "ablation"
-    elif "shade" in st.query_params:
-        del st.query_params["shade"]
-    return "ablation" if on else "activation"
+SHADING_LABELS: dict[str, str] = {"activation": "activation", "ablation": "ablation effect"}
+
+
+def shading_mode(record: FeatureRecord) -> token_html.Mode:
+    """How the examples' tokens are shaded, from the URL (`?shade=ablation`), with a link to
+    the other shading. A link rather than a toggle: a shared URL shows the same shading, the
+    back button undoes a switch, and a first visit loads no widget code (the toggle's lazily
+    loaded chunk held the whole page back by about 0.1 s)."""
+    mode: token_html.Mode = "ablation" if st.query_params.get("shade") == "ablation" else "activation"
+    other = "activation" if mode == "ablation" else "ablation"
+    params = links.feature_params(record.dictionary, record.index)
+    if other == "ablation":
+        params["shade"] = "ablation"
+    with st.container(horizontal=True, gap="small", vertical_alignment="center"):
+        st.markdown(f"Tokens shaded by **{SHADING_LABELS[mode]}** ·", width="content")
+        st.page_link(links.FEATURE, label=f"shade by {SHADING_LABELS[other]}",
+                     query_params=params,
+                     help="Ablation effect: each token coloured by Δ log p(next token) when this "
+                          "feature is removed at it. Activation: by the feature's activation.")
+    return mode
 
 
 def examples(record: FeatureRecord, mode: token_html.Mode) -> None:

@@ -20,13 +20,12 @@ BROWSER = "app_pages/browser.py"
 FEATURE = "app_pages/feature.py"
 COMPARE = "app_pages/compare.py"
 SPLITTING = "app_pages/splitting.py"
-SCORE = "app_pages/score.py"
+SCORE = "app_pages/score.py"  # `score?dictionary=&feature=` scores that unit, not blind
 RESULTS = "app_pages/results.py"
 PROMPT = "app_pages/prompt.py"
 URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
              COMPARE: "compare", SPLITTING: "splitting", SCORE: "score", RESULTS: "results",
              PROMPT: "prompt"}
-SCORE_URL_PATH = URL_PATHS[SCORE]  # `score?dictionary=&feature=` scores that unit, not blind
 
 
 def feature_params(dictionary: str, index: int) -> dict[str, str]:
@@ -36,11 +35,6 @@ def feature_params(dictionary: str, index: int) -> dict[str, str]:
 def feature_url(dictionary: str, index: int, page: str = FEATURE) -> str:
     """A relative URL (no leading slash) so it also works behind `server.baseUrlPath`."""
     return f"{URL_PATHS.get(page, page)}?{urlencode(feature_params(dictionary, index))}"
-
-
-def score_url(dictionary: str, index: int) -> str:
-    """Score this one unit, knowingly: the scoring page marks such scores not blind."""
-    return f"{SCORE_URL_PATH}?{urlencode(feature_params(dictionary, index))}"
 
 
 def feature_link(dictionary: str, index: int, label: str | None = None,

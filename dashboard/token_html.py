@@ -46,6 +46,8 @@ TOKEN_CSS = """
 .logits td.v { text-align: right; color: #555; padding-left: 10px; }
 .legend { font-size: 0.75rem; color: #666; }
 .interval-head { margin: 0.8rem 0 0.2rem; font-size: 0.9rem; }
+.feature-title { font-size: 1.75rem; font-weight: 600; line-height: 1.2; margin: 0 0 0.5rem; padding: 0; }
+.feature-title span { font-size: 0.8rem; font-weight: 400; color: #777; }
 .stats { display: flex; flex-wrap: wrap; gap: 0.3rem 2.4rem; margin: 0 0 0.3rem; }
 .stats .l { font-size: 0.85rem; color: #555; text-decoration: underline dotted #aaa; }
 .stats .v { font-size: 1.7rem; line-height: 1.25; }

@@ -84,6 +84,10 @@ def test_feature_page(app, params):
     if params:
         assert at.query_params["dictionary"] == params["dictionary"]
         assert f"feature {params['feature']}" in shown
+        score = [link for link in at.get("page_link") if link.proto.label == "Score it"]
+        assert len(score) == 1 and score[0].proto.page.endswith("score")
+        assert score[0].proto.query_string == (f"dictionary={params['dictionary']}"
+                                               f"&feature={params['feature']}")
 
 
 def test_feature_page_escapes_hostile_tokens(app):
@@ -103,8 +107,16 @@ def test_feature_page_escapes_hostile_tokens(app):
 
 def test_feature_page_ablation_shading(app):
     at = app("app_pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
-    assert at.toggle[0].value is True
-    assert "raised log p(next token)" in texts(at)
+    shown = texts(at)
+    assert "Tokens shaded by **ablation effect**" in shown
+    assert "raised log p(next token)" in shown
+    back = [link for link in at.get("page_link") if link.proto.label == "shade by activation"]
+    assert len(back) == 1 and "shade" not in back[0].proto.query_string
+    at = app("app_pages/feature.py", dictionary="sae_64", feature="1")
+    assert "Tokens shaded by **activation**" in texts(at)
+    assert "raised log p(next token)" not in texts(at)
+    there = [link for link in at.get("page_link") if link.proto.label == "shade by ablation effect"]
+    assert len(there) == 1 and "shade=ablation" in there[0].proto.query_string
 
 
 def test_activation_histogram_coloured_by_interval(app):

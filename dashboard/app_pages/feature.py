@@ -13,5 +13,5 @@ with left:
     feature_views.logits(record)
     feature_views.related(record)
 with right:
-    mode = feature_views.shading_mode()
+    mode = feature_views.shading_mode(record)
     feature_views.examples(record, mode)
