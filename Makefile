@@ -20,11 +20,11 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) -m pipelines run --preset tiny --run-dir $(RUN_DIR)
 	$(PY) -m pipelines status $(RUN_DIR)
-	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m streamlit run dashboard/app.py --server.port $(PORT) \
+	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m dashboard.serve --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
 dashboard: $(STAMP)
-	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m streamlit run dashboard/app.py --server.port $(PORT) \
+	FEATURE_STORE=$(RUN_DIR)/store $(PY) -m dashboard.serve --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
 pipeline: $(STAMP)

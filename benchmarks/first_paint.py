@@ -1,6 +1,6 @@
 """Time to first paint of the feature page in a real browser (Debian's chromium via Playwright).
 
-Serves the dashboard with `streamlit run` on a free localhost port against a store (default
+Serves the dashboard with `python -m dashboard.serve` (as `make demo` does) on a free localhost port against a store (default
 runs/tiny/store; `--synthetic N` builds a 4 x N-feature synthetic store instead), opens
 `/feature?dictionary=..&feature=..` in a fresh browser context (empty HTTP cache: a first
 visit) for several features. In-page timestamps (ms since navigation start, recorded by a
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def serve(store: Path, port: int, log) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+        [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log, stderr=subprocess.STDOUT)

@@ -1,4 +1,5 @@
-"""Entry point: `streamlit run dashboard/app.py` (see the Procfile).
+"""Entry point: `streamlit run dashboard/app.py`, or warmed: `python -m dashboard.serve`
+(what the Makefile and the Procfile run; see serve.py).
 
 The store path comes from `FEATURE_STORE` (default `runs/tiny/store`, what `make demo`
 builds). Pages are thin scripts under `app_pages/` (why not `pages/`: see links.py); each is reachable by URL, e.g.

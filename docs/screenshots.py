@@ -60,7 +60,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT,
                             env={**os.environ, "FEATURE_STORE": store, "FEATURE_SCORES": str(scores)}, stdout=subprocess.DEVNULL,

@@ -1,5 +1,6 @@
 """The feature page in a real browser: Playwright drives Debian's chromium (never a
-downloaded browser) against `streamlit run` on a free localhost port.
+downloaded browser) against `python -m dashboard.serve` (what `make demo` and the Procfile
+run) on a free localhost port.
 
 Checks what only a browser can: the page paints its plotly charts, the hostile tokens of
 feature 0 are visible *as text*, and no dialog (`alert`) ever fires. A screenshot is left in
@@ -35,7 +36,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`streamlit run` on the synthetic store; stopped (by its pid) after the module."""
+    """The warmed server on the synthetic store; stopped (by its pid) after the module."""
     from feature_store.synthetic import build_synthetic_store
 
     store = tmp_path_factory.mktemp("browser") / "store"
@@ -43,7 +44,7 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+        [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log,
@@ -61,6 +62,7 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
             time.sleep(0.3)
+        assert "dashboard warmed in" in Path(log.name).read_text()  # before it listened
         yield base
     finally:
         proc.terminate()

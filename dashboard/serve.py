@@ -1,0 +1,66 @@
+"""`python -m dashboard.serve [streamlit options]`: the dashboard, warmed before it listens.
+
+The same as `streamlit run dashboard/app.py [options]` (the Makefile and the Procfile use
+this), except that what every first page run would otherwise pay happens before the server
+accepts a connection: importing the page modules (pandas, plotly, the store's code) and
+opening the store that `FEATURE_STORE` names and reading each dictionary's first record. Streamlit runs every session's script in this
+same process, so the first visitor after a start waits no longer than the next one.
+
+Warming never fails the start: a missing or broken store is left for the page to explain
+(with the command that builds one), exactly as without warming.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "app.py"
+ROOT = APP.parent.parent
+
+
+def warm() -> str:
+    """Import what the pages import and open the store; returns a one-line summary."""
+    started = time.perf_counter()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import plotly.io  # noqa: F401  (the figure JSON encoder the charts use)
+    import streamlit  # noqa: F401  (creates the logger silenced below, at its set level)
+
+    # `st.cache_data` checks its storage when a function is decorated and, before the
+    # server exists, warns once per function; the storage it checks is never used then.
+    quiet = logging.getLogger("streamlit.runtime.caching.cache_data_api")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from dashboard import (browser_views, charts, compare_views,  # noqa: F401
+                               feature_views, light_plotly, results_views, run_views,
+                               score_views, splitting_views, store_access, url_state)
+    finally:
+        quiet.setLevel(level)
+    from feature_store.errors import StoreError
+
+    path = store_access.store_path()
+    try:
+        store = store_access.open_store(path)
+        for name in store.dictionaries():  # each dictionary's first record reads its tables
+            if store.n_features(name):
+                store.feature(name, 0)
+        opened = f"store {path} opened, {len(store.dictionaries())} dictionaries read"
+    except (StoreError, OSError) as err:
+        opened = f"store {path} not usable yet ({err}); the pages say how to build it"
+    return f"dashboard warmed in {time.perf_counter() - started:.1f} s: {opened}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(warm(), flush=True)
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]
+    sys.exit(cli.main())
+
+
+if __name__ == "__main__":
+    main()
