@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, light_plotly, links, store_access
+from dashboard import charts, light_plotly, links, store_access, token_html
 
 
 def _number(value: object) -> float:
@@ -17,56 +18,83 @@ def _number(value: object) -> float:
         return math.nan
 
 
+def _fixed(value: float, fmt: str) -> str:
+    return format(value, fmt) if math.isfinite(value) else "–"
+
+
 def model_summary(path: str) -> None:
     """act_fn, parameters, and validation loss against the unigram baseline: a model that
-    barely beats unigram statistics has little for features to explain."""
+    barely beats unigram statistics has little for features to explain. One HTML element,
+    not five `st.metric`s: each widget type costs the first visit a lazily loaded chunk."""
     info = store_access.run_info(path)
     model = info.get("model", {}) if isinstance(info.get("model"), dict) else {}
     get = lambda key: info.get(key, model.get(key))  # noqa: E731 - flat or nested run info
     val, unigram = _number(get("val_loss")), _number(get("unigram_val_loss"))
     n_params = _number(get("n_params"))
-    cols = st.columns(5)
-    cols[0].metric("activation function", str(get("act_fn") or "–"))
-    cols[1].metric("parameters", f"{n_params:,.0f}" if math.isfinite(n_params) else "–")
-    cols[2].metric("validation loss", f"{val:.3f}" if math.isfinite(val) else "–",
-                   delta=f"{val - unigram:+.3f} vs unigram"
-                   if math.isfinite(val) and math.isfinite(unigram) else None,
-                   delta_color="inverse")
-    cols[3].metric("unigram baseline", f"{unigram:.3f}" if math.isfinite(unigram) else "–")
     n_tokens = _number(get("stats_tokens") if get("stats_tokens") is not None else get("n_tokens"))
-    cols[4].metric("tokens in statistics", f"{n_tokens:,.0f}" if math.isfinite(n_tokens) else "–")
+    below = (f"{unigram - val:.3f} nats below unigram"
+             if math.isfinite(val) and math.isfinite(unigram) else "")
+    st.html(token_html.stats_html([
+        ("activation function", str(get("act_fn") or "–"), "", "The MLP's activation function."),
+        ("parameters", _fixed(n_params, ",.0f"), "", "Parameters of the transformer."),
+        ("validation loss", _fixed(val, ".3f"), below,
+         "Cross-entropy (nats per token) on held-out documents."),
+        ("unigram baseline", _fixed(unigram, ".3f"), "",
+         "Cross-entropy of the training set's token frequencies on the same held-out tokens."),
+        ("tokens in statistics", _fixed(n_tokens, ",.0f"), "",
+         "Held-out tokens behind every density, histogram and example in this store."),
+    ]))
+
+
+# (column, header, format, hover help); a column the store lacks is left out.
+METRIC_COLUMNS = (
+    ("dictionary", "dictionary", "", ""),
+    ("n_features", "features", ",.0f", ""),
+    ("l0", "L0", ".1f", "mean active features per token"),
+    ("fvu", "FVU", ".3f", "fraction of variance unexplained"),
+    ("ce_loss_recovered", "CE recovered", ".1%",
+     "(CE zero-ablation − CE with dictionary) / (CE zero-ablation − CE clean)"),
+    ("ce_loss_recovered_mean_ablation", "CE rec. vs mean abl.", ".1%",
+     "the same against mean ablation, a stricter baseline than zero ablation"),
+    ("kl_div", "KL", ".3f", "KL(clean next-token distribution ‖ with the dictionary), nats"),
+    ("dead_fraction", "dead", ".1%", "never fired on the evaluation tokens (next column)"),
+    ("dead_eval_tokens", "tokens checked", ",.0f",
+     "a feature is dead if it never fired on this many evaluation tokens"),
+    ("n_ultralow", "ultralow", ",.0f", "features with density below 1e-5"),
+    ("n_dense", "dense", ",.0f", "features with density above 0.1"),
+    ("recipe", "recipe", "", "training recipe (topk, l1, identity for the raw neurons)"),
+)
+
+
+def metrics_table_html(table: pd.DataFrame) -> str:
+    """The per-dictionary table as plain HTML (a handful of rows needs no data grid, whose
+    code is 1.2 MB of JavaScript on a first visit). Pure, so it is testable."""
+    columns = [c for c in METRIC_COLUMNS if c[0] in table]
+    head = "".join(f'<th class="{"n" if fmt else "t"}" title="{html.escape(help_text, quote=True)}">'
+                   f"{html.escape(label)}</th>" for _, label, fmt, help_text in columns)
+    rows = []
+    for _, row in table.iterrows():
+        cells = []
+        for column, _, fmt, _ in columns:
+            value = row[column]
+            if fmt:
+                number = _number(value)
+                cells.append(f'<td class="n">{html.escape(_fixed(number, fmt))}</td>')
+            else:
+                cells.append(f"<td>{html.escape(str(value))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<table class="run-table"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def metrics_table(path: str) -> None:
-    """One row per dictionary; each name links to its feature browser."""
-    table = store_access.metrics(path).copy()
-    table.insert(0, "browse", [f"{links.URL_PATHS[links.BROWSER]}?dictionary={d}"
-                               for d in table["dictionary"]])
-    for col in ("dead_fraction", "ce_loss_recovered"):
-        if col in table:
-            table[col] = pd.to_numeric(table[col], errors="coerce") * 100
-    shown = [c for c in ("browse", "dictionary", "n_features", "l0", "fvu",
-                         "ce_loss_recovered", "dead_fraction", "dead_eval_tokens",
-                         "n_ultralow", "n_dense", "recipe") if c in table]
-    st.dataframe(
-        table[shown], hide_index=True,
-        column_config={
-            "browse": st.column_config.LinkColumn("", display_text="browse", width="small"),
-            "n_features": st.column_config.NumberColumn("features", format="%d"),
-            "l0": st.column_config.NumberColumn("L0", format="%.1f",
-                                                help="mean active features per token"),
-            "fvu": st.column_config.NumberColumn("FVU", format="%.3f",
-                                                 help="fraction of variance unexplained"),
-            "ce_loss_recovered": st.column_config.NumberColumn(
-                "CE recovered %", format="%.1f",
-                help="(CE zero-ablation − CE with dictionary) / (CE zero-ablation − CE clean)"),
-            "dead_fraction": st.column_config.NumberColumn("dead %", format="%.1f"),
-            "dead_eval_tokens": st.column_config.NumberColumn(
-                "dead: tokens checked", format="%d",
-                help="a feature is dead if it never fired on this many evaluation tokens"),
-            "n_ultralow": st.column_config.NumberColumn("ultralow", format="%d"),
-            "n_dense": st.column_config.NumberColumn("dense", format="%d"),
-        })
+    """One row per dictionary, then a link to each dictionary's feature browser."""
+    table = store_access.metrics(path)
+    st.html(metrics_table_html(table))
+    with st.container(horizontal=True, gap="small"):
+        for dictionary in table["dictionary"]:
+            st.page_link(links.BROWSER, label=f"browse {dictionary}",
+                         query_params={"dictionary": str(dictionary)})
 
 
 def charts_row(path: str) -> None:

@@ -48,6 +48,12 @@ TOKEN_CSS = """
 .interval-head { margin: 0.8rem 0 0.2rem; font-size: 0.9rem; }
 .feature-title { font-size: 1.75rem; font-weight: 600; line-height: 1.2; margin: 0 0 0.5rem; padding: 0; }
 .feature-title span { font-size: 0.8rem; font-weight: 400; color: #777; }
+.run-table { border-collapse: collapse; font-size: 0.9rem; margin: 0.4rem 0 0.6rem; }
+.run-table th { font-weight: 600; text-align: left; padding: 0.3rem 0.8rem;
+                border-bottom: 1px solid #ccc; text-decoration: underline dotted #aaa; }
+.run-table th.n { text-align: right; }
+.run-table td { padding: 0.25rem 0.8rem; border-bottom: 1px solid rgba(128,128,128,0.2); }
+.run-table td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .stats { display: flex; flex-wrap: wrap; gap: 0.3rem 2.4rem; margin: 0 0 0.3rem; }
 .stats .l { font-size: 0.85rem; color: #555; text-decoration: underline dotted #aaa; }
 .stats .v { font-size: 1.7rem; line-height: 1.25; }

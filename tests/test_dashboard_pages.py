@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import light_plotly
+from dashboard import light_plotly, run_views
 from feature_store.records import N_INTERVALS
 from feature_store.synthetic import build_synthetic_store
 from tests.app_helpers import APP, chart_figures, open_page
@@ -43,12 +44,26 @@ def texts(at: AppTest) -> str:
 def test_overview(app):
     at = app("app_pages/overview.py")
     assert not at.error
-    table = at.dataframe[0].value
-    assert list(table["dictionary"]) == ["neurons"] + [f"sae_{n}" for n in SIZES]
+    names = ["neurons"] + [f"sae_{n}" for n in SIZES]
+    (table,) = [h.proto.body for h in at.get("html") if 'class="run-table"' in h.proto.body]
+    rows = table.split("<tbody>")[1].split("</tr>")[:-1]
+    assert [row.split("<td>")[1].split("</td>")[0] for row in rows] == names
+    assert "CE recovered" in table and "tokens checked" in table
+    browse = [(link.proto.label, link.proto.query_string) for link in at.get("page_link")]
+    assert browse == [(f"browse {n}", f"dictionary={n}") for n in names]
     figures = chart_figures(at)
     assert len(figures) == 2
     assert len(figures[0]["data"]) == 1 + len(SIZES)  # one density curve per dictionary
-    assert "validation loss" in texts(at)
+    assert "validation loss" in texts(at) and "nats below unigram" in texts(at)
+
+
+def test_overview_table_formats_escapes_and_skips_missing_columns():
+    table = pd.DataFrame({"dictionary": ["<b>x</b>"], "n_features": [16384], "fvu": [float("nan")],
+                          "ce_loss_recovered": [0.9751], "recipe": ["topk"]})
+    shown = run_views.metrics_table_html(table)
+    assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>" not in shown
+    assert ">16,384<" in shown and ">97.5%<" in shown and ">–<" in shown  # NaN FVU
+    assert "L0" not in shown and "KL" not in shown  # columns this store lacks
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
