@@ -2,11 +2,13 @@
 
 The same as `streamlit run dashboard/app.py [options]` (the Makefile and the Procfile use
 this), except that what every first page run would otherwise pay happens before the server
-accepts a connection: importing the page modules (pandas, plotly, the store's code) and
-opening the store that `FEATURE_STORE` names and reading each dictionary's first record. Streamlit runs every session's script in this
-same process, so the first visitor after a start waits no longer than the next one.
+accepts a connection: importing the page modules (pandas, plotly, the store's code),
+opening the store that `FEATURE_STORE` names and reading each dictionary's first record.
+Streamlit runs every session's script in this same process, so the first visitor after a
+start waits no longer than the next one (the prompt explorer's model still loads on its
+first use: no other page imports torch).
 
-Warming never fails the start: a missing or broken store is left for the page to explain
+Warming never fails the start: a missing or broken store is left for the pages to explain
 (with the command that builds one), exactly as without warming.
 """
 
@@ -51,6 +53,8 @@ def warm() -> str:
         opened = f"store {path} opened, {len(store.dictionaries())} dictionaries read"
     except (StoreError, OSError) as err:
         opened = f"store {path} not usable yet ({err}); the pages say how to build it"
+    except Exception as err:  # noqa: BLE001 - warming is an optimisation, never a failure
+        opened = f"store {path} not warmed ({type(err).__name__}: {err})"
     return f"dashboard warmed in {time.perf_counter() - started:.1f} s: {opened}"
 
 
