@@ -14,6 +14,7 @@ Warming never fails the start: a missing or broken store is left for the pages t
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -21,6 +22,11 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parent / "app.py"
 ROOT = APP.parent.parent
+# What the pages import, torch-free (the prompt explorer's `prompt_views` loads the model).
+PAGE_MODULES = ("plotly.io", "dashboard.browser_views", "dashboard.charts",
+                "dashboard.compare_views", "dashboard.feature_views", "dashboard.light_plotly",
+                "dashboard.results_views", "dashboard.run_views", "dashboard.score_views",
+                "dashboard.splitting_views", "dashboard.url_state")
 
 
 def warm() -> str:
@@ -28,20 +34,18 @@ def warm() -> str:
     started = time.perf_counter()
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import plotly.io  # noqa: F401  (the figure JSON encoder the charts use)
-    import streamlit  # noqa: F401  (creates the logger silenced below, at its set level)
-
+    importlib.import_module("streamlit")  # creates the logger silenced below, at its level
     # `st.cache_data` checks its storage when a function is decorated and, before the
     # server exists, warns once per function; the storage it checks is never used then.
     quiet = logging.getLogger("streamlit.runtime.caching.cache_data_api")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        from dashboard import (browser_views, charts, compare_views,  # noqa: F401
-                               feature_views, light_plotly, results_views, run_views,
-                               score_views, splitting_views, store_access, url_state)
+        for module in PAGE_MODULES:
+            importlib.import_module(module)
     finally:
         quiet.setLevel(level)
+    from dashboard import store_access
     from feature_store.errors import StoreError
 
     path = store_access.store_path()

@@ -253,7 +253,6 @@ def statistics(batches: Callable[[], Iterator[Batch]], units: list[Unit], cfg: S
                progress_total: int | None = None) -> tuple[dict[str, UnitStats],
                                                            list[SplitCandidates], int]:
     """Passes 1 and 2 over `batches()` (called twice; must yield the same batches)."""
-    per_seq = n_ctx - 1
     K, m, w = cfg.top_k, cfg.examples_per_interval, cfg.window_before + cfg.window_after + 1
     offs = window_offsets(cfg, device)
     by_name = {u.name: u for u in units}

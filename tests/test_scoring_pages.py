@@ -69,7 +69,7 @@ def assert_blind(at: AppTest, unit: tuple[str, int]) -> None:
     for name in NAMES:
         assert name not in shown, f"{name!r} shown on a blind page"
     for pattern in (rf"feature\s*{index}\b", rf"#\s*{index}\b", rf"index\W*{index}\b",
-                    rf"/\s*{index}\b(?!\s*/)", rf"unit_index"):
+                    rf"/\s*{index}\b(?!\s*/)", r"unit_index"):
         assert not re.search(pattern, shown, re.IGNORECASE), pattern
     params = dict(at.query_params.items())
     assert set(params) <= {"rater", "pos"}, params
