@@ -96,26 +96,21 @@ def related(record: FeatureRecord) -> None:
         neighbour_links(f"Nearest in {other}", neighbours)
 
 
-SHADING_LABELS: dict[str, str] = {"activation": "activation", "ablation": "ablation effect"}
-
-
 def shading_mode(record: FeatureRecord) -> token_html.Mode:
-    """How the examples' tokens are shaded, from the URL (`?shade=ablation`), with a link to
-    the other shading. A link rather than a toggle: a shared URL shows the same shading, the
-    back button undoes a switch, and a first visit loads no widget code (the toggle's lazily
-    loaded chunk held the whole page back by about 0.1 s)."""
-    mode: token_html.Mode = "ablation" if st.query_params.get("shade") == "ablation" else "activation"
-    other = "activation" if mode == "ablation" else "ablation"
+    """How the examples' tokens are shaded, from the URL (`?shade=ablation`), and the switch
+    that flips it: a page link drawn as a toggle (Material's toggle icons), not `st.toggle`.
+    So a shared URL shows the same shading, the back button undoes a switch, and a first
+    visit loads no widget code (the toggle's lazily loaded chunk held the whole page back
+    by about 0.1 s)."""
+    on = st.query_params.get("shade") == "ablation"
     params = links.feature_params(record.dictionary, record.index)
-    if other == "ablation":
+    if not on:
         params["shade"] = "ablation"
-    with st.container(horizontal=True, gap="small", vertical_alignment="center"):
-        st.markdown(f"Tokens shaded by **{SHADING_LABELS[mode]}** ·", width="content")
-        st.page_link(links.FEATURE, label=f"shade by {SHADING_LABELS[other]}",
-                     query_params=params,
-                     help="Ablation effect: each token coloured by Δ log p(next token) when this "
-                          "feature is removed at it. Activation: by the feature's activation.")
-    return mode
+    st.page_link(links.FEATURE, label="Shade by ablation effect", query_params=params,
+                 icon=":material/toggle_on:" if on else ":material/toggle_off:",
+                 help="Colour each token by Δ log p(next token) when this feature is removed "
+                      "at it, instead of by the feature's activation.")
+    return "ablation" if on else "activation"
 
 
 def examples(record: FeatureRecord, mode: token_html.Mode) -> None:

@@ -121,17 +121,16 @@ def test_feature_page_escapes_hostile_tokens(app):
 
 
 def test_feature_page_ablation_shading(app):
+    def switch(at):
+        (link,) = [l for l in at.get("page_link") if l.proto.label == "Shade by ablation effect"]
+        return link.proto.icon, link.proto.query_string
+
     at = app("app_pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
-    shown = texts(at)
-    assert "Tokens shaded by **ablation effect**" in shown
-    assert "raised log p(next token)" in shown
-    back = [link for link in at.get("page_link") if link.proto.label == "shade by activation"]
-    assert len(back) == 1 and "shade" not in back[0].proto.query_string
+    assert "raised log p(next token)" in texts(at)  # the ablation legend
+    assert switch(at) == (":material/toggle_on:", "dictionary=sae_64&feature=1")  # turns it off
     at = app("app_pages/feature.py", dictionary="sae_64", feature="1")
-    assert "Tokens shaded by **activation**" in texts(at)
     assert "raised log p(next token)" not in texts(at)
-    there = [link for link in at.get("page_link") if link.proto.label == "shade by ablation effect"]
-    assert len(there) == 1 and "shade=ablation" in there[0].proto.query_string
+    assert switch(at) == (":material/toggle_off:", "dictionary=sae_64&feature=1&shade=ablation")
 
 
 def test_activation_histogram_coloured_by_interval(app):
