@@ -106,7 +106,8 @@ def shading_mode(record: FeatureRecord) -> token_html.Mode:
     params = links.feature_params(record.dictionary, record.index)
     if not on:
         params["shade"] = "ablation"
-    st.page_link(links.FEATURE, label="Shade by ablation effect", query_params=params,
+    st.page_link(links.FEATURE, label=f"Shade by ablation effect: {'on' if on else 'off'}",
+                 query_params=params,
                  icon=":material/toggle_on:" if on else ":material/toggle_off:",
                  help="Colour each token by Δ log p(next token) when this feature is removed "
                       "at it, instead of by the feature's activation.")

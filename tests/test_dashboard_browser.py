@@ -133,3 +133,18 @@ def test_in_app_links_move_the_address_bar_and_back_returns(server, page):
     page.reload()
     page.wait_for_selector("text=sae_64 · feature 0", timeout=60_000)
     page.wait_for_selector(".light-plotly.js-plotly-plot", timeout=30_000)
+
+
+def test_shading_toggle_follows_the_url(server, page):
+    """The ablation-shading switch is a link: clicking it shades by ablation and puts
+    `shade=ablation` in the address bar; back returns to activation shading."""
+    page.goto(f"{server}/feature?dictionary=sae_64&feature=2")
+    page.wait_for_selector("text=Shade by ablation effect: off", timeout=60_000)
+    assert "full orange" in page.inner_text("body")  # the activation legend
+    page.locator("a", has_text="Shade by ablation effect").first.click()
+    page.wait_for_selector("text=Shade by ablation effect: on", timeout=30_000)
+    page.wait_for_function("location.search.includes('shade=ablation')", timeout=10_000)
+    assert "lowered it" in page.inner_text("body")  # the ablation legend
+    page.go_back()
+    page.wait_for_selector("text=Shade by ablation effect: off", timeout=30_000)
+    assert "shade" not in page.evaluate("location.search")

@@ -122,15 +122,16 @@ def test_feature_page_escapes_hostile_tokens(app):
 
 def test_feature_page_ablation_shading(app):
     def switch(at):
-        (link,) = [l for l in at.get("page_link") if l.proto.label == "Shade by ablation effect"]
-        return link.proto.icon, link.proto.query_string
+        (link,) = [l for l in at.get("page_link") if l.proto.label.startswith("Shade by abl")]
+        return link.proto.label[-3:].strip(), link.proto.icon, link.proto.query_string
 
     at = app("app_pages/feature.py", dictionary="sae_64", feature="1", shade="ablation")
     assert "raised log p(next token)" in texts(at)  # the ablation legend
-    assert switch(at) == (":material/toggle_on:", "dictionary=sae_64&feature=1")  # turns it off
+    assert switch(at) == ("on", ":material/toggle_on:", "dictionary=sae_64&feature=1")  # to off
     at = app("app_pages/feature.py", dictionary="sae_64", feature="1")
     assert "raised log p(next token)" not in texts(at)
-    assert switch(at) == (":material/toggle_off:", "dictionary=sae_64&feature=1&shade=ablation")
+    assert switch(at) == ("off", ":material/toggle_off:",
+                          "dictionary=sae_64&feature=1&shade=ablation")
 
 
 def test_activation_histogram_coloured_by_interval(app):
