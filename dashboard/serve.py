@@ -50,6 +50,7 @@ def warm() -> str:
 
     path = store_access.store_path()
     try:
+        store_access.drop_if_rebuilt(path)  # records the build the warmed caches hold
         store = store_access.open_store(path)
         for name in store.dictionaries():  # each dictionary's first record reads its tables
             if store.n_features(name):

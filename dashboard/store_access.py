@@ -31,6 +31,26 @@ def store_path() -> str:
 
 
 @st.cache_resource(show_spinner=False)
+def _seen_builds() -> dict[str, tuple[int, int] | None]:
+    """The build of each store path the caches hold, shared by every session."""
+    return {}
+
+
+def drop_if_rebuilt(path: str) -> bool:
+    """Empty every cache when the store at `path` is not the build they were filled from
+    (the pipeline reran while the server was up): otherwise pages would go on showing the
+    old build until a restart. True when it did."""
+    seen = _seen_builds()
+    now = FeatureStore.build_stamp(path)
+    if seen.setdefault(path, now) == now:
+        return False
+    st.cache_data.clear()
+    st.cache_resource.clear()  # the store handle, the live model, and `_seen_builds` itself
+    _seen_builds()[path] = now
+    return True
+
+
+@st.cache_resource(show_spinner=False)
 def open_store(path: str) -> FeatureStore:
     """One handle per store, shared by every session; treated as read-only."""
     return FeatureStore.open(path)

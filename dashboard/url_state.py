@@ -31,6 +31,8 @@ def stop_with(problem: str, *, build_hint: bool = True) -> NoReturn:
 def require_store() -> str:
     """The store path, after checking it opens; otherwise a page saying how to build one."""
     path = store_access.store_path()
+    if store_access.drop_if_rebuilt(path):
+        st.toast("The feature store was rebuilt; showing the new build.")
     try:
         store_access.open_store(path)
         store_access.dictionaries(path)

@@ -17,6 +17,7 @@ and records are frozen, so no caller can change what another sees.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,17 @@ class FeatureStore:
         self._key_locks: dict[Any, threading.Lock] = {}
 
     # -- opening -------------------------------------------------------------------------------
+
+    @staticmethod
+    def build_stamp(path: str | Path) -> tuple[int, int] | None:
+        """Which build of the store is at `path` now (None when there is none). A build is
+        staged elsewhere and renamed into place, so a rebuild changes its manifest's inode
+        and mtime: one `stat`, cheap enough for a server to check on every page view."""
+        try:
+            info = os.stat(Path(path) / schema.MANIFEST)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
 
     @classmethod
     def open(cls, path: str | Path) -> "FeatureStore":

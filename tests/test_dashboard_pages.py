@@ -238,3 +238,21 @@ def test_family_graph_children_sit_under_their_parents():
     for (d1, a1, b1) in segments:  # two edges between the same pair of columns never cross
         for (d2, a2, b2) in segments:
             assert d1 != d2 or (a1 - a2) * (b1 - b2) >= 0, "crossing edges"
+
+
+def test_a_rebuilt_store_replaces_what_the_server_cached(tmp_path, monkeypatch):
+    """The pipeline reran while the server was up: the next page view shows the new build
+    (every cache emptied), not the old one until a restart."""
+    path = tmp_path / "store"
+    build_synthetic_store(path, n_features=(32,), d_mlp=16, n_tokens=5_000)
+    monkeypatch.setenv("FEATURE_STORE", str(path))
+    before = open_page("app_pages/feature.py", dictionary="sae_32", feature="3")
+    assert "of 32</span>" in texts(before)
+    build_synthetic_store(path, n_features=(48,), d_mlp=16, n_tokens=5_000)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()  # the first view after the rebuild says so, once
+    assert [t.value for t in at.toast] == ["The feature store was rebuilt; showing the new build."]
+    at.query_params["dictionary"], at.query_params["feature"] = "sae_48", "3"
+    at.switch_page("app_pages/feature.py").run()
+    assert not at.exception and not at.toast
+    assert "of 48</span>" in texts(at)

@@ -485,3 +485,13 @@ def test_importing_does_not_import_torch():
     code = ("import sys, feature_store, feature_store.synthetic, feature_store.schema;"
             "assert 'torch' not in sys.modules and 'pipelines' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_build_stamp_names_the_build_in_place(tmp_path):
+    path = tmp_path / "store"
+    assert FeatureStore.build_stamp(path) is None
+    build_synthetic_store(path, n_features=(8,), d_mlp=4, n_tokens=2_000)
+    first = FeatureStore.build_stamp(path)
+    assert first is not None and FeatureStore.build_stamp(path) == first
+    build_synthetic_store(path, n_features=(8,), d_mlp=4, n_tokens=2_000)  # the same, rebuilt
+    assert FeatureStore.build_stamp(path) not in (None, first)
