@@ -7,6 +7,8 @@ The only dashboard module that needs the live model; it reaches it through
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -65,10 +67,15 @@ def feature_table_config(per_token: int = 3) -> dict:
             for r in range(1, per_token + 1)}
 
 
-def distribution_html(pairs: tuple[tuple[str, float], ...], fmt: str) -> str:
-    cells = "".join(f"<tr><td>{token_html.inline_tokens_html([t])}</td><td class='v'>{fmt.format(p)}</td></tr>"
-                    for t, p in pairs)
-    return f"<table class='logits'>{cells}</table>"
+def distribution_html(rows: tuple[tuple, ...], *formats: str,
+                      header: tuple[str, ...] = ()) -> str:
+    """(token, number, ...) rows: the token escaped once, each number in its format."""
+    head = ("<tr><th></th>" + "".join(f"<th class='v'>{html.escape(h)}</th>" for h in header)
+            + "</tr>") if header else ""
+    cells = "".join(f"<tr><td>{token_html.inline_tokens_html([row[0]])}</td>"
+                    + "".join(f"<td class='v'>{fmt.format(x)}</td>" for fmt, x in zip(formats, row[1:]))
+                    + "</tr>" for row in rows)
+    return f"<table class='logits'>{head}{cells}</table>"
 
 
 def change_panel(change: NextTokenChange, token: str) -> None:
@@ -80,5 +87,7 @@ def change_panel(change: NextTokenChange, token: str) -> None:
     before.html(distribution_html(change.top_before, "{:.3f}"))
     after.markdown("**After**")
     after.html(distribution_html(change.top_after, "{:.3f}"))
-    moved.markdown("**Largest Δ log p**")
-    moved.html(distribution_html(change.biggest_changes, "{:+.3f}"))
+    moved.markdown("**Most probability moved**", help="Tokens ranked by |Δp|, with Δ log p "
+                   "beside it (the log-probability change alone favours tokens too rare to matter).")
+    moved.html(distribution_html(change.biggest_changes, "{:+.3f}", "{:+.2f}",
+                                 header=("Δp", "Δ log p")))

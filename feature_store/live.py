@@ -40,7 +40,9 @@ class NextTokenChange:
     position: int
     top_before: tuple[tuple[str, float], ...]  # (display, probability), most likely first
     top_after: tuple[tuple[str, float], ...]
-    biggest_changes: tuple[tuple[str, float], ...]  # (display, Δ log p), largest |Δ| first
+    # (display, Δp, Δ log p), largest |Δp| first: ranked by probability moved, so a rare
+    # token whose log-probability swings a lot but stays negligible does not crowd the list
+    biggest_changes: tuple[tuple[str, float, float], ...]
     kl: float  # KL(before ‖ after) in nats
 
 
@@ -163,13 +165,15 @@ class LiveRun:
         for pos in range(ids.shape[1]):
             b, a = before[pos], after[pos]
             change = a - b
+            moved_p = a.exp() - b.exp()
             top_b, top_a = b.topk(top), a.topk(top)
-            moved = change.abs().topk(top).indices
+            moved = moved_p.abs().topk(top).indices
             out.append(NextTokenChange(
                 position=pos,
                 top_before=tuple((self.display[int(i)], float(b[i].exp())) for i in top_b.indices),
                 top_after=tuple((self.display[int(i)], float(a[i].exp())) for i in top_a.indices),
-                biggest_changes=tuple((self.display[int(i)], float(change[i])) for i in moved),
+                biggest_changes=tuple((self.display[int(i)], float(moved_p[i]), float(change[i]))
+                                      for i in moved),
                 kl=float((b.exp() * (b - a)).sum()),
             ))
         return out

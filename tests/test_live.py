@@ -1,5 +1,7 @@
 """The live model behind a store: the prompt explorer's interventions against hand-made splices."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -41,11 +43,20 @@ def test_ablation_equals_a_manual_splice(live):
 
     with torch.no_grad():
         want = live.model.run_with_hooks(ids, fwd_hooks=[(HOOK_POST, manual)]).softmax(-1)[0]
+        base = live.model(ids).softmax(-1)[0]
     for change in changes:
         p_after = dict(change.top_after)
         top_token = change.top_after[0][0]
         idx = live.display.index(top_token)
         assert p_after[top_token] == pytest.approx(float(want[change.position, idx]), rel=1e-4)
+        moved = [abs(dp) for _, dp, _ in change.biggest_changes]
+        assert moved == sorted(moved, reverse=True)  # ranked by probability moved
+        token, dp, dlogp = change.biggest_changes[0]
+        idx = live.display.index(token)
+        assert dp == pytest.approx(float(want[change.position, idx] - base[change.position, idx]),
+                                   abs=1e-5)
+        assert abs(dp) == pytest.approx(float((want - base)[change.position].abs().max()), abs=1e-5)
+        assert math.isfinite(dlogp) and (dp > 0) == (dlogp > 0)
     active = acts.acts[:, feature] > 0
     kl = np.array([c.kl for c in changes])
     assert (kl[~active] < 1e-6).all() and (kl[active] > 0).any()  # one-layer: only where it fires
