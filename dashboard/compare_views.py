@@ -8,6 +8,9 @@ from dashboard import feature_views, store_access
 from feature_store.records import FeatureRecord, Neighbour
 
 
+WEAK_COSINE = 0.4  # below this a "counterpart" is only the least unlike feature there
+
+
 def ordered_counterparts(record: FeatureRecord) -> list[tuple[str, Neighbour, tuple[Neighbour, ...]]]:
     """(dictionary, nearest, runners-up) per other dictionary, most similar first."""
     rows = [(other, found[0], found[1:]) for other, found in record.counterparts if found]
@@ -26,6 +29,8 @@ def columns(path: str, record: FeatureRecord) -> None:
         with col:
             found = store_access.feature(path, other, nearest.index)
             runners = ", ".join(f"#{n.index} ({n.cosine:.2f})" for n in rest[:3])
+            weak = (f" · weak match: {other} may have no counterpart"
+                    if nearest.cosine < WEAK_COSINE else "")
             feature_views.compact_column(
-                found, f"decoder cosine {nearest.cosine:.2f}"
+                found, f"decoder cosine {nearest.cosine:.2f}{weak}"
                        + (f" · next: {runners}" if runners else ""))

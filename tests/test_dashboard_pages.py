@@ -148,6 +148,12 @@ def test_compare(app, params):
     shown = texts(at)
     assert "decoder cosine" in shown
     assert shown.count("density ") >= 3  # the feature and at least two counterparts
+    checked = []
+    for caption in (c.value for c in at.caption if c.value.startswith("decoder cosine")):
+        cosine = float(caption.split()[2])
+        assert ("weak match" in caption) == (cosine < 0.4), caption
+        checked.append(cosine)
+    assert checked
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
