@@ -7,6 +7,7 @@ compare-sizes page reuses `compact_column`. All token text goes through `token_h
 from __future__ import annotations
 
 import html
+import json
 import math
 
 import streamlit as st
@@ -15,10 +16,9 @@ from dashboard import charts, light_plotly, links, store_access, token_html
 from feature_store.records import FeatureRecord, Neighbour
 
 N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
-
-
 EXAMPLE_CONTEXT = (16, 6)  # tokens shown before / after the drawn one on the feature page
 COMPACT_CONTEXT = (5, 2)  # in the narrow columns of the compare page
+PREVIOUS, NEXT = "← previous", "next →"  # link labels; the ← / → keys press them
 
 
 def density_text(record: FeatureRecord) -> str:
@@ -55,14 +55,41 @@ def header(record: FeatureRecord) -> None:
     ]))
     with st.container(horizontal=True, gap="small"):
         if record.index > 0:
-            links.feature_link(record.dictionary, record.index - 1, "← previous")
+            links.feature_link(record.dictionary, record.index - 1, PREVIOUS, help="key: ←")
         if record.index + 1 < record.n_features:
-            links.feature_link(record.dictionary, record.index + 1, "next →")
+            links.feature_link(record.dictionary, record.index + 1, NEXT, help="key: →")
         links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
         links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
         links.feature_link(record.dictionary, record.index, "Score it", links.SCORE,
                            help="Score this unit on the rubric, knowingly (stored as not blind).")
+
+
+SHORTCUTS_MARK = "data-feature-shortcuts"  # TOKEN_CSS hides the element that carries it
+# ← / → press the page's own "← previous" / "next →" links, so paging through features is
+# the same in-app navigation (URL, back button) as a click. Installed once per tab and only
+# acting on /feature, outside text fields and without modifier keys.
+_SHORTCUTS_JS = r"""(function () {
+  if (window.__featureShortcuts) return;
+  window.__featureShortcuts = true;
+  var labels = %(labels)s;
+  document.addEventListener("keydown", function (e) {
+    var label = labels[e.key], t = e.target;
+    if (!label || e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    if (!/\/feature\/?$/.test(location.pathname)) return;
+    var links = document.querySelectorAll("a");
+    for (var i = 0; i < links.length; i++) {
+      if (links[i].textContent.trim() === label) { e.preventDefault(); links[i].click(); return; }
+    }
+  });
+})();"""
+
+
+def keyboard_shortcuts() -> None:
+    """← and → for the previous and next feature (a hidden element; no corpus text)."""
+    script = _SHORTCUTS_JS % {"labels": json.dumps({"ArrowLeft": PREVIOUS, "ArrowRight": NEXT})}
+    st.html(f"<script {SHORTCUTS_MARK}>{script}</script>", unsafe_allow_javascript=True)
 
 
 def logits(record: FeatureRecord) -> None:

@@ -58,7 +58,8 @@ TOKEN_CSS = """
 .stats .l { font-size: 0.85rem; color: #555; text-decoration: underline dotted #aaa; }
 .stats .v { font-size: 1.7rem; line-height: 1.25; }
 .stats .s { font-size: 0.8rem; color: #777; }
-div[data-testid="stElementContainer"]:has(script[data-light-plotly-preload]) { display: none; }
+div[data-testid="stElementContainer"]:has(script[data-light-plotly-preload]),
+div[data-testid="stElementContainer"]:has(script[data-feature-shortcuts]) { display: none; }
 """
 
 

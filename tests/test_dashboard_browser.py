@@ -148,3 +148,15 @@ def test_shading_toggle_follows_the_url(server, page):
     page.go_back()
     page.wait_for_selector("text=Shade by ablation effect: off", timeout=30_000)
     assert "shade" not in page.evaluate("location.search")
+
+
+def test_arrow_keys_page_through_features(server, page):
+    page.goto(f"{server}/feature?dictionary=sae_64&feature=5")
+    page.wait_for_selector("text=sae_64 · feature 5", timeout=60_000)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
+    page.wait_for_function("location.search.includes('feature=6')", timeout=10_000)
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_selector("text=sae_64 · feature 5", timeout=30_000)
+    page.go_back()  # the keys made history entries like clicks do
+    page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import light_plotly, run_views
+from dashboard import feature_views, light_plotly, run_views
 from feature_store.records import N_INTERVALS
 from feature_store.synthetic import build_synthetic_store
 from tests.app_helpers import APP, chart_figures, open_page
@@ -110,12 +110,16 @@ def test_feature_page_escapes_hostile_tokens(app):
     charts = [h.proto.body for h in at.get("html") if light_plotly.figures_in(h.proto.body)]
     preload = [h.proto.body for h in at.get("html")
                if h.proto.body.startswith(f"<script {light_plotly.PRELOAD_MARK}>")]
+    shortcuts = [h.proto.body for h in at.get("html")
+                 if h.proto.body.startswith(f"<script {feature_views.SHORTCUTS_MARK}>")]
+    assert len(shortcuts) == 1 and shortcuts[0].count("<script") == 1
     bodies = "".join(h.proto.body for h in at.get("html")
-                     if h.proto.body not in charts + preload)
+                     if h.proto.body not in charts + preload + shortcuts)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bodies
     assert "&lt;img src=x onerror=alert(1)&gt;" in bodies
     assert "<script" not in bodies and "<img" not in bodies
-    # the only scripts on the page: the bundle preload and the two charts' own (data + drawing)
+    # the only scripts on the page: the bundle preload, the ← / → keys (a constant) and the
+    # two charts' own (data + drawing)
     assert len(preload) == 1 and preload[0].count("<script") == 1
     assert len(charts) == 2 and all(c.count("<script") == 2 and "<img" not in c for c in charts)
 
