@@ -75,7 +75,7 @@ def feature_table(path: str, dictionary: str, query: str, classes: list[str]) ->
         view.insert(2, "score", rows["index"].map(means).to_numpy())
     event = st.dataframe(
         view, hide_index=True, height=620, on_select="rerun", selection_mode="single-row",
-        key=f"table_{dictionary}",
+        key=f"table_{dictionary}", placeholder="–",  # not "None": an unscored unit
         column_config={
             "open": st.column_config.LinkColumn("", display_text="open", width=50),
             "feature": st.column_config.NumberColumn("feature", format="%d", width=70),

@@ -65,7 +65,7 @@ def summary_table(res: Results) -> None:
     share = f"share > {QUITE_INTERPRETABLE}"
     table = res.by_source.rename(columns={"share_above_8": share})
     table[share] = table[share] * 100
-    st.dataframe(table, hide_index=True, column_config={
+    st.dataframe(table, hide_index=True, placeholder="–", column_config={
         "median": st.column_config.NumberColumn(format="%.1f"),
         "mean": st.column_config.NumberColumn(format="%.2f"),
         share: st.column_config.NumberColumn(format="%.0f%%"),
@@ -74,7 +74,7 @@ def summary_table(res: Results) -> None:
 
 def item_table(res: Results) -> None:
     table = res.items.rename(columns=lambda c: f"{c.replace('_', ' ')} (0–{RUBRIC[c][1]})")
-    st.dataframe(table.rename_axis("source").reset_index(), hide_index=True,
+    st.dataframe(table.rename_axis("source").reset_index(), hide_index=True, placeholder="–",
                  column_config={c: st.column_config.NumberColumn(format="%.2f")
                                 for c in table.columns})
 
@@ -95,6 +95,7 @@ def interval_table(res: Results) -> None:
     st.markdown("**Per-interval scores** (mean 0–5, where raters scored intervals; "
                 "interval 11 holds the highest activations)")
     st.dataframe(res.intervals.rename_axis("source").reset_index(), hide_index=True,
+                 placeholder="–",
                  column_config={c: st.column_config.NumberColumn(format="%.1f")
                                 for c in res.intervals.columns})
 

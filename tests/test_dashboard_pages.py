@@ -75,6 +75,7 @@ def test_browser(app, params):
     assert len(table) <= (expected or len(table))
     assert {"open", "feature", "density", "max act", "top tokens", "top logits"} <= set(table)
     assert all(url.startswith("feature?dictionary=") for url in table["open"])
+    assert at.dataframe[0].proto.placeholder == "–"  # an unscored unit's score is not "None"
 
 
 def test_browser_search_finds_hostile_token_as_text(app):
