@@ -17,6 +17,15 @@ def ordered_counterparts(record: FeatureRecord) -> list[tuple[str, Neighbour, tu
     return sorted(rows, key=lambda row: -row[1].cosine)
 
 
+def counterpart_caption(other: str, nearest: Neighbour, rest: tuple[Neighbour, ...]) -> str:
+    """`decoder cosine 0.31 · weak match: … · next: #12 (0.30), …`. The weak test uses the
+    cosine as shown (two decimals), so the label never contradicts the number beside it."""
+    shown = round(nearest.cosine, 2)
+    weak = f" · weak match: {other} may have no counterpart" if shown < WEAK_COSINE else ""
+    runners = ", ".join(f"#{n.index} ({n.cosine:.2f})" for n in rest[:3])
+    return f"decoder cosine {shown:.2f}{weak}" + (f" · next: {runners}" if runners else "")
+
+
 def columns(path: str, record: FeatureRecord) -> None:
     counterparts = ordered_counterparts(record)
     if not counterparts:
@@ -28,9 +37,4 @@ def columns(path: str, record: FeatureRecord) -> None:
     for col, (other, nearest, rest) in zip(cols[1:], counterparts):
         with col:
             found = store_access.feature(path, other, nearest.index)
-            runners = ", ".join(f"#{n.index} ({n.cosine:.2f})" for n in rest[:3])
-            weak = (f" · weak match: {other} may have no counterpart"
-                    if nearest.cosine < WEAK_COSINE else "")
-            feature_views.compact_column(
-                found, f"decoder cosine {nearest.cosine:.2f}{weak}"
-                       + (f" · next: {runners}" if runners else ""))
+            feature_views.compact_column(found, counterpart_caption(other, nearest, rest))

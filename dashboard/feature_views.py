@@ -75,7 +75,8 @@ _SHORTCUTS_JS = r"""(function () {
   var labels = %(labels)s;
   document.addEventListener("keydown", function (e) {
     var label = labels[e.key], t = e.target;
-    if (!label || e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+    if (!label || e.repeat || e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey ||
+        e.shiftKey) return;  // held keys: one step per press, not a pile of navigations
     if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
     if (!/\/feature\/?$/.test(location.pathname)) return;
     var links = document.querySelectorAll("a");

@@ -32,8 +32,9 @@ def model_summary(path: str) -> None:
     val, unigram = _number(get("val_loss")), _number(get("unigram_val_loss"))
     n_params = _number(get("n_params"))
     n_tokens = _number(get("stats_tokens") if get("stats_tokens") is not None else get("n_tokens"))
-    below = (f"{unigram - val:.3f} nats below unigram"
-             if math.isfinite(val) and math.isfinite(unigram) else "")
+    below = ""
+    if math.isfinite(val) and math.isfinite(unigram):
+        below = f"{abs(unigram - val):.3f} nats {'below' if val <= unigram else 'ABOVE'} unigram"
     st.html(token_html.stats_html([
         ("activation function", str(get("act_fn") or "–"), "", "The MLP's activation function."),
         ("parameters", _fixed(n_params, ",.0f"), "", "Parameters of the transformer."),

@@ -10,6 +10,8 @@ argument so two stores (tests, a second run) never share cache entries.
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,24 +32,34 @@ def store_path() -> str:
     return str(Path(os.environ.get("FEATURE_STORE", DEFAULT_STORE)))
 
 
-@st.cache_resource(show_spinner=False)
-def _seen_builds() -> dict[str, tuple[int, int] | None]:
+@dataclass
+class _Builds:
     """The build of each store path the caches hold, shared by every session."""
-    return {}
+    seen: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@st.cache_resource(show_spinner=False)
+def _builds() -> _Builds:
+    return _Builds()
 
 
 def drop_if_rebuilt(path: str) -> bool:
     """Empty every cache when the store at `path` is not the build they were filled from
     (the pipeline reran while the server was up): otherwise pages would go on showing the
-    old build until a restart. True when it did."""
-    seen = _seen_builds()
+    old build until a restart. True when a build the caches held was replaced (worth
+    telling the reader; a store that merely appeared is not)."""
+    builds = _builds()
     now = FeatureStore.build_stamp(path)
-    if seen.setdefault(path, now) == now:
-        return False
+    with builds.lock:  # one session clears; the others then see the new build as seen
+        before = builds.seen.setdefault(path, now)
+        if before == now:
+            return False
+        builds.seen[path] = now
     st.cache_data.clear()
-    st.cache_resource.clear()  # the store handle, the live model, and `_seen_builds` itself
-    _seen_builds()[path] = now
-    return True
+    st.cache_resource.clear()  # the store handle, the live model, and `_builds` itself
+    _builds().seen[path] = now
+    return before is not None
 
 
 @st.cache_resource(show_spinner=False)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import feature_views, light_plotly, run_views
-from feature_store.records import N_INTERVALS
+from dashboard import compare_views, feature_views, light_plotly, run_views
+from feature_store.records import N_INTERVALS, Neighbour
 from feature_store.synthetic import build_synthetic_store
 from tests.app_helpers import APP, chart_figures, open_page
 
@@ -161,6 +161,16 @@ def test_compare(app, params):
     assert checked
 
 
+@pytest.mark.parametrize("cosine, weak", [(0.2, True), (0.394, True), (0.396, False),
+                                          (0.4, False), (0.9, False)])
+def test_counterpart_caption_labels_weak_matches(cosine, weak):
+    rest = tuple(Neighbour("sae_2", i, 0.1) for i in (7, 8, 9, 10))
+    caption = compare_views.counterpart_caption("sae_2", Neighbour("sae_2", 3, cosine), rest)
+    assert caption.startswith(f"decoder cosine {cosine:.2f}")
+    assert ("weak match: sae_2 may have no counterpart" in caption) == weak
+    assert caption.endswith("next: #7 (0.10), #8 (0.10), #9 (0.10)")  # three runners-up
+
+
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
 def test_splitting(app, params):
     at = app("app_pages/splitting.py", **params)
@@ -267,3 +277,15 @@ def test_a_rebuilt_store_replaces_what_the_server_cached(tmp_path, monkeypatch):
     at.switch_page("app_pages/feature.py").run()
     assert not at.exception and not at.toast
     assert "of 48</span>" in texts(at)
+
+
+def test_a_store_that_appears_is_shown_without_a_rebuilt_notice(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    monkeypatch.setenv("FEATURE_STORE", str(path))
+    missing = AppTest.from_file(APP, default_timeout=60)
+    missing.run()
+    assert "No usable feature store" in missing.error[0].value
+    build_synthetic_store(path, n_features=(32,), d_mlp=16, n_tokens=5_000)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and not at.toast and "validation loss" in texts(at)
