@@ -40,6 +40,24 @@ def interval_heading(number: int, interval, n_intervals: int, count: bool = True
             f"<b>{interval.share:.1%}</b> of activations{tail}</div>")
 
 
+def density_caveat(record: FeatureRecord) -> str:
+    """A line of HTML (numbers only) saying what the density class means for reading this
+    unit, or "" for a normal one: the class alone is easy to overlook."""
+    if record.density_class == "dead":
+        return (f"<p class='caveat'>Dead: never fired on the {record.n_tokens:,} tokens the "
+                "statistics cover, so there is nothing here to interpret.</p>")
+    if record.density_class == "ultralow":
+        return (f"<p class='caveat'>Ultralow density (fired on {record.n_active:,} of "
+                f"{record.n_tokens:,} tokens): such features form their own cluster in the density "
+                "histogram and are mostly hard to interpret; few examples back each interval, and "
+                "the splitting families leave them out.</p>")
+    if record.density_class == "dense":
+        return ("<p class='caveat'>Dense: fires on more than 1 in 10 tokens, so its top "
+                "examples say little about what it does; read the lower intervals and the logit "
+                "effects too.</p>")
+    return ""
+
+
 def header(record: FeatureRecord) -> None:
     """Title, the numbers that classify the feature, and where to go next."""
     title = (f"<h3 class='feature-title'>{html.escape(record.dictionary)} · feature "
@@ -52,7 +70,7 @@ def header(record: FeatureRecord) -> None:
          f"of the {record.n_tokens:,} tokens the statistics cover"),
         ("mean act", f"{record.mean_act:.3f}", "over active tokens", "Mean activation where > 0."),
         ("max act", f"{record.max_act:.3f}", "", "Largest activation seen."),
-    ]))
+    ]) + density_caveat(record))
     with st.container(horizontal=True, gap="small"):
         if record.index > 0:
             links.feature_link(record.dictionary, record.index - 1, PREVIOUS, help="key: ←")

@@ -54,6 +54,7 @@ TOKEN_CSS = """
 .run-table th.n { text-align: right; }
 .run-table td { padding: 0.25rem 0.8rem; border-bottom: 1px solid rgba(128,128,128,0.2); }
 .run-table td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.caveat { font-size: 0.85rem; color: #8a5a00; margin: 0.2rem 0 0.4rem; }
 .stats { display: flex; flex-wrap: wrap; gap: 0.3rem 2.4rem; margin: 0 0 0.3rem; }
 .stats .l { font-size: 0.85rem; color: #555; text-decoration: underline dotted #aaa; }
 .stats .v { font-size: 1.7rem; line-height: 1.25; }

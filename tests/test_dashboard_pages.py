@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import compare_views, feature_views, light_plotly, run_views
+from feature_store import FeatureStore
 from feature_store.records import N_INTERVALS, Neighbour
 from feature_store.synthetic import build_synthetic_store
 from tests.app_helpers import APP, chart_figures, open_page
@@ -104,6 +105,18 @@ def test_feature_page(app, params):
         assert len(score) == 1 and score[0].proto.page.endswith("score")
         assert score[0].proto.query_string == (f"dictionary={params['dictionary']}"
                                                f"&feature={params['feature']}")
+
+
+CAVEATS = {"dead": "Dead: never fired", "ultralow": "Ultralow density", "dense": "Dense: fires on"}
+
+
+@pytest.mark.parametrize("density_class", ["dead", "ultralow", "dense", "normal"])
+def test_feature_page_says_what_its_density_class_means(app, store, density_class):
+    table = FeatureStore.open(store).features("sae_64")
+    index = int(table[table.density_class == density_class]["index"].iloc[0])
+    shown = texts(app("app_pages/feature.py", dictionary="sae_64", feature=str(index)))
+    said = [caveat for caveat in CAVEATS.values() if caveat in shown]
+    assert said == ([CAVEATS[density_class]] if density_class in CAVEATS else [])
 
 
 def test_feature_page_escapes_hostile_tokens(app):
