@@ -32,10 +32,16 @@ CHART_PAGES = (links.OVERVIEW, links.FEATURE, links.SCORE, links.RESULTS)
 
 def main() -> None:
     st.set_page_config(page_title="Feature explorer", layout="wide")
-    pages = {script: st.Page(script, title=title, url_path=links.URL_PATHS[script],
-                             default=script == links.OVERVIEW)
+    # The default page is served at `/` but still reserves a pathname, so it takes a name
+    # nobody types and `/overview` is a hidden page that redirects to `/` (instead of
+    # Streamlit's "Page not found" dialog over the overview).
+    pages = {script: st.Page(script, title=title, default=script == links.OVERVIEW,
+                             url_path=("home" if script == links.OVERVIEW
+                                       else links.URL_PATHS[script]))
              for script, title in PAGE_TITLES.items()}
-    page = st.navigation(list(pages.values()), position="top")
+    alias = st.Page(lambda: st.switch_page(pages[links.OVERVIEW]), title="Overview",
+                    url_path=links.URL_PATHS[links.OVERVIEW], visibility="hidden")
+    page = st.navigation([*pages.values(), alias], position="top")
     st.html(f"<style>{token_html.TOKEN_CSS}</style>")
     if any(page is pages[script] for script in CHART_PAGES):
         light_plotly.preload()

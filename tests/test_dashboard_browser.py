@@ -160,3 +160,11 @@ def test_arrow_keys_page_through_features(server, page):
     page.wait_for_selector("text=sae_64 · feature 5", timeout=30_000)
     page.go_back()  # the keys made history entries like clicks do
     page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
+
+
+def test_overview_url_redirects_to_the_root(server, page):
+    """The default page lives at `/`; `/overview` goes there, with no "Page not found"."""
+    page.goto(f"{server}/overview")
+    page.wait_for_selector("text=Run overview", timeout=60_000)
+    page.wait_for_function("location.pathname === '/'", timeout=10_000)
+    assert "Page not found" not in page.inner_text("body")
