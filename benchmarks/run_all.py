@@ -39,7 +39,15 @@ def machine() -> dict:
         pass
     versions = {name: metadata.version(name) for name in ("torch", "transformer-lens", "streamlit", "numpy")}
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+            "cores": os.cpu_count(), "python": platform.python_version(), "gpu": cuda_device(),
+            **versions}
+
+
+def cuda_device() -> str | None:
+    """The CUDA card the pipeline stages will use ("auto" picks it), or None on a CPU box."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def run(name: str, cmd: list[str], results: dict, timeout: int = 900) -> None:
@@ -82,7 +90,10 @@ def write_markdown(info: dict, results: dict) -> str:
     lines = ["# Benchmark results", "",
              f"Written by `make bench` on {info['date']}: {info['cpu']}, {info['cores']} cores; "
              f"Python {info['python']}, torch {info['torch']}, transformer-lens {info['transformer-lens']}, "
-             f"streamlit {info['streamlit']}. CPU only (see the GPU section for a lent card). "
+             f"streamlit {info['streamlit']}. "
+             + (f"GPU: {info['gpu']} (the pipeline stages and `sae_throughput_gpu` use it; the "
+                "other benchmarks are CPU). " if info.get("gpu") else
+                "CPU only (see the GPU section for a lent card). ") +
              "Absolute rates depend on what else the machine runs; ratios against a baseline timed "
              "in the same process are the figures to compare.", ""]
     fig = results.get("pipeline", {}).get("figures")
@@ -115,8 +126,8 @@ def write_markdown(info: dict, results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,saelens,"
-                                                   "store_read,dashboard_page,first_paint")
+    parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,sae_throughput_gpu,"
+                                                   "saelens,store_read,dashboard_page,first_paint")
     parser.add_argument("--quick", action="store_true", help="smaller stores and fewer steps")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -131,6 +142,10 @@ def main() -> None:
     run_dir = str(OUT / "tiny") if (OUT / "tiny" / "activations").exists() else "runs/tiny"
     if "sae_throughput" not in skip:
         run("sae_throughput", [PY, "benchmarks/sae_throughput.py", "--run-dir", run_dir], results)
+    if info["gpu"] and "sae_throughput_gpu" not in skip:  # the sizes the paper preset trains
+        run("sae_throughput_gpu", [PY, "benchmarks/sae_throughput.py", "--run-dir", run_dir,
+                                   "--device", "cuda", "--steps", "40",
+                                   "--sizes", "512,1024,2048,4096,8192,16384"], results)
     if "saelens" not in skip:
         run("saelens", [PY, "benchmarks/sae_vs_saelens.py", "--run-dir", run_dir,
                         "--steps", "30" if args.quick else "60"], results)
