@@ -153,9 +153,12 @@ def test_shading_toggle_follows_the_url(server, page):
 def test_arrow_keys_page_through_features(server, page):
     page.goto(f"{server}/feature?dictionary=sae_64&feature=5")
     page.wait_for_selector("text=sae_64 · feature 5", timeout=60_000)
+    # the heading can paint before the page's scripts have run: wait for the key handler
+    page.wait_for_function("window.__featureShortcuts === true", timeout=30_000)
     page.keyboard.press("ArrowRight")
     page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
     page.wait_for_function("location.search.includes('feature=6')", timeout=10_000)
+    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=30_000)
     page.keyboard.press("ArrowLeft")
     page.wait_for_selector("text=sae_64 · feature 5", timeout=30_000)
     page.go_back()  # the keys made history entries like clicks do
