@@ -140,13 +140,16 @@ def test_shading_toggle_follows_the_url(server, page):
     `shade=ablation` in the address bar; back returns to activation shading."""
     page.goto(f"{server}/feature?dictionary=sae_64&feature=2")
     page.wait_for_selector("text=Shade by ablation effect: off", timeout=60_000)
-    assert "full orange" in page.inner_text("body")  # the activation legend
+    page.wait_for_selector("text=full orange", timeout=30_000)  # the activation legend
+    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=30_000)
     page.locator("a", has_text="Shade by ablation effect").first.click()
     page.wait_for_selector("text=Shade by ablation effect: on", timeout=30_000)
     page.wait_for_function("location.search.includes('shade=ablation')", timeout=10_000)
-    assert "lowered it" in page.inner_text("body")  # the ablation legend
+    page.wait_for_selector("text=lowered it", timeout=30_000)  # the ablation legend
+    assert "full orange" not in page.inner_text("body")
     page.go_back()
     page.wait_for_selector("text=Shade by ablation effect: off", timeout=30_000)
+    page.wait_for_selector("text=full orange", timeout=30_000)
     assert "shade" not in page.evaluate("location.search")
 
 
@@ -155,10 +158,12 @@ def test_arrow_keys_page_through_features(server, page):
     page.wait_for_selector("text=sae_64 · feature 5", timeout=60_000)
     # the heading can paint before the page's scripts have run: wait for the key handler
     page.wait_for_function("window.__featureShortcuts === true", timeout=30_000)
+    page.locator("a", has_text="next →").first.wait_for(timeout=30_000)  # what the key presses
     page.keyboard.press("ArrowRight")
     page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
     page.wait_for_function("location.search.includes('feature=6')", timeout=10_000)
     page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=30_000)
+    page.locator("a", has_text="← previous").first.wait_for(timeout=30_000)
     page.keyboard.press("ArrowLeft")
     page.wait_for_selector("text=sae_64 · feature 5", timeout=30_000)
     page.go_back()  # the keys made history entries like clicks do
