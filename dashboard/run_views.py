@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
+from dashboard.feature_views import finite_or_dash
 
 
 def _number(value: object) -> float:
@@ -16,10 +17,6 @@ def _number(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
-
-
-def _fixed(value: float, fmt: str) -> str:
-    return format(value, fmt) if math.isfinite(value) else "–"
 
 
 def model_summary(path: str) -> None:
@@ -37,12 +34,12 @@ def model_summary(path: str) -> None:
         below = f"{abs(unigram - val):.3f} nats {'below' if val <= unigram else 'ABOVE'} unigram"
     st.html(token_html.stats_html([
         ("activation function", str(get("act_fn") or "–"), "", "The MLP's activation function."),
-        ("parameters", _fixed(n_params, ",.0f"), "", "Parameters of the transformer."),
-        ("validation loss", _fixed(val, ".3f"), below,
+        ("parameters", finite_or_dash(n_params, ",.0f"), "", "Parameters of the transformer."),
+        ("validation loss", finite_or_dash(val, ".3f"), below,
          "Cross-entropy (nats per token) on held-out documents."),
-        ("unigram baseline", _fixed(unigram, ".3f"), "",
+        ("unigram baseline", finite_or_dash(unigram, ".3f"), "",
          "Cross-entropy of the training set's token frequencies on the same held-out tokens."),
-        ("tokens in statistics", _fixed(n_tokens, ",.0f"), "",
+        ("tokens in statistics", finite_or_dash(n_tokens, ",.0f"), "",
          "Held-out tokens behind every density, histogram and example in this store."),
     ]))
 
@@ -80,7 +77,7 @@ def metrics_table_html(table: pd.DataFrame) -> str:
             value = row[column]
             if fmt:
                 number = _number(value)
-                cells.append(f'<td class="n">{html.escape(_fixed(number, fmt))}</td>')
+                cells.append(f'<td class="n">{html.escape(finite_or_dash(number, fmt))}</td>')
             else:
                 cells.append(f"<td>{html.escape(str(value))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
