@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from feature_store.sae_files import SaeSpec, encode, reconstruct  # noqa: E402
-from pipelines.activations import read_shard, shard_paths  # noqa: E402
+from pipelines.activation_shards import read_shard, shard_paths  # noqa: E402
 from pipelines.sae_training import SparseAutoencoder  # noqa: E402
 
 PEER_PYTHON = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"

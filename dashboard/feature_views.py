@@ -13,12 +13,18 @@ import math
 import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
+from feature_store import schema
 from feature_store.records import FeatureRecord, Neighbour
 
 N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
-EXAMPLE_CONTEXT = (16, 6)  # tokens shown before / after the drawn one on the feature page
 COMPACT_CONTEXT = (5, 2)  # in the narrow columns of the compare page
 PREVIOUS, NEXT = "← previous", "next →"  # link labels; the ← / → keys press them
+
+
+def threshold_text(value: float) -> str:
+    """A density threshold as the pages write it: `3e-7`, not Python's `3e-07`."""
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 def density_text(record: FeatureRecord) -> str:
@@ -52,9 +58,9 @@ def density_caveat(record: FeatureRecord) -> str:
                 "histogram and are mostly hard to interpret; few examples back each interval, and "
                 "the splitting families leave them out.</p>")
     if record.density_class == "dense":
-        return ("<p class='caveat'>Dense: fires on more than 1 in 10 tokens, so its top "
-                "examples say little about what it does; read the lower intervals and the logit "
-                "effects too.</p>")
+        return (f"<p class='caveat'>Dense: fires on more than 1 in "
+                f"{1 / schema.DENSE_DENSITY:,.0f} tokens, so its top examples say little about "
+                "what it does; read the lower intervals and the logit effects too.</p>")
     return ""
 
 
@@ -65,7 +71,9 @@ def header(record: FeatureRecord) -> None:
     st.html(title + token_html.stats_html([
         ("density", f"{record.density:.2e}", one_in(record),
          "Share of tokens on which the activation is > 0."),
-        ("class", record.density_class, "", "dead: never fires; ultralow: < 1e-5; normal; dense: > 0.1"),
+        ("class", record.density_class, "",
+         f"dead: never fires; ultralow: < {threshold_text(schema.ULTRALOW_DENSITY)}; normal; "
+         f"dense: > {threshold_text(schema.DENSE_DENSITY)}"),
         ("active tokens", f"{record.n_active:,}", f"of {record.n_tokens:,}",
          f"of the {record.n_tokens:,} tokens the statistics cover"),
         ("mean act", f"{record.mean_act:.3f}", "over active tokens", "Mean activation where > 0."),
@@ -171,13 +179,15 @@ def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
     scale = token_html.ablation_scale(everything) if mode == "ablation" else record.max_act
     parts = [token_html.legend_html(mode, scale),
              f"<div class='interval-head'><b>Top activations</b> ({len(record.top_examples)})</div>",
-             token_html.examples_html(record.top_examples, mode, scale, EXAMPLE_CONTEXT,
+             token_html.examples_html(record.top_examples, mode, scale,
+                                      token_html.EXAMPLE_CONTEXT,
                                       empty="This feature never fired."),
              f"<div class='interval-head'><b>{len(record.intervals)} equal-width intervals over "
              "(0, max act]</b>, examples drawn uniformly from each</div>"]
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
         parts.append(interval_heading(number, interval, len(record.intervals)))
-        parts.append(token_html.examples_html(interval.examples, mode, scale, EXAMPLE_CONTEXT,
+        parts.append(token_html.examples_html(interval.examples, mode, scale,
+                                              token_html.EXAMPLE_CONTEXT,
                                               empty="no activations in this interval"))
     st.html("".join(parts))
 

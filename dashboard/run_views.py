@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
-from dashboard.feature_views import finite_or_dash
+from dashboard.feature_views import finite_or_dash, threshold_text
+from feature_store import schema
 
 
 def _number(value: object) -> float:
@@ -58,8 +59,10 @@ METRIC_COLUMNS = (
     ("dead_fraction", "dead", ".1%", "never fired on the evaluation tokens (next column)"),
     ("dead_eval_tokens", "tokens checked", ",.0f",
      "a feature is dead if it never fired on this many evaluation tokens"),
-    ("n_ultralow", "ultralow", ",.0f", "features with density below 1e-5"),
-    ("n_dense", "dense", ",.0f", "features with density above 0.1"),
+    ("n_ultralow", "ultralow", ",.0f",
+     f"features with density below {threshold_text(schema.ULTRALOW_DENSITY)}"),
+    ("n_dense", "dense", ",.0f",
+     f"features with density above {threshold_text(schema.DENSE_DENSITY)}"),
     ("recipe", "recipe", "", "training recipe (topk, l1, identity for the raw neurons)"),
 )
 

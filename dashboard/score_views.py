@@ -33,7 +33,6 @@ from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
 )
 
-EXAMPLE_CONTEXT = (16, 6)
 DEFAULT_SAMPLE = 20
 QUESTIONS = {  # DESIGN.md's rubric, in its order and words
     "confidence": "2 · Confidence in the interpretation",
@@ -154,14 +153,15 @@ def interval_evidence(record: FeatureRecord, key: str,
     st.html(token_html.legend_html("activation", record.max_act))
     with st.expander(f"Top activations ({len(record.top_examples)})"):
         st.html(token_html.examples_html(record.top_examples, "activation", record.max_act,
-                                         EXAMPLE_CONTEXT, empty="never fired"))
+                                         token_html.EXAMPLE_CONTEXT, empty="never fired"))
     scores: list[int | None] = [None] * len(record.intervals)
     lo, hi = INTERVAL_SCALE
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
         st.markdown(feature_views.interval_heading(number, interval, len(record.intervals), count=False),
                     unsafe_allow_html=True)
         st.html(token_html.examples_html(interval.examples, "activation", record.max_act,
-                                         EXAMPLE_CONTEXT, empty="no activations in this interval"))
+                                         token_html.EXAMPLE_CONTEXT,
+                                         empty="no activations in this interval"))
         if per_interval and interval.examples:
             scores[number - 1] = st.radio(
                 f"Interval {number} score ({lo}–{hi})", list(range(lo, hi + 1)), index=None,

@@ -28,6 +28,9 @@ Mode = Literal["activation", "ablation"]
 ACT_RGB = (255, 127, 14)  # orange: plotly's second colour, readable under black text
 RAISE_RGB = (31, 119, 180)  # blue: feature raised log p(next token)
 LOWER_RGB = (214, 39, 40)  # red: feature lowered it
+# Tokens shown before / after the drawn one in a full-width example window, on the feature
+# and the score pages alike, so a rater judges the same evidence a feature page shows.
+EXAMPLE_CONTEXT = (16, 6)
 
 TOKEN_CSS = """
 .tokens { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;

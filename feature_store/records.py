@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from feature_store.schema import DENSITY_CLASSES  # noqa: F401 - re-exported: beside its rule
+
 N_INTERVALS = 11  # Towards Monosemanticity: 11 equal-width intervals over (0, max activation]
 NEURONS = "neurons"  # the identity "dictionary" over the d_mlp raw MLP neurons
-DENSITY_CLASSES = ("dead", "ultralow", "normal", "dense")  # <=0, <1e-5, <=1e-1, >1e-1 of tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class FeatureRecord:
     n_tokens: int  # tokens the statistics were computed over
     n_active: int  # tokens where the activation was > 0
     density: float  # n_active / n_tokens
-    density_class: str  # one of DENSITY_CLASSES
+    density_class: str  # one of DENSITY_CLASSES (schema.density_classes)
     mean_act: float  # mean over active tokens
     max_act: float
     act_histogram: Histogram  # log10-spaced bins over active values

@@ -16,9 +16,15 @@ and neither may import the other's package. torch is imported inside the functio
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from feature_store.errors import StoreError
+from feature_store.transformer_files import HOOK_POST
+
+TENSOR_SHAPES = {"W_enc": ("d_sae", "d_in"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
+                 "b_dec": ("d_in",)}
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class SaeSpec:
     recipe: str  # topk | l1 | l1-unit
     k: int  # active features per token for topk; 0 otherwise
     input_scale: float
-    hook_name: str = "blocks.0.mlp.hook_post"
+    hook_name: str = HOOK_POST
 
 
 def save_sae(folder: Path, spec: SaeSpec, tensors: dict[str, Any], extra: dict | None = None) -> None:
@@ -42,18 +48,43 @@ def save_sae(folder: Path, spec: SaeSpec, tensors: dict[str, Any], extra: dict |
 
 
 def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]]:
+    """The spec and tensors; a missing, corrupt or inconsistent file is a StoreError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    spec = SaeSpec(**{k: raw[k] for k in SaeSpec.__dataclass_fields__})
-    return spec, load_file(str(folder / "sae.safetensors"), device=device)
+    hint = "retrain it with: python -m pipelines run --run-dir <run> --force sae"
+    config = folder / "config.json"
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+        spec = SaeSpec(**{f.name: raw[f.name] for f in fields(SaeSpec) if f.name in raw})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        raise StoreError(f"{config}: unreadable SAE config ({err}); {hint}") from None
+    weights = folder / "sae.safetensors"
+    try:
+        tensors = load_file(str(weights), device=device)
+    except (OSError, SafetensorError) as err:
+        raise StoreError(f"{weights}: unreadable SAE weights ({err}); {hint}") from None
+    dims = {"d_sae": spec.d_sae, "d_in": spec.d_in}
+    for name, shape in TENSOR_SHAPES.items():
+        want = tuple(dims[d] for d in shape)
+        got = tuple(tensors[name].shape) if name in tensors else None
+        if got != want:
+            raise StoreError(f"{weights}: {name} has shape {got}, {config.name} says {want}; "
+                             f"{hint}")
+    return spec, tensors
+
+
+def pre_activation(spec: SaeSpec, tensors: dict[str, Any], x):
+    """W_enc (s·x − b_dec) + b_enc for unscaled activations x [..., d_in]: the one place the
+    encoder's affine map is written; every encoding below starts here."""
+    return (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
 
 
 def encode(spec: SaeSpec, tensors: dict[str, Any], x):
     """Feature activations [..., d_sae] for unscaled activations x [..., d_in] (dense tensor)."""
     import torch
 
-    pre = (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
+    pre = pre_activation(spec, tensors, x)
     if spec.recipe == "topk":
         vals, idx = pre.topk(spec.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
@@ -63,9 +94,28 @@ def encode(spec: SaeSpec, tensors: dict[str, Any], x):
 def topk_codes(spec: SaeSpec, tensors: dict[str, Any], x):
     """A topk SAE's codes as (values [..., k], feature ids [..., k]), in no particular order;
     values are already ReLU'd (a kept pre-activation below zero codes 0)."""
-    pre = (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
-    vals, idx = pre.topk(spec.k, dim=-1, sorted=False)
+    vals, idx = pre_activation(spec, tensors, x).topk(spec.k, dim=-1, sorted=False)
     return vals.relu(), idx
+
+
+def active_entries(spec: SaeSpec, tensors: dict[str, Any], x):
+    """`encode` for x [B, d_in] plus its active (> 0) entries as (row, feature, value).
+
+    For topk the entries come from the top-k itself, with no scan of the dense [B, d_sae]
+    codes (a scan costs as much as the encoding on wide dictionaries)."""
+    import torch
+
+    if spec.recipe != "topk":
+        codes = encode(spec, tensors, x)
+        row, feat = (codes > 0).nonzero(as_tuple=True)
+        return codes, row, feat, codes[row, feat]
+    pre = pre_activation(spec, tensors, x)
+    vals, idx = pre.topk(spec.k, dim=-1)
+    vals = vals.relu()
+    codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
+    active = vals > 0
+    row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[active]
+    return codes, row, idx[active], vals[active]
 
 
 def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):

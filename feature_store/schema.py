@@ -6,6 +6,11 @@ by dictionary, so `pd.read_parquet("store/features")` or DuckDB's
 `read_parquet('store/features/*/*.parquet', hive_partitioning=true)` gives every dictionary
 at once with a `dictionary` column, and one dictionary's file can be read alone.
 
+Each table's columns and Arrow types below are, in code, its `*_SCHEMA` in this module
+(`TABLE_SCHEMAS`): the writer writes with them and the reader requires those columns with
+those types. metrics.parquet, whose types follow the values, has `METRIC_COLUMNS` instead,
+required by name. "Dictionary order" is `dictionary_sort_key`'s.
+
 ```
 store/
   manifest.json
@@ -66,7 +71,7 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
 `features/dictionary=<name>/part-0.parquet` — one row per feature, sorted by `index`
     `index` int32; `n_active` int64 (tokens with activation > 0); `density` float64
     (n_active / n_tokens); `mean_act` (over active tokens), `max_act` float32;
-    `density_class` string (dead / ultralow / normal / dense, see `records.DENSITY_CLASSES`);
+    `density_class` string (dead / ultralow / normal / dense: `density_classes`);
     `act_hist_counts` list<int64> (counts per `act_hist_edges` bin of the manifest);
     `interval_counts` list<int64> (11: active activations in each of the equal-width
     intervals over (0, max_act]; the last is closed); `logit_hist_edges` list<float32>,
@@ -103,6 +108,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
+
 SCHEMA_VERSION = 1  # bump on any change a reader of the previous version would misread
 
 MANIFEST = "manifest.json"
@@ -128,17 +136,81 @@ DICTIONARY_KINDS = ("neurons", "sae")
 # (tens of kilobytes) however large the dictionary; benchmarks/store_read.py measures it.
 EXAMPLE_FEATURES_PER_ROW_GROUP = 16
 
-# Ultralow / dense thresholds on density, as in records.DENSITY_CLASSES.
+# features.density_class, from the share of tokens a feature fires on (`density_classes`):
+# dead (<= 0), ultralow (< ULTRALOW_DENSITY), normal (<= DENSE_DENSITY), dense (above).
+DENSITY_CLASSES = ("dead", "ultralow", "normal", "dense")
 ULTRALOW_DENSITY = 1e-5
 DENSE_DENSITY = 1e-1
 
-# Columns metrics.parquet always has, in this order; extra ones follow.
+# Columns metrics.parquet always has, in this order; extra ones follow. Their types follow
+# the values given (a column nobody filled is float64 nulls), so there is no Arrow schema.
 METRIC_COLUMNS = ("dictionary", "n_features", "l0", "mse", "fvu", "ce_loss_recovered",
                   "ce_loss_recovered_mean_ablation", "kl_div", "dead_fraction",
                   "dead_eval_tokens", "n_ultralow", "n_dense", "recipe")
 
+# Every other table's columns and types, exactly as the writer writes them. The reader
+# requires these columns with these types (extra columns are ignored), so a table is
+# described once, here.
+VOCAB_SCHEMA = pa.schema([("token_id", pa.int32()), ("display", pa.string())])
+DENSITY_HISTOGRAMS_SCHEMA = pa.schema([("dictionary", pa.string()), ("bin_lo", pa.float64()),
+                                       ("bin_hi", pa.float64()), ("count", pa.int64())])
+SPLITS_SCHEMA = pa.schema([
+    ("dictionary_a", pa.string()), ("index_a", pa.int32()), ("dictionary_b", pa.string()),
+    ("index_b", pa.int32()), ("masked_cosine", pa.float32()), ("decoder_cosine", pa.float32()),
+    ("family_id", pa.int32()),
+])
+FAMILIES_SCHEMA = pa.schema([("family_id", pa.int32()), ("dictionary", pa.string()),
+                             ("index", pa.int32())])
+UMAP_SCHEMA = pa.schema([("dictionary", pa.string()), ("index", pa.int32()),
+                         ("x", pa.float32()), ("y", pa.float32()), ("density", pa.float64())])
+FEATURES_SCHEMA = pa.schema([
+    ("index", pa.int32()), ("n_active", pa.int64()), ("density", pa.float64()),
+    ("mean_act", pa.float32()), ("max_act", pa.float32()), ("density_class", pa.string()),
+    ("act_hist_counts", pa.list_(pa.int64())), ("interval_counts", pa.list_(pa.int64())),
+    ("logit_hist_edges", pa.list_(pa.float32())), ("logit_hist_counts", pa.list_(pa.int64())),
+    ("top_tokens", pa.string()), ("top_logits", pa.string()),
+    ("examples_offset", pa.int64()), ("n_examples", pa.int32()),
+])
+EXAMPLES_SCHEMA = pa.schema([
+    ("feature", pa.int32()), ("kind", pa.int8()), ("rank", pa.int16()),
+    ("seq_id", pa.int64()), ("position", pa.int32()), ("center", pa.int16()),
+    ("act", pa.float32()), ("token_ids", pa.list_(pa.int32())),
+    ("acts", pa.list_(pa.float32())), ("ablation", pa.list_(pa.float32())),
+])
+LOGITS_SCHEMA = pa.schema([
+    ("feature", pa.int32()), ("side", pa.string()), ("rank", pa.int16()),
+    ("token_id", pa.int32()), ("value", pa.float32()),
+])
+NEIGHBOURS_SCHEMA = pa.schema([
+    ("feature", pa.int32()), ("relation", pa.string()), ("neighbour_dictionary", pa.string()),
+    ("rank", pa.int16()), ("neighbour_index", pa.int32()), ("cosine", pa.float32()),
+])
+# Table name (a file, or a per-dictionary table's folder) -> its schema; all but METRICS.
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    VOCAB: VOCAB_SCHEMA, DENSITY_HISTOGRAMS: DENSITY_HISTOGRAMS_SCHEMA, SPLITS: SPLITS_SCHEMA,
+    FAMILIES: FAMILIES_SCHEMA, UMAP: UMAP_SCHEMA, FEATURES: FEATURES_SCHEMA,
+    EXAMPLES: EXAMPLES_SCHEMA, LOGITS: LOGITS_SCHEMA, NEIGHBOURS: NEIGHBOURS_SCHEMA,
+}
+
 # Dictionary names become folder names (hive partitions): keep them to a safe alphabet.
 DICTIONARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def density_classes(density: np.ndarray) -> np.ndarray:
+    """The DENSITY_CLASSES name of each density (share of tokens with activation > 0).
+
+    One rule for the writer's density_class column and the SAE stage's ultralow / dense
+    counts, so a class never means two things."""
+    density = np.asarray(density, dtype=np.float64)
+    codes = np.select([density <= 0, density < ULTRALOW_DENSITY, density <= DENSE_DENSITY],
+                      [0, 1, 2], default=3)
+    return np.asarray(DENSITY_CLASSES, dtype=object)[codes]
+
+
+def dictionary_sort_key(name: str, kind: str, n_features: int) -> tuple:
+    """Neurons first, then SAEs by size ascending, then name: the order pages list
+    dictionaries in and the order of dictionaries in the manifest and the tables."""
+    return (kind != "neurons", int(n_features), name)
 
 
 def dictionary_name(n_features: int) -> str:

@@ -60,7 +60,9 @@ RUBRIC: dict[str, tuple[int, int]] = {
 }
 # DESIGN.md calls the total "0-14", but the item ranges it lists (the ones above) add up to
 # 15. The items are what a rater sees and what is stored, so they win, and the total's top
-# follows them; if the ranges are ever corrected (e.g. logits 0-2), only RUBRIC changes.
+# follows them; if the ranges are ever corrected (e.g. logits 0-2), only RUBRIC changes
+# (`_schema_sql` builds the database's CHECKs from it; a database made before keeps its
+# own, so widening a range needs SCHEMA_VERSION bumped).
 MAX_TOTAL = sum(hi for _, hi in RUBRIC.values())
 INTERVAL_SCALE = (0, 5)  # per-interval consistency, the same scale as activation_consistency
 QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
@@ -68,7 +70,15 @@ QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
 _COLUMNS = ("score_id", "rater", "dictionary", "unit_index", "interpretation",
             *RUBRIC, "total", "interval_scores", "blind", "created_at")
 
-_SCHEMA = f"""
+
+def _schema_sql() -> str:
+    """The tables, with each rubric item's CHECK and the total's built from RUBRIC when the
+    database is opened (not at import), so the database refuses exactly what `Rubric` does.
+    `IF NOT EXISTS`: an existing database keeps the tables (and checks) it was made with."""
+    items = "\n".join(f"    {item} INTEGER NOT NULL CHECK ({item} BETWEEN {lo} AND {hi}),"
+                      for item, (lo, hi) in RUBRIC.items())
+    total_lo, total_hi = (sum(bounds) for bounds in zip(*RUBRIC.values()))
+    return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scores (
     score_id TEXT PRIMARY KEY,              -- uuid4 hex: imports dedupe on it
@@ -76,12 +86,8 @@ CREATE TABLE IF NOT EXISTS scores (
     dictionary TEXT NOT NULL,               -- 'neurons' or 'sae_<n>'
     unit_index INTEGER NOT NULL CHECK (unit_index >= 0),
     interpretation TEXT NOT NULL CHECK (length(trim(interpretation)) > 0),
-    confidence INTEGER NOT NULL CHECK (confidence BETWEEN 0 AND 3),
-    activation_consistency INTEGER NOT NULL CHECK (activation_consistency BETWEEN 0 AND 5),
-    logit_consistency INTEGER NOT NULL CHECK (logit_consistency BETWEEN 0 AND 3),
-    separation INTEGER NOT NULL CHECK (separation BETWEEN 0 AND 1),
-    specificity INTEGER NOT NULL CHECK (specificity BETWEEN 0 AND 3),
-    total INTEGER NOT NULL CHECK (total BETWEEN 0 AND {MAX_TOTAL}),
+{items}
+    total INTEGER NOT NULL CHECK (total BETWEEN {total_lo} AND {total_hi}),
     interval_scores TEXT,                   -- JSON list of {N_INTERVALS} ints 0-5 or null; or NULL
     blind INTEGER NOT NULL CHECK (blind IN (0, 1)),  -- 0: rater knew what the unit was
     created_at TEXT NOT NULL                -- ISO 8601 UTC, microseconds
@@ -220,7 +226,7 @@ class ScoreBook:
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         with _transaction(conn):
-            for statement in _SCHEMA.split(";\n"):  # not executescript: it commits first
+            for statement in _schema_sql().split(";\n"):  # not executescript: it commits first
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

@@ -37,26 +37,14 @@ from feature_store.records import (
 
 T = TypeVar("T")
 
-# Columns each table must have for this reader; extra columns are ignored.
-_REQUIRED_COLUMNS = {
-    schema.VOCAB: {"token_id", "display"},
-    schema.METRICS: {"dictionary", "n_features", "l0", "fvu", "ce_loss_recovered",
-                     "dead_fraction"},
-    schema.DENSITY_HISTOGRAMS: {"dictionary", "bin_lo", "bin_hi", "count"},
-    schema.SPLITS: {"dictionary_a", "index_a", "dictionary_b", "index_b", "masked_cosine",
-                    "decoder_cosine", "family_id"},
-    schema.FAMILIES: {"family_id", "dictionary", "index"},
-    schema.UMAP: {"dictionary", "index", "x", "y", "density"},
-    schema.FEATURES: {"index", "n_active", "density", "mean_act", "max_act", "density_class",
-                      "act_hist_counts", "interval_counts", "logit_hist_edges",
-                      "logit_hist_counts", "top_tokens", "top_logits", "examples_offset",
-                      "n_examples"},
-    schema.EXAMPLES: {"feature", "kind", "rank", "seq_id", "position", "center", "act",
-                      "token_ids", "acts", "ablation"},
-    schema.LOGITS: {"feature", "side", "rank", "token_id", "value"},
-    schema.NEIGHBOURS: {"feature", "relation", "neighbour_dictionary", "rank",
-                        "neighbour_index", "cosine"},
-}
+# Columns each table must have for this reader, which are what the writer always writes;
+# extra columns are ignored. Tables with an Arrow schema must have its types too (`_footer`).
+_REQUIRED_COLUMNS = {table: tuple(s.names) for table, s in schema.TABLE_SCHEMAS.items()}
+_REQUIRED_COLUMNS[schema.METRICS] = schema.METRIC_COLUMNS
+# Codes of the neighbours' `relation` and the logits' `side` as `_load_related` keeps them.
+_NEIGHBOUR, _ALIGNED_NEURON, _COUNTERPART = (
+    schema.RELATIONS.index(r) for r in ("neighbour", "aligned_neuron", "counterpart"))
+_TOP, _BOTTOM = (schema.LOGIT_SIDES.index(side) for side in ("top", "bottom"))
 _BROWSE_COLUMNS = ["index", "density", "n_active", "mean_act", "max_act", "density_class",
                    "top_tokens", "top_logits"]
 _EXAMPLE_COLUMNS = ["kind", "rank", "seq_id", "position", "center", "act", "token_ids",
@@ -86,6 +74,15 @@ class _Dictionary:
     examples_path: Path
     examples_meta: pq.FileMetaData
     row_group_starts: np.ndarray  # first global row of each examples row group, plus the end
+
+
+@dataclass(frozen=True)
+class _FamilyLookup:
+    """Every family, indexed for `FeatureStore.family`: read once from families and splits."""
+
+    family_of: dict[tuple[str, int], int]  # (dictionary, index) -> family_id
+    members: dict[int, tuple[tuple[str, int], ...]]  # in dictionary order, then index
+    edges: dict[int, tuple[SplitEdge, ...]]  # as in splits.parquet
 
 
 @dataclass(frozen=True)
@@ -252,7 +249,7 @@ class FeatureStore:
             for k in range(N_INTERVALS))
         rel = self._cached(("related", d.name), lambda: self._load_related(d.name, d.n_features))
         lo, hi = rel.logit_offsets[i], rel.logit_offsets[i + 1]
-        logits: tuple[list[LogitEntry], list[LogitEntry]] = ([], [])
+        logits: dict[int, list[LogitEntry]] = {_TOP: [], _BOTTOM: []}
         shown = self._vocab[rel.logit_token[lo:hi]].tolist()
         for side, tok, tid, val in zip(rel.logit_side[lo:hi].tolist(), shown,
                                        rel.logit_token[lo:hi].tolist(),
@@ -267,7 +264,7 @@ class FeatureStore:
             act_histogram=Histogram(edges=d.act_hist_edges,
                                     counts=tuple(d.act_hist_counts[i].tolist())),
             top_examples=tuple(top), intervals=intervals,
-            top_logits=tuple(logits[0]), bottom_logits=tuple(logits[1]),
+            top_logits=tuple(logits[_TOP]), bottom_logits=tuple(logits[_BOTTOM]),
             logit_histogram=Histogram(edges=tuple(d.logit_hist_edges[i].tolist()),
                                       counts=tuple(d.logit_hist_counts[i].tolist())),
             aligned_neurons=aligned, neighbours=neighbours, counterparts=counterparts)
@@ -294,16 +291,15 @@ class FeatureStore:
         d = self._dictionary_info_checked(dictionary)
         i = self._check_index(d, index)
         lookup = self._cached("family_lookup", self._family_lookup)
-        family_id = lookup["of"].get((dictionary, i))
+        family_id = lookup.family_of.get((dictionary, i))
         if family_id is None:
             return None
-        members = lookup["members"][family_id]
-        edges = lookup["edges"][family_id]
-        return Family(family_id=family_id, members=members, edges=edges)
+        return Family(family_id=family_id, members=lookup.members[family_id],
+                      edges=lookup.edges[family_id])
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _family_lookup(self) -> dict[str, Any]:
+    def _family_lookup(self) -> _FamilyLookup:
         fam = _read(self.path, schema.FAMILIES, self._footers).to_pydict()
         members: dict[int, list[tuple[str, int]]] = {}
         of: dict[tuple[str, int], int] = {}
@@ -316,10 +312,11 @@ class FeatureStore:
         for row in zip(spl["dictionary_a"], spl["index_a"], spl["dictionary_b"], spl["index_b"],
                        spl["masked_cosine"], spl["decoder_cosine"], spl["family_id"]):
             edges.setdefault(row[6], []).append(SplitEdge(*row[:6]))
-        return {"of": of,
-                "members": {f: tuple(sorted(m, key=lambda x: (rank.get(x[0], 1 << 30), x[1])))
-                            for f, m in members.items()},
-                "edges": {f: tuple(edges.get(f, ())) for f in members}}
+        return _FamilyLookup(
+            family_of=of,
+            members={f: tuple(sorted(m, key=lambda x: (rank.get(x[0], 1 << 30), x[1])))
+                     for f, m in members.items()},
+            edges={f: tuple(edges.get(f, ())) for f in members})
 
     def _examples(self, d: _Dictionary, i: int) -> tuple[list[Example], list[list[Example]]]:
         top: list[Example] = []
@@ -365,11 +362,11 @@ class FeatureStore:
                                        d.nb_dictionary[lo:hi].tolist(),
                                        d.nb_index[lo:hi].tolist(), d.nb_cosine[lo:hi].tolist()):
             nb = Neighbour(dictionary=name, index=idx, cosine=cos)
-            if rel == 0:
+            if rel == _NEIGHBOUR:
                 same.append(nb)
-            elif rel == 1:
+            elif rel == _ALIGNED_NEURON:
                 aligned.append(nb)
-            else:
+            elif rel == _COUNTERPART:
                 other.setdefault(name, []).append(nb)
         counterparts = tuple((n, tuple(other[n])) for n in self._order if n in other)
         return tuple(aligned), tuple(same), counterparts
@@ -478,8 +475,8 @@ class _Sized:
 
 
 def _ordered(dictionaries: list[dict[str, Any]]) -> list[str]:
-    return [d["name"] for d in sorted(dictionaries, key=lambda d: (
-        d["kind"] != "neurons", int(d["n_features"]), d["name"]))]
+    return [d["name"] for d in sorted(dictionaries, key=lambda d: schema.dictionary_sort_key(
+        d["name"], d["kind"], d["n_features"]))]
 
 
 def _rebuild_hint(path: Path) -> str:
@@ -517,10 +514,18 @@ def _footer(path: Path, rel: str, rows: int | None, hint: str) -> pq.FileMetaDat
     if rows is not None and meta.num_rows != rows:
         raise StoreError(f"{file}: {meta.num_rows} rows, the manifest says {rows}; {hint}")
     table = rel.split("/")[0]
-    names = set(meta.schema.to_arrow_schema().names)
-    missing = _REQUIRED_COLUMNS.get(table, set()) - names
+    try:
+        found = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"{file}: unreadable schema ({err}); {hint}") from None
+    missing = set(_REQUIRED_COLUMNS.get(table, ())) - set(found.names)
     if missing:
         raise StoreError(f"{file}: missing column(s) {sorted(missing)}; {hint}")
+    for want in schema.TABLE_SCHEMAS.get(table, ()):  # a wrong type would fail later, rawly
+        got = [found.field(i).type for i in found.get_all_field_indices(want.name)]
+        if len(got) != 1 or not got[0].equals(want.type):
+            raise StoreError(f"{file}: column {want.name} is {' and '.join(map(str, got))}, "
+                             f"expected {want.type}; {hint}")
     return meta
 
 

@@ -36,12 +36,25 @@ def build_transformer(spec: dict[str, Any], device: str = "cpu"):
 
 
 def load_transformer(model_dir: Path, device: str = "cpu"):
-    """The trained model in eval mode."""
+    """The trained model in eval mode; a missing, corrupt or mismatched file is a StoreError
+    naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    spec = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    model = build_transformer(spec, device=device)
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors"), device=device))
+    from feature_store.errors import StoreError
+
+    hint = "retrain it with: python -m pipelines run --run-dir <run> --force model"
+    config = model_dir / "config.json"
+    try:
+        spec = json.loads(config.read_text(encoding="utf-8"))
+        model = build_transformer(spec, device=device)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise StoreError(f"{config}: unusable model config ({err}); {hint}") from None
+    weights = model_dir / "model.safetensors"
+    try:
+        model.load_state_dict(load_file(str(weights), device=device))
+    except (OSError, SafetensorError, RuntimeError) as err:  # RuntimeError: missing keys, shapes
+        raise StoreError(f"{weights}: unusable model weights ({str(err)[:300]}); {hint}") from None
     model.eval()
     return model
 

@@ -34,45 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store import schema
-from feature_store.records import DENSITY_CLASSES, N_INTERVALS, NEURONS
+from feature_store.records import N_INTERVALS, NEURONS
 
 _TOP_TEXT_ITEMS = 5  # tokens shown in the `top_tokens` / `top_logits` browsing columns
-
-EXAMPLES_SCHEMA = pa.schema([
-    ("feature", pa.int32()), ("kind", pa.int8()), ("rank", pa.int16()),
-    ("seq_id", pa.int64()), ("position", pa.int32()), ("center", pa.int16()),
-    ("act", pa.float32()), ("token_ids", pa.list_(pa.int32())),
-    ("acts", pa.list_(pa.float32())), ("ablation", pa.list_(pa.float32())),
-])
-LOGITS_SCHEMA = pa.schema([
-    ("feature", pa.int32()), ("side", pa.string()), ("rank", pa.int16()),
-    ("token_id", pa.int32()), ("value", pa.float32()),
-])
-NEIGHBOURS_SCHEMA = pa.schema([
-    ("feature", pa.int32()), ("relation", pa.string()), ("neighbour_dictionary", pa.string()),
-    ("rank", pa.int16()), ("neighbour_index", pa.int32()), ("cosine", pa.float32()),
-])
-SPLITS_SCHEMA = pa.schema([
-    ("dictionary_a", pa.string()), ("index_a", pa.int32()), ("dictionary_b", pa.string()),
-    ("index_b", pa.int32()), ("masked_cosine", pa.float32()), ("decoder_cosine", pa.float32()),
-    ("family_id", pa.int32()),
-])
-FAMILIES_SCHEMA = pa.schema([("family_id", pa.int32()), ("dictionary", pa.string()),
-                             ("index", pa.int32())])
-UMAP_SCHEMA = pa.schema([("dictionary", pa.string()), ("index", pa.int32()),
-                         ("x", pa.float32()), ("y", pa.float32()), ("density", pa.float64())])
-DENSITY_HISTOGRAMS_SCHEMA = pa.schema([("dictionary", pa.string()), ("bin_lo", pa.float64()),
-                                       ("bin_hi", pa.float64()), ("count", pa.int64())])
-VOCAB_SCHEMA = pa.schema([("token_id", pa.int32()), ("display", pa.string())])
-
-
-def density_classes(density: np.ndarray) -> np.ndarray:
-    """dead (<= 0), ultralow (< 1e-5), normal (<= 1e-1), dense (> 1e-1), as records says."""
-    density = np.asarray(density, dtype=np.float64)
-    codes = np.select([density <= 0, density < schema.ULTRALOW_DENSITY,
-                       density <= schema.DENSE_DENSITY], [0, 1, 2], default=3)
-    return np.asarray(DENSITY_CLASSES, dtype=object)[codes]
-
 
 @dataclass
 class _Dictionary:
@@ -185,8 +149,8 @@ class StoreWriter:
                             density_class: np.ndarray | None = None) -> None:
         """Per-feature activation summary over the n_tokens tokens: n_active (n,), max_act (n,),
         sum_act or mean_act (n,) over active tokens, and the activation histogram: shared
-        log10-spaced edges (b+1,) with counts (n, b). density_class (n,) defaults to the
-        thresholds of records.DENSITY_CLASSES applied to n_active / n_tokens."""
+        log10-spaced edges (b+1,) with counts (n, b). density_class (n,) defaults to
+        `schema.density_classes(n_active / n_tokens)`."""
         d = self._dictionary(dictionary)
         if d.summary is not None:
             raise ValueError(f"{dictionary}: feature summary added twice")
@@ -208,10 +172,11 @@ class StoreWriter:
             raise ValueError(f"{dictionary}: n_active outside [0, n_tokens={self._n_tokens}]")
         density = n_active / self._n_tokens
         if density_class is None:
-            density_class = density_classes(density)
+            density_class = schema.density_classes(density)
         density_class = np.asarray(density_class, dtype=object)
-        if density_class.shape != (n,) or not set(density_class) <= set(DENSITY_CLASSES):
-            raise ValueError(f"{dictionary}: density_class must be (n,) of {DENSITY_CLASSES}")
+        classes = schema.DENSITY_CLASSES
+        if density_class.shape != (n,) or not set(density_class) <= set(classes):
+            raise ValueError(f"{dictionary}: density_class must be (n,) of {classes}")
         d.summary = {"n_active": n_active, "density": density, "mean_act": mean_act,
                      "max_act": max_act, "density_class": density_class,
                      "act_hist_counts": counts}
@@ -253,7 +218,7 @@ class StoreWriter:
         w = token_ids.shape[1]
         token_ids = _matrix(token_ids, (m, w), np.int64, f"{what} token_ids")
         acts = _matrix(acts, (m, w), np.float32, f"{what} acts")
-        ablation = _matrix(ablation, (m, w), np.float32, f"{what} ablation")
+        ablation = _matrix(ablation, (m, w), np.float32, f"{what} ablation", allow_nan=True)
         if m == 0:
             return
         _check_range(feature, 0, d.n_features, f"{what} feature")
@@ -299,11 +264,11 @@ class StoreWriter:
             "center": pa.array(center.astype(np.int16)), "act": pa.array(act),
             "token_ids": ragged(token_ids, np.int32), "acts": ragged(acts, np.float32),
             "ablation": ragged(ablation, np.float32),
-        }).cast(EXAMPLES_SCHEMA)
+        }).cast(schema.EXAMPLES_SCHEMA)
 
         if d.examples is None:
             d.examples = pq.ParquetWriter(
-                self._partition(schema.EXAMPLES, dictionary), EXAMPLES_SCHEMA,
+                self._partition(schema.EXAMPLES, dictionary), schema.EXAMPLES_SCHEMA,
                 write_statistics=["feature"],  # lets DuckDB skip row groups by feature
                 # Dictionary-encoding float windows never pays off and costs a third of
                 # the write time; the small-integer columns keep it.
@@ -351,8 +316,9 @@ class StoreWriter:
 
         ids = np.concatenate([top_ids, bottom_ids], axis=1)
         values = np.concatenate([top_values, bottom_values], axis=1)
-        side = np.concatenate([np.zeros(top_ids.shape[1], np.int64),
-                               np.ones(bottom_ids.shape[1], np.int64)])
+        top, bottom = schema.LOGIT_SIDES.index("top"), schema.LOGIT_SIDES.index("bottom")
+        side = np.concatenate([np.full(top_ids.shape[1], top, np.int64),
+                               np.full(bottom_ids.shape[1], bottom, np.int64)])
         rank = np.concatenate([np.arange(top_ids.shape[1]), np.arange(bottom_ids.shape[1])])
         keep = ids >= 0
         feature = np.broadcast_to(np.arange(n)[:, None], ids.shape)[keep]
@@ -364,7 +330,7 @@ class StoreWriter:
             "rank": pa.array(np.broadcast_to(rank, ids.shape)[keep].astype(np.int16)),
             "token_id": pa.array(ids[keep].astype(np.int32)),
             "value": pa.array(values[keep]),
-        }, schema=LOGITS_SCHEMA)
+        }, schema=schema.LOGITS_SCHEMA)
         pq.write_table(table, self._partition(schema.LOGITS, dictionary))
         d.logits_written = True
         d.logit_rows = table.num_rows
@@ -503,7 +469,7 @@ class StoreWriter:
             tables.update(self._finish_dictionary(d, vocab, order))
         tables[schema.VOCAB] = self._write(schema.VOCAB, pa.table(
             {"token_id": pa.array(np.arange(len(vocab), dtype=np.int32)),
-             "display": pa.array(self._vocab, pa.string())}, schema=VOCAB_SCHEMA))
+             "display": pa.array(self._vocab, pa.string())}, schema=schema.VOCAB_SCHEMA))
         tables.update(self._finish_splits(order))
         tables[schema.UMAP] = self._write(schema.UMAP, self._umap_table(order))
         metrics = self._metrics_table(order)
@@ -535,7 +501,8 @@ class StoreWriter:
         tables: dict[str, int] = {}
         ex_path = schema.partition_path(schema.EXAMPLES, d.name)
         if d.examples is None:
-            pq.write_table(EXAMPLES_SCHEMA.empty_table(), self._partition(schema.EXAMPLES, d.name))
+            pq.write_table(schema.EXAMPLES_SCHEMA.empty_table(),
+                           self._partition(schema.EXAMPLES, d.name))
             d.example_counts = np.zeros(n, dtype=np.int64)
         else:
             d.examples.close()
@@ -543,7 +510,8 @@ class StoreWriter:
         tables[ex_path] = d.example_rows
         lg_path = schema.partition_path(schema.LOGITS, d.name)
         if not d.logits_written:
-            pq.write_table(LOGITS_SCHEMA.empty_table(), self._partition(schema.LOGITS, d.name))
+            pq.write_table(schema.LOGITS_SCHEMA.empty_table(),
+                           self._partition(schema.LOGITS, d.name))
         tables[lg_path] = d.logit_rows
         tables[schema.partition_path(schema.NEIGHBOURS, d.name)] = self._write_neighbours(d, order)
 
@@ -567,7 +535,7 @@ class StoreWriter:
             "top_logits": pa.array(_join_rows(d.top_logit_ids, vocab, n), pa.string()),
             "examples_offset": pa.array(offsets),
             "n_examples": pa.array(d.example_counts.astype(np.int32)),
-        })
+        }, schema=schema.FEATURES_SCHEMA)
         pq.write_table(table, self._partition(schema.FEATURES, d.name))
         tables[schema.partition_path(schema.FEATURES, d.name)] = n
         return tables
@@ -612,7 +580,7 @@ class StoreWriter:
     def _write_neighbours(self, d: _Dictionary, order: list[str]) -> int:
         path = self._partition(schema.NEIGHBOURS, d.name)
         if not d.neighbour_parts:
-            pq.write_table(NEIGHBOURS_SCHEMA.empty_table(), path)
+            pq.write_table(schema.NEIGHBOURS_SCHEMA.empty_table(), path)
             return 0
         parts = d.neighbour_parts
         target_code = np.concatenate([np.full(p["index"].size, order.index(p["target"]))
@@ -629,15 +597,17 @@ class StoreWriter:
             "rank": pa.array(cols["rank"][sort].astype(np.int16)),
             "neighbour_index": pa.array(cols["index"][sort].astype(np.int32)),
             "cosine": pa.array(cols["cosine"][sort]),
-        }, schema=NEIGHBOURS_SCHEMA)
+        }, schema=schema.NEIGHBOURS_SCHEMA)
         pq.write_table(table, path)
         return table.num_rows
 
     def _finish_splits(self, order: list[str]) -> dict[str, int]:
         """Write the edges and their families: connected components over (dictionary, index)."""
         if not self._splits:
-            return {schema.SPLITS: self._write(schema.SPLITS, SPLITS_SCHEMA.empty_table()),
-                    schema.FAMILIES: self._write(schema.FAMILIES, FAMILIES_SCHEMA.empty_table())}
+            return {schema.SPLITS: self._write(schema.SPLITS,
+                                               schema.SPLITS_SCHEMA.empty_table()),
+                    schema.FAMILIES: self._write(schema.FAMILIES,
+                                                 schema.FAMILIES_SCHEMA.empty_table())}
         base = dict(zip(order, np.cumsum([0] + [self._dicts[n].n_features for n in order])))
         cols = {k: np.concatenate([p[k] for p in self._splits])
                 for k in ("index_a", "index_b", "masked_cosine", "decoder_cosine")}
@@ -663,7 +633,7 @@ class StoreWriter:
             "family_id": pa.array(node_family[sort].astype(np.int32)),
             "dictionary": pa.array(names[node_dict[sort]], pa.string()),
             "index": pa.array((nodes - offsets[node_dict])[sort].astype(np.int32)),
-        }, schema=FAMILIES_SCHEMA)
+        }, schema=schema.FAMILIES_SCHEMA)
         edge_family = node_family[inverse[:u.size]]
         sort = np.lexsort((cols["index_b"], dict_b, cols["index_a"], dict_a, edge_family))
         splits = pa.table({
@@ -674,7 +644,7 @@ class StoreWriter:
             "masked_cosine": pa.array(cols["masked_cosine"][sort]),
             "decoder_cosine": pa.array(cols["decoder_cosine"][sort]),
             "family_id": pa.array(edge_family[sort].astype(np.int32)),
-        }, schema=SPLITS_SCHEMA)
+        }, schema=schema.SPLITS_SCHEMA)
         return {schema.SPLITS: self._write(schema.SPLITS, splits),
                 schema.FAMILIES: self._write(schema.FAMILIES, families)}
 
@@ -688,8 +658,8 @@ class StoreWriter:
                 "dictionary": pa.array([name] * index.size, pa.string()),
                 "index": pa.array(index.astype(np.int32)), "x": pa.array(x), "y": pa.array(y),
                 "density": pa.array(self._dicts[name].summary["density"][index]),
-            }, schema=UMAP_SCHEMA))
-        return pa.concat_tables(parts) if parts else UMAP_SCHEMA.empty_table()
+            }, schema=schema.UMAP_SCHEMA))
+        return pa.concat_tables(parts) if parts else schema.UMAP_SCHEMA.empty_table()
 
     def _metrics_table(self, order: list[str]) -> pa.Table:
         rows = []
@@ -742,14 +712,14 @@ class StoreWriter:
                          "bin_lo": pa.array(np.concatenate(lo)),
                          "bin_hi": pa.array(np.concatenate(hi)),
                          "count": pa.array(np.concatenate(counts).astype(np.int64))},
-                        schema=DENSITY_HISTOGRAMS_SCHEMA)
+                        schema=schema.DENSITY_HISTOGRAMS_SCHEMA)
 
     # -- small helpers -------------------------------------------------------------------------
 
     def _ordered_names(self) -> list[str]:
-        """neurons first, then SAEs by size ascending (then name): the order pages list them."""
-        return sorted(self._dicts, key=lambda n: (self._dicts[n].kind != "neurons",
-                                                  self._dicts[n].n_features, n))
+        """Dictionary order (`schema.dictionary_sort_key`): the order pages list them."""
+        return sorted(self._dicts, key=lambda n: schema.dictionary_sort_key(
+            n, self._dicts[n].kind, self._dicts[n].n_features))
 
     def _dictionary(self, name: str) -> _Dictionary:
         self._check_open()
@@ -790,21 +760,23 @@ def _vector(values: Any, n: int, dtype, what: str) -> np.ndarray:
     return _cast(arr, dtype, what)
 
 
-def _matrix(values: Any, shape: tuple[int, int], dtype, what: str) -> np.ndarray:
+def _matrix(values: Any, shape: tuple[int, int], dtype, what: str, *,
+            allow_nan: bool = False) -> np.ndarray:
     arr = np.asarray(values)
     if arr.shape != tuple(shape):
         raise ValueError(f"{what}: expected shape {tuple(shape)}, got {arr.shape}")
-    return _cast(arr, dtype, what)
+    return _cast(arr, dtype, what, allow_nan=allow_nan)
 
 
-def _cast(arr: np.ndarray, dtype, what: str) -> np.ndarray:
+def _cast(arr: np.ndarray, dtype, what: str, *, allow_nan: bool = False) -> np.ndarray:
+    """`arr` as `dtype`, refusing non-integers for an integer dtype and, unless `allow_nan`,
+    NaN or Inf for a float one: in activations or cosines they are an upstream bug, while
+    ablation windows use NaN on purpose (no next token at the window's end)."""
     if np.issubdtype(np.dtype(dtype), np.integer):
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             if not np.array_equal(arr, np.round(arr)):
                 raise ValueError(f"{what}: expected integers, got {arr.dtype}")
-    elif arr.size and "ablation" not in what and not np.isfinite(arr).all():
-        # NaN or Inf in activations or cosines is an upstream bug; ablation alone uses NaN
-        # (no next token at the window's end).
+    elif arr.size and not allow_nan and not np.isfinite(arr).all():
         raise ValueError(f"{what}: contains NaN or Inf")
     return np.ascontiguousarray(arr, dtype=dtype)
 

@@ -8,13 +8,12 @@ activation is the same constant in every sequence and would dominate any diction
 
 The training split is a seeded random subset of training sequences of at most `max_tokens`
 tokens; validation is cached whole, for honest held-out SAE metrics and feature statistics.
-`ActivationStream` reads shuffled batches across shards with memory bounded by its buffer.
+`pipelines/activation_shards.py` reads the shards back.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from feature_store.transformer_files import HOOK_POST, load_transformer, mlp_activations
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
-from pipelines.model_training import pick_device
+from pipelines.devices import pick_device
 from pipelines.tokens import read_sequences
 
 _WRITE = dict(use_dictionary=False, write_statistics=False, compression="none")
@@ -74,7 +73,7 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
 
 def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "activations")
     model = load_transformer(run_dir / "model", device=device)
     counts = {}
     for split in ("train", "val"):
@@ -90,61 +89,3 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                f"{HOOK_POST} (float16), {total / seconds:,.0f} tok/s, {seconds:.0f} s")
     return summary, {"train_tokens": counts["train"], "val_tokens": counts["val"],
                      "d_mlp": int(model.cfg.d_mlp), "tokens_per_second": round(total / seconds, 1)}
-
-
-def shard_paths(folder: Path, split: str) -> list[Path]:
-    paths = sorted(folder.glob(f"{split}-*.parquet"))
-    if not paths:
-        raise InputError(f"{folder}: no {split} activation shards; rerun with --force activations")
-    return paths
-
-
-def read_shard(path: Path, columns=("acts",), acts_dtype=np.float32) -> dict[str, np.ndarray]:
-    """Columns of one shard as numpy; `acts` as [rows, d_mlp] in `acts_dtype` (float32
-    unless a caller wants the stored float16)."""
-    try:
-        table = pq.read_table(path, columns=list(columns))
-    except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{path}: unreadable activation shard ({err}); rerun with "
-                         f"--force activations") from None
-    out = {}
-    for name in columns:
-        column = table.column(name)
-        if name == "acts":
-            d = column.type.list_size
-            out[name] = np.concatenate([c.flatten().to_numpy().reshape(-1, d) for c in column.chunks]
-                                       ).astype(acts_dtype, copy=False)
-        else:
-            out[name] = column.to_numpy()
-    return out
-
-
-class ActivationStream:
-    """Shuffled float32 batches across shards; memory bounded by `buffer_tokens`, not the cache.
-
-    Shards are visited in a seeded random order; rows enter a buffer, which is shuffled, and
-    the first half is emitted while the second half stays to mix with the next shards. The
-    buffer stays in the stored float16 (its concatenations and shuffles move half the bytes;
-    they were 17% of the tiny preset's SAE training time in float32); each batch is converted
-    to float32 as it leaves."""
-
-    def __init__(self, folder: Path, split: str, batch_size: int, buffer_tokens: int, seed: int):
-        self.paths = shard_paths(folder, split)
-        self.batch_size, self.buffer_tokens, self.seed = batch_size, buffer_tokens, seed
-
-    def epoch(self, epoch: int = 0) -> Iterator[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        buffer = np.zeros((0, 0), np.float16)
-        for path in (self.paths[i] for i in rng.permutation(len(self.paths))):
-            acts = read_shard(path, acts_dtype=np.float16)["acts"]
-            buffer = acts if buffer.size == 0 else np.concatenate([buffer, acts])
-            if len(buffer) < self.buffer_tokens:
-                continue
-            buffer = buffer[rng.permutation(len(buffer))]
-            emit = (len(buffer) // 2 // self.batch_size) * self.batch_size
-            for i in range(0, emit, self.batch_size):
-                yield buffer[i: i + self.batch_size].astype(np.float32)
-            buffer = buffer[emit:]
-        buffer = buffer[rng.permutation(len(buffer))]
-        for i in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
-            yield buffer[i: i + self.batch_size].astype(np.float32)

@@ -23,7 +23,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r}: {why}")
+        raise ConfigError(f"{key}={value!r}: {why}", key=key)
 
 
 @dataclass(frozen=True)
@@ -264,29 +264,30 @@ def config_hash(section: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
+def _coerce(cls: type, section: str, key: str, value: Any, where: str) -> Any:
     """Check `value` against the dataclass field's annotation; ints are accepted as floats."""
-    hints = typing.get_type_hints(cls)
-    expected = hints[key]
+    expected = typing.get_type_hints(cls)[key]
+    name = f"{section}.{key}"
     origin = typing.get_origin(expected)
     if origin is tuple:
         inner = typing.get_args(expected)[0]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key}={value!r}: expected a list of {inner.__name__}")
-        return tuple(_coerce_scalar(inner, key, v, where) for v in value)
+            raise ConfigError(f"{where}: {name}={value!r}: expected a list of {inner.__name__}",
+                              key=name)
+        return tuple(_coerce_scalar(inner, name, v, where) for v in value)
     if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported annotation for {key}")  # a bug in this file, not input
-    return _coerce_scalar(expected, key, value, where)
+        raise TypeError(f"unsupported annotation for {name}")  # a bug in this file, not input
+    return _coerce_scalar(expected, name, value, where)
 
 
-def _coerce_scalar(expected: type, key: str, value: Any, where: str) -> Any:
+def _coerce_scalar(expected: type, name: str, value: Any, where: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: {key}={value!r}: expected int, got bool")
+        raise ConfigError(f"{where}: {name}={value!r}: expected int, got bool", key=name)
     if not isinstance(value, expected):
-        raise ConfigError(f"{where}: {key}={value!r}: expected {expected.__name__}, "
-                          f"got {type(value).__name__}")
+        raise ConfigError(f"{where}: {name}={value!r}: expected {expected.__name__}, "
+                          f"got {type(value).__name__}", key=name)
     return value
 
 
@@ -324,23 +325,16 @@ def build_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) ->
         for key, (value, where) in merged.get(name, {}).items():
             if key not in known:
                 raise ConfigError(f"{where}: unknown key {name}.{key}={value!r}; "
-                                  f"known keys of [{name}]: {sorted(known)}")
-            kwargs[key] = _coerce_named(cls, name, key, value, where)
+                                  f"known keys of [{name}]: {sorted(known)}", key=f"{name}.{key}")
+            kwargs[key] = _coerce(cls, name, key, value, where)
         try:
             sections[name] = cls(**kwargs)
         except ConfigError as err:
-            # The message starts with "section.key=": name where that key was set.
-            key = str(err).split("=", 1)[0].split(".", 1)[-1]
+            # Name where the offending key was set: the preset file or --set.
+            key = (err.key or "").split(".", 1)[-1]
             where = merged.get(name, {}).get(key, (None, source))[1]
-            raise ConfigError(f"{where}: {err}") from None
+            raise ConfigError(f"{where}: {err}", key=err.key) from None
     return RunConfig(**sections)
-
-
-def _coerce_named(cls: type, section: str, key: str, value: Any, where: str) -> Any:
-    try:
-        return _coerce(cls, key, value, where)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace(f": {key}=", f": {section}.{key}=", 1)) from None
 
 
 def load_config(preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:

@@ -196,7 +196,8 @@ def collect(cfg: CorpusConfig) -> list[tuple[str, str]]:
     return docs
 
 
-def run(cfg: CorpusConfig, out: Path) -> tuple[str, dict]:
+def run(cfg: CorpusConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
+    """The corpus stage reads no earlier stage: `run_dir` is unused."""
     start = time.perf_counter()
     docs = collect(cfg)
     where = {"embedded": "the embedded Python corpus", "files": ", ".join(cfg.paths),

@@ -9,7 +9,14 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError, ValueError):
-    """Bad config; the message names the file, the key and the value."""
+    """Bad config; the message names the file, the key and the value.
+
+    `key` ("section.key", when one key is at fault) lets the loader say which file or
+    `--set` gave that key without reading it back out of the message."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class InputError(PipelineError):

@@ -25,17 +25,9 @@ from tqdm import tqdm
 
 from feature_store.transformer_files import build_transformer, transformer_spec
 from pipelines.config import ModelConfig
+from pipelines.devices import pick_device
+from pipelines.tokenizer import load as load_tokenizer
 from pipelines.tokens import read_sequences
-
-
-def pick_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        from pipelines.errors import ConfigError
-
-        raise ConfigError("model.device='cuda': no CUDA device is available here")
-    return requested
 
 
 def unigram_loss(train: np.ndarray, val: np.ndarray, d_vocab: int) -> float:
@@ -71,11 +63,12 @@ def evaluate(model, seqs: torch.Tensor, batch_size: int, autocast) -> float:
     return total / count
 
 
-def run(cfg: ModelConfig, tokens_dir: Path, d_vocab: int, out: Path) -> tuple[str, dict]:
+def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
-    device = pick_device(cfg.device)
-    train_np = read_sequences(tokens_dir / "train.parquet")
-    val_np = read_sequences(tokens_dir / "val.parquet")
+    device = pick_device(cfg.device, "model")
+    d_vocab = load_tokenizer(run_dir / "tokenizer").get_vocab_size()
+    train_np = read_sequences(run_dir / "tokens" / "train.parquet")
+    val_np = read_sequences(run_dir / "tokens" / "val.parquet")
     n_ctx = train_np.shape[1]
     spec = transformer_spec(d_model=cfg.d_model, d_mlp=cfg.d_mlp, n_heads=cfg.n_heads,
                             d_head=cfg.d_head, d_vocab=d_vocab, n_ctx=n_ctx, act_fn=cfg.act_fn,

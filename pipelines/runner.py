@@ -17,49 +17,52 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Protocol
 
+from feature_store.errors import StoreError
 from pipelines import activations, corpus, model_training, sae_stage, stats, tokenizer, tokens
 from pipelines.config import RunConfig, build_config, config_hash
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
                                   hash_strings, run_lock, staged_dir, write_text_atomic)
 
-Execute = Callable[[RunConfig, Path, Path], tuple[str, dict]]
+
+class StageModule(Protocol):
+    """What every stage module exposes: `run` reads its inputs from the run folder (the
+    outputs of the stages it depends on) and writes only into `out`, the staging folder. A
+    stage that reads files outside the run also has `input_fingerprint(cfg) -> str`, which
+    changes when they do (only the corpus)."""
+
+    def run(self, cfg: Any, run_dir: Path, out: Path) -> tuple[str, dict]:
+        """(summary line, results for the manifest); `cfg` is the stage's config section."""
+        ...
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    name: str  # also the config section it reads
     deps: tuple[str, ...]
-    execute: Execute  # (config, run_dir, staging folder) -> (summary line, results)
-    external_inputs: Callable[[RunConfig], str] = lambda cfg: ""
+    module: StageModule  # looked up at run time, so a test can replace `module.run`
     folder: str = ""  # output folder under the run, when it is not the stage's name
 
     @property
     def out(self) -> str:
         return self.folder or self.name
 
-
-def _vocab_size(run_dir: Path) -> int:
-    return tokenizer.load(run_dir / "tokenizer").get_vocab_size()
-
-
-def _train_tokens(run_dir: Path) -> int:
-    return int(Manifest(run_dir).get("activations").results["train_tokens"])
+    def external_inputs(self, cfg: RunConfig) -> str:
+        """What the stage reads from outside the run folder (the corpus's source files)."""
+        fingerprint = getattr(self.module, "input_fingerprint", None)
+        return fingerprint(cfg.section(self.name)) if fingerprint else ""
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("corpus", (), lambda c, r, o: corpus.run(c.corpus, o),
-          external_inputs=lambda c: corpus.input_fingerprint(c.corpus)),
-    Stage("tokenizer", ("corpus",), lambda c, r, o: tokenizer.run(c.tokenizer, r / "corpus", o)),
-    Stage("tokens", ("corpus", "tokenizer"),
-          lambda c, r, o: tokens.run(c.tokens, r / "corpus", r / "tokenizer", o)),
-    Stage("model", ("tokenizer", "tokens"),
-          lambda c, r, o: model_training.run(c.model, r / "tokens", _vocab_size(r), o)),
-    Stage("activations", ("tokens", "model"), lambda c, r, o: activations.run(c.activations, r, o)),
-    Stage("sae", ("activations",), lambda c, r, o: sae_stage.run(c.sae, r, _train_tokens(r), o)),
-    Stage("stats", ("tokenizer", "tokens", "model", "activations", "sae"),
-          lambda c, r, o: stats.run(c.stats, r, o), folder="store"),
+    Stage("corpus", (), corpus),
+    Stage("tokenizer", ("corpus",), tokenizer),
+    Stage("tokens", ("corpus", "tokenizer"), tokens),
+    Stage("model", ("tokenizer", "tokens"), model_training),
+    Stage("activations", ("tokens", "model"), activations),
+    Stage("sae", ("activations",), sae_stage),
+    Stage("stats", ("tokenizer", "tokens", "model", "activations", "sae"), stats, folder="store"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")
@@ -151,9 +154,11 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, 
     final = run_dir / stage.out
     try:
         with staged_dir(final, before_swap=lambda: manifest.drop(stage.name)) as out:
-            summary, results = stage.execute(cfg, run_dir, out)
+            summary, results = stage.module.run(cfg.section(stage.name), run_dir, out)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}", key=err.key) from None
+    except StoreError as err:  # a model or SAE file of this run that cannot be read
+        raise InputError(str(err)) from None
     entry = ManifestEntry(
         stage=stage.name,
         config=cfg.to_dict()[stage.name],

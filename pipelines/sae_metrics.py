@@ -4,7 +4,7 @@ All on the validation split (documents never seen by the model or the SAEs):
 - L0, MSE and FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖², in the original activation units, over
   every cached validation token;
 - dead fraction (never fired on those tokens; the count is reported with it), the log10
-  feature-density histogram, and the ultralow (< 1e-5) and dense (> 1e-1) counts;
+  feature-density histogram, and the ultralow and dense counts (`schema.density_classes`);
 - CE loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean), with the reconstruction
   spliced into `blocks.0.mlp.hook_post` through a TransformerLens hook, and the same against
   mean ablation (the mean validation activation) as a stricter reference; KL(clean ‖ spliced)
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from feature_store import schema
 from feature_store.sae_files import SaeSpec, decode, decode_topk, encode, reconstruct, topk_codes
 from feature_store.transformer_files import HOOK_POST
-from pipelines.activations import read_shard, shard_paths
+from pipelines.activation_shards import read_shard, shard_paths
 from pipelines.tokens import read_sequences
 
 DENSITY_BINS = np.arange(-8.0, 0.25, 0.25)  # log10 density; dead features go below the first edge
@@ -64,6 +65,7 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
         with np.errstate(divide="ignore"):
             log_density = np.where(density > 0, np.log10(np.maximum(density, 1e-300)), -np.inf)
         hist, _ = np.histogram(np.clip(log_density, DENSITY_BINS[0], DENSITY_BINS[-1]), bins=DENSITY_BINS)
+        classes = schema.density_classes(density)
         out[size] = {
             "l0": acc["l0"] / n,
             "mse": acc["sq_err"] / n,
@@ -71,8 +73,8 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
             "dead_fraction": float((density == 0).mean()),
             "dead_eval_tokens": n,
             "n_dead": int((density == 0).sum()),
-            "n_ultralow": int(((density > 0) & (density < 1e-5)).sum()),
-            "n_dense": int((density > 1e-1).sum()),
+            "n_ultralow": int((classes == "ultralow").sum()),
+            "n_dense": int((classes == "dense").sum()),
             "density_hist_counts": hist.tolist(),
             "density_hist_edges": DENSITY_BINS.tolist(),
             "density": density,

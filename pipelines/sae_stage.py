@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from feature_store.sae_files import SaeSpec, load_sae, save_sae
 from feature_store.transformer_files import load_transformer
-from pipelines.activations import ActivationStream, read_shard, shard_paths
+from pipelines.activation_shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
-from pipelines.model_training import pick_device
+from pipelines.devices import pick_device
 from pipelines.sae_metrics import loss_metrics, reconstruction_metrics
 from pipelines.sae_training import SparseAutoencoder
 
@@ -89,12 +89,13 @@ def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: st
     return saes, scale, info
 
 
-def run(cfg: SaeConfig, run_dir: Path, n_train: int, out: Path) -> tuple[str, dict]:
+def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # it works; we test it
     start = time.perf_counter()
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "sae")
     torch.manual_seed(cfg.seed)
     act_dir = run_dir / "activations"
+    n_train = count_rows(act_dir, "train")
     d_in = read_shard(shard_paths(act_dir, "val")[0])["acts"].shape[1]
     saes, scale, info = train_all(cfg, act_dir, d_in, n_train, device)
     curves = info.pop("curves")

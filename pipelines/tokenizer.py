@@ -91,9 +91,9 @@ def vocab_table(tokenizer: Tokenizer) -> pa.Table:
     return pa.table({"id": pa.array(range(size), pa.int32()), "piece": pieces, "display": display})
 
 
-def run(cfg: TokenizerConfig, corpus_dir: Path, out: Path) -> tuple[str, dict]:
+def run(cfg: TokenizerConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
-    tokenizer = train((text for _, text in read_documents(corpus_dir)), cfg)
+    tokenizer = train((text for _, text in read_documents(run_dir / "corpus")), cfg)
     tokenizer.save(str(out / "tokenizer.json"))
     pq.write_table(vocab_table(tokenizer), out / "vocab.parquet")
     size = tokenizer.get_vocab_size()

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import TokensConfig
 from pipelines.corpus import read_documents
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, InputError
 from pipelines.tokenizer import BOS, EOT, load as load_tokenizer
 
 
@@ -53,18 +53,22 @@ def write_sequences(path: Path, seqs: np.ndarray) -> None:
 
 def read_sequences(path: Path) -> np.ndarray:
     """[n_seq, n_ctx] int32."""
-    table = pq.read_table(path, columns=["tokens"])
+    try:
+        table = pq.read_table(path, columns=["tokens"])
+    except (OSError, pa.ArrowException, KeyError) as err:
+        raise InputError(f"{path}: unreadable token sequences ({err}); rerun with "
+                         f"--force tokens") from None
     column = table.column("tokens").combine_chunks()
     n_ctx = column.type.list_size
     return column.flatten().to_numpy().astype(np.int32, copy=False).reshape(-1, n_ctx)
 
 
-def run(cfg: TokensConfig, corpus_dir: Path, tokenizer_dir: Path, out: Path) -> tuple[str, dict]:
+def run(cfg: TokensConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
     bos, eot = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOT)
     split: dict[str, list[list[int]]] = {"train": [], "val": []}
-    ids, texts = zip(*read_documents(corpus_dir))
+    ids, texts = zip(*read_documents(run_dir / "corpus"))
     for doc_id, enc in zip(ids, tokenizer.encode_batch(list(texts), add_special_tokens=False)):
         split["val" if is_validation(doc_id, cfg) else "train"].append(enc.ids)
     counts = {}

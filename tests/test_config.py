@@ -1,3 +1,4 @@
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,33 @@ def test_bad_file_names_the_file(tmp_path: Path):
 
 def test_configs_are_frozen():
     cfg = build_config({}, "x")
-    with pytest.raises(Exception):
+    with pytest.raises(FrozenInstanceError):
         cfg.model.d_mlp = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("overrides, key, where", [
+    (["model.d_mlp=0"], "model.d_mlp", "--set"),
+    (["stats.split_threshold=2"], "stats.split_threshold", "--set"),
+    (["model.foo=1"], "model.foo", "--set"),
+    (["sae.k=true"], "sae.k", "--set"),
+    ([], "model.d_mlp", "mine.toml"),
+])
+def test_config_errors_carry_the_key_and_where_it_was_set(tmp_path: Path, overrides, key, where):
+    path = tmp_path / "mine.toml"
+    path.write_text("[model]\nd_mlp = -4\n" if not overrides else "[model]\nd_mlp = 512\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, str(path), overrides)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{path if where != '--set' else '--set'}: ")
+
+
+def test_device_error_names_the_section_that_asked(monkeypatch):
+    import torch
+
+    from pipelines.devices import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", "stats") == "cpu"
+    with pytest.raises(ConfigError, match=r"^stats\.device='cuda'") as err:
+        pick_device("cuda", "stats")
+    assert err.value.key == "stats.device"

@@ -65,15 +65,20 @@ def test_overview_table_formats_escapes_and_skips_missing_columns():
     assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>" not in shown
     assert ">16,384<" in shown and ">97.5%<" in shown and ">–<" in shown  # NaN FVU
     assert "L0" not in shown and "KL" not in shown  # columns this store lacks
+    counts = run_views.metrics_table_html(table.assign(n_ultralow=[3], n_dense=[1]))
+    assert 'title="features with density below 1e-5"' in counts  # from schema's thresholds
+    assert 'title="features with density above 0.1"' in counts
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
-def test_browser(app, params):
+def test_browser(app, store, params):
     at = app("app_pages/browser.py", **params)
     assert not at.error
     table = at.dataframe[0].value
-    expected = {"neurons": None, "sae_128": 128}.get(params.get("dictionary", "sae_64"), 64)
-    assert len(table) <= (expected or len(table))
+    dictionary = params.get("dictionary", "sae_64")  # no parameter: the smallest SAE
+    features = FeatureStore.open(store).features(dictionary)
+    alive = features[features["density_class"] != "dead"]  # the default filter drops dead ones
+    assert len(alive) > 0 and list(table["feature"]) == list(alive["index"])
     assert {"open", "feature", "density", "max act", "top tokens", "top logits"} <= set(table)
     assert all(url.startswith("feature?dictionary=") for url in table["open"])
     assert at.dataframe[0].proto.placeholder == "–"  # an unscored unit's score is not "None"
@@ -107,7 +112,8 @@ def test_feature_page(app, params):
                                                f"&feature={params['feature']}")
 
 
-CAVEATS = {"dead": "Dead: never fired", "ultralow": "Ultralow density", "dense": "Dense: fires on"}
+CAVEATS = {"dead": "Dead: never fired", "ultralow": "Ultralow density",
+           "dense": "Dense: fires on more than 1 in 10 tokens"}
 
 
 @pytest.mark.parametrize("density_class", ["dead", "ultralow", "dense", "normal"])
@@ -117,6 +123,7 @@ def test_feature_page_says_what_its_density_class_means(app, store, density_clas
     shown = texts(app("app_pages/feature.py", dictionary="sae_64", feature=str(index)))
     said = [caveat for caveat in CAVEATS.values() if caveat in shown]
     assert said == ([CAVEATS[density_class]] if density_class in CAVEATS else [])
+    assert "dead: never fires; ultralow: &lt; 1e-5; normal; dense: &gt; 0.1" in shown
 
 
 def test_feature_page_escapes_hostile_tokens(app):

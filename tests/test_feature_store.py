@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from feature_store import (
@@ -266,14 +268,48 @@ def test_pandas_reads_every_table_as_is(written):
     path, _ = written
     files = sorted(path.rglob("*.parquet"))
     assert len(files) == 6 + 4 * len(SIZES)
+    rows = json.loads((path / schema.MANIFEST).read_text())["tables"]
     for file in files:
-        assert isinstance(pd.read_parquet(file), pd.DataFrame)
+        rel = str(file.relative_to(path))
+        frame = pd.read_parquet(file)
+        table = rel.split("/")[0]
+        columns = (schema.TABLE_SCHEMAS[table].names if table in schema.TABLE_SCHEMAS
+                   else list(schema.METRIC_COLUMNS) + ["my_extra"])
+        assert (list(frame.columns), len(frame)) == (columns, rows[rel]), rel
     features = pd.read_parquet(path / schema.FEATURES)  # hive partitions → a dictionary column
     assert len(features) == sum(SIZES.values())
     assert set(features["dictionary"].astype(str)) == set(SIZES)
     manifest = json.loads((path / schema.MANIFEST).read_text())
     assert manifest["schema_version"] == schema.SCHEMA_VERSION
     assert set(manifest["tables"]) == {str(f.relative_to(path)) for f in files}
+
+
+def test_every_table_is_written_with_its_schema(written):
+    """The writer and the reader share one description of each table: schema.TABLE_SCHEMAS."""
+    path, _ = written
+    tables = [schema.partition_path(t, n) for t in schema.PER_DICTIONARY_TABLES for n in SIZES]
+    tables += [schema.VOCAB, schema.DENSITY_HISTOGRAMS, schema.SPLITS, schema.FAMILIES,
+               schema.UMAP]
+    for rel in tables:
+        want = schema.TABLE_SCHEMAS[rel.split("/")[0]]
+        assert pq.read_schema(path / rel).remove_metadata().equals(want), rel
+    assert pq.read_schema(path / schema.METRICS).names[:len(schema.METRIC_COLUMNS)] == \
+        list(schema.METRIC_COLUMNS)
+
+
+def test_dictionary_sort_key_orders_neurons_then_sizes_then_names():
+    entries = [("sae_b", "sae", 64), ("sae_32", "sae", 32), ("neurons", "neurons", 512),
+               ("sae_a", "sae", 64), ("sae_2048", "sae", 2048)]
+    ordered = sorted(entries, key=lambda e: schema.dictionary_sort_key(*e))
+    assert [e[0] for e in ordered] == ["neurons", "sae_32", "sae_a", "sae_b", "sae_2048"]
+
+
+def test_density_classes_at_the_thresholds():
+    lo, hi = schema.ULTRALOW_DENSITY, schema.DENSE_DENSITY
+    density = [0.0, lo / 2, lo, hi, np.nextafter(hi, 1), 1.0]
+    assert schema.density_classes(density).tolist() == [
+        "dead", "ultralow", "normal", "normal", "dense", "dense"]
+    assert set(schema.DENSITY_CLASSES) == {"dead", "ultralow", "normal", "dense"}
 
 
 def test_concurrent_reads_agree(store):
@@ -365,6 +401,20 @@ def test_writer_rejects_bad_shapes_and_ranges(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_only_the_ablation_column_may_hold_nan(tmp_path):
+    """NaN is allowed by the column, not by a word in the message: a dictionary whose name
+    says "ablation" gets no pass for NaN activations."""
+    w = StoreWriter(tmp_path / "store", n_tokens=100)
+    w.add_dictionary("sae_ablation", 8)
+    one = {"feature": [0], "kind": [0], "rank": [0], "seq_id": [0], "position": [0],
+           "center": [0], "act": [1.0], "token_ids": [[1, 2]], "acts": [[1, 0]],
+           "ablation": [[0, np.nan]]}
+    with pytest.raises(ValueError, match="sae_ablation: examples acts: contains NaN"):
+        w.add_examples("sae_ablation", **{**one, "acts": [[1, np.nan]]})
+    w.add_examples("sae_ablation", **one)  # NaN at the window's end of the ablation column
+    w.abort()
+
+
 # -- bad stores ----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -412,6 +462,21 @@ def test_truncated_parquet(copy, table):
     with pytest.raises(StoreError) as err:
         FeatureStore.open(copy)
     assert str(file) in str(err.value) and "truncated" in str(err.value)
+
+
+@pytest.mark.parametrize("table, column", [(schema.FEATURES, "interval_counts"),
+                                           (schema.LOGITS, "side"), (schema.UMAP, "x")])
+def test_wrong_column_type(copy, table, column):
+    """A column of another type is a wrong-schema store, named, not a traceback later."""
+    rel = schema.UMAP if table == schema.UMAP else schema.partition_path(table, "sae_16")
+    file = copy / rel
+    data = pq.read_table(file)
+    index = data.schema.get_field_index(column)
+    data = data.set_column(index, column, pa.array([0] * data.num_rows, pa.int64()))
+    pq.write_table(data, file)
+    with pytest.raises(StoreError) as err:
+        FeatureStore.open(copy)
+    assert str(file) in str(err.value) and f"column {column} is int64" in str(err.value)
 
 
 def test_missing_table(copy):

@@ -67,7 +67,7 @@ def test_crash_mid_write_leaves_no_output_that_looks_complete(tmp_path, monkeypa
     run_dir = tmp_path / "r"
     real = pipelines.tokens.run
 
-    def crash(cfg, corpus_dir, tokenizer_dir, out):
+    def crash(cfg, run_dir, out):
         (out / "train.parquet").write_bytes(b"PAR1 half a file")
         raise KeyboardInterrupt  # what a Ctrl-C or a kill mid-write looks like to the stage
 

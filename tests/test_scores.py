@@ -192,6 +192,40 @@ def test_edit_keeps_history_latest_counts(fast_dir):
 GOOD_TOTAL = sum(GOOD[item] for item in RUBRIC)
 
 
+def _raw_insert(path: Path, score_id: str, confidence: int, total: int) -> None:
+    """One row straight into the table, past every check in Python: only the database's own
+    CHECKs stand between it and the file."""
+    items = {**{k: v for k, v in GOOD.items() if k in RUBRIC}, "confidence": confidence}
+    row = {"score_id": score_id, "rater": "ann", "dictionary": "sae_64", "unit_index": 1,
+           "interpretation": "x", **items, "total": total, "interval_scores": None,
+           "blind": 1, "created_at": "2026-01-01T00:00:00.000000+00:00"}
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(f"INSERT INTO scores ({', '.join(row)}) VALUES "
+                     f"({', '.join('?' * len(row))})", tuple(row.values()))
+
+
+def test_database_checks_are_built_from_the_rubric(fast_dir, monkeypatch):
+    from feature_store import scores
+
+    ok = fast_dir / "original.sqlite"
+    ScoreBook(ok).submit("ann", "sae_64", 0, GOOD)  # creates the tables
+    _raw_insert(ok, "a" * 32, confidence=3, total=MAX_TOTAL)  # in range: accepted
+    assert len(ScoreBook(ok).history()) == 2
+
+    narrow = {**RUBRIC, "confidence": (0, 2)}  # so the total tops out one lower
+    monkeypatch.setattr(scores, "RUBRIC", narrow)
+    path = fast_dir / "narrow.sqlite"
+    ScoreBook(path).submit("ann", "sae_64", 0, {**GOOD, "confidence": 2})
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed: confidence"):
+        _raw_insert(path, "b" * 32, confidence=3, total=MAX_TOTAL - 1)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed: total"):
+        _raw_insert(path, "c" * 32, confidence=2, total=MAX_TOTAL)
+    _raw_insert(path, "d" * 32, confidence=2, total=MAX_TOTAL - 1)
+    assert len(ScoreBook(path).history()) == 2
+    # a database made under the old rubric still opens: its tables are kept as they are
+    assert len(ScoreBook(ok).table()) == 2
+
+
 def test_queue_balanced_stable_and_durable(fast_dir):
     population = {"neurons": range(64), "sae_64": range(64), "sae_128": range(128)}
     book = ScoreBook(fast_dir / "scores.sqlite")
@@ -246,7 +280,9 @@ def test_results_summary(fast_dir):
     assert out.distribution["neurons"].sum() == 8 and out.distribution.index[-1] == MAX_TOTAL
     assert out.items.loc["neurons", "confidence"] == 0
     assert out.alpha_units == 8 and out.excluded_not_blind == 1
-    assert -1 <= out.alpha <= 1
+    sae_ann = [GOOD_TOTAL - 5 + k for k in range(4)]  # bob: one more on every unit
+    ann = np.array(sae_ann + [0] * 4, dtype=float)
+    assert out.alpha == pytest.approx(krippendorff_alpha_interval(np.stack([ann, ann + 1])))
     assert results(book, blind_only=False).by_source.set_index("source").loc[
         "sae_64", "raters"] == 3
 

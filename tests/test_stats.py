@@ -1,4 +1,4 @@
-"""The stats stage against brute force on small random cases (no run folder needed).
+"""The statistics pass against brute force on small random cases (no run folder needed).
 
 Codes are built here as random sparse activations and fed through an identity "encoder",
 in ragged batches of whole sequences, so every streaming statistic can be recomputed with
@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from feature_store.records import N_INTERVALS
-from feature_store.sae_files import SaeSpec, encode
+from feature_store.sae_files import SaeSpec, active_entries, encode
 from feature_store.transformer_files import HOOK_POST, build_transformer, transformer_spec
-from pipelines import stats
+from pipelines import ablation, sampling, stats
+from pipelines.activation_shards import SequenceBatch
 from pipelines.config import StatsConfig
+from pipelines.dictionaries import Dictionary
+from pipelines.directions import nearest, normalized_rows
+from pipelines.splitting import split_edges
 
 N_CTX = 9  # 8 cached positions per sequence
 
@@ -35,20 +39,20 @@ def _batches(codes: np.ndarray, sizes=(3, 5, 2, 7)):
         lo, i = 0, 0
         while lo < n_seq:
             hi = min(n_seq, lo + sizes[i % len(sizes)])
-            yield stats.Batch(torch.arange(lo, hi), torch.from_numpy(codes[lo * per: hi * per]))
+            yield SequenceBatch(torch.arange(lo, hi), torch.from_numpy(codes[lo * per: hi * per]))
             lo, i = hi, i + 1
     return gen
 
 
-def _unit(name: str, n: int, d: int = 16, seed: int = 0) -> stats.Unit:
+def _identity(name: str, n: int, d: int = 16, seed: int = 0) -> Dictionary:
     g = torch.Generator().manual_seed(seed)
     direction = torch.randn(n, d, generator=g)
-    return stats.Unit(name, n, lambda x: x, direction, torch.randn(n, 8, generator=g))
+    return Dictionary(name, n, lambda x: x, direction, torch.randn(n, 8, generator=g))
 
 
-def _run(codes, cfg, units=None, pairs=()):
-    units = units or [_unit("u", codes.shape[1])]
-    return stats.statistics(_batches(codes), units, cfg, N_CTX, "cpu", list(pairs))
+def _run(codes, cfg, dictionaries=None, pairs=()) -> sampling.PassResult:
+    dictionaries = dictionaries or [_identity("u", codes.shape[1])]
+    return sampling.statistics(_batches(codes), dictionaries, cfg, N_CTX, "cpu", list(pairs))
 
 
 CFG = StatsConfig(top_k=4, examples_per_interval=3, window_before=3, window_after=2,
@@ -59,8 +63,8 @@ CFG = StatsConfig(top_k=4, examples_per_interval=3, window_before=3, window_afte
 def case():
     codes = _codes(40, 6, 0.3, seed=1)
     codes[:, 5] = 0.0  # a dead feature
-    st, _, n_tokens = _run(codes, CFG)
-    return codes, st["u"], n_tokens
+    passes = _run(codes, CFG)
+    return codes, passes.stats["u"], passes.n_tokens
 
 
 def test_summary_and_histogram_match_brute_force(case):
@@ -88,7 +92,6 @@ def test_interval_counts_and_shares_match_brute_force(case):
             continue
         expected, _ = np.histogram(fired, bins=np.linspace(0, fired.max(), N_INTERVALS + 1))
         np.testing.assert_array_equal(counts[j], expected)
-        np.testing.assert_allclose(counts[j] / fired.size, expected / fired.size)
 
 
 def test_top_k_and_windows_match_brute_force(case):
@@ -145,8 +148,8 @@ def test_interval_sampling_is_uniform_within_the_interval():
                       act_hist_bins=4, umap=False)
     u = []
     for seed in range(120):
-        st, _, _ = _run(codes, StatsConfig(**{**cfg.__dict__, "seed": seed}))
-        acts = st["u"].res_act[0].numpy()
+        passes = _run(codes, StatsConfig(**{**cfg.__dict__, "seed": seed}))
+        acts = passes.stats["u"].res_act[0].numpy()
         ranks = np.searchsorted(inside, acts)
         u.extend(((ranks + 0.5) / inside.size).tolist())
     assert kstest(u, "uniform").pvalue > 1e-3
@@ -159,13 +162,15 @@ def test_masked_cosine_matches_brute_force():
     codes_b[:, :5] += codes_a * 2.0  # overlapping supports: large masked cosines
     both = np.concatenate([codes_a, codes_b], 1)
     torch.manual_seed(2)
-    ua = stats.Unit("a", 5, lambda x: x[:, :5], torch.randn(5, 16), torch.randn(5, 8))
-    ub = stats.Unit("b", 10, lambda x: x[:, 5:], torch.randn(10, 16), torch.randn(10, 8))
+    ua = Dictionary("a", 5, lambda x: x[:, :5], torch.randn(5, 16), torch.randn(5, 8))
+    ub = Dictionary("b", 10, lambda x: x[:, 5:], torch.randn(10, 16), torch.randn(10, 8))
     cfg = StatsConfig(split_candidates=3, umap=False)
-    st, cands, n_tokens = _run(both, cfg, [ua, ub], [("a", "b")])
-    edges = stats.split_edges(cands, st, [ua, ub], n_tokens, threshold=-1.0)
-    (small, large, ia, ib, mc, dc), = edges
-    assert (small, large) == ("a", "b") and len(ia) > 0
+    passes = _run(both, cfg, [ua, ub], [("a", "b")])
+    edges, = split_edges(passes.split_candidates, passes.stats, [ua, ub], passes.n_tokens,
+                         threshold=-1.0)
+    assert (edges.small, edges.large) == ("a", "b") and len(edges) > 0
+    ia, ib = edges.index_small, edges.index_large
+    mc, dc = edges.masked_cosine, edges.decoder_cosine
 
     def masked(x, y):
         out = []
@@ -179,7 +184,7 @@ def test_masked_cosine_matches_brute_force():
                                              codes_b[:, b].astype(np.float64)), rel=1e-5)
     # candidates: for every feature of either side, its 3 nearest by decoder cosine; each
     # feature of the larger dictionary keeps only its best candidate parent (a forest)
-    cos = stats.unit_rows(ua.direction) @ stats.unit_rows(ub.direction).T
+    cos = normalized_rows(ua.direction) @ normalized_rows(ub.direction).T
     assert sorted(ib.tolist()) == sorted(set(ib.tolist()))  # one parent per child
     parent = dict(zip(ib.tolist(), ia.tolist()))
     for b in range(10):
@@ -193,18 +198,19 @@ def test_masked_cosine_matches_brute_force():
     np.testing.assert_allclose(dc, cos[ia, ib].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_topk_entries_equal_encode():
+@pytest.mark.parametrize("recipe, k", [("topk", 4), ("l1", 0)])
+def test_active_entries_equal_encode(recipe, k):
     g = torch.Generator().manual_seed(0)
-    spec = SaeSpec(d_in=12, d_sae=20, recipe="topk", k=4, input_scale=1.7)
+    spec = SaeSpec(d_in=12, d_sae=20, recipe=recipe, k=k, input_scale=1.7)
     t = {"W_enc": torch.randn(20, 12, generator=g), "b_enc": torch.randn(20, generator=g),
          "W_dec": torch.randn(20, 12, generator=g), "b_dec": torch.randn(12, generator=g)}
     x = torch.randn(50, 12, generator=g)
-    codes, row, feat, val = stats.topk_entries(spec, t, x)
+    codes, row, feat, val = active_entries(spec, t, x)
     torch.testing.assert_close(codes, encode(spec, t, x))
     dense = torch.zeros_like(codes)
     dense[row, feat] = val
     torch.testing.assert_close(dense, codes)
-    assert bool((val > 0).all())
+    assert bool((val > 0).all()) and int((codes > 0).sum()) == val.numel() > 0
 
 
 @pytest.fixture(scope="module")
@@ -220,18 +226,31 @@ def model():
     return m
 
 
-def test_ablation_effect_matches_a_real_splice(model):
-    """Remove a·d from hook_post at one token, rerun the model: Δ log p(next) agrees."""
-    W_out, ro = stats.model_readout(model)
+def test_fill_ablation_matches_a_real_splice(model):
+    """The production pass 3: remove a·d from hook_post at one token of an example window,
+    rerun the model: Δ log p(next) agrees at that token; inactive cells are 0, and the
+    window's last token (no next token shown) and cells outside the sequence are NaN."""
+    W_out, ro = ablation.model_readout(model)
     g = torch.Generator().manual_seed(2)
-    tokens = torch.randint(0, 50, (2, 16), generator=g)
+    seqs = torch.randint(0, 50, (3, 16), generator=g)
     direction = torch.randn(64, generator=g) / 3  # e.g. W_dec[i] / input_scale
-    out_dir = direction @ W_out
-    weights = stats.logit_weights(out_dir[None], ro)
+    d = Dictionary("d", 1, lambda x: x[:, :1], direction[None], (direction @ W_out)[None])
+    cfg = StatsConfig(window_before=3, window_after=2, umap=False)
+    cases = ((0, 5, 1.3), (1, 14, 0.4), (1, 2, 3.0), (2, 15, 0.7), (2, 1, 2.0))
+    w = cfg.window_before + cfg.window_after + 1
+    acts = np.zeros((len(cases), w), np.float32)
+    acts[:, cfg.window_before] = [a for _, _, a in cases]
+    ex = sampling.Examples(
+        feature=np.zeros(len(cases), np.int64), kind=np.zeros(len(cases), np.int64),
+        rank=np.arange(len(cases)), seq_id=np.array([b for b, _, _ in cases]),
+        position=np.array([t for _, t, _ in cases]), act=acts[:, cfg.window_before].copy(),
+        acts=acts)
+    weights = {"d": ablation.logit_weights(d.out_dir, ro)}
+    n = ablation.fill_ablation(model, seqs.numpy(), [d], {"d": ex}, weights, ro, cfg, 16, "cpu")
+    assert n == 4  # position 15 is the sequence's last token: nothing to predict
     with torch.no_grad():
-        resid = stats.final_residual(model, tokens)
-        clean = model(tokens).log_softmax(-1)
-    for b, t, a in ((0, 5, 1.3), (1, 14, 0.4), (1, 2, 3.0)):
+        clean = model(seqs).log_softmax(-1)
+    for r, (b, t, a) in enumerate(cases):
 
         def splice(value, hook, b=b, t=t, a=a):
             value = value.clone()
@@ -239,28 +258,38 @@ def test_ablation_effect_matches_a_real_splice(model):
             return value
 
         with torch.no_grad():
-            hooked = model.run_with_hooks(tokens, fwd_hooks=[(HOOK_POST, splice)]).log_softmax(-1)
-        nxt = tokens[b, t + 1]
-        want = float(hooked[b, t, nxt] - clean[b, t, nxt])
-        got = stats.ablation_effects(resid[b, t][None], nxt[None], torch.tensor([a]),
-                                     out_dir[None], weights, ro)
-        assert float(got) == pytest.approx(want, abs=2e-4)
-        other = [p for p in range(15) if p != t]  # only the logits at t change
+            hooked = model.run_with_hooks(seqs, fwd_hooks=[(HOOK_POST, splice)]).log_softmax(-1)
+        other = [p for p in range(16) if p != t]  # only the logits at t change
         torch.testing.assert_close(hooked[b, other], clean[b, other], atol=1e-5, rtol=0)
+        centre = ex.ablation[r, cfg.window_before]
+        if t == 15:
+            assert np.isnan(centre)
+            continue
+        nxt = seqs[b, t + 1]
+        assert float(centre) == pytest.approx(float(hooked[b, t, nxt] - clean[b, t, nxt]),
+                                              abs=2e-4)
+        positions = t + np.arange(-cfg.window_before, cfg.window_after + 1)
+        inside = (positions >= 1) & (positions <= 15)
+        last = np.flatnonzero(inside)[-1]
+        for j in range(w):
+            if not inside[j] or j == last:
+                assert np.isnan(ex.ablation[r, j])
+            elif j != cfg.window_before:
+                assert ex.ablation[r, j] == 0.0
 
 
 def test_logit_weights_are_the_direct_effect_at_fixed_ln_scale(model):
     """w = (v - mean v)·diag(γ)·W_U is the direct effect at LN_final's scale held fixed: adding
     ε·v to the final residual changes the logits by ε·(w − (c·v_c)·z/(d·σ²))/σ to first order
     (z = c·diag(γ)·W_U; the second term is LN's scale reacting), checked on the real model."""
-    W_out, ro = stats.model_readout(model)
+    W_out, ro = ablation.model_readout(model)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 50, (1, 16), generator=g)
     v = torch.randn(32, generator=g)
-    w = stats.logit_weights(v[None], ro)[0]
+    w = ablation.logit_weights(v[None], ro)[0]
     eps, t = 1e-3, 7
     with torch.no_grad():
-        resid = stats.final_residual(model, tokens)[0, t]
+        resid = ablation.final_residual(model, tokens)[0, t]
         clean = model(tokens)[0, t]
 
         def push(value, hook):
@@ -285,8 +314,8 @@ def test_row_histograms_and_nearest():
         want, _ = np.histogram(x[i].numpy(), bins=edges[i].numpy().astype(np.float64))
         assert counts[i].sum() == 300
         assert np.abs(counts[i].numpy() - want).sum() <= 2  # float32 edges vs float64 bins
-    a = stats.unit_rows(torch.randn(7, 6, generator=g))
-    idx, val = stats.nearest(a, a, 3, exclude_self=True)
+    a = normalized_rows(torch.randn(7, 6, generator=g))
+    idx, val = nearest(a, a, 3, exclude_self=True)
     cos = (a @ a.T).numpy()
     np.fill_diagonal(cos, -np.inf)
     np.testing.assert_array_equal(idx, np.argsort(-cos, axis=1)[:, :3])

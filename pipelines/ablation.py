@@ -1,0 +1,185 @@
+"""Direct effects on the next-token logits, through LN_final and the unembedding: each unit's
+logit weights, and the ablation effect of every example token (pass 3 of the statistics pass).
+
+Ablation effect (Towards Monosemanticity): Δ log p(token[t+1]) at token t when the unit's
+contribution a·v (v = direction · W_out, in the residual stream) is removed. In a one-layer
+model the MLP writes straight into the final residual, so only the logits at t change:
+logits' = LN_final(r_t − a·v)·W_U + b_U, with LN_final's real normalisation recomputed on the
+modified residual. Computed without a new forward pass per pair: with c = r − mean(r),
+G = diag(γ)·W_U, z = c·G and w = (v − mean(v))·G (the logit weights),
+logits' = (z − a·w) / σ' + β·W_U + b_U, σ' = sqrt(mean((c − a·v_c)²) + ε): exact, and only
+d_vocab work per (unit, token) instead of d_model·d_vocab. 0 where the unit is inactive; NaN
+at the window's last token (its next token is not shown).
+
+Logit weights: w_i = (v_i − mean(v_i))·diag(γ)·W_U: the direct effect on the logits per unit
+of activation with LN_final's centring and γ folded in. LN's data-dependent scale 1/σ is NOT
+folded in (it depends on the token), so the values rank tokens and compare features at one
+scale, not the change in logit at a given token (the ablation effect gives that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from feature_store.transformer_files import capture
+from pipelines.config import StatsConfig
+from pipelines.dictionaries import Dictionary
+from pipelines.sampling import Examples, window_layout
+
+RESID_HOOK = "ln_final.hook_in"  # the final residual stream, what LN_final reads (TL 4.3 bridge)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """LN_final and the unembedding, for logit weights and exact ablation effects."""
+
+    gamma: torch.Tensor  # [d_model]
+    beta: torch.Tensor
+    W_U: torch.Tensor  # [d_model, d_vocab]
+    b_U: torch.Tensor  # [d_vocab]
+    eps: float
+
+    @property
+    def G(self) -> torch.Tensor:
+        return self.gamma[:, None] * self.W_U
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.beta @ self.W_U + self.b_U
+
+
+def model_readout(model) -> tuple[torch.Tensor, Readout]:
+    """W_out [d_mlp, d_model] and the readout, from the bridge's state dict."""
+    sd = model.state_dict()
+    W_out = sd["blocks.0.mlp.out.weight"].T.float().contiguous()
+    ro = Readout(gamma=sd["ln_final.weight"].float(), beta=sd["ln_final.bias"].float(),
+                 W_U=sd["unembed.weight"].T.float().contiguous(),
+                 b_U=sd["unembed.bias"].float(), eps=float(model.cfg.eps))
+    return W_out, ro
+
+
+def logit_weights(out_dir: torch.Tensor, ro: Readout) -> torch.Tensor:
+    """[n, d_vocab]: (v − mean v)·diag(γ)·W_U; see the module docstring."""
+    return (out_dir - out_dir.mean(1, keepdim=True)) @ ro.G
+
+
+@torch.no_grad()
+def final_residual(model, tokens: torch.Tensor) -> torch.Tensor:
+    """[S, n_ctx, d_model] input of LN_final."""
+    return capture(model, tokens, RESID_HOOK).float()  # stops before the unembedding
+
+
+@dataclass(frozen=True)
+class AblationRequests:
+    """The window cells of one dictionary's examples that need an ablation effect: active,
+    inside the sequence, and not the window's last token. Arrays aligned by request."""
+
+    dictionary: int  # position in the dictionaries list
+    row: np.ndarray  # example row
+    column: np.ndarray  # window column
+    feature: np.ndarray
+    seq_id: np.ndarray
+    position: np.ndarray  # of the token whose next-token log-probability changes
+    act: np.ndarray  # the unit's activation there
+
+
+def ablation_requests(index: int, ex: Examples, cfg: StatsConfig,
+                      n_ctx: int) -> AblationRequests:
+    """Set `ex.ablation` to 0 inside the sequence and NaN elsewhere (padding and each window's
+    last token), and list the cells still to compute."""
+    pos, valid = window_layout(ex, cfg, n_ctx)
+    last = valid & ~np.roll(valid, -1, axis=1)
+    last[:, -1] = valid[:, -1]
+    ex.ablation = np.where(valid, 0.0, np.nan).astype(np.float32)
+    ex.ablation[last] = np.nan
+    r, j = np.nonzero(valid & ~last & (ex.acts > 0))
+    return AblationRequests(index, r, j, ex.feature[r], ex.seq_id[r], pos[r, j], ex.acts[r, j])
+
+
+@torch.no_grad()
+def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
+                  examples: dict[str, Examples], weights: dict[str, torch.Tensor], ro: Readout,
+                  cfg: StatsConfig, n_ctx: int, device: str) -> int:
+    """Pass 3: Δ log p(next token) for every active, non-final window token of every example,
+    written into each `Examples.ablation`. Each distinct (unit, sequence, position) is computed
+    once; returns how many there were."""
+    requests = [ablation_requests(i, examples[d.name], cfg, n_ctx)
+                for i, d in enumerate(dictionaries)]
+    if not any(q.row.size for q in requests):
+        return 0
+    which = np.concatenate([np.full(q.row.size, q.dictionary) for q in requests])
+    feat = np.concatenate([q.feature for q in requests])
+    seq = np.concatenate([q.seq_id for q in requests])
+    pos = np.concatenate([q.position for q in requests])
+    act = np.concatenate([q.act for q in requests]).astype(np.float32)
+    offsets = np.cumsum([0] + [d.n for d in dictionaries])
+    gfeat = offsets[which] + feat  # a unit's row in the concatenated tables below
+    key = (gfeat * seqs.shape[0] + seq) * n_ctx + pos
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    u_feat, u_seq, u_pos, u_act = gfeat[first], seq[first], pos[first], act[first]
+    out_dir = torch.cat([d.out_dir for d in dictionaries])
+    all_w = torch.cat([weights[d.name] for d in dictionaries])
+    result = np.empty(uniq.size, dtype=np.float32)
+    order = np.argsort(u_seq, kind="stable")
+    seq_list = np.unique(u_seq)
+    per_batch = max(1, min(32, cfg.batch_tokens // n_ctx))  # z is [tokens, d_vocab]
+    bar = tqdm(total=uniq.size, desc="stats (3/3 ablation)", unit="pair", unit_scale=True,
+               disable=None)
+    sorted_seq = u_seq[order]
+    G, bias = ro.G, ro.bias
+    for lo in range(0, seq_list.size, per_batch):
+        chunk = seq_list[lo: lo + per_batch]
+        a = np.searchsorted(sorted_seq, chunk[0], side="left")
+        b = np.searchsorted(sorted_seq, chunk[-1], side="right")
+        idx = order[a:b]
+        tokens = torch.from_numpy(seqs[chunk].astype(np.int64)).to(device)
+        resid = final_residual(model, tokens).reshape(-1, G.shape[0])
+        c = resid - resid.mean(1, keepdim=True)
+        z = c @ G  # [S * n_ctx, d_vocab]
+        base = z / ((c * c).mean(1, keepdim=True) + ro.eps).sqrt() + bias
+        nxt_all = torch.roll(tokens, -1, dims=1).reshape(-1)  # the last position is never asked
+        lp_base = base.gather(1, nxt_all[:, None])[:, 0] - torch.logsumexp(base, 1)
+        del base
+        tok = torch.from_numpy(np.searchsorted(chunk, u_seq[idx]) * n_ctx + u_pos[idx]).to(device)
+        fi = torch.from_numpy(u_feat[idx]).to(device)
+        delta = _delta_logp(z, c, lp_base, nxt_all, torch.from_numpy(u_act[idx]).to(device),
+                            out_dir, all_w, ro, tok=tok, fi=fi)
+        result[idx] = delta.cpu().numpy()
+        bar.update(idx.size)
+    bar.close()
+    values = result[inverse]
+    at = 0
+    for q in requests:
+        ex = examples[dictionaries[q.dictionary].name]
+        ex.ablation[q.row, q.column] = values[at: at + q.row.size]
+        at += q.row.size
+    return int(uniq.size)
+
+
+def _delta_logp(z, c, lp_base, next_tok, act, out_dir, weights, ro: Readout,
+                tok: torch.Tensor, fi: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """The per-pair part: only O(d_vocab) work per pair (z = c·G precomputed per token).
+
+    z, c, lp_base, next_tok are per-token tables and out_dir, weights per-unit tables; pair p
+    reads token row tok[p] and unit row fi[p], gathered here a small chunk at a time:
+    materialising [pairs, d_vocab] copies up front cost more memory traffic than the
+    arithmetic (and 128-row chunks stay in cache)."""
+    n = act.shape[0]
+    out = torch.empty(n, device=act.device)
+    bias = ro.bias
+    for lo in range(0, n, chunk):
+        sl = slice(lo, lo + chunk)
+        t, f = tok[sl], fi[sl]
+        a = act[sl][:, None]
+        od = out_dir[f]
+        v = od - od.mean(1, keepdim=True)
+        c2 = c[t] - a * v
+        inv = 1.0 / ((c2 * c2).mean(1, keepdim=True) + ro.eps).sqrt()
+        new = torch.addcmul(z[t], a, weights[f], value=-1.0).mul_(inv).add_(bias)
+        picked = new.gather(1, next_tok[t][:, None])[:, 0]
+        out[sl] = picked - torch.logsumexp(new, 1) - lp_base[t]
+    return out

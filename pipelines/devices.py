@@ -1,0 +1,21 @@
+"""Which torch device a stage runs on.
+
+Every stage has its own `device` key (`model.device`, `activations.device`, `sae.device`,
+`stats.device`), so the error names the key the user actually set.
+"""
+
+from __future__ import annotations
+
+from pipelines.errors import ConfigError
+
+
+def pick_device(requested: str, section: str) -> str:
+    """`auto` takes CUDA when present; `cuda` without a card is the user's config error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{section}.device='cuda': no CUDA device is available here",
+                          key=f"{section}.device")
+    return requested

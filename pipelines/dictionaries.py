@@ -1,0 +1,88 @@
+"""The dictionaries the statistics pass summarises: every SAE of the run, and the neurons.
+
+A dictionary is a set of units with an activation and an output direction in activation
+space. SAE feature i has activation f_i(x) (`feature_store.sae_files.encode`) and direction
+W_dec[i] / input_scale: the SAE works on inputs scaled by input_scale, so this is its
+contribution per unit activation to the *unscaled* hook_post. `neurons` is the identity
+dictionary: activation = the raw hook_post value, direction = the basis vector. "Active"
+means > 0 throughout (for GeLU neurons negative values are inactive, as in `records`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feature_store import schema
+from feature_store.records import NEURONS
+from feature_store.sae_files import active_entries, encode, load_sae
+from feature_store.transformer_files import HOOK_POST
+from pipelines.errors import InputError
+
+# x [B, d_mlp] -> dense codes [B, n] and the active entries (row, feature, value)
+Entries = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """One dictionary being summarised: how its activations come from hook_post, and where
+    its units point."""
+
+    name: str
+    n: int
+    encode: Callable[[torch.Tensor], torch.Tensor]  # [B, d_mlp] -> [B, n]
+    direction: torch.Tensor  # [n, d_mlp]: contribution to hook_post per unit activation
+    out_dir: torch.Tensor  # [n, d_model] = direction · W_out
+    info: dict[str, Any] = field(default_factory=dict)  # manifest facts (recipe, k, hook_name)
+    sparse_entries: Entries | None = None  # the active entries without a dense scan (topk)
+
+    def entries(self, x: torch.Tensor):
+        """Dense codes [B, n] and the active (> 0) entries as (row, feature, value)."""
+        if self.sparse_entries is not None:
+            return self.sparse_entries(x)
+        codes = self.encode(x)
+        row, feat = (codes > 0).nonzero(as_tuple=True)
+        return codes, row, feat, codes[row, feat]
+
+    @property
+    def k(self) -> int:
+        """Active units per token when fixed (topk SAEs), else 0."""
+        return int(self.info.get("k") or 0) if self.sparse_entries is not None else 0
+
+
+def neuron_dictionary(W_out: torch.Tensor) -> Dictionary:
+    d_mlp = W_out.shape[0]
+    return Dictionary(NEURONS, d_mlp, lambda x: x, torch.eye(d_mlp, device=W_out.device),
+                      W_out.clone(), {"hook_name": HOOK_POST})
+
+
+def load_dictionaries(run_dir: Path, W_out: torch.Tensor, device: str) -> list[Dictionary]:
+    """neurons, then every SAE under sae/, in the store's dictionary order."""
+    d_mlp = W_out.shape[0]
+    sae_dir = run_dir / "sae"
+    sizes = sorted(int(p.name) for p in sae_dir.iterdir()
+                   if p.is_dir() and p.name.isdigit() and (p / "sae.safetensors").exists()) \
+        if sae_dir.is_dir() else []
+    if not sizes:
+        raise InputError(f"{sae_dir}: no trained SAE; rerun with --force sae")
+    out = [neuron_dictionary(W_out)]
+    for size in sizes:
+        folder = sae_dir / str(size)
+        spec, tensors = load_sae(folder, device=device)
+        if spec.d_in != d_mlp:
+            raise InputError(f"{folder}: d_in {spec.d_in} != d_mlp {d_mlp}")
+        direction = tensors["W_dec"] / spec.input_scale
+        out.append(Dictionary(
+            schema.dictionary_name(spec.d_sae), spec.d_sae,
+            lambda x, spec=spec, t=tensors: encode(spec, t, x),
+            direction, direction @ W_out,
+            {"recipe": spec.recipe, "k": spec.k, "d_in": spec.d_in,
+             "input_scale": spec.input_scale, "hook_name": spec.hook_name},
+            (lambda x, spec=spec, t=tensors: active_entries(spec, t, x))
+            if spec.recipe == "topk" else None))
+    return sorted(out, key=lambda d: schema.dictionary_sort_key(
+        d.name, "neurons" if d.name == NEURONS else "sae", d.n))
