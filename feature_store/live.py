@@ -69,17 +69,26 @@ class LiveRun:
         from feature_store.schema import dictionary_name
         from feature_store.transformer_files import load_transformer
 
-        tokenizer = Tokenizer.from_file(str(run_dir / "tokenizer" / "tokenizer.json"))
+        tokenizer_path = run_dir / "tokenizer" / "tokenizer.json"
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as err:  # tokenizers raises a bare Exception on a corrupt file
+            raise StoreError(f"{tokenizer_path}: unreadable tokenizer ({err})") from None
         model = load_transformer(run_dir / "model")
         saes = {}
         for folder in sorted((run_dir / "sae").glob("*/"), key=lambda p: int(p.name) if p.name.isdigit() else 0):
             if (folder / "sae.safetensors").exists():
                 spec, tensors = load_sae(folder)
                 saes[dictionary_name(spec.d_sae)] = (spec, tensors)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        vocab = pq.read_table(run_dir / "tokenizer" / "vocab.parquet", columns=["display"])
-        n_ctx = json.loads((run_dir / "model" / "config.json").read_text())["n_ctx"]
+        vocab_path = run_dir / "tokenizer" / "vocab.parquet"
+        try:
+            vocab = pq.read_table(vocab_path, columns=["display"])
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"{vocab_path}: unreadable ({err})") from None
+        n_ctx = int(model.cfg.n_ctx)
         return cls(run_dir, tokenizer, model, saes, vocab.column("display").to_pylist(), n_ctx)
 
     def dictionaries(self) -> list[str]:

@@ -190,7 +190,8 @@ class SaeConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """The statistics pass behind the feature store (see `pipelines/stats.py`).
+    """The statistics pass behind the feature store (see `pipelines/stats.py` and the modules
+    it names).
 
     Defaults follow Towards Monosemanticity's dashboards: 11 intervals (fixed by the store
     schema), a handful of uniformly drawn examples per interval, ~20 top examples, a context
@@ -211,7 +212,7 @@ class StatsConfig:
     n_aligned_neurons: int = 5
     split_candidates: int = 3  # decoder-cosine candidates per feature for splitting edges
     split_threshold: float = 0.4  # masked activation cosine above which an edge is drawn
-    umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see stats.py)
+    umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see directions.py)
     umap_neighbours: int = 15
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"

@@ -235,5 +235,9 @@ def run(cfg: CorpusConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
 def read_documents(corpus_dir: Path) -> Iterator[tuple[int, str]]:
     """(doc_id, text) in corpus order, one shard in memory at a time."""
     for path in sorted(corpus_dir.glob("documents-*.parquet")):
-        table = pq.read_table(path, columns=["doc_id", "text"])
+        try:
+            table = pq.read_table(path, columns=["doc_id", "text"])
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: unreadable corpus shard ({err}); rerun with "
+                             f"--force corpus") from None
         yield from zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist())
