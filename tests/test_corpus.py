@@ -71,5 +71,5 @@ def test_bad_corpus_is_a_clear_error(tmp_path: Path, name, content, fragment):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError) as err:
-        run(_files_cfg(path), out)
+        run(_files_cfg(path), tmp_path, out)
     assert fragment in str(err.value)
