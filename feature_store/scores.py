@@ -20,55 +20,37 @@ A unit is (dictionary, index): a feature of an SAE, or a raw MLP neuron (`neuron
 Queues (`make_queue`) are per rater, stored here with the rater's position, so a reload or a
 server restart resumes where the rater was.
 
-Results (distributions, Krippendorff's alpha) are computed in `scores_results.py`.
+The rubric and the records (`Rubric`, `Score`, `Queue`) and every check on them are in
+`rubric.py`; the export/import file formats in `score_files.py`; results (distributions,
+Krippendorff's alpha) in `scores_results.py`. Their public names are importable from here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from feature_store.records import N_INTERVALS
+from feature_store.rubric import (INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue,
+                                  Rubric, Score, ScoreError, check_dictionary, check_index,
+                                  check_intervals, check_rater)
+from feature_store.score_files import (COLUMNS, read_scores, score_from_row, score_row, to_csv,
+                                       to_parquet)
 
 SCORES_FILE = "scores.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000  # raters wait, never fail, while another write commits
-
-# The rubric (DESIGN.md, from Towards Monosemanticity): item -> (lowest, highest).
-RUBRIC: dict[str, tuple[int, int]] = {
-    "confidence": (0, 3),  # in the interpretation
-    "activation_consistency": (0, 5),  # of the high-activation tokens with it
-    "logit_consistency": (0, 3),  # of the positive logits with it
-    "separation": (0, 1),  # clear gap between consistent and inconsistent logits; 0 if n/a
-    "specificity": (0, 3),  # of the interpretation
-}
-# DESIGN.md calls the total "0-14", but the item ranges it lists (the ones above) add up to
-# 15. The items are what a rater sees and what is stored, so they win, and the total's top
-# follows them; if the ranges are ever corrected (e.g. logits 0-2), only RUBRIC changes
-# (`_schema_sql` builds the database's CHECKs from it; a database made before keeps its
-# own, so widening a range needs SCHEMA_VERSION bumped).
-MAX_TOTAL = sum(hi for _, hi in RUBRIC.values())
-INTERVAL_SCALE = (0, 5)  # per-interval consistency, the same scale as activation_consistency
-QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
-
-_COLUMNS = ("score_id", "rater", "dictionary", "unit_index", "interpretation",
-            *RUBRIC, "total", "interval_scores", "blind", "created_at")
 
 
 def _schema_sql() -> str:
@@ -103,85 +85,6 @@ CREATE TABLE IF NOT EXISTS queues (
     created_at TEXT NOT NULL
 );
 """
-
-
-class ScoreError(ValueError):
-    """A score, queue or import file that cannot be stored; the message says which item and
-    why. Nothing was written."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rubric:
-    """One rater's judgement of one unit (validated on construction)."""
-
-    interpretation: str
-    confidence: int
-    activation_consistency: int
-    logit_consistency: int
-    separation: int
-    specificity: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.interpretation, str) or not self.interpretation.strip():
-            raise ScoreError("interpretation: write one (it is the first rubric item)")
-        for item, (lo, hi) in RUBRIC.items():
-            value = getattr(self, item)
-            if value is None:
-                raise ScoreError(f"{item}: missing; pick {lo}-{hi}")
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ScoreError(f"{item}: {value!r} is not a whole number {lo}-{hi}")
-            if not lo <= value <= hi:
-                raise ScoreError(f"{item}: {value} is out of range {lo}-{hi}")
-
-    @property
-    def total(self) -> int:
-        return sum(int(getattr(self, item)) for item in RUBRIC)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "Rubric":
-        """From a dict (a form, a row); a missing item is a ScoreError, not a KeyError."""
-        missing = [f.name for f in fields(cls) if values.get(f.name) is None]
-        if missing:
-            raise ScoreError(f"missing rubric item(s): {', '.join(missing)}")
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
-
-
-@dataclass(frozen=True, slots=True)
-class Score:
-    """One stored row of the append-only history."""
-
-    score_id: str
-    rater: str
-    dictionary: str
-    unit_index: int
-    rubric: Rubric
-    interval_scores: tuple[int | None, ...] | None  # N_INTERVALS entries, lowest first
-    blind: bool
-    created_at: str
-
-    @property
-    def total(self) -> int:
-        return self.rubric.total
-
-
-@dataclass(frozen=True, slots=True)
-class Queue:
-    """A rater's units to score, in order, and where they are."""
-
-    rater: str
-    sources: tuple[str, ...]
-    sample_size: int
-    seed: int
-    units: tuple[tuple[str, int], ...]
-    position: int  # 0-based; len(units) means finished
-    created_at: str
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    @property
-    def finished(self) -> bool:
-        return self.position >= len(self.units)
 
 
 def default_path(store_path: str | Path) -> Path:
@@ -256,9 +159,9 @@ class ScoreBook:
         """Validate, then append one row in its own transaction. When this returns the score
         is committed; on any ScoreError nothing was written."""
         rubric = rubric if isinstance(rubric, Rubric) else Rubric.from_mapping(rubric)
-        score = Score(score_id=uuid.uuid4().hex, rater=_rater(rater),
-                      dictionary=_dictionary(dictionary), unit_index=_index(index),
-                      rubric=rubric, interval_scores=_intervals(interval_scores),
+        score = Score(score_id=uuid.uuid4().hex, rater=check_rater(rater),
+                      dictionary=check_dictionary(dictionary), unit_index=check_index(index),
+                      rubric=rubric, interval_scores=check_intervals(interval_scores),
                       blind=bool(blind), created_at=_now())
         with self._write() as conn:
             _insert(conn, score)
@@ -273,10 +176,10 @@ class ScoreBook:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = (f"SELECT {', '.join(_COLUMNS)} FROM scores"
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM scores"
                f"{' WHERE ' + ' AND '.join(where) if where else ''} "
                "ORDER BY created_at, score_id")
-        return [_score(row) for row in self._read(sql, params)]
+        return [score_from_row(row) for row in self._read(sql, params)]
 
     def latest(self, rater: str, dictionary: str, index: int) -> Score | None:
         """The row that counts for this rater and unit: their last submission or edit."""
@@ -286,9 +189,9 @@ class ScoreBook:
     def table(self) -> pd.DataFrame:
         """Every stored row, oldest first, one column per field (`interval_scores` as its JSON
         text): exactly what export writes."""
-        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM scores "
+        rows = self._read(f"SELECT {', '.join(COLUMNS)} FROM scores "
                           "ORDER BY created_at, score_id")
-        frame = pd.DataFrame(rows, columns=list(_COLUMNS))
+        frame = pd.DataFrame(rows, columns=list(COLUMNS))
         return frame.astype({c: "int64" for c in (*RUBRIC, "unit_index", "total", "blind")})
 
     def latest_table(self, blind_only: bool = False) -> pd.DataFrame:
@@ -310,23 +213,14 @@ class ScoreBook:
 
     def export_csv(self, path: str | Path | None = None) -> bytes:
         """Every row as UTF-8 CSV (header, all fields as text); written to `path` if given."""
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(_COLUMNS)
-        for score in self.history():
-            writer.writerow(["" if v is None else v for v in _row(score)])
-        data = buffer.getvalue().encode("utf-8")
+        data = to_csv(self.history())
         if path is not None:
             Path(path).write_bytes(data)
         return data
 
     def export_parquet(self, path: str | Path | None = None) -> bytes:
         """Every row as a Parquet file (typed columns); written to `path` if given."""
-        rows = [_row(s) for s in self.history()]
-        table = pa.Table.from_pylist([dict(zip(_COLUMNS, r)) for r in rows], schema=_ARROW)
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        data = sink.getvalue()
+        data = to_parquet(self.history())
         if path is not None:
             Path(path).write_bytes(data)
         return data
@@ -345,13 +239,7 @@ class ScoreBook:
                 raise ScoreError(f"{source}: cannot read ({err})") from None
         else:
             data, name = source, name or "uploaded file"
-        if kind == "csv":
-            records = _csv_records(data, name)
-        elif kind == "parquet":
-            records = _parquet_records(data, name)
-        else:
-            raise ScoreError(f"{name}: unknown kind {kind!r}; expected csv or parquet")
-        scores = [_record_score(r, name, n) for n, r in enumerate(records, start=2)]
+        scores = read_scores(data, kind or "", name)
         with self._write() as conn:
             before = conn.total_changes
             for score in scores:
@@ -366,7 +254,7 @@ class ScoreBook:
         (a source with too few units gives all it has), drawn without replacement, then
         shuffled together so sources interleave. The same population and seed give the same
         queue. It replaces the rater's previous queue and starts at position 0."""
-        rater = _rater(rater)
+        rater = check_rater(rater)
         sources = tuple(population)
         if not sources:
             raise ScoreError("queue: pick at least one source")
@@ -424,15 +312,7 @@ def balanced_sample(population: Mapping[str, Sequence[int]], sample_size: int,
     return [units[k] for k in order]
 
 
-# -- rows ------------------------------------------------------------------------------------
-
-_ARROW = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
-                    ("dictionary", pa.string()), ("unit_index", pa.int64()),
-                    ("interpretation", pa.string()),
-                    *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
-                    ("interval_scores", pa.string()), ("blind", pa.int64()),
-                    ("created_at", pa.string())])
-
+# -- the database ----------------------------------------------------------------------------
 
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
     """Turn on WAL journaling, which lets raters read while another writes.
@@ -448,7 +328,8 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             break
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) and "busy" not in str(err):
+            code = getattr(err, "sqlite_errorcode", 0) & 0xFF  # primary code of an extended one
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise ScoreError(f"{path}: cannot switch to WAL journaling ({err})") from None
             if time.monotonic() > deadline:
                 raise ScoreError(f"{path}: the scores database stayed locked for "
@@ -472,129 +353,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _insert(conn: sqlite3.Connection, score: Score, ignore: bool = False) -> None:
     verb = "INSERT OR IGNORE" if ignore else "INSERT"
-    conn.execute(f"{verb} INTO scores ({', '.join(_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(_COLUMNS))})", _row(score))
-
-
-def _row(score: Score) -> tuple:
-    """A Score as the stored tuple, in `_COLUMNS` order."""
-    r = score.rubric
-    intervals = (None if score.interval_scores is None
-                 else json.dumps(list(score.interval_scores)))
-    return (score.score_id, score.rater, score.dictionary, score.unit_index, r.interpretation,
-            *[int(getattr(r, item)) for item in RUBRIC], r.total, intervals,
-            int(score.blind), score.created_at)
-
-
-def _score(row: Sequence[Any]) -> Score:
-    values = dict(zip(_COLUMNS, row))
-    intervals = values["interval_scores"]
-    return Score(score_id=values["score_id"], rater=values["rater"],
-                 dictionary=values["dictionary"], unit_index=int(values["unit_index"]),
-                 rubric=Rubric(**{k: values[k] for k in ("interpretation", *RUBRIC)}),
-                 interval_scores=None if intervals is None else tuple(json.loads(intervals)),
-                 blind=bool(values["blind"]), created_at=values["created_at"])
-
-
-def _record_score(record: Mapping[str, Any], name: str, line: int) -> Score:
-    """One imported row, checked as strictly as a submission (and its total recomputed)."""
-    where = f"{name}: row {line}"
-    try:
-        missing = [c for c in _COLUMNS if c not in record]
-        if missing:
-            raise ScoreError(f"missing column(s) {', '.join(missing)}")
-        ints = {c: _int(record[c], c) for c in (*RUBRIC, "unit_index", "total", "blind")}
-        rubric = Rubric(interpretation=record["interpretation"],
-                        **{item: ints[item] for item in RUBRIC})
-        if ints["total"] != rubric.total:
-            raise ScoreError(f"total {ints['total']} is not the sum of the items "
-                             f"({rubric.total})")
-        raw = record["interval_scores"]
-        intervals = None if raw in (None, "") else json.loads(raw)
-        score_id = str(record["score_id"])
-        uuid.UUID(hex=score_id)
-        created = str(record["created_at"])
-        datetime.fromisoformat(created)
-        if ints["blind"] not in (0, 1):
-            raise ScoreError(f"blind must be 0 or 1, got {ints['blind']}")
-        return Score(score_id=score_id, rater=_rater(record["rater"]),
-                     dictionary=_dictionary(record["dictionary"]),
-                     unit_index=_index(ints["unit_index"]), rubric=rubric,
-                     interval_scores=_intervals(intervals), blind=bool(ints["blind"]),
-                     created_at=created)
-    except ScoreError as err:
-        raise ScoreError(f"{where}: {err}") from None
-    except (ValueError, TypeError) as err:  # bad uuid, timestamp or JSON
-        raise ScoreError(f"{where}: {err}") from None
-
-
-def _csv_records(data: bytes, name: str) -> list[dict[str, Any]]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ScoreError(f"{name}: not UTF-8 text ({err})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or "score_id" not in reader.fieldnames:
-        raise ScoreError(f"{name}: not a scores export (no score_id column)")
-    return list(reader)
-
-
-def _parquet_records(data: bytes, name: str) -> list[dict[str, Any]]:
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (OSError, pa.ArrowException) as err:
-        raise ScoreError(f"{name}: not a readable Parquet file ({err})") from None
-    return table.to_pylist()
-
-
-def _int(value: Any, item: str) -> int:
-    if isinstance(value, str):
-        value = value.strip()
-        if not value.lstrip("-").isdigit():
-            raise ScoreError(f"{item}: {value!r} is not a whole number")
-        return int(value)
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise ScoreError(f"{item}: {value!r} is not a whole number")
-    if value is None:
-        raise ScoreError(f"{item}: missing")
-    return int(value)
-
-
-def _rater(rater: Any) -> str:
-    if not isinstance(rater, str) or not rater.strip():
-        raise ScoreError("rater: give a name")
-    return rater.strip()
-
-
-def _dictionary(dictionary: Any) -> str:
-    if not isinstance(dictionary, str) or not dictionary:
-        raise ScoreError(f"dictionary: {dictionary!r} is not a dictionary name")
-    return dictionary
-
-
-def _index(index: Any) -> int:
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ScoreError(f"unit index: {index!r} is not a non-negative whole number")
-    return int(index)
-
-
-def _intervals(values: Iterable[Any] | None) -> tuple[int | None, ...] | None:
-    """None, or exactly N_INTERVALS entries, each 0-5 or None (that interval not scored)."""
-    if values is None:
-        return None
-    values = list(values)
-    lo, hi = INTERVAL_SCALE
-    if len(values) != N_INTERVALS:
-        raise ScoreError(f"interval scores: {len(values)} given, expected {N_INTERVALS}")
-    out: list[int | None] = []
-    for k, v in enumerate(values, start=1):
-        if v is None:
-            out.append(None)
-        elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-            raise ScoreError(f"interval {k}: {v!r} is out of range {lo}-{hi}")
-        else:
-            out.append(int(v))
-    return tuple(out) if any(v is not None for v in out) else None
+    conn.execute(f"{verb} INTO scores ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(COLUMNS))})", score_row(score))
 
 
 def _now() -> str:

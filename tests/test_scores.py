@@ -98,14 +98,18 @@ class _LockedAtFirst:
     """A connection whose WAL switch meets the immediate "database is locked" that SQLite
     gives (without its busy handler) when processes open a fresh database together."""
 
-    def __init__(self, conn, failures: int, message: str = "database is locked") -> None:
+    def __init__(self, conn, failures: int, message: str = "database is locked",
+                 code: int = sqlite3.SQLITE_BUSY) -> None:
         self.conn, self.failures, self.message, self.tries = conn, failures, message, 0
+        self.code = code
 
     def execute(self, sql, *args):
         if sql.startswith("PRAGMA journal_mode"):
             self.tries += 1
             if self.tries <= self.failures:
-                raise sqlite3.OperationalError(self.message)
+                err = sqlite3.OperationalError(self.message)
+                err.sqlite_errorcode = self.code  # as SQLite sets it (SQLITE_BUSY, ...)
+                raise err
         return self.conn.execute(sql, *args)
 
 
@@ -117,7 +121,8 @@ def test_wal_switch_waits_out_a_lock_and_names_other_errors(fast_dir):
         assert locked.tries == 4
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with pytest.raises(ScoreError, match="scores.sqlite: cannot switch to WAL"):
-            _switch_to_wal(_LockedAtFirst(conn, failures=1, message="disk I/O error"), path)
+            _switch_to_wal(_LockedAtFirst(conn, failures=1, message="disk I/O error",
+                                         code=sqlite3.SQLITE_IOERR), path)
 
 
 def test_import_merges_other_machine(fast_dir):
@@ -205,15 +210,14 @@ def _raw_insert(path: Path, score_id: str, confidence: int, total: int) -> None:
 
 
 def test_database_checks_are_built_from_the_rubric(fast_dir, monkeypatch):
-    from feature_store import scores
-
     ok = fast_dir / "original.sqlite"
     ScoreBook(ok).submit("ann", "sae_64", 0, GOOD)  # creates the tables
     _raw_insert(ok, "a" * 32, confidence=3, total=MAX_TOTAL)  # in range: accepted
     assert len(ScoreBook(ok).history()) == 2
 
-    narrow = {**RUBRIC, "confidence": (0, 2)}  # so the total tops out one lower
-    monkeypatch.setattr(scores, "RUBRIC", narrow)
+    monkeypatch.setitem(RUBRIC, "confidence", (0, 2))  # the one dict: so the total tops out one lower
+    with pytest.raises(ScoreError, match="confidence: 3 is out of range 0-2"):
+        Rubric(**{**GOOD, "confidence": 3})
     path = fast_dir / "narrow.sqlite"
     ScoreBook(path).submit("ann", "sae_64", 0, {**GOOD, "confidence": 2})
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed: confidence"):
