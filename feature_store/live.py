@@ -15,7 +15,6 @@ so only the chosen feature's part of the activation changes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
