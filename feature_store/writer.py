@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store import schema
+from feature_store import families, schema
 from feature_store.records import N_INTERVALS, NEURONS
 
 _TOP_TEXT_ITEMS = 5  # tokens shown in the `top_tokens` / `top_logits` browsing columns
@@ -602,7 +602,7 @@ class StoreWriter:
         return table.num_rows
 
     def _finish_splits(self, order: list[str]) -> dict[str, int]:
-        """Write the edges and their families: connected components over (dictionary, index)."""
+        """Write the edges and their families (`families.group`, over (dictionary, index))."""
         if not self._splits:
             return {schema.SPLITS: self._write(schema.SPLITS,
                                                schema.SPLITS_SCHEMA.empty_table()),
@@ -616,25 +616,16 @@ class StoreWriter:
         dict_b = np.concatenate([np.full(p["index_b"].size, order.index(p["dictionary_b"]))
                                  for p in self._splits])
         offsets = np.asarray([base[n] for n in order], dtype=np.int64)
-        u = offsets[dict_a] + cols["index_a"]
-        v = offsets[dict_b] + cols["index_b"]
-        nodes, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
-        label = _components(inverse[:u.size], inverse[u.size:], nodes.size)
-        # Family ids in order of each family's first member (nodes are sorted by global id,
-        # which orders by dictionary, then index), so ids are stable across rebuilds.
-        _, first = np.unique(label, return_index=True)
-        family_of_label = np.empty(label.max() + 1, dtype=np.int64)
-        family_of_label[label[np.sort(first)]] = np.arange(first.size)
-        node_family = family_of_label[label]
+        fam = families.group(offsets[dict_a] + cols["index_a"], offsets[dict_b] + cols["index_b"])
+        nodes, node_family, edge_family = fam.nodes, fam.node_family, fam.edge_family
         node_dict = np.searchsorted(offsets, nodes, side="right") - 1
         names = np.asarray(order, dtype=object)
         sort = np.lexsort((nodes, node_family))
-        families = pa.table({
+        family_table = pa.table({
             "family_id": pa.array(node_family[sort].astype(np.int32)),
             "dictionary": pa.array(names[node_dict[sort]], pa.string()),
             "index": pa.array((nodes - offsets[node_dict])[sort].astype(np.int32)),
         }, schema=schema.FAMILIES_SCHEMA)
-        edge_family = node_family[inverse[:u.size]]
         sort = np.lexsort((cols["index_b"], dict_b, cols["index_a"], dict_a, edge_family))
         splits = pa.table({
             "dictionary_a": pa.array(names[dict_a[sort]], pa.string()),
@@ -646,7 +637,7 @@ class StoreWriter:
             "family_id": pa.array(edge_family[sort].astype(np.int32)),
         }, schema=schema.SPLITS_SCHEMA)
         return {schema.SPLITS: self._write(schema.SPLITS, splits),
-                schema.FAMILIES: self._write(schema.FAMILIES, families)}
+                schema.FAMILIES: self._write(schema.FAMILIES, family_table)}
 
     def _umap_table(self, order: list[str]) -> pa.Table:
         parts = []
@@ -798,21 +789,6 @@ def _join_rows(ids: np.ndarray | None, vocab: np.ndarray, n: int) -> list[str]:
         return [""] * n
     shown = np.where(ids >= 0, vocab[np.clip(ids, 0, len(vocab) - 1)], None)
     return [" ".join(t for t in row if t is not None) for row in shown.tolist()]
-
-
-def _components(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
-    """Connected-component labels (smallest node id in the component) by min-label
-    propagation with pointer jumping: numpy only, a few passes for split-graph depths."""
-    label = np.arange(n)
-    while True:
-        low = np.minimum(label[u], label[v])
-        new = label.copy()
-        np.minimum.at(new, u, low)
-        np.minimum.at(new, v, low)
-        new = new[new]
-        if np.array_equal(new, label):
-            return label
-        label = new
 
 
 def _json_rows(table: pa.Table) -> list[dict[str, Any]]:
