@@ -123,8 +123,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, source: str, force: tuple[str, .
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}")
     forced = downstream(set(force))
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = _make_run_dir(run_dir)
     try:
         with run_lock(run_dir):
             for name in clean_leftovers(run_dir):
@@ -139,6 +138,21 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, source: str, force: tuple[str, .
         if created and not any(run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _make_run_dir(run_dir: Path) -> bool:
+    """Create the run folder if needed; True when this call created it (so a failed first
+    stage can remove it again). A path that is a file, or under one, or unwritable, is the
+    user's to fix: one line naming it, and nothing created or touched."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder (a file is in the way); --run-dir must name "
+                         f"a run folder, new or existing")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission, read-only disk
+        raise InputError(f"{run_dir}: cannot create the run folder ({err.strerror or err})") from None
+    return created
 
 
 def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, forced: bool,
