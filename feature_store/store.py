@@ -480,7 +480,23 @@ def _ordered(dictionaries: list[dict[str, Any]]) -> list[str]:
 
 
 def _rebuild_hint(path: Path) -> str:
-    return f"rebuild the store with: python -m pipelines run --run-dir {path.parent} --force stats"
+    """`--force stats` only for a run's own `store/`: anywhere else that command would build a
+    new run in whatever folder happens to hold `path`."""
+    if path.name == "store" and _is_run_folder(path.parent):
+        return f"rebuild the store with: python -m pipelines run --run-dir {path.parent} --force stats"
+    return ("not a run's store/ folder, so no run can rebuild it (a feature store is the store/ "
+            "folder a pipeline run writes: manifest.json and Parquet tables); build a run with: "
+            "python -m pipelines run --preset tiny --run-dir runs/tiny, then point FEATURE_STORE "
+            "at runs/tiny/store")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """The pipeline's run manifest (`manifest.json` with its `stages`), not a store's."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict)
 
 
 def _check_manifest(manifest: dict[str, Any], where: Path, hint: str) -> None:
