@@ -1,10 +1,16 @@
 """Plotly figures built from store records and frames; no Streamlit calls, so they test and
 time on their own.
 
-Points that open a feature carry `customdata = [dictionary, index]`; `picked_feature` reads
-that back from a `st.plotly_chart(..., on_select="rerun")` event. Token text reaches plotly
-only as hover text, which plotly renders as text (it supports a few tags, so it is escaped
-too, once, via `hover_text`).
+Points that open a feature carry `customdata = [dictionary, index, ...]` (further fields,
+e.g. the escaped top tokens, feed the hover text); `picked_feature` reads the first two back
+from a `st.plotly_chart(..., on_select="rerun")` event. Token text reaches plotly only as
+hover text, which plotly renders as text (it supports a few tags, so it is escaped too, once,
+via `hover_text`).
+
+Every chart colours a dictionary with `dictionary_colours(order)`, `order` being the store's
+whole dictionary order (neurons, then SAEs by size), never the subset a chart happens to
+show: so `sae_1024` is the same colour on the overview, the splitting graph, the UMAP and the
+results page.
 """
 
 from __future__ import annotations
@@ -19,16 +25,39 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from feature_store.records import NEURONS, Family, FeatureRecord
+from feature_store.records import NEURONS, Family, FeatureRecord, SplitEdge
 
 INTERVAL_COLOURS = sample_colorscale("Oranges", list(np.linspace(0.25, 1.0, 11)))
 MARGIN = dict(l=10, r=10, t=36, b=10)
 
 
-def dictionary_colours(names: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per dictionary, in store order, shared by every chart."""
-    palette = qualitative.Plotly
-    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+# One palette for every page: the n-th dictionary in store order gets the n-th colour.
+# Plotly's qualitative set minus its orange (#FFA15A), which the token shading uses for
+# activations, so a dictionary's colour never reads as "this token fired".
+DICTIONARY_PALETTE = tuple(c for c in qualitative.Plotly if c != "#FFA15A")
+# Marker shapes in the same order, so dictionaries stay apart where colours overlap (UMAP).
+DICTIONARY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x",
+                      "triangle-down", "star", "hexagon", "pentagon")
+
+
+def dictionary_colours(order: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
+    """The colour of every dictionary: by position in the store's `order`, then `extra`
+    names the store does not hold (e.g. scores imported from another run) after it. Pass the
+    store's whole order, not only the dictionaries a chart shows, or colours shift."""
+    names = list(dict.fromkeys([*order, *extra]))
+    return {name: DICTIONARY_PALETTE[i % len(DICTIONARY_PALETTE)] for i, name in enumerate(names)}
+
+
+def dictionary_symbols(order: Sequence[str]) -> dict[str, str]:
+    """A marker shape per dictionary, by position in the store's order (like the colours)."""
+    return {name: DICTIONARY_SYMBOLS[i % len(DICTIONARY_SYMBOLS)] for i, name in enumerate(order)}
+
+
+def colour_chip_html(colour: str) -> str:
+    """A small square of a dictionary's colour, to put beside its name in page text. The
+    colour comes from `DICTIONARY_PALETTE` (a constant), never from corpus text."""
+    return (f'<span style="display:inline-block;width:0.75em;height:0.75em;'
+            f'border-radius:2px;background:{colour};margin-right:0.35em"></span>')
 
 
 def hover_text(text: str) -> str:
@@ -123,11 +152,24 @@ def logit_histogram_figure(record: FeatureRecord) -> go.Figure:
     return fig
 
 
+def edge_containment(edge: SplitEdge) -> float:
+    """The edge's containment (share of the child's activation energy on tokens where the
+    parent fires), or NaN where the store predates that column."""
+    value = getattr(edge, "containment", None)
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+MAX_EDGE_LABELS = 40  # beyond this the labels overlap; the page's edge table has them all
+
+
 def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str, int],
                         top_tokens: dict[tuple[str, int], str] | None = None) -> go.Figure:
     """Members laid out in columns by size, edges drawn with width and opacity by masked
-    cosine; node hover shows the member and its top activating tokens (escaped), edge
-    midpoints show both cosines."""
+    cosine and labelled with it and the decoder cosine (readable without hovering); node
+    hover shows the member and its top activating tokens (escaped)."""
     layers = [name for name in order if any(m[0] == name for m in family.members)]
     members_by_layer = family_layer_order(family, layers)
     position: dict[tuple[str, int], tuple[float, float]] = {}
@@ -136,7 +178,7 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
         for rank, index in enumerate(column):
             position[(name, index)] = (x, (len(column) - 1) / 2 - rank)  # first on top
     fig = go.Figure()
-    mids_x, mids_y, mids_text = [], [], []
+    mids_x, mids_y, mids_label, mids_hover = [], [], [], []
     for edge in family.edges:
         a, b = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
         if a not in position or b not in position:
@@ -149,11 +191,18 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
                                  showlegend=False))
         mids_x.append((xa + xb) / 2)
         mids_y.append((ya + yb) / 2)
-        mids_text.append(f"{a[0]} #{a[1]} – {b[0]} #{b[1]}<br>masked cosine "
-                         f"{edge.masked_cosine:.2f}<br>decoder cosine {edge.decoder_cosine:.2f}")
-    fig.add_trace(go.Scatter(x=mids_x, y=mids_y, mode="markers", text=mids_text,
+        mids_label.append(f"{edge.masked_cosine:.2f} / {edge.decoder_cosine:.2f}")
+        containment = edge_containment(edge)
+        mids_hover.append(f"{a[0]} #{a[1]} → {b[0]} #{b[1]}<br>activation cosine "
+                          f"{edge.masked_cosine:.2f}<br>decoder cosine {edge.decoder_cosine:.2f}"
+                          + (f"<br>containment {containment:.0%}"
+                             if math.isfinite(containment) else ""))
+    labelled = len(mids_x) <= MAX_EDGE_LABELS
+    fig.add_trace(go.Scatter(x=mids_x, y=mids_y, mode="markers+text" if labelled else "markers",
+                             text=mids_label if labelled else None, textposition="top center",
+                             textfont=dict(size=10, color="#555"), customdata=mids_hover,
                              marker=dict(size=6, color="rgba(90,90,90,0.35)"),
-                             hovertemplate="%{text}<extra></extra>", showlegend=False))
+                             hovertemplate="%{customdata}<extra></extra>", showlegend=False))
     colours = dictionary_colours(order)
     keys = list(position)
     fig.add_trace(go.Scatter(
@@ -168,13 +217,15 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
                       "<br>click to open<extra></extra>",
         showlegend=False))
     height = max(260, 60 * max(len(c) for c in members_by_layer.values()) + 80)
+    ys = [y for _, y in position.values()] or [0.0]  # room above the top node's label
+    legend = " · edge label: activation cosine / decoder cosine" if labelled and mids_x else ""
     fig.update_layout(title=f"Family {family.family_id}: {len(family.members)} features, "
-                            f"{len(family.edges)} edges (masked cosine)",
+                            f"{len(family.edges)} edges{legend}",
                       height=height, margin=dict(MARGIN, t=56), clickmode="event+select",
                       dragmode=False,
                       xaxis=dict(tickvals=list(range(len(layers))), ticktext=layers,
                                  range=[-0.4, len(layers) - 0.4], showgrid=False),
-                      yaxis=dict(visible=False))
+                      yaxis=dict(visible=False, range=[min(ys) - 0.4, max(ys) + 0.6]))
     return fig
 
 
@@ -201,11 +252,30 @@ def family_layer_order(family: Family, layers: list[str]) -> dict[str, list[int]
     return out
 
 
+UMAP_HOVER_TOKENS = 6  # top tokens shown per point on hover: enough to recognise a feature
+
+
+def _point_data(rows: pd.DataFrame) -> np.ndarray | None:
+    """customdata for map points: dictionary, index, escaped top tokens (when the frame has
+    a `top_tokens` column)."""
+    if rows.empty:
+        return None
+    tokens = (rows["top_tokens"].fillna("").astype(str) if "top_tokens" in rows
+              else pd.Series("", index=rows.index))
+    shown = [hover_text(" ".join(t.split()[:UMAP_HOVER_TOKENS])) for t in tokens]
+    return np.stack([rows["dictionary"].to_numpy(object), rows["index"].to_numpy(object),
+                     np.asarray(shown, dtype=object)], axis=1)
+
+
 def umap_figure(points: pd.DataFrame, order: Sequence[str],
                 highlight: Sequence[tuple[str, int]] = ()) -> go.Figure:
-    """All dictionaries' decoder directions in one 2-D map, coloured by dictionary; the
-    highlighted features (a family) drawn on top with a black ring."""
-    colours = dictionary_colours(order)
+    """All dictionaries' decoder directions in one 2-D map, each dictionary its own colour
+    and marker shape (the shared palette), hover naming the unit and its top tokens
+    (`points` may carry a `top_tokens` column); the highlighted features (a family) drawn
+    on top, larger, with a black ring."""
+    colours, symbols = dictionary_colours(order), dictionary_symbols(order)
+    hover = ("%{customdata[0]} #%{customdata[1]}<br>top tokens: %{customdata[2]}"
+             "<extra></extra>")
     fig = go.Figure()
     for name in order:
         rows = points[points["dictionary"] == name]
@@ -213,38 +283,36 @@ def umap_figure(points: pd.DataFrame, order: Sequence[str],
             continue
         fig.add_trace(go.Scattergl(
             x=rows["x"], y=rows["y"], mode="markers", name=name,
-            marker=dict(size=4, color=colours[name], opacity=0.55),
-            customdata=np.stack([rows["dictionary"].to_numpy(object),
-                                 rows["index"].to_numpy(object)], axis=1),
-            hovertemplate="%{customdata[0]} #%{customdata[1]}<extra></extra>"))
+            marker=dict(size=5, color=colours[name], symbol=symbols[name], opacity=0.6),
+            customdata=_point_data(rows), hovertemplate=hover))
     if highlight:
         keys = set(map(tuple, highlight))
         marked = points[[(d, int(i)) in keys
                          for d, i in zip(points["dictionary"], points["index"])]]
         fig.add_trace(go.Scatter(
             x=marked["x"], y=marked["y"], mode="markers", name="this family",
-            marker=dict(size=11, color=[colours.get(d, "#444") for d in marked["dictionary"]],
+            marker=dict(size=12, color=[colours.get(d, "#444") for d in marked["dictionary"]],
+                        symbol=[symbols.get(d, "circle") for d in marked["dictionary"]],
                         line=dict(width=2, color="black")),
-            customdata=np.stack([marked["dictionary"].to_numpy(object),
-                                 marked["index"].to_numpy(object)], axis=1)
-            if len(marked) else None,
-            hovertemplate="%{customdata[0]} #%{customdata[1]}<extra></extra>"))
-    fig.update_layout(title="Joint UMAP of decoder directions", height=520, margin=MARGIN,
-                      clickmode="event+select", legend=dict(orientation="h", y=-0.08),
+            customdata=_point_data(marked), hovertemplate=hover))
+    fig.update_layout(title="Joint UMAP of decoder directions (colour and shape = dictionary)",
+                      height=520, margin=MARGIN, clickmode="event+select",
+                      legend=dict(orientation="h", y=-0.08, itemsizing="constant"),
                       xaxis=dict(showticklabels=False, title=None),
                       yaxis=dict(showticklabels=False, title=None))
     return fig
 
 
 def picked_feature(event: Any) -> tuple[str, int] | None:
-    """The (dictionary, index) of the first selected point that carries one."""
+    """The (dictionary, index) of the first selected point that carries one: its customdata's
+    first two fields (points may carry more, e.g. hover text)."""
     try:
         points = event.selection.points
     except AttributeError:
         return None
     for point in points or ():
         data = point.get("customdata")
-        if isinstance(data, (list, tuple)) and len(data) == 2:
+        if isinstance(data, (list, tuple)) and len(data) >= 2:
             try:
                 return str(data[0]), int(data[1])
             except (TypeError, ValueError):

@@ -3,6 +3,8 @@ without query parameters, and bad input gets a clear page instead of a traceback
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -192,12 +194,20 @@ def test_counterpart_caption_labels_weak_matches(cosine, weak):
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
-def test_splitting(app, params):
+def test_splitting(app, store, params):
     at = app("app_pages/splitting.py", **params)
     assert not at.error
     figures = chart_figures(at)
     titles = [f["layout"]["title"]["text"] for f in figures]
     assert any(t.startswith("Joint UMAP") for t in titles)
+    umap = next(f for f in figures if f["layout"]["title"]["text"].startswith("Joint UMAP"))
+    by_name = {t["name"]: t for t in umap["data"]}
+    assert list(by_name)[:4] == ["neurons", "sae_64", "sae_128", "sae_256"]
+    assert len({t["marker"]["symbol"] for t in umap["data"][:4]}) == 4  # told apart by shape too
+    for trace in umap["data"]:  # hover: unit and top tokens, escaped
+        assert "top tokens" in trace["hovertemplate"]
+        assert all(len(c) == 3 and "<" not in c[2] for c in trace["customdata"])
+    assert any(c[2] for c in by_name["sae_64"]["customdata"])
     if not params:  # the default opens on the strongest split, which has a family
         assert any(t.startswith("Family") for t in titles)
         graph = next(f for f in figures if f["layout"]["title"]["text"].startswith("Family"))
@@ -205,9 +215,89 @@ def test_splitting(app, params):
         assert "top tokens" in nodes["hovertemplate"]
         assert all(len(c) == 3 for c in nodes["customdata"])  # dictionary, index, top tokens
         assert not any("<" in c[2] for c in nodes["customdata"])  # escaped for plotly's hover
-        members = [h.proto.body for h in at.get("html") if 'class="tokens"' in h.proto.body]
+        bodies = [h.proto.body for h in at.get("html")]
+        members = [b for b in bodies if 'class="tokens"' in b and "edge-table" not in b]
         assert len(members) == len(nodes["customdata"])  # each listed member shows its tokens
-        assert not any("<script" in b or "<img" in b for b in members)
+        assert not any("<script" in b or "<img" in b for b in bodies)
+        # every edge's numbers are on the page without hovering: a table row and a label
+        dictionary, index = at.title[0].value.split(" · ")[1].split(" #")
+        family = FeatureStore.open(store).family(dictionary, int(index))
+        (table,) = [b for b in bodies if "edge-table" in b]
+        assert table.count("<tr>") == 1 + len(family.edges)
+        for edge in family.edges:
+            assert f"{edge.masked_cosine:.2f} / {edge.decoder_cosine:.2f}" in graph["data"][-2]["text"]
+            assert f'<td class="n">{edge.decoder_cosine:.2f}</td>' in table
+
+
+def test_splitting_a_neuron_says_neurons_have_no_family(app):
+    at = app("app_pages/splitting.py", dictionary="neurons", feature="3")
+    assert any("Neurons are not in families" in i.value for i in at.info)
+    assert any(f["layout"]["title"]["text"].startswith("Joint UMAP") for f in chart_figures(at))
+
+
+@dataclass(frozen=True)
+class _EdgeWithContainment:
+    """A split edge as newer stores give it (with `containment`); SplitEdge may lack it."""
+    dictionary_a: str
+    index_a: int
+    dictionary_b: str
+    index_b: int
+    masked_cosine: float
+    decoder_cosine: float
+    containment: float
+
+
+def test_edge_table_writes_out_every_edge_in_the_graphs_order():
+    from dashboard import charts, splitting_views
+    from feature_store.records import Family, SplitEdge
+
+    edges = (SplitEdge("s1", 5, "s2", 30, 0.91, 0.8), SplitEdge("s1", 2, "s2", 10, 0.7, 0.25),
+             _EdgeWithContainment("s2", 30, "s3", 1, 0.8, 0.7, 0.873),
+             _EdgeWithContainment("s2", 10, "s3", 7, 0.6, 0.5, float("nan")))
+    members = tuple(sorted({(e.dictionary_a, e.index_a) for e in edges}
+                           | {(e.dictionary_b, e.index_b) for e in edges}))
+    family = Family(0, members, edges)
+    by_dictionary = charts.family_layer_order(family, ["s1", "s2", "s3"])
+    top = {("s1", 2): HOSTILE[0] + " def", ("s3", 1): "return"}
+    table = splitting_views.edge_table_html(family, by_dictionary, top,
+                                            charts.dictionary_colours(["s1", "s2", "s3"]))
+    headers = [label for label, _ in splitting_views.EDGE_COLUMNS]
+    assert headers[4:] == ["activation cosine", "decoder cosine", "containment"]
+    assert all(f">{html.escape(label)}</th>" in table for label in headers)
+    rows = table.split("<tbody>")[1].split("</tr>")[:-1]
+    firsts = [row.split("</a>")[0].rsplit(">", 1)[1] for row in rows]
+    assert firsts == ["s1 #2", "s1 #5", "s2 #10", "s2 #30"]  # the graph's order, top down
+    numbers = [[cell.split("</td>")[0] for cell in row.split('<td class="n">')[1:]]
+               for row in rows]
+    assert numbers == [["0.70", "0.25", "–"], ["0.91", "0.80", "–"],
+                       ["0.60", "0.50", "–"], ["0.80", "0.70", "87%"]]
+    assert 'href="feature?dictionary=s3&amp;feature=1"' in table
+    assert "&lt;script&gt;" in table and "<script" not in table
+
+
+def test_a_click_on_a_point_with_hover_fields_opens_its_feature():
+    """Points carry [dictionary, index, hover text]: the click handler must read the first two."""
+    from types import SimpleNamespace
+
+    from dashboard import charts
+
+    def event(*points):
+        return SimpleNamespace(selection=SimpleNamespace(points=list(points)))
+
+    assert charts.picked_feature(event({"customdata": ["sae_64", 7, "·return def"]})) == ("sae_64", 7)
+    assert charts.picked_feature(event({"customdata": ["sae_64", "12"]})) == ("sae_64", 12)
+    assert charts.picked_feature(event({"x": 1}, {"customdata": "an edge"})) is None
+    assert charts.picked_feature(event()) is None and charts.picked_feature(None) is None
+
+
+def test_dictionary_colours_follow_the_store_order_not_the_shown_subset():
+    from dashboard import charts
+
+    order = ["neurons", "sae_64", "sae_128", "sae_256"]
+    everywhere = charts.dictionary_colours(order)
+    assert len(set(everywhere.values())) == len(order)
+    assert charts.dictionary_colours(order, extra=["sae_128"]) == everywhere
+    assert charts.dictionary_colours(order, extra=["other"])["other"] not in everywhere.values()
 
 
 @pytest.mark.parametrize("page", ["app_pages/feature.py", "app_pages/compare.py", "app_pages/splitting.py"])

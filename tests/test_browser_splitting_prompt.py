@@ -1,0 +1,138 @@
+"""The splitting graph and the prompt explorer in a real browser (Debian's chromium driven by
+Playwright, as in test_dashboard_browser.py, whose launch arguments this reuses): what only
+a browser can check, a click on a plotly node or a token, and a prompt edit that moves the
+explorer's position to where the feature fires.
+
+Each test leaves a screenshot in its tmp folder for a human to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import numpy as np
+import pytest
+
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+
+
+@contextlib.contextmanager
+def serving(store: Path, log_dir: Path) -> Iterator[str]:
+    """`python -m dashboard.serve` on `store` at a free localhost port; stopped by its pid."""
+    port = free_port()
+    log = open(log_dir / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log,
+        stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def synthetic_server(tmp_path_factory) -> Iterator[str]:
+    from feature_store.synthetic import build_synthetic_store
+
+    store = tmp_path_factory.mktemp("split") / "store"
+    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
+    with serving(store, tmp_path_factory.mktemp("split_log")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def mini_server(mini_run, tmp_path_factory) -> Iterator[str]:
+    """The miniature run's store: the prompt explorer needs its model and SAEs."""
+    with serving(mini_run / "store", tmp_path_factory.mktemp("prompt_log")) as base:
+        yield base
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1500, "height": 1100})
+        finally:
+            browser.close()
+
+
+def settled(page, timeout: int = 60_000) -> None:
+    """Wait until Streamlit has finished the current run (nothing half-drawn is read)."""
+    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def query(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def click_point(page, point) -> None:
+    """Click a plotly point where it is drawn: plotly hit-tests the mouse position on its
+    drag layer, so the point's own SVG element never receives the click."""
+    page.evaluate("window.scrollTo(0, 0)")
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_timeout(200)  # the hover that plotly's click handler expects first
+    page.mouse.click(x, y)
+
+
+def test_a_click_on_a_family_node_opens_its_feature_page(synthetic_server, page, tmp_path):
+    page.goto(f"{synthetic_server}/splitting")
+    page.wait_for_selector("text=Family", timeout=60_000)
+    graph = page.locator(".js-plotly-plot").first
+    graph.wait_for(timeout=60_000)
+    settled(page)
+    page.screenshot(path=str(tmp_path / "splitting.png"), full_page=True)
+    # the node trace is the graph's last; its points are drawn in data order
+    nodes = page.evaluate("() => { const d = document.querySelector('.js-plotly-plot').data;"
+                          " return d[d.length - 1].customdata; }")
+    chosen = query(page)
+    target = next(k for k, (d, i, _) in enumerate(nodes)
+                  if (d, str(i)) != (chosen["dictionary"], chosen["feature"]))
+    dictionary, index, _ = nodes[target]
+    click_point(page, graph.locator(".scatterlayer .trace").last.locator("path.point").nth(target))
+    page.wait_for_selector(f"text={dictionary} · feature {index}", timeout=30_000)
+    page.wait_for_function("location.pathname.endsWith('/feature')", timeout=10_000)
+    assert query(page) == {"dictionary": dictionary, "feature": str(index)}
+    # back returns to the splitting page (Streamlit's history entry carries the clicked
+    # node, a member of the same family) and the old selection does not bounce the reader
+    # straight to a feature page again
+    page.go_back()
+    page.wait_for_selector("text=Splitting ·", timeout=30_000)
+    settled(page)
+    page.wait_for_timeout(1_500)
+    assert urlparse(page.url).path.endswith("/splitting")
+    assert page.locator("text=Family").count() > 0
