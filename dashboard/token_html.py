@@ -6,6 +6,11 @@ the last step before it becomes HTML, so nothing is missed and nothing is escape
 here from floats, never from corpus text. Styling is inline so a block renders correctly
 even where the page-wide stylesheet (`TOKEN_CSS`) has not loaded.
 
+Bidi: `_text` shows format characters (U+202E and the other bidi controls, zero-width
+characters) as escapes (`feature_store.token_display`), and every token span is its own
+bidi isolate (`unicode-bidi: isolate`), so a right-to-left token shows its own letters right
+to left but can never reorder the tokens around it.
+
 Two shadings:
 - activation: orange, alpha = act / scale (the feature's max activation, so windows on one
   page compare);
@@ -21,6 +26,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from feature_store import token_display
 from feature_store.records import Example, LogitEntry
 
 Mode = Literal["activation", "ablation"]
@@ -40,6 +46,7 @@ TOKEN_CSS = """
 .tokens.wrap .ex { white-space: normal; }
 .tokens .ex-act { display: inline-block; min-width: 3.6em; color: #777; margin-right: .4em;
                   text-align: right; font-size: 0.75rem; }
+.tok { unicode-bidi: isolate; }
 .tokens .tok { white-space: pre; border-radius: 2px; padding: 0 1px; }
 .tokens .tok.c { outline: 1.5px solid #333; }
 .tokens .tok:hover { outline: 1px solid #000; }
@@ -79,9 +86,16 @@ def stats_html(stats: Sequence[tuple[str, str, str, str]]) -> str:
     return f'<div class="stats">{"".join(cells)}</div>'
 
 
+# Every span holding token text carries this inline (not only in TOKEN_CSS): a token must not
+# reorder its neighbours even before the stylesheet has loaded.
+ISOLATE = "unicode-bidi:isolate"
+
+
 def _text(token: str) -> str:
-    """Escape untrusted token text; here and only here. Newlines would break the line."""
-    return html.escape(token.replace("\n", "↵").replace("\r", "⏎"), quote=True)
+    """Escape untrusted token text; here and only here. Display forms already show
+    whitespace and format characters, but a store written before that rule (or by other code)
+    may hold them raw: a newline would break the line, a U+202E turn the rest of it backwards."""
+    return html.escape(token_display.visible(token), quote=True)
 
 
 def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
@@ -105,8 +119,8 @@ def token_span(text: str, background: str, title: str, centre: bool = False) -> 
     """One token: escaped text, its shade, and the numbers on hover (`title` holds no corpus
     text, only numbers formatted here)."""
     cls = "tok c" if centre else "tok"
-    style = "" if background == "transparent" else f' style="background:{background}"'
-    return (f'<span class="{cls}"{style} '
+    shade = "" if background == "transparent" else f";background:{background}"
+    return (f'<span class="{cls}" style="{ISOLATE}{shade}" '
             f'title="{html.escape(title, quote=True)}">{_text(text)}</span>')
 
 
@@ -177,7 +191,8 @@ def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool) 
     rows = []
     for entry in entries:
         alpha = min(abs(entry.value) / scale, 1.0) if scale > 0 else 0.0
-        rows.append(f'<tr><td><span class="tok" style="background:{_rgba(rgb, alpha * 0.7)}" '
+        shade = _rgba(rgb, alpha * 0.7)
+        rows.append(f'<tr><td><span class="tok" style="{ISOLATE};background:{shade}" '
                     f'title="token id {int(entry.token_id)}">{_text(entry.token)}</span></td>'
                     f'<td class="v">{entry.value:+.3f}</td></tr>')
     return f'<table class="logits">{"".join(rows)}</table>'
@@ -196,6 +211,6 @@ def logit_columns_html(raised: Sequence[LogitEntry], lowered: Sequence[LogitEntr
 
 def inline_tokens_html(tokens: Iterable[str]) -> str:
     """A compact run of plain token chips (e.g. top logits in a narrow column)."""
-    chips = " ".join(f'<span class="tok" style="background:rgba(128,128,128,0.15)">'
+    chips = " ".join(f'<span class="tok" style="{ISOLATE};background:rgba(128,128,128,0.15)">'
                      f'{_text(t)}</span>' for t in tokens)
     return f'<div class="tokens">{chips}</div>'

@@ -6,9 +6,12 @@ activations; eleven intervals with examples; families across sizes) without trai
 model. Going through `StoreWriter` keeps this honest: whatever the dashboard reads here, a
 real run can produce.
 
-With `hostile_tokens=True` (the default) the vocab contains markup and quote characters and
-feature 0 of every dictionary shows them in its examples and top logits, so a page that
-forgets to escape token text fails the dashboard's XSS test.
+With `hostile_tokens=True` (the default) the vocab contains markup and quote characters, raw
+format characters (a right-to-left override, zero-width characters, a BOM, a soft hyphen, an
+unclosed right-to-left isolate, as a store written by other code might hold them) and two
+adjacent Hebrew tokens, and feature 0 of every dictionary shows them, in that order, in its
+examples and top logits: a page that forgets to escape token text fails the dashboard's XSS
+test, and one that lets a token reorder its neighbours fails the browser's bidi test.
 
     python -m feature_store.synthetic OUT_DIR [--sizes 512,1024,2048] [--d-mlp 512]
 """
@@ -27,8 +30,15 @@ from feature_store import schema
 from feature_store.records import N_INTERVALS, NEURONS
 from feature_store.writer import StoreWriter
 
-HOSTILE_TOKENS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'",
-                  "&amp;", "<")
+MARKUP_TOKENS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'",
+                 "&amp;", "<")
+# Raw Cf characters: U+202E reverses what follows, U+200B / U+FEFF / U+00AD are invisible,
+# U+2067 opens a right-to-left isolate it never closes. The Hebrew words (shalom, olam) end
+# one token and start the next: strong right-to-left text that, unless each token is a bidi
+# isolate, the browser shows as one run, the second token's word left of the first's.
+FORMAT_TOKENS = ("\u202e·override", "zero\u200bwidth\ufeff", "\u2067\u05e9\u05dc\u05d5\u05dd",
+                 "\u05e2\u05d5\u05dc\u05dd\u00ad")
+HOSTILE_TOKENS = MARKUP_TOKENS + FORMAT_TOKENS
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "pe", "an", "or", "ing",
               "ed", "er", "th", "st", "qu", "is", "on")
 _CODE = ("def", "self", "return", "import", "(", ")", "):", "[", "]", "{", "}", ":", ",", ".",
@@ -95,7 +105,9 @@ def _vocab(d_vocab: int, hostile: bool, rng: np.random.Generator) -> list[str]:
     """Display forms as the tokenizer writes them: `·` for a leading space, `↵` for newline."""
     words = ["<|endoftext|>"] + (list(HOSTILE_TOKENS) if hostile else [])
     words += list(_CODE) + ["↵", "↵↵", "·", "··", "····"]
-    while len(words) < d_vocab:
+    # As many random words as before FORMAT_TOKENS existed (the surplus is cut below), so the
+    # random stream, and every number drawn after the vocab, is what it was.
+    while len(words) < d_vocab + (len(FORMAT_TOKENS) if hostile else 0):
         n_syl = rng.integers(1, 4)
         word = "".join(rng.choice(_SYLLABLES, n_syl))
         lead = rng.random()

@@ -6,8 +6,11 @@ becomes <unk>. Two special tokens come first: `<|bos|>` (id 0) starts every sequ
 
 The display form is what the dashboard prints for a token: spaces as `·`, newlines as `↵`,
 tabs as `→`, carriage returns as `␍`, other control characters and bytes that are not
-complete UTF-8 on their own as `\\xNN`. So a reader sees whitespace tokens, which dominate
-code, and never mistakes one for another. A literal `·` in the corpus shows as itself.
+complete UTF-8 on their own as `\\xNN`, format characters (bidi controls, zero-width
+characters, the BOM, the soft hyphen: Unicode category Cf) and line/paragraph separators as
+`\\uNNNN` (`feature_store.token_display` holds the rule). So a reader sees whitespace tokens,
+which dominate code, and never mistakes one for another, and no token can turn the text
+around it backwards. A literal `·` in the corpus shows as itself.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from feature_store import token_display
 from pipelines.config import TokenizerConfig
 from pipelines.corpus import read_documents
 
 BOS = "<|bos|>"
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (BOS, EOT)
-_VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -51,21 +54,9 @@ def piece_bytes(piece: str) -> bytes:
 
 
 def display_form(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="backslashreplace")
-    out = []
-    for char in text:
-        if char in _VISIBLE:
-            out.append(_VISIBLE[char])
-        elif unicodedata_is_control(char):
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def unicodedata_is_control(char: str) -> bool:
-    code = ord(char)
-    return code < 0x20 or 0x7F <= code < 0xA0
+    """What people see for a token's bytes (the rules are in the module docstring)."""
+    return token_display.visible(raw.decode("utf-8", errors="backslashreplace"),
+                                 space=token_display.SPACE)
 
 
 def train(texts, cfg: TokenizerConfig) -> Tokenizer:

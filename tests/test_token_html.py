@@ -101,3 +101,51 @@ def test_context_crops_around_the_centre():
     tokens = tuple(f"t{i}" for i in range(21))
     markup = token_html.example_html(example(tokens), "activation", 20.0, context=(2, 2))
     assert "".join(parse(markup).text).endswith("t8t9t10t11t12")
+
+
+# Format characters (Unicode category Cf) and what each must show as: bidi overrides,
+# embeddings and isolates, marks, zero-width characters, the BOM, the soft hyphen, a tag.
+FORMAT = {"\u202e": "\\u202e", "\u202a": "\\u202a", "\u2066": "\\u2066", "\u2069": "\\u2069",
+          "\u200f": "\\u200f", "\u061c": "\\u061c", "\u200b": "\\u200b", "\u200d": "\\u200d",
+          "\ufeff": "\\ufeff", "\u00ad": "\\xad", "\U000e0041": "\\U000e0041",
+          "\u2028": "\\u2028", "\u2029": "\\u2029", "\x1b": "\\x1b", "\t": "→", "\r": "␍"}
+
+
+def test_every_format_character_shows_as_its_escape():
+    import sys
+    import unicodedata
+
+    every_cf = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"]
+    assert set(FORMAT) - {"\u2028", "\u2029", "\x1b", "\t", "\r"} <= set(every_cf)
+    for char in every_cf:  # derived from Unicode's tables, not from a hand list
+        shown = "".join(parse(token_html.token_span(f"a{char}b", "transparent", "")).text)
+        assert shown == f"a\\u{ord(char):04x}b" or shown == f"a\\x{ord(char):02x}b" or \
+            shown == f"a\\U{ord(char):08x}b", (hex(ord(char)), shown)
+    for char, expected in FORMAT.items():
+        markup = token_html.examples_html([example(("x", f"<{char}>", "y"))], "activation", 1.0)
+        assert "".join(parse(markup).text).endswith(f"x<{expected}>y")
+        assert char not in markup
+
+
+def test_every_token_span_is_a_bidi_isolate():
+    """Inline, so it holds before the stylesheet loads; one per span holding token text."""
+    entries = tuple(LogitEntry(token=t, token_id=i, value=0.5) for i, t in enumerate("abc"))
+    for markup in (token_html.examples_html([example(("א", "ב", "c"))], "activation", 2.0),
+                   token_html.examples_html([example(("א", "ב", "c"))], "ablation", 2.0),
+                   token_html.logit_table_html(entries, 1.0, raises=False),
+                   token_html.inline_tokens_html("abc")):
+        spans = [dict(a) for tag, a in _starttags(markup) if "tok" in dict(a).get("class", "").split()]
+        assert len(spans) == 3
+        assert all(span["style"].startswith("unicode-bidi:isolate") for span in spans), spans
+    assert ".tok { unicode-bidi: isolate; }" in token_html.TOKEN_CSS
+
+
+def _starttags(markup: str) -> list[tuple[str, list]]:
+    found = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, attrs))
+
+    Tags().feed(markup)
+    return found
