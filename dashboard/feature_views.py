@@ -85,7 +85,7 @@ def header(record: FeatureRecord) -> None:
         if record.index + 1 < record.n_features:
             links.feature_link(record.dictionary, record.index + 1, NEXT, help="key: →")
         links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
-        links.feature_link(record.dictionary, record.index, "Splitting", links.SPLITTING)
+        links.feature_link(record.dictionary, record.index, links.splitting_label(record.dictionary), links.SPLITTING)
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
         links.feature_link(record.dictionary, record.index, "Score it", links.SCORE,
                            help="Score this unit on the rubric, knowingly (stored as not blind).")

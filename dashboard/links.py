@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from feature_store.records import NEURONS
+
 OVERVIEW = "app_pages/overview.py"
 BROWSER = "app_pages/browser.py"
 FEATURE = "app_pages/feature.py"
@@ -26,6 +28,12 @@ PROMPT = "app_pages/prompt.py"
 URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
              COMPARE: "compare", SPLITTING: "splitting", SCORE: "score", RESULTS: "results",
              PROMPT: "prompt"}
+
+
+def splitting_label(dictionary: str) -> str:
+    """The label of a link to the splitting page: for a neuron it says up front that neurons
+    have no family (the page explains why), so the link does not promise a graph."""
+    return "Splitting (neurons are not in families)" if dictionary == NEURONS else "Splitting"
 
 
 def feature_params(dictionary: str, index: int) -> dict[str, str]:

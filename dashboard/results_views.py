@@ -3,7 +3,9 @@ inter-rater agreement, export and import.
 
 The distribution chart follows Towards Monosemanticity's figure: one colour per source
 (`neurons`, each SAE size), x the rubric total, y the share of that source's ratings, bars
-overlaid so a bimodal "features high, neurons low" picture reads at a glance. Figures are
+overlaid so a bimodal "features high, neurons low" picture reads at a glance; a source's
+colour is its dictionary's colour on every other page (`charts.dictionary_colours` over the
+store's whole order, not over the sources that happen to have scores). Figures are
 built without Streamlit calls (testable alone); uploaded files are untrusted and go through
 `ScoreBook.import_file`, which validates every row before writing any.
 """
@@ -11,6 +13,7 @@ built without Streamlit calls (testable alone); uploaded files are untrusted and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -20,8 +23,12 @@ from feature_store.scores import MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, ScoreBo
 from feature_store.scores_results import Results
 
 
-def distribution_figure(res: Results) -> go.Figure:
-    colours = charts.dictionary_colours(list(res.distribution.columns))
+MIN_ALPHA_UNITS = 2  # Krippendorff's alpha over fewer units says nothing (see agreement_line)
+
+
+def distribution_figure(res: Results, order: Sequence[str]) -> go.Figure:
+    """`order`: the store's dictionaries, for the shared colours."""
+    colours = charts.dictionary_colours(order, extra=list(res.distribution.columns))
     fig = go.Figure()
     for source in res.distribution.columns:
         counts = res.distribution[source]
@@ -43,9 +50,10 @@ def distribution_figure(res: Results) -> go.Figure:
     return fig
 
 
-def items_figure(res: Results) -> go.Figure:
-    """Each rubric item's mean as a share of its maximum, grouped by source."""
-    colours = charts.dictionary_colours(list(res.items.index))
+def items_figure(res: Results, order: Sequence[str]) -> go.Figure:
+    """Each rubric item's mean as a share of its maximum, grouped by source (coloured as
+    everywhere else: `order` is the store's dictionaries)."""
+    colours = charts.dictionary_colours(order, extra=list(res.items.index))
     labels = [item.replace("_", "<br>") for item in RUBRIC]  # two short lines: never rotated
     fig = go.Figure()
     for source, row in res.items.iterrows():
@@ -80,13 +88,21 @@ def item_table(res: Results) -> None:
 
 
 def agreement_line(res: Results) -> str:
-    if res.alpha_units == 0:
-        return ("**Inter-rater agreement:** Krippendorff's α needs units scored by at least "
-                "two raters; there are none yet (0 units).")
+    """Krippendorff's alpha, or why it is not shown. Alpha weighs the raters' disagreement
+    within units against the spread of scores across units: with fewer than two units that
+    two raters both scored there is no spread to weigh against, and a number shown anyway
+    (often 0 or undefined) would read as a finding."""
+    n = res.alpha_units
+    if n < MIN_ALPHA_UNITS:
+        have = "none yet" if n == 0 else "only 1"
+        return ("**Inter-rater agreement:** not shown. Krippendorff's α compares how much "
+                "raters disagree on a unit with how much scores vary between units, so it "
+                f"needs at least {MIN_ALPHA_UNITS} units each scored by 2 or more raters; "
+                f"there {'is' if n == 1 else 'are'} {have}. Have a second rater score the "
+                "same queue (same sources, sample size and seed).")
     alpha = "undefined (no variation)" if math.isnan(res.alpha) else f"{res.alpha:.3f}"
     return (f"**Inter-rater agreement:** Krippendorff's α (interval, on totals) = {alpha} "
-            f"over {res.alpha_units} unit{'s' if res.alpha_units != 1 else ''} scored by "
-            "≥ 2 raters.")
+            f"over {n} units scored by ≥ 2 raters.")
 
 
 def interval_table(res: Results) -> None:

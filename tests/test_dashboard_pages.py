@@ -233,6 +233,13 @@ def test_splitting_a_neuron_says_neurons_have_no_family(app):
     at = app("app_pages/splitting.py", dictionary="neurons", feature="3")
     assert any("Neurons are not in families" in i.value for i in at.info)
     assert any(f["layout"]["title"]["text"].startswith("Joint UMAP") for f in chart_figures(at))
+    for page in ("app_pages/feature.py", "app_pages/compare.py"):  # the links say so first
+        labels = {link.proto.label for link in app(page, dictionary="neurons",
+                                                   feature="3").get("page_link")}
+        assert "Splitting (neurons are not in families)" in labels, page
+    labels = {link.proto.label for link in app("app_pages/feature.py", dictionary="sae_64",
+                                               feature="3").get("page_link")}
+    assert "Splitting" in labels
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,9 @@ def test_walkthrough_reload_and_results(scores):
     res = open_page(RESULTS)
     shown = rendered(res)
     assert "3 ratings by 2 raters" in shown
-    assert "Krippendorff's α (interval, on totals) =" in shown and "over 1 unit scored" in shown
+    # one unit with two raters: no alpha, and the page says why
+    assert "Krippendorff's α (interval, on totals) =" not in shown
+    assert "needs at least 2 units each scored by 2 or more raters; there is only 1" in shown
     summary = res.dataframe[0].value
     assert set(summary["source"]) == {d for d, _ in queue.units[:2]}
     assert summary["ratings"].sum() == 3
@@ -241,3 +243,35 @@ def test_browser_shows_score_column(scores):
     at = open_page("app_pages/browser.py", dictionary="sae_96")
     table = at.dataframe[0].value
     assert table.loc[table["feature"] == 2, "score"].item() == 12
+
+
+@pytest.mark.parametrize("units, shown", [(0, "there are none yet"), (1, "there is only 1"),
+                                          (2, "= 0."), (3, "= 0.")])
+def test_agreement_needs_two_units_with_two_raters(scores, units, shown):
+    book = ScoreBook(scores)
+    for index in range(3):  # ann scores three units; bob the first `units` of them
+        book.submit("ann", "sae_96", index, {**ITEMS, "interpretation": "x",
+                                              "confidence": index})
+    for index in range(units):
+        book.submit("bob", "sae_96", index, {**ITEMS, "interpretation": "y",
+                                              "confidence": min(index + 1, 3)})
+    text = rendered(open_page(RESULTS))
+    assert shown in text
+    assert ("Krippendorff's α (interval, on totals) =" in text) == (units >= 2)
+    if units >= 2:
+        assert f"over {units} units scored by ≥ 2 raters" in text
+
+
+def test_results_colour_each_source_as_every_other_page_does(scores):
+    """Only the second SAE has scores: its bars keep sae_96's colour (the overview's), not
+    the first colour of the palette."""
+    from dashboard import charts
+
+    ScoreBook(scores).submit("ann", "sae_160", 3, {**ITEMS, "interpretation": "x"})
+    figures = chart_figures(open_page(RESULTS))
+    everywhere = charts.dictionary_colours(NAMES)
+    assert everywhere["sae_160"] != charts.DICTIONARY_PALETTE[0]
+    for figure in figures:
+        (trace,) = figure["data"]
+        assert trace["name"] == "sae_160"
+        assert everywhere["sae_160"] in (trace["marker"].get("color"), trace.get("marker_color"))

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import compare_views, feature_views, links, url_state
+from feature_store.records import NEURONS
 
 path = url_state.require_store()
 record = url_state.chosen_feature(path)
@@ -10,6 +11,7 @@ st.title(f"Compare sizes · {record.dictionary} #{record.index}")
 feature_views.go_to(path, record, links.COMPARE)
 st.caption("Its nearest feature (decoder cosine) in every other dictionary, most similar "
            "first. Names open the feature page.")
-links.feature_link(record.dictionary, record.index, "Splitting graph for this feature",
-                   links.SPLITTING)
+links.feature_link(record.dictionary, record.index,
+                   "Splitting graph for this feature" if record.dictionary != NEURONS
+                   else links.splitting_label(NEURONS), links.SPLITTING)
 compare_views.columns(path, record)

@@ -16,7 +16,8 @@ if everything:
     st.query_params["all"] = "1"
 else:
     st.query_params.pop("all", None)
-res = results(book, order=store_access.dictionaries(path), blind_only=not everything)
+order = store_access.dictionaries(path)
+res = results(book, order=order, blind_only=not everything)
 if res.ratings.empty:
     st.info("No scores yet: score units on the Score page, or import a file below.")
 else:
@@ -24,10 +25,10 @@ else:
     st.markdown(results_views.agreement_line(res))
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        light_plotly.chart(results_views.distribution_figure(res), key="results_distribution")
+        light_plotly.chart(results_views.distribution_figure(res, order), key="results_distribution")
     with right:
         results_views.summary_table(res)
-        light_plotly.chart(results_views.items_figure(res), key="results_items")
+        light_plotly.chart(results_views.items_figure(res, order), key="results_items")
     results_views.item_table(res)
     results_views.interval_table(res)
 st.subheader("Export and import")
