@@ -136,3 +136,43 @@ def test_a_click_on_a_family_node_opens_its_feature_page(synthetic_server, page,
     page.wait_for_timeout(1_500)
     assert urlparse(page.url).path.endswith("/splitting")
     assert page.locator("text=Family").count() > 0
+
+
+TEXT_A = "import os\nprint(os.getcwd())\nfor name in os.listdir(path):\n    print(name)"
+TEXT_B = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        return None"
+
+
+def test_a_prompt_edit_moves_the_position_and_a_token_click_picks_it(mini_run, mini_server,
+                                                                      page, tmp_path):
+    from feature_store.live import LiveRun
+
+    live = LiveRun.open(mini_run / "store")
+    a = live.activations(TEXT_A, "sae_64").acts
+    b = live.activations(TEXT_B, "sae_64").acts
+    feature = next(f for f in range(a.shape[1]) if a[1:, f].max() > 0 and b[1:, f].max() > 0)
+    peak_b = 1 + int(np.argmax(b[1:, feature]))
+    params = {"dictionary": "sae_64", "text": TEXT_A, "feature": str(feature), "pos": "1"}
+    page.goto(f"{mini_server}/prompt?{urlencode(params)}")
+    page.wait_for_selector(".prompt-strip .tok", timeout=90_000)
+    settled(page, timeout=90_000)
+    assert query(page)["pos"] == "1"
+
+    box = page.locator("textarea").first
+    box.fill(TEXT_B)
+    box.press("Control+Enter")  # Streamlit's text area commits on Ctrl+Enter (or blur)
+    page.wait_for_function(f"new URLSearchParams(location.search).get('pos') === '{peak_b}'",
+                           timeout=60_000)
+    settled(page)
+    assert query(page) | {"text": TEXT_B} == query(page)  # the URL names the new prompt
+    assert query(page)["feature"] == str(feature)
+    strip = page.locator(".prompt-strip").first
+    assert strip.locator(".tok").count() == len(b)
+    assert strip.locator(".tok.c").count() == 1  # the position outlined
+    page.screenshot(path=str(tmp_path / "prompt.png"), full_page=True)
+
+    target = 2 if peak_b != 2 else 3
+    strip.locator(".tok").nth(target).click()
+    page.wait_for_function(f"new URLSearchParams(location.search).get('pos') === '{target}'",
+                           timeout=60_000)
+    settled(page)
+    assert page.locator("text=Next token after position " + str(target)).count() == 1

@@ -2,13 +2,14 @@
 
 Type text, see its tokens with the strongest features of a dictionary, pick a feature to shade
 it, then ablate or clamp it and see how the next-token distribution changes. Loads the live
-model once per server (the only page that does)."""
+model once per server (the only page that does). The URL is the last view; what no longer
+fits the prompt, dictionary or feature is dropped (see prompt_views)."""
 
 import numpy as np
 import streamlit as st
 
 from dashboard import prompt_views, url_state
-from feature_store.errors import FeatureNotFound, StoreError
+from feature_store.errors import StoreError
 
 DEFAULT_TEXT = 'def read_config(path):\n    """Return the parsed file."""\n    with open(path) as fh:\n        return json.load(fh)'
 
@@ -19,12 +20,13 @@ except StoreError as err:
     url_state.stop_with(f"The prompt explorer needs the model behind this store: {err}", build_hint=True)
 
 st.subheader("Prompt explorer")
-params = st.query_params
-text = st.text_area("Prompt", value=params.get("text", DEFAULT_TEXT), height=110)
+url = {key: st.query_params[key] for key in st.query_params}  # the last view, before rewriting
 names = live.dictionaries()
-asked = params.get("dictionary", names[1] if len(names) > 1 else names[0])
+default_dictionary = names[1] if len(names) > 1 else names[0]
+asked = url.get("dictionary", default_dictionary)
 if asked not in names:
     url_state.stop_with(f"Unknown dictionary {asked!r}; this run has {', '.join(names)}.", build_hint=False)
+text = st.text_area("Prompt", value=url.get("text", DEFAULT_TEXT), height=110)
 dictionary = st.selectbox("Dictionary", names, index=names.index(asked))
 if not text.strip():
     st.info("Type a prompt.")
@@ -34,15 +36,15 @@ if len(acts.tokens) < 2:
     st.info("The prompt has no tokens after BOS.")
     st.stop()
 
-active = np.flatnonzero(acts.acts.max(0) > 0)
-active = active[np.argsort(-acts.acts.max(0)[active])]
+peak = acts.acts.max(0)
+active = np.flatnonzero(peak > 0)
+active = active[np.argsort(-peak[active])]
+strongest = int(active[0]) if len(active) else 0
 try:
-    feature = int(params.get("feature", active[0] if len(active) else 0))
-    if not 0 <= feature < live.n_features(dictionary):
-        raise FeatureNotFound(f"feature {feature} is out of range for {dictionary!r} "
-                              f"(0..{live.n_features(dictionary) - 1})")
-except (ValueError, FeatureNotFound) as err:
-    url_state.stop_with(f"Bad feature {params.get('feature')!r}: {err}", build_hint=False)
+    feature = prompt_views.feature_for(url.get("feature"), asked, dictionary,
+                                       live.n_features(dictionary), strongest)
+except prompt_views.BadFeature as err:
+    url_state.stop_with(str(err), build_hint=False)
 
 options = [int(i) for i in active[:200]]
 if feature not in options:
@@ -53,32 +55,41 @@ with right:
                            index=options.index(feature),
                            format_func=lambda i: f"#{i} (max {acts.acts[:, i].max():.2f})")
     mode = st.radio("Intervention", ["ablate", "clamp"], horizontal=True,
-                    index=0 if params.get("mode", "ablate") == "ablate" else 1)
+                    index=0 if url.get("mode", "ablate") == "ablate" else 1)
     value, everywhere = 0.0, False
     if mode == "clamp":
-        value = st.number_input("Clamp to", value=float(params.get("value", float(acts.acts[:, feature].max()) * 2 or 5.0)))
+        value = st.number_input("Clamp to", value=float(url.get("value", float(acts.acts[:, feature].max()) * 2 or 5.0)))
         everywhere = st.checkbox("Everywhere (not only where the feature fires)",
-                                 value=params.get("everywhere", "0") == "1")
+                                 value=url.get("everywhere", "0") == "1")
+unchanged = prompt_views.same_view(
+    url, {"text": text, "dictionary": dictionary, "feature": str(feature)},
+    {"text": DEFAULT_TEXT, "dictionary": default_dictionary, "feature": str(strongest)})
 url_state.keep_in_url(dictionary=dictionary, text=text, feature=str(feature), mode=mode,
                       **({"value": f"{value:g}", "everywhere": "1" if everywhere else "0"} if mode == "clamp" else {}))
+if mode != "clamp":
+    for key in ("value", "everywhere"):
+        st.query_params.pop(key, None)
 
 with left:
-    st.markdown(f"**{dictionary} #{feature}** activation on each token "
-                f"([feature page]({prompt_views.links.feature_url(dictionary, feature)}))")
-    st.html(prompt_views.tokens_html(acts, acts.acts[:, feature], "act", "activation"))
     changes = prompt_views.intervention(path, text, dictionary, feature, mode, float(value), everywhere)
     kl = np.array([c.kl for c in changes])
+    pos = prompt_views.position_for(
+        widget=st.session_state.get(prompt_views.POSITION_KEY), url=url.get("pos"),
+        same_view=unchanged, default=prompt_views.default_position(acts.acts[:, feature], kl),
+        n_positions=len(changes))
+    st.session_state[prompt_views.POSITION_KEY] = pos
+    st.markdown(f"**{dictionary} #{feature}** activation on each token "
+                f"([feature page]({prompt_views.links.feature_url(dictionary, feature)})) · "
+                "click a token to pick the position")
+    prompt_views.token_strip(prompt_views.tokens_html(acts, acts.acts[:, feature], "act", "activation"),
+                             pos, key="strip_act")
     st.markdown(f"KL(before ‖ after) of the next-token distribution at each token after **{mode}**"
                 + (f" to {value:g}" if mode == "clamp" else ""))
-    st.html(prompt_views.tokens_html(acts, -kl, "ablation", "KL"))
-    default_pos = int(np.argmax(kl)) if kl.max() > 0 else len(changes) - 1
-    try:
-        asked_pos = min(max(int(params.get("pos", default_pos)), 0), len(changes) - 1)
-    except ValueError:
-        asked_pos = default_pos
-    pos = st.slider("Position", 0, len(changes) - 1, asked_pos)
+    prompt_views.token_strip(prompt_views.tokens_html(acts, -kl, "ablation", "KL"), pos, key="strip_kl")
+    pos = st.slider("Position", 0, len(changes) - 1, key=prompt_views.POSITION_KEY)
     url_state.keep_in_url(pos=str(pos))
-    prompt_views.change_panel(changes[pos], acts.tokens[pos])
+    prompt_views.change_panel(changes[pos], acts.tokens[pos],
+                              prompt_views.silent_note(changes[pos], feature, mode))
 
 st.markdown("**Strongest features per token**")
 st.dataframe(prompt_views.top_features_table(acts, dictionary), hide_index=True,
