@@ -1,10 +1,15 @@
-"""Compare sizes: one feature beside its nearest counterpart in every other dictionary."""
+"""Compare sizes: one feature beside its nearest counterpart in every other dictionary.
+
+Each column is topped by its dictionary's colour (the palette every chart uses), and its
+example lines wrap between tokens rather than scroll, so in a narrow column the firing
+(outlined) token and its activation stay in view.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import feature_views, store_access
+from dashboard import charts, feature_views, store_access
 from feature_store.records import FeatureRecord, Neighbour
 
 
@@ -31,10 +36,18 @@ def columns(path: str, record: FeatureRecord) -> None:
     if not counterparts:
         st.info(f"The store holds no counterparts of {record.dictionary} #{record.index} in "
                 "other dictionaries.")
+    colours = charts.dictionary_colours(store_access.dictionaries(path))
     cols = st.columns(1 + len(counterparts), gap="small")
     with cols[0]:
+        st.html(colour_bar_html(colours.get(record.dictionary, "#444")))
         feature_views.compact_column(record, "the feature asked about")
     for col, (other, nearest, rest) in zip(cols[1:], counterparts):
         with col:
             found = store_access.feature(path, other, nearest.index)
+            st.html(colour_bar_html(colours.get(other, "#444")))
             feature_views.compact_column(found, counterpart_caption(other, nearest, rest))
+
+
+def colour_bar_html(colour: str) -> str:
+    """A thin bar in a dictionary's colour (a palette constant, no corpus text)."""
+    return f'<div class="dictionary-bar" style="height:4px;border-radius:2px;background:{colour}"></div>'

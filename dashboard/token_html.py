@@ -44,6 +44,7 @@ TOKEN_CSS = """
 .tokens .ex { white-space: nowrap; overflow-x: auto; padding: 1px 0;
               border-bottom: 1px solid rgba(128,128,128,0.15); }
 .tokens.wrap .ex { white-space: normal; }
+.tokens.wrap .tok { white-space: pre-wrap; overflow-wrap: anywhere; }
 .tokens .ex-act { display: inline-block; min-width: 3.6em; color: #777; margin-right: .4em;
                   text-align: right; font-size: 0.75rem; }
 .tok { unicode-bidi: isolate; }
@@ -136,8 +137,9 @@ def _window(example: Example, context: tuple[int, int] | None) -> range:
 
 
 def example_html(example: Example, mode: Mode, scale: float,
-                 context: tuple[int, int] | None = None) -> str:
-    """One example window on one line, its activation at the drawn token in the margin."""
+                 context: tuple[int, int] | None = None, wrap: bool = False) -> str:
+    """One example window on one line (`wrap`: a line break may fall between tokens), its
+    activation at the drawn token in the margin."""
     spans = []
     for t in _window(example, context):
         act = example.acts[t]
@@ -150,7 +152,7 @@ def example_html(example: Example, mode: Mode, scale: float,
         title = f"act {act:.3f} · Δ log p(next) {delta_text}"
         spans.append(token_span(example.tokens[t], background, title, t == example.center))
     return (f'<div class="ex"><span class="ex-act" title="activation at the outlined token">'
-            f'{example.act:.2f}</span>{"".join(spans)}</div>')
+            f'{example.act:.2f}</span>{("<wbr>" if wrap else "").join(spans)}</div>')
 
 
 def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
@@ -159,7 +161,7 @@ def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
     """Examples one per line; `wrap` lets a line wrap (narrow columns) instead of scrolling."""
     if not examples:
         return f'<div class="tokens legend">{html.escape(empty)}</div>'
-    rows = "".join(example_html(e, mode, scale, context) for e in examples)
+    rows = "".join(example_html(e, mode, scale, context, wrap) for e in examples)
     return f'<div class="tokens{" wrap" if wrap else ""}">{rows}</div>'
 
 

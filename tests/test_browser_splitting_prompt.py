@@ -176,3 +176,24 @@ def test_a_prompt_edit_moves_the_position_and_a_token_click_picks_it(mini_run, m
                            timeout=60_000)
     settled(page)
     assert page.locator("text=Next token after position " + str(target)).count() == 1
+
+
+def test_compare_columns_keep_every_firing_token_in_view(synthetic_server, page, tmp_path):
+    """Narrow columns wrap example lines instead of clipping them: no line scrolls sideways,
+    and every outlined (firing) token and activation lies inside its column."""
+    page.set_viewport_size({"width": 900, "height": 1400})
+    page.goto(f"{synthetic_server}/compare?dictionary=sae_64&feature=5")
+    page.wait_for_selector("text=decoder cosine", timeout=60_000)
+    settled(page)
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    report = page.evaluate("""() => [...document.querySelectorAll('.tokens .ex')].map(ex => {
+        const box = ex.getBoundingClientRect();
+        const inside = el => { const r = el.getBoundingClientRect();
+                               return r.left >= box.left - 1 && r.right <= box.right + 1; };
+        return {overflow: ex.scrollWidth - ex.clientWidth,
+                centre: [...ex.querySelectorAll('.tok.c')].every(inside),
+                act: [...ex.querySelectorAll('.ex-act')].every(inside)};
+    })""")
+    assert len(report) >= 8  # the feature's and its counterparts' top examples
+    assert all(r["overflow"] <= 1 and r["centre"] and r["act"] for r in report), \
+        [r for r in report if r["overflow"] > 1 or not (r["centre"] and r["act"])][:5]

@@ -181,6 +181,16 @@ def test_compare(app, params):
         assert ("weak match" in caption) == (cosine < 0.4), caption
         checked.append(cosine)
     assert checked
+    # example lines may wrap between tokens (narrow columns), and each column wears its
+    # dictionary's colour
+    examples = [h.proto.body for h in at.get("html") if 'class="ex"' in h.proto.body]
+    assert examples and all('class="tokens wrap"' in b and "<wbr>" in b for b in examples)
+    bars = [h.proto.body for h in at.get("html") if "dictionary-bar" in h.proto.body]
+    assert len(bars) == len(examples)
+    from dashboard import charts
+    colours = charts.dictionary_colours(["neurons"] + [f"sae_{n}" for n in SIZES])
+    first = params.get("dictionary", "sae_64")
+    assert f"background:{colours[first]}" in bars[0]
 
 
 @pytest.mark.parametrize("cosine, weak", [(0.2, True), (0.394, True), (0.396, False),
