@@ -74,7 +74,7 @@ class TokensConfig:
     """Fixed-length sequences, BOS first; validation documents never appear in training."""
 
     n_ctx: int = 128  # sequence length including BOS; also the model's context
-    val_fraction: float = 0.1  # share of documents held out
+    val_fraction: float = 0.1  # share of tokens held out, by document (see tokens.py)
     min_val_sequences: int = 8
     seed: int = 0
 
