@@ -16,7 +16,8 @@ position (`token_strip`, a small custom component).
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -219,9 +220,8 @@ def _take_click(key: str) -> None:
 def token_strip(strip_html: str, pos: int, key: str) -> None:
     """The prompt's tokens (shaded HTML from `tokens_html`), the chosen position outlined;
     clicking a token moves the position there."""
-    callback: Callable[[], None] = lambda: _take_click(key)  # noqa: E731
     _strip_component()(key=key, data={"html": strip_html, "pos": int(pos)},
-                       on_pos_change=callback)
+                       on_pos_change=partial(_take_click, key))
 
 
 def silent_note(change: NextTokenChange, feature: int, mode: str) -> str | None:
