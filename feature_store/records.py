@@ -95,14 +95,15 @@ class FeatureRecord:
 
 @dataclass(frozen=True, slots=True)
 class SplitEdge:
-    """Two features of adjacent dictionary sizes whose activations overlap."""
+    """A parent (a, the smaller dictionary) and the child (b) that refines it at the next size."""
 
     dictionary_a: str
     index_a: int
     dictionary_b: str
     index_b: int
-    masked_cosine: float  # max of the cosines over where a fires and over where b fires
+    masked_cosine: float  # activation cosine over the tokens where b fires
     decoder_cosine: float
+    containment: float  # share of b's activation energy on tokens where a fires
 
 
 @dataclass(frozen=True, slots=True)

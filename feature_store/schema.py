@@ -59,8 +59,11 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
 
 `splits.parquet` — feature-splitting edges between features of adjacent sizes
     `dictionary_a`, `index_a`, `dictionary_b`, `index_b` (a is the smaller dictionary),
-    `masked_cosine` (max of the activation cosines over where a fires and where b fires),
-    `decoder_cosine`, `family_id` (the connected group the edge belongs to).
+    `masked_cosine` (activation cosine over the tokens where the child b fires),
+    `decoder_cosine`, `containment` (share of b's activation energy Σ b² on tokens where a
+    fires), `family_id` (the connected group the edge belongs to). Each feature of the larger
+    dictionary has at most one edge to the next smaller size (its parent), so families are
+    trees; `pipelines/splitting.py` says when an edge is drawn.
 
 `families.parquet` — members of each family (a connected group of split edges)
     `family_id`, `dictionary`, `index`; sorted by family, then dictionary order, then index.
@@ -111,7 +114,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1  # bump on any change a reader of the previous version would misread
+SCHEMA_VERSION = 2  # bump on any change a reader of the previous version would misread
 
 MANIFEST = "manifest.json"
 VOCAB = "vocab.parquet"
@@ -157,7 +160,7 @@ DENSITY_HISTOGRAMS_SCHEMA = pa.schema([("dictionary", pa.string()), ("bin_lo", p
 SPLITS_SCHEMA = pa.schema([
     ("dictionary_a", pa.string()), ("index_a", pa.int32()), ("dictionary_b", pa.string()),
     ("index_b", pa.int32()), ("masked_cosine", pa.float32()), ("decoder_cosine", pa.float32()),
-    ("family_id", pa.int32()),
+    ("containment", pa.float32()), ("family_id", pa.int32()),
 ])
 FAMILIES_SCHEMA = pa.schema([("family_id", pa.int32()), ("dictionary", pa.string()),
                              ("index", pa.int32())])

@@ -310,8 +310,9 @@ class FeatureStore:
         spl = _read(self.path, schema.SPLITS, self._footers).to_pydict()
         edges: dict[int, list[SplitEdge]] = {}
         for row in zip(spl["dictionary_a"], spl["index_a"], spl["dictionary_b"], spl["index_b"],
-                       spl["masked_cosine"], spl["decoder_cosine"], spl["family_id"]):
-            edges.setdefault(row[6], []).append(SplitEdge(*row[:6]))
+                       spl["masked_cosine"], spl["decoder_cosine"], spl["containment"],
+                       spl["family_id"]):
+            edges.setdefault(row[7], []).append(SplitEdge(*row[:7]))
         return _FamilyLookup(
             family_of=of,
             members={f: tuple(sorted(m, key=lambda x: (rank.get(x[0], 1 << 30), x[1])))

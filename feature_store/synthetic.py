@@ -266,7 +266,8 @@ def _write_splits(writer: StoreWriter, saes: list[tuple[str, int]],
         keep = normal[b][index_b]
         writer.add_split_edges(a, index_a[keep], b, index_b[keep],
                                rng.uniform(0.4, 0.95, keep.sum()),
-                               rng.uniform(0.5, 0.97, keep.sum()))
+                               rng.uniform(0.5, 0.97, keep.sum()),
+                               rng.uniform(0.7, 1.0, keep.sum()))
         parents = np.unique(index_b[keep])
 
 

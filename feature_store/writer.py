@@ -361,8 +361,9 @@ class StoreWriter:
 
     def add_split_edges(self, dictionary_a: str, index_a: np.ndarray, dictionary_b: str,
                         index_b: np.ndarray, masked_cosine: np.ndarray,
-                        decoder_cosine: np.ndarray) -> None:
-        """Feature-splitting edges between two dictionaries, all arrays (e,). Families are the
+                        decoder_cosine: np.ndarray, containment: np.ndarray) -> None:
+        """Feature-splitting edges between two dictionaries, all arrays (e,); the measures as
+        in the schema (the child is the larger dictionary's feature). Families are the
         connected components of all edges, computed at close()."""
         a, b = self._dictionary(dictionary_a), self._dictionary(dictionary_b)
         index_a = np.asarray(index_a)
@@ -373,7 +374,8 @@ class StoreWriter:
         part = {"index_a": _vector(index_a, e, np.int64, f"{what} index_a"),
                 "index_b": _vector(index_b, e, np.int64, f"{what} index_b"),
                 "masked_cosine": _vector(masked_cosine, e, np.float32, f"{what} masked_cosine"),
-                "decoder_cosine": _vector(decoder_cosine, e, np.float32, f"{what} decoder_cosine")}
+                "decoder_cosine": _vector(decoder_cosine, e, np.float32, f"{what} decoder_cosine"),
+                "containment": _vector(containment, e, np.float32, f"{what} containment")}
         _check_range(part["index_a"], 0, a.n_features, f"{what} index_a")
         _check_range(part["index_b"], 0, b.n_features, f"{what} index_b")
         if a.n_features > b.n_features:  # a is the smaller dictionary, by the schema
@@ -610,7 +612,7 @@ class StoreWriter:
                                                  schema.FAMILIES_SCHEMA.empty_table())}
         base = dict(zip(order, np.cumsum([0] + [self._dicts[n].n_features for n in order])))
         cols = {k: np.concatenate([p[k] for p in self._splits])
-                for k in ("index_a", "index_b", "masked_cosine", "decoder_cosine")}
+                for k in ("index_a", "index_b", "masked_cosine", "decoder_cosine", "containment")}
         dict_a = np.concatenate([np.full(p["index_a"].size, order.index(p["dictionary_a"]))
                                  for p in self._splits])
         dict_b = np.concatenate([np.full(p["index_b"].size, order.index(p["dictionary_b"]))
@@ -634,6 +636,7 @@ class StoreWriter:
             "index_b": pa.array(cols["index_b"][sort].astype(np.int32)),
             "masked_cosine": pa.array(cols["masked_cosine"][sort]),
             "decoder_cosine": pa.array(cols["decoder_cosine"][sort]),
+            "containment": pa.array(cols["containment"][sort]),
             "family_id": pa.array(edge_family[sort].astype(np.int32)),
         }, schema=schema.SPLITS_SCHEMA)
         return {schema.SPLITS: self._write(schema.SPLITS, splits),

@@ -211,7 +211,10 @@ class StatsConfig:
     n_neighbours: int = 10  # nearest features (same dictionary) and counterparts (others)
     n_aligned_neurons: int = 5
     split_candidates: int = 3  # decoder-cosine candidates per feature for splitting edges
-    split_threshold: float = 0.4  # masked activation cosine above which an edge is drawn
+    # A splitting edge parent -> child needs all three (pipelines/splitting.py says why):
+    split_min_decoder_cosine: float = 0.5  # cosine of the two decoder directions
+    split_min_containment: float = 0.7  # share of the child's Σ act² where the parent fires
+    split_min_activation_cosine: float = 0.4  # activation cosine over the child's tokens
     umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see directions.py)
     umap_neighbours: int = 15
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
@@ -231,8 +234,10 @@ class StatsConfig:
         for key in ("window_before", "window_after"):
             _require(0 <= getattr(self, key) <= 1024, f"stats.{key}", getattr(self, key),
                      "must be in [0, 1024]")
-        _require(0.0 <= self.split_threshold <= 1.0, "stats.split_threshold",
-                 self.split_threshold, "must be in [0, 1]")
+        for key in ("split_min_decoder_cosine", "split_min_containment",
+                    "split_min_activation_cosine"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"stats.{key}", getattr(self, key),
+                     "must be in [0, 1]")
         _require(self.device in ("auto", "cpu", "cuda"), "stats.device", self.device,
                  "must be auto, cpu or cuda")
 

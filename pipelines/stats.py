@@ -42,7 +42,7 @@ from pipelines.dictionaries import Dictionary, load_dictionaries
 from pipelines.directions import joint_umap, nearest, normalized_rows
 from pipelines.errors import InputError
 from pipelines.sampling import DictionaryStats, Examples, collect_examples, statistics, window_layout
-from pipelines.splitting import split_edges
+from pipelines.splitting import SplitCriterion, split_edges
 from pipelines.tokens import read_sequences
 
 
@@ -78,7 +78,9 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                                 device)
         t_abl = time.perf_counter() - t_abl
         edges = split_edges(passes.split_candidates, st, dictionaries, n_tokens,
-                            cfg.split_threshold)
+                            SplitCriterion(cfg.split_min_activation_cosine,
+                                           cfg.split_min_decoder_cosine,
+                                           cfg.split_min_containment))
     umap_xy, umap_s = (joint_umap([d.direction for d in dictionaries], cfg.umap_neighbours,
                                   cfg.seed) if cfg.umap else (None, 0.0))
 
@@ -102,7 +104,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
             writer.add_metrics(d.name, dictionary_metrics(d, st[d.name], n_tokens, sae_metrics))
         for e in edges:
             writer.add_split_edges(e.small, e.index_small, e.large, e.index_large,
-                                   e.masked_cosine, e.decoder_cosine)
+                                   e.masked_cosine, e.decoder_cosine, e.containment)
         if umap_xy is not None:
             at = 0
             for d in dictionaries:

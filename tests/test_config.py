@@ -67,7 +67,7 @@ def test_configs_are_frozen():
 
 @pytest.mark.parametrize("overrides, key, where", [
     (["model.d_mlp=0"], "model.d_mlp", "--set"),
-    (["stats.split_threshold=2"], "stats.split_threshold", "--set"),
+    (["stats.split_min_containment=2"], "stats.split_min_containment", "--set"),
     (["model.foo=1"], "model.foo", "--set"),
     (["sae.k=true"], "sae.k", "--set"),
     ([], "model.d_mlp", "mine.toml"),

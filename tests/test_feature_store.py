@@ -76,7 +76,8 @@ def _inputs(seed: int = 0) -> dict:
                        for name in ("sae_8", "sae_16")}
     # Two families: {8:0, 16:0, 16:1} and {8:3, 16:6}; plus a chain through neurons? no:
     data["splits"] = (np.array([0, 0, 3]), np.array([0, 1, 6]),
-                      np.array([0.9, 0.5, 0.7], np.float32), np.array([0.8, 0.6, 0.4], np.float32))
+                      np.array([0.9, 0.5, 0.7], np.float32), np.array([0.8, 0.6, 0.4], np.float32),
+                      np.array([1.0, 0.75, 0.9], np.float32))
     return data
 
 
@@ -102,8 +103,8 @@ def _write(path: Path, data: dict, *, fail_after_examples: bool = False) -> Path
             w.add_counterparts(a, b, idx, cos)
         for name, (idx, cos) in data["aligned"].items():
             w.add_aligned_neurons(name, idx, cos)
-        ia, ib, mc, dc = data["splits"]
-        w.add_split_edges("sae_16", ib, "sae_8", ia, mc, dc)  # reversed: writer puts 8 first
+        ia, ib, mc, dc, ct = data["splits"]
+        w.add_split_edges("sae_16", ib, "sae_8", ia, mc, dc, ct)  # reversed: writer puts 8 first
     return path
 
 

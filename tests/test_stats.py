@@ -19,7 +19,6 @@ from pipelines.activation_shards import SequenceBatch
 from pipelines.config import StatsConfig
 from pipelines.dictionaries import Dictionary
 from pipelines.directions import nearest, normalized_rows
-from pipelines.splitting import split_edges
 
 N_CTX = 9  # 8 cached positions per sequence
 
@@ -154,48 +153,6 @@ def test_interval_sampling_is_uniform_within_the_interval():
         u.extend(((ranks + 0.5) / inside.size).tolist())
     assert kstest(u, "uniform").pvalue > 1e-3
     assert abs(np.mean(u) - 0.5) < 0.05
-
-
-def test_masked_cosine_matches_brute_force():
-    codes_a = _codes(30, 5, 0.4, seed=3)
-    codes_b = _codes(30, 10, 0.4, seed=4)
-    codes_b[:, :5] += codes_a * 2.0  # overlapping supports: large masked cosines
-    both = np.concatenate([codes_a, codes_b], 1)
-    torch.manual_seed(2)
-    ua = Dictionary("a", 5, lambda x: x[:, :5], torch.randn(5, 16), torch.randn(5, 8))
-    ub = Dictionary("b", 10, lambda x: x[:, 5:], torch.randn(10, 16), torch.randn(10, 8))
-    cfg = StatsConfig(split_candidates=3, umap=False)
-    passes = _run(both, cfg, [ua, ub], [("a", "b")])
-    edges, = split_edges(passes.split_candidates, passes.stats, [ua, ub], passes.n_tokens,
-                         threshold=-1.0)
-    assert (edges.small, edges.large) == ("a", "b") and len(edges) > 0
-    ia, ib = edges.index_small, edges.index_large
-    mc, dc = edges.masked_cosine, edges.decoder_cosine
-
-    def masked(x, y):
-        out = []
-        for mask in (x > 0, y > 0):
-            xm, ym = x * mask, y * mask
-            out.append(xm @ ym / np.sqrt((xm @ xm) * (ym @ ym)))
-        return max(out)
-
-    for a, b, value in zip(ia, ib, mc):
-        assert value == pytest.approx(masked(codes_a[:, a].astype(np.float64),
-                                             codes_b[:, b].astype(np.float64)), rel=1e-5)
-    # candidates: for every feature of either side, its 3 nearest by decoder cosine; each
-    # feature of the larger dictionary keeps only its best candidate parent (a forest)
-    cos = normalized_rows(ua.direction) @ normalized_rows(ub.direction).T
-    assert sorted(ib.tolist()) == sorted(set(ib.tolist()))  # one parent per child
-    parent = dict(zip(ib.tolist(), ia.tolist()))
-    for b in range(10):
-        cands_b = set(cos[:, b].topk(3).indices.tolist())
-        cands_b |= {a for a in range(5) if b in cos[a].topk(3).indices.tolist()}
-        scores = {a: masked(codes_a[:, a].astype(np.float64), codes_b[:, b].astype(np.float64))
-                  for a in cands_b}
-        scores = {a: v for a, v in scores.items() if np.isfinite(v)}
-        if scores:
-            assert parent[b] == max(scores, key=scores.get)
-    np.testing.assert_allclose(dc, cos[ia, ib].numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("recipe, k", [("topk", 4), ("l1", 0)])
