@@ -152,16 +152,6 @@ def logit_histogram_figure(record: FeatureRecord) -> go.Figure:
     return fig
 
 
-def edge_containment(edge: SplitEdge) -> float:
-    """The edge's containment (share of the child's activation energy on tokens where the
-    parent fires), or NaN where the store predates that column."""
-    value = getattr(edge, "containment", None)
-    try:
-        return float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
 MAX_EDGE_LABELS = 40  # beyond this the labels overlap; the page's edge table has them all
 
 
@@ -184,7 +174,7 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
         if a not in position or b not in position:
             continue
         (xa, ya), (xb, yb) = position[a], position[b]
-        strength = max(0.0, min(1.0, edge.masked_cosine))
+        strength = max(0.0, min(1.0, edge.decoder_cosine))  # the pipeline's rank
         fig.add_trace(go.Scatter(x=[xa, xb], y=[ya, yb], mode="lines", hoverinfo="skip",
                                  line=dict(width=1 + 5 * strength,
                                            color=f"rgba(90,90,90,{0.25 + 0.6 * strength:.2f})"),
@@ -192,11 +182,9 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
         mids_x.append((xa + xb) / 2)
         mids_y.append((ya + yb) / 2)
         mids_label.append(f"{edge.masked_cosine:.2f} / {edge.decoder_cosine:.2f}")
-        containment = edge_containment(edge)
         mids_hover.append(f"{a[0]} #{a[1]} → {b[0]} #{b[1]}<br>activation cosine "
                           f"{edge.masked_cosine:.2f}<br>decoder cosine {edge.decoder_cosine:.2f}"
-                          + (f"<br>containment {containment:.0%}"
-                             if math.isfinite(containment) else ""))
+                          f"<br>containment {edge.containment:.0%}")
     labelled = len(mids_x) <= MAX_EDGE_LABELS
     fig.add_trace(go.Scatter(x=mids_x, y=mids_y, mode="markers+text" if labelled else "markers",
                              text=mids_label if labelled else None, textposition="top center",
@@ -239,8 +227,8 @@ def family_layer_order(family: Family, layers: list[str]) -> dict[str, list[int]
         if a[0] in depth and b[0] in depth and depth[b[0]] < depth[a[0]]:
             a, b = b, a
         if a[0] in depth and b[0] in depth and depth[b[0]] == depth[a[0]] + 1:
-            if b not in parent or edge.masked_cosine > parent[b][0]:
-                parent[b] = (edge.masked_cosine, a)
+            if b not in parent or edge.decoder_cosine > parent[b][0]:
+                parent[b] = (edge.decoder_cosine, a)
     out: dict[str, list[int]] = {}
     rank: dict[tuple[str, int], int] = {}
     for name in layers:

@@ -6,9 +6,6 @@ also printed in a table under the graph (a reader judging whether a split is rea
 not have to hover over each edge), and the family's members are listed as links, each with
 its top activating tokens and density, so a split can be read (what each child keeps of its
 parent) without opening every member.
-
-The edge table shows `containment` when the store's split edges carry it (newer stores) and
-"–" otherwise: the column is read with `charts.edge_containment`, which tolerates its absence.
 """
 
 from __future__ import annotations
@@ -36,19 +33,23 @@ EDGE_COLUMNS = (
                        "their effects on the MLP output are."),
     ("containment", "Share of the child's activation energy (sum of squared activations) "
                     "that falls on tokens where the parent fires: near 100% = the child "
-                    "fires inside the parent's territory. – = not in this store."),
+                    "fires inside the parent's territory."),
 )
 NUMERIC_FROM = 4  # columns from here on are numbers (right-aligned)
 
 
 def default_feature(path: str) -> tuple[str, int] | None:
-    """With no feature in the URL, start at the smaller end of the strongest split edge:
-    a page that opens on a family shows what the page is for."""
+    """With no feature in the URL, start at the parent with the most children (ties: the
+    closest directions): a page that opens on a real split shows what the page is for, where
+    a single strongest edge is often a feature that merely persists across sizes."""
     edges = store_access.splits(path)
     if edges.empty:
         return None
-    best = edges.sort_values("masked_cosine", ascending=False).iloc[0]
-    return str(best["dictionary_a"]), int(best["index_a"])
+    per_parent = edges.groupby(["dictionary_a", "index_a"], sort=True).agg(
+        children=("index_b", "size"), closeness=("decoder_cosine", "mean"))
+    best = per_parent.sort_values(["children", "closeness"], ascending=False,
+                                  kind="stable").index[0]
+    return str(best[0]), int(best[1])
 
 
 def no_family_text(record: FeatureRecord) -> str:
@@ -125,7 +126,7 @@ def edge_table_html(family: Family, by_dictionary: dict[str, list[int]],
         parent, child = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
         numbers = (finite_or_dash(float(edge.masked_cosine), ".2f"),
                    finite_or_dash(float(edge.decoder_cosine), ".2f"),
-                   finite_or_dash(charts.edge_containment(edge), ".0%"))
+                   finite_or_dash(float(edge.containment), ".0%"))
         rows.append("<tr>" + _member_cell(*parent, colours) + _tokens_cell(top.get(parent, ""))
                     + _member_cell(*child, colours) + _tokens_cell(top.get(child, ""))
                     + "".join(f'<td class="n">{html.escape(n)}</td>' for n in numbers) + "</tr>")

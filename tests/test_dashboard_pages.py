@@ -4,7 +4,6 @@ without query parameters, and bad input gets a clear page instead of a traceback
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -252,25 +251,14 @@ def test_splitting_a_neuron_says_neurons_have_no_family(app):
     assert "Splitting" in labels
 
 
-@dataclass(frozen=True)
-class _EdgeWithContainment:
-    """A split edge as newer stores give it (with `containment`); SplitEdge may lack it."""
-    dictionary_a: str
-    index_a: int
-    dictionary_b: str
-    index_b: int
-    masked_cosine: float
-    decoder_cosine: float
-    containment: float
-
-
 def test_edge_table_writes_out_every_edge_in_the_graphs_order():
     from dashboard import charts, splitting_views
     from feature_store.records import Family, SplitEdge
 
-    edges = (SplitEdge("s1", 5, "s2", 30, 0.91, 0.8), SplitEdge("s1", 2, "s2", 10, 0.7, 0.25),
-             _EdgeWithContainment("s2", 30, "s3", 1, 0.8, 0.7, 0.873),
-             _EdgeWithContainment("s2", 10, "s3", 7, 0.6, 0.5, float("nan")))
+    edges = (SplitEdge("s1", 5, "s2", 30, 0.91, 0.8, 1.0),
+             SplitEdge("s1", 2, "s2", 10, 0.7, 0.25, 0.95),
+             SplitEdge("s2", 30, "s3", 1, 0.8, 0.7, 0.873),
+             SplitEdge("s2", 10, "s3", 7, 0.6, 0.5, float("nan")))
     members = tuple(sorted({(e.dictionary_a, e.index_a) for e in edges}
                            | {(e.dictionary_b, e.index_b) for e in edges}))
     family = Family(0, members, edges)
@@ -286,7 +274,7 @@ def test_edge_table_writes_out_every_edge_in_the_graphs_order():
     assert firsts == ["s1 #2", "s1 #5", "s2 #10", "s2 #30"]  # the graph's order, top down
     numbers = [[cell.split("</td>")[0] for cell in row.split('<td class="n">')[1:]]
                for row in rows]
-    assert numbers == [["0.70", "0.25", "–"], ["0.91", "0.80", "–"],
+    assert numbers == [["0.70", "0.25", "95%"], ["0.91", "0.80", "100%"],
                        ["0.60", "0.50", "–"], ["0.80", "0.70", "87%"]]
     assert 'href="feature?dictionary=s3&amp;feature=1"' in table
     assert "&lt;script&gt;" in table and "<script" not in table
@@ -368,10 +356,10 @@ def test_family_graph_children_sit_under_their_parents():
     from dashboard import charts
     from feature_store.records import Family, SplitEdge
 
-    edges = (SplitEdge("s1", 5, "s2", 30, 0.9, 0.8), SplitEdge("s1", 2, "s2", 10, 0.7, 0.6),
-             SplitEdge("s1", 2, "s2", 40, 0.6, 0.5), SplitEdge("s1", 5, "s2", 3, 0.5, 0.4),
-             SplitEdge("s2", 30, "s3", 1, 0.8, 0.7), SplitEdge("s2", 3, "s3", 9, 0.8, 0.7),
-             SplitEdge("s2", 10, "s3", 7, 0.8, 0.7))
+    edges = (SplitEdge("s1", 5, "s2", 30, 0.9, 0.8, 1.0), SplitEdge("s1", 2, "s2", 10, 0.7, 0.6, 1.0),
+             SplitEdge("s1", 2, "s2", 40, 0.6, 0.5, 1.0), SplitEdge("s1", 5, "s2", 3, 0.5, 0.4, 1.0),
+             SplitEdge("s2", 30, "s3", 1, 0.8, 0.7, 1.0), SplitEdge("s2", 3, "s3", 9, 0.8, 0.7, 1.0),
+             SplitEdge("s2", 10, "s3", 7, 0.8, 0.7, 1.0))
     members = tuple(sorted({(e.dictionary_a, e.index_a) for e in edges}
                            | {(e.dictionary_b, e.index_b) for e in edges}))
     family = Family(0, members, edges)
@@ -416,3 +404,19 @@ def test_a_store_that_appears_is_shown_without_a_rebuilt_notice(tmp_path, monkey
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception and not at.toast and "validation loss" in texts(at)
+
+
+def test_splitting_opens_on_the_parent_with_most_children(monkeypatch):
+    """A lone strong edge is usually a feature persisting across sizes; a parent with several
+    children is a split, which is what the page is for."""
+    import pandas as pd
+
+    from dashboard import splitting_views, store_access
+
+    edges = pd.DataFrame({"dictionary_a": ["s1", "s1", "s1", "s2"], "index_a": [4, 7, 7, 3],
+                          "dictionary_b": ["s2", "s2", "s2", "s3"], "index_b": [1, 2, 9, 5],
+                          "masked_cosine": [0.99, 0.6, 0.7, 0.9],
+                          "decoder_cosine": [0.98, 0.6, 0.7, 0.9],
+                          "containment": [1.0, 0.9, 0.9, 1.0]})
+    monkeypatch.setattr(store_access, "splits", lambda path: edges)
+    assert splitting_views.default_feature("any") == ("s1", 7)
