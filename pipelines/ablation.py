@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from feature_store.transformer_files import capture
+from pipelines import progress
 from pipelines.config import StatsConfig
 from pipelines.dictionaries import Dictionary
 from pipelines.sampling import Examples, window_layout
@@ -127,8 +127,8 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     order = np.argsort(u_seq, kind="stable")
     seq_list = np.unique(u_seq)
     per_batch = max(1, min(32, cfg.batch_tokens // n_ctx))  # z is [tokens, d_vocab]
-    bar = tqdm(total=uniq.size, desc="stats (3/3 ablation)", unit="pair", unit_scale=True,
-               disable=None)
+    bar = progress.bar(total=uniq.size, desc="stats (3/3 ablation)", unit="pair",
+                       unit_scale=True)
     sorted_seq = u_seq[order]
     G, bias = ro.G, ro.bias
     for lo in range(0, seq_list.size, per_batch):

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from feature_store.transformer_files import HOOK_POST, load_transformer, mlp_activations
+from pipelines import progress
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
 from pipelines.devices import pick_device
@@ -54,8 +54,8 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     n_ctx = seqs.shape[1]
     per_shard = max(1, cfg.shard_tokens // (n_ctx - 1))
     n_tokens = 0
-    bar = tqdm(total=len(seqs) * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
-               unit_scale=True, disable=None)
+    bar = progress.bar(total=len(seqs) * (n_ctx - 1), desc=f"activations ({split})",
+                       unit="tok", unit_scale=True)
     for shard, lo in enumerate(range(0, len(seqs), per_shard)):
         chunk, chunk_ids, parts = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard], []
         for i in range(0, len(chunk), cfg.batch_size):

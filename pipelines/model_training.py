@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from feature_store.transformer_files import build_transformer, transformer_spec
+from pipelines import progress
 from pipelines.config import ModelConfig
 from pipelines.devices import pick_device
 from pipelines.tokenizer import load as load_tokenizer
@@ -93,7 +93,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     order, cursor = torch.randperm(len(train), generator=gen), 0
 
     curve: dict[str, list] = {"step": [], "tokens": [], "lr": [], "train_loss": [], "val_loss": []}
-    bar = tqdm(range(total_steps), desc=f"model ({device})", unit="step", disable=None)
+    bar = progress.bar(range(total_steps), desc=f"model ({device})", unit="step")
     t_train = time.perf_counter()
     for step in bar:
         if cursor + cfg.batch_size > len(order):

@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from feature_store.sae_files import SaeSpec, load_sae, save_sae
 from feature_store.transformer_files import load_transformer
+from pipelines import progress
 from pipelines.activation_shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
@@ -58,7 +58,7 @@ def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: st
     resample_steps = {int(f * total) for f in cfg.resample_at}
     gen = torch.Generator().manual_seed(cfg.seed)
     curves: dict[str, list] = {k: [] for k in ("size", "step", "tokens", "mse", "l0", "aux", "n_dead")}
-    bar = tqdm(total=total, desc=f"sae ({device})", unit="step", disable=None)
+    bar = progress.bar(total=total, desc=f"sae ({device})", unit="step")
     step, t0, resampled = 0, time.perf_counter(), {size: 0 for size in saes}
     for epoch in range(cfg.epochs):
         for batch in stream.epoch(epoch):

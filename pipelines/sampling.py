@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from feature_store import schema
 from feature_store.records import N_INTERVALS
+from pipelines import progress
 from pipelines.activation_shards import SequenceBatch
 from pipelines.config import StatsConfig
 from pipelines.dictionaries import Dictionary
@@ -114,8 +114,8 @@ def statistics(batches: Callable[[], Iterator[SequenceBatch]], dictionaries: lis
         if (progress_total or 0) * sparse_k * 12 <= cfg.code_cache_mb * 2**20 else {}
 
     n_tokens = 0
-    bar = tqdm(total=progress_total, desc="stats (1/3 max, top-k)", unit="tok", unit_scale=True,
-               disable=None)
+    bar = progress.bar(total=progress_total, desc="stats (1/3 max, top-k)", unit="tok",
+                       unit_scale=True)
     for batch in batches():
         B = batch.x.shape[0]
         n_tokens += B
@@ -160,8 +160,8 @@ def statistics(batches: Callable[[], Iterator[SequenceBatch]], dictionaries: lis
         s.hist_counts = torch.zeros(dic.n * cfg.act_hist_bins, dtype=torch.int64, device=device)
         s.interval_counts = torch.zeros(dic.n * N_INTERVALS, dtype=torch.int64, device=device)
         res[dic.name] = BottomM(dic.n * N_INTERVALS, m, w, device)
-    bar = tqdm(total=n_tokens, desc="stats (2/3 intervals)", unit="tok", unit_scale=True,
-               disable=None)
+    bar = progress.bar(total=n_tokens, desc="stats (2/3 intervals)", unit="tok",
+                       unit_scale=True)
     for batch in batches():
         for dic in dictionaries:
             s = st[dic.name]

@@ -34,6 +34,7 @@ import torch
 from feature_store.records import N_INTERVALS, NEURONS
 from feature_store.transformer_files import load_transformer
 from feature_store.writer import StoreWriter
+from pipelines import progress
 from pipelines.ablation import fill_ablation, logit_weights, model_readout
 from pipelines.activation_shards import SequenceBatch, sequence_batches
 from pipelines.config import StatsConfig
@@ -81,8 +82,9 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                             SplitCriterion(cfg.split_min_activation_cosine,
                                            cfg.split_min_decoder_cosine,
                                            cfg.split_min_containment))
-    umap_xy, umap_s = (joint_umap([d.direction for d in dictionaries], cfg.umap_neighbours,
-                                  cfg.seed) if cfg.umap else (None, 0.0))
+    with progress.heartbeat("stats (umap)"):
+        umap_xy, umap_s = (joint_umap([d.direction for d in dictionaries], cfg.umap_neighbours,
+                                      cfg.seed) if cfg.umap else (None, 0.0))
 
     vocab = _read_table(run_dir / "tokenizer" / "vocab.parquet", "tokenizer").to_pandas()
     display = vocab.sort_values("id")["display"].tolist()
@@ -94,7 +96,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                      "d_vocab": int(model.cfg.d_vocab), "n_ctx": n_ctx, "split": cfg.split,
                      "stats_tokens": n_tokens})
     writer = StoreWriter(out, n_tokens=n_tokens, run_info=run_info)
-    with writer:
+    with progress.heartbeat("stats (writing the store)"), writer:
         for d in dictionaries:
             writer.add_dictionary(d.name, d.n, **d.info)
         writer.set_vocab(display)
