@@ -297,6 +297,30 @@ class FeatureStore:
         return Family(family_id=family_id, members=lookup.members[family_id],
                       edges=lookup.edges[family_id])
 
+    # -- search by token (the feature browser) -------------------------------------------------
+
+    def top_example_tokens(self, dictionary: str) -> pd.DataFrame:
+        """feature, rank, token_id, act: the drawn (centre) token of every top example and the
+        feature's activation there, by feature, then rank (0 = highest).
+
+        Why: a token search should rank units by how strongly they fire on that token, and
+        the top examples are what the store holds of it. One pass over the dictionary's
+        examples file, row group by row group, keeping only the top-k rows; cached."""
+        d = self._dictionary(dictionary)
+        return self._cached(("top_example_tokens", d.name),
+                            lambda: _top_example_tokens(d, self.path)).copy()
+
+    def top_logit_tokens(self, dictionary: str) -> pd.DataFrame:
+        """feature, rank, token_id, value: each feature's largest logit weights (the stored
+        top side, largest first), so a logit search can rank by the weight itself."""
+        d = self._dictionary(dictionary)
+        rel = self._cached(("related", d.name), lambda: self._load_related(d.name, d.n_features))
+        feature = np.repeat(np.arange(d.n_features), np.diff(rel.logit_offsets))
+        rank = np.arange(feature.size) - rel.logit_offsets[feature]  # top rows come first
+        top = rel.logit_side == _TOP
+        return pd.DataFrame({"feature": feature[top], "rank": rank[top],
+                             "token_id": rel.logit_token[top], "value": rel.logit_value[top]})
+
     # -- internals -----------------------------------------------------------------------------
 
     def _family_lookup(self) -> _FamilyLookup:
@@ -478,6 +502,38 @@ class _Sized:
 def _ordered(dictionaries: list[dict[str, Any]]) -> list[str]:
     return [d["name"] for d in sorted(dictionaries, key=lambda d: schema.dictionary_sort_key(
         d["name"], d["kind"], d["n_features"]))]
+
+
+def _top_example_tokens(d: _Dictionary, store: Path) -> pd.DataFrame:
+    """`FeatureStore.top_example_tokens`, read a row group at a time: memory holds one group's
+    windows, never the whole examples file."""
+    columns = ["feature", "rank", "center", "act", "token_ids"]
+    parts = [pd.DataFrame({"feature": np.zeros(0, np.int32), "rank": np.zeros(0, np.int16),
+                           "token_id": np.zeros(0, np.int64), "act": np.zeros(0, np.float32)})]
+    try:
+        reader = pq.ParquetFile(d.examples_path, metadata=d.examples_meta)
+        for k in range(reader.num_row_groups):
+            group = reader.read_row_group(k, columns=["kind", *columns], use_threads=False)
+            top = np.flatnonzero(group.column("kind").to_numpy() == schema.KIND_TOP)
+            if top.size:
+                parts.append(_centre_tokens(group.take(top)))
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"{d.examples_path}: unreadable ({err}); {_rebuild_hint(store)}") from None
+    return pd.concat(parts, ignore_index=True)
+
+
+def _centre_tokens(rows: pa.Table) -> pd.DataFrame:
+    """feature, rank, token_id (the window's token at `center`; -1 if outside it), act."""
+    ids = rows.column("token_ids").combine_chunks()
+    offsets = ids.offsets.to_numpy().astype(np.int64)  # absolute positions in ids.values
+    values = ids.values.to_numpy(zero_copy_only=False)
+    center = rows.column("center").to_numpy().astype(np.int64)
+    inside = (center >= 0) & (center < np.diff(offsets))
+    token = np.full(center.size, -1, dtype=np.int64)
+    token[inside] = values[offsets[:-1][inside] + center[inside]]
+    return pd.DataFrame({"feature": rows.column("feature").to_numpy(),
+                         "rank": rows.column("rank").to_numpy(), "token_id": token,
+                         "act": rows.column("act").to_numpy()})
 
 
 def _rebuild_hint(path: Path) -> str:
