@@ -62,7 +62,7 @@ def filters() -> tuple[Search, list[str]]:
                             help="A space in the query matches · (how tokens show a space).")
     labels = {label: key for key, (label, _, _) in SEARCH_IN.items()}
     current = SEARCH_IN.get(st.query_params.get("in", "tokens"), SEARCH_IN["tokens"])[0]
-    chosen = where.segmented_control("in", list(labels), default=current, key="in_input",
+    chosen = where.segmented_control("Search in", list(labels), default=current, key="in_input",
                                      help="top tokens: the drawn tokens of each unit's top "
                                           "examples; top logits: the tokens it raises most")
     exactly = exact.checkbox("exact token", value=st.query_params.get("exact") == "1",

@@ -9,14 +9,17 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 
 import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
 from feature_store import schema
-from feature_store.records import FeatureRecord, Neighbour
+from feature_store.records import NEURONS, FeatureRecord, Neighbour
 
-N_NEIGHBOUR_LINKS = 8  # per dictionary: enough to see a split, few enough to scan
+N_NEIGHBOUR_LINKS = 6  # per list: enough to see a split, few enough to scan
+N_CHIP_TOKENS = 4  # top tokens beside each listed unit: what it is, at a glance
+ABLATION_VIEW = {"shade": "ablation"}  # the URL parameter of the ablation shading
 COMPACT_CONTEXT = (5, 2)  # in the narrow columns of the compare page
 PREVIOUS, NEXT = "← previous", "next →"  # link labels; the ← / → keys press them
 
@@ -46,12 +49,21 @@ def interval_heading(number: int, interval, n_intervals: int, count: bool = True
             f"<b>{interval.share:.1%}</b> of activations{tail}</div>")
 
 
+# A dead unit's one block (in place of an empty chart and eleven empty intervals): boxed, so
+# it reads as the page's message rather than a footnote.
+DEAD_BLOCK_STYLE = ("border:1px solid #e0c080;background:#fff8e6;border-radius:6px;"
+                    "padding:0.6rem 0.8rem;margin:0.4rem 0 0.8rem;font-size:0.95rem")
+
+
 def density_caveat(record: FeatureRecord) -> str:
     """A line of HTML (numbers only) saying what the density class means for reading this
     unit, or "" for a normal one: the class alone is easy to overlook."""
     if record.density_class == "dead":
-        return (f"<p class='caveat'>Dead: never fired on the {record.n_tokens:,} tokens the "
-                "statistics cover, so there is nothing here to interpret.</p>")
+        return (f"<div class='caveat' style='{DEAD_BLOCK_STYLE}'><b>Dead: never fired on the "
+                f"{record.n_tokens:,} tokens the statistics cover</b>, so there are no "
+                "examples, intervals or activation histogram to show and nothing to interpret "
+                "from its behaviour. Below, from its weights alone: the logits it would raise "
+                "and lower if it fired, and its nearest units.</div>")
     if record.density_class == "ultralow":
         return (f"<p class='caveat'>Ultralow density (fired on {record.n_active:,} of "
                 f"{record.n_tokens:,} tokens): such features form their own cluster in the density "
@@ -80,10 +92,13 @@ def header(record: FeatureRecord) -> None:
         ("max act", f"{record.max_act:.3f}", "", "Largest activation seen."),
     ]) + density_caveat(record))
     with st.container(horizontal=True, gap="small"):
+        view = kept_view()  # previous / next (and so the ← / → keys) keep the shading
         if record.index > 0:
-            links.feature_link(record.dictionary, record.index - 1, PREVIOUS, help="key: ←")
+            links.feature_link(record.dictionary, record.index - 1, PREVIOUS, help="key: ←",
+                               view=view)
         if record.index + 1 < record.n_features:
-            links.feature_link(record.dictionary, record.index + 1, NEXT, help="key: →")
+            links.feature_link(record.dictionary, record.index + 1, NEXT, help="key: →",
+                               view=view)
         links.feature_link(record.dictionary, record.index, "Compare sizes", links.COMPARE)
         links.feature_link(record.dictionary, record.index, links.splitting_label(record.dictionary), links.SPLITTING)
         links.feature_link(record.dictionary, record.index, "Browse", links.BROWSER)
@@ -127,27 +142,135 @@ def logits(record: FeatureRecord) -> None:
     light_plotly.chart(charts.logit_histogram_figure(record), key="feature_logit_histogram")
 
 
-def neighbour_links(title: str, neighbours: tuple[Neighbour, ...], absolute: bool = False) -> None:
-    """A wrap of small links, each with its cosine, so a split is visible at a glance."""
-    if not neighbours:
+@dataclass(frozen=True)
+class RelatedList:
+    """One list of nearby units and, in words, what its cosine measures: the lists measure
+    different things (see `related_lists`), so each says which."""
+
+    dictionary: str  # where the listed units live
+    title: str
+    measure: str
+    units: tuple[Neighbour, ...]
+
+
+DECODER_COSINE = "decoder cosine: the same direction in the MLP's activations"
+
+
+def related_lists(record: FeatureRecord) -> list[RelatedList]:
+    """The page's lists of nearby units, own dictionary first, then the other SAEs, then the
+    neurons. How the stats stage measures each (pipelines/stats.py, directions.py):
+
+    - SAE to SAE: cosine of decoder directions in the MLP's activation space (d_mlp).
+    - SAE feature to neurons, two different numbers, hence two lists: "made of" is the same
+      decoder cosine against each neuron's own axis, d[j] / |d| (its squares over all neurons
+      sum to 1); "same output" compares what each writes to the residual stream, W_out·d
+      against the neuron's W_out row, ranked by |cosine|. Many neurons' outputs share the
+      smaller residual stream, so a neuron can write nearly the same direction without being
+      part of the feature: merged into one list, the two would read as one measure.
+    - Neuron to neurons: their axes are orthogonal, so only their W_out rows can differ.
+    - Neuron to SAE features: each feature's "made of" weight on this neuron."""
+    units = {other: listed(found) for other, found in record.counterparts}
+    if record.dictionary == NEURONS:
+        out = [RelatedList(NEURONS, "Nearest neurons by output",
+                           "cosine of W_out rows (what each writes to the residual stream); "
+                           "their own axes are orthogonal, so this is the cosine that varies",
+                           listed(record.neighbours))]
+        out += [RelatedList(other, f"{other} features made of it",
+                            "each feature's decoder weight on this neuron, d[j] / |d| (the "
+                            "cosine of its direction with this neuron's axis), largest first",
+                            found) for other, found in units.items()]
+        return [r for r in out if r.units]
+    out = [RelatedList(record.dictionary, f"Nearest in {record.dictionary}", DECODER_COSINE,
+                       listed(record.neighbours))]
+    out += [RelatedList(other, f"Nearest in {other}", DECODER_COSINE, found)
+            for other, found in units.items() if other != NEURONS]
+    out.append(RelatedList(NEURONS, "Neurons it is made of",
+                           "its decoder direction's weight on each neuron, d[j] / |d| (the "
+                           "cosine with the neuron's own axis; squares over all neurons sum "
+                           "to 1), largest first", units.get(NEURONS, ())))
+    out.append(RelatedList(NEURONS, "Neurons with the same output",
+                           "cosine of what it writes to the residual stream (W_out·d) with "
+                           "each neuron's W_out row, largest |cos| first. Many neurons share "
+                           "the smaller residual stream, so a neuron can score high here "
+                           "without being part of the feature (compare the list above)",
+                           listed(record.aligned_neurons)))
+    return [r for r in out if r.units]
+
+
+def listed(units: tuple[Neighbour, ...]) -> tuple[Neighbour, ...]:
+    """Without the writer's padding (index -1: fewer units than asked for)."""
+    return tuple(n for n in units if n.index >= 0)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def top_tokens_of(path: str,
+                  units: tuple[tuple[str, int], ...]) -> dict[tuple[str, int], list[str]]:
+    """Each unit's top tokens (the browse table's `top_tokens`: its top examples' first
+    distinct drawn tokens), so a listed neighbour says what it is, not only its number.
+    Cached per feature page: the store copies a whole features table per dictionary asked."""
+    store = store_access.open_store(path)
+    wanted: dict[str, list[int]] = {}
+    for dictionary, index in units:
+        wanted.setdefault(dictionary, []).append(index)
+    out: dict[tuple[str, int], list[str]] = {}
+    for dictionary, indices in wanted.items():
+        text = store.features(dictionary)["top_tokens"].to_numpy()
+        for index in indices:
+            shown = str(text[index] or "") if 0 <= index < len(text) else ""
+            out[(dictionary, index)] = [t for t in shown.split(" ") if t]
+    return out
+
+
+def related_row_html(dictionary: str, unit: Neighbour, tokens: list[str],
+                     view: dict[str, str]) -> str:
+    """`#17  +0.83  tok tok tok`: a link keeping the page's view, the cosine, top tokens."""
+    url = html.escape(links.feature_url(dictionary, unit.index, view=view), quote=True)
+    chips = (token_html.inline_tokens_html(tokens[:N_CHIP_TOKENS]) if tokens
+             else '<span class="legend">no examples (never fires)</span>')
+    return (f'<tr><td style="padding:0 0.5em 0 0;white-space:nowrap">'
+            f'<a href="{url}" target="_self">#{unit.index}</a></td>'
+            f'<td style="padding:0 0.7em 0 0;text-align:right;color:#555;'
+            f'font-variant-numeric:tabular-nums">{unit.cosine:+.2f}</td><td>{chips}</td></tr>')
+
+
+def related_html(lists: list[RelatedList], tokens: dict[tuple[str, int], list[str]],
+                 colours: dict[str, str], view: dict[str, str]) -> str:
+    """Every list as one HTML block (one element draws faster than dozens of links):
+    title with its dictionary's colour, what the cosine measures, then the units."""
+    parts = []
+    for group in lists:
+        rows = "".join(related_row_html(group.dictionary, n,
+                                        tokens.get((group.dictionary, n.index), []), view)
+                       for n in group.units[:N_NEIGHBOUR_LINKS])
+        chip = charts.colour_chip_html(colours.get(group.dictionary, "#444"))
+        parts.append(f'<div class="related" style="margin:0.7rem 0 0">'
+                     f'<b>{chip}{html.escape(group.title)}</b>'
+                     f'<div class="legend">{html.escape(group.measure)}</div>'
+                     f'<table style="border-collapse:collapse;margin-top:0.2rem">{rows}</table>'
+                     '</div>')
+    return "".join(parts)
+
+
+def related(path: str, record: FeatureRecord) -> None:
+    """Nearest units in this and every other dictionary, each with its top tokens."""
+    lists = related_lists(record)
+    if not lists:
         return
-    st.markdown(f"**{title}**")
-    shown = neighbours[:N_NEIGHBOUR_LINKS]
-    cols = st.columns(2)
-    for i, n in enumerate(shown):
-        with cols[i % 2]:
-            cosine = abs(n.cosine) if absolute else n.cosine
-            links.feature_link(n.dictionary, n.index, f"#{n.index} · {cosine:+.2f}"
-                               if not absolute else f"#{n.index} · |cos| {cosine:.2f}")
+    units = tuple(dict.fromkeys((g.dictionary, n.index) for g in lists
+                                for n in g.units[:N_NEIGHBOUR_LINKS]))
+    colours = charts.dictionary_colours(store_access.dictionaries(path))
+    st.html(related_html(lists, top_tokens_of(path, units), colours, kept_view()))
 
 
-def related(record: FeatureRecord) -> None:
-    """Aligned neurons, nearest features here and in every other size."""
-    if record.aligned_neurons:
-        neighbour_links("Aligned neurons", record.aligned_neurons, absolute=True)
-    neighbour_links(f"Nearest in {record.dictionary}", record.neighbours)
-    for other, neighbours in record.counterparts:
-        neighbour_links(f"Nearest in {other}", neighbours)
+def shading_on() -> bool:
+    """The URL asks for ablation shading (`?shade=ablation`)."""
+    return st.query_params.get("shade") == ABLATION_VIEW["shade"]
+
+
+def kept_view() -> dict[str, str]:
+    """What a link to another feature carries over from this page's URL: the shading, so
+    paging through features or following a neighbour does not switch it off."""
+    return dict(ABLATION_VIEW) if shading_on() else {}
 
 
 def shading_mode(record: FeatureRecord) -> token_html.Mode:
@@ -156,10 +279,9 @@ def shading_mode(record: FeatureRecord) -> token_html.Mode:
     So a shared URL shows the same shading, the back button undoes a switch, and a first
     visit loads no widget code (the toggle's lazily loaded chunk held the whole page back
     by about 0.1 s)."""
-    on = st.query_params.get("shade") == "ablation"
-    params = links.feature_params(record.dictionary, record.index)
-    if not on:
-        params["shade"] = "ablation"
+    on = shading_on()
+    params = links.feature_params(record.dictionary, record.index,
+                                  None if on else ABLATION_VIEW)
     st.page_link(links.FEATURE, label=f"Shade by ablation effect: {'on' if on else 'off'}",
                  query_params=params,
                  icon=":material/toggle_on:" if on else ":material/toggle_off:",
@@ -176,8 +298,13 @@ def examples(record: FeatureRecord, mode: token_html.Mode) -> None:
     everything = list(record.top_examples)
     for interval in record.intervals:
         everything.extend(interval.examples)
-    scale = token_html.ablation_scale(everything) if mode == "ablation" else record.max_act
-    parts = [token_html.legend_html(mode, scale),
+    if mode == "ablation":
+        scale = token_html.ablation_scale(everything)
+        legend = token_html.legend_html(mode, scale, token_html.ablation_scale_text(
+            scale, token_html.ablation_magnitudes(everything)))
+    else:
+        scale, legend = record.max_act, token_html.legend_html(mode, record.max_act)
+    parts = [legend,
              f"<div class='interval-head'><b>Top activations</b> ({len(record.top_examples)})</div>",
              token_html.examples_html(record.top_examples, mode, scale,
                                       token_html.EXAMPLE_CONTEXT,

@@ -11,6 +11,7 @@ URLs (`feature_url`) serve tables and charts that can only hold an href.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -36,20 +37,25 @@ def splitting_label(dictionary: str) -> str:
     return "Splitting (neurons are not in families)" if dictionary == NEURONS else "Splitting"
 
 
-def feature_params(dictionary: str, index: int) -> dict[str, str]:
-    return {"dictionary": dictionary, "feature": str(int(index))}
+def feature_params(dictionary: str, index: int,
+                   view: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The query parameters naming a feature, plus `view` (how the page shows it, e.g.
+    `shade=ablation`), so a link to another feature keeps the reader's view."""
+    return {"dictionary": dictionary, "feature": str(int(index)), **(view or {})}
 
 
-def feature_url(dictionary: str, index: int, page: str = FEATURE) -> str:
+def feature_url(dictionary: str, index: int, page: str = FEATURE,
+                view: Mapping[str, str] | None = None) -> str:
     """A relative URL (no leading slash) so it also works behind `server.baseUrlPath`."""
-    return f"{URL_PATHS.get(page, page)}?{urlencode(feature_params(dictionary, index))}"
+    return f"{URL_PATHS.get(page, page)}?{urlencode(feature_params(dictionary, index, view))}"
 
 
 def feature_link(dictionary: str, index: int, label: str | None = None,
-                 page: str = FEATURE, help: str | None = None) -> None:
+                 page: str = FEATURE, help: str | None = None,
+                 view: Mapping[str, str] | None = None) -> None:
     """An in-app link to a feature's view on `page`."""
     st.page_link(page, label=label or f"{dictionary} #{index}", help=help,
-                 query_params=feature_params(dictionary, index))
+                 query_params=feature_params(dictionary, index, view))
 
 
 def open_feature(dictionary: str, index: int, page: str = FEATURE) -> None:

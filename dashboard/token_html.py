@@ -16,7 +16,9 @@ Two shadings:
   page compare);
 - ablation: diverging, from `Example.ablation` (Δ log p(next token) when the feature is
   removed). Blue where the feature *raised* the log-probability of the next token (removing
-  it lowers it, Δ < 0), red where it lowered it; scale = largest |Δ| on the page.
+  it lowers it, Δ < 0), red where it lowered it; scale = the 99th percentile of |Δ| over the
+  page's tokens where the feature fired (`ablation_scale`), printed in the legend: the
+  largest |Δ| alone let one outlier wash every other token out to white.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
+
+import numpy as np
 
 from feature_store import token_display
 from feature_store.records import Example, LogitEntry
@@ -165,22 +169,54 @@ def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
     return f'<div class="tokens{" wrap" if wrap else ""}">{rows}</div>'
 
 
+ABLATION_PERCENTILE = 99  # full colour at this percentile of |Δ|; the few above it saturate
+
+
+def ablation_magnitudes(examples: Iterable[Example]) -> list[float]:
+    """|Δ log p| at every token of the examples where it was measured: finite and nonzero
+    (Δ is exactly 0 where the feature did not fire, NaN where no next token is shown)."""
+    return [abs(delta) for example in examples for delta in example.ablation
+            if math.isfinite(delta) and delta != 0]
+
+
 def ablation_scale(examples: Iterable[Example]) -> float:
-    """Largest finite |Δ log p| over the examples, so one page shares one colour scale."""
-    largest = 0.0
-    for example in examples:
-        for delta in example.ablation:
-            if math.isfinite(delta) and abs(delta) > largest:
-                largest = abs(delta)
-    return largest
+    """The |Δ| that gets full colour: the ABLATION_PERCENTILE-th percentile of the examples'
+    magnitudes (an observed value, so the legend prints a real |Δ|), one scale for the whole
+    page so its windows compare; 0 when nothing was measured."""
+    magnitudes = ablation_magnitudes(examples)
+    if not magnitudes:
+        return 0.0
+    return float(np.percentile(magnitudes, ABLATION_PERCENTILE, method="higher"))
 
 
-def legend_html(mode: Mode, scale: float) -> str:
+def ablation_scale_text(scale: float, magnitudes: Sequence[float]) -> str:
+    """How the ablation scale was chosen, in words (numbers only: no corpus text)."""
+    if not magnitudes:
+        return "no ablation effect measured on these examples"
+    return (f"full colour at |Δ| ≥ {scale:.3f}, the {ABLATION_PERCENTILE}th percentile of |Δ| "
+            f"over the {len(magnitudes):,} shown tokens where it fired (largest "
+            f"{max(magnitudes):.3f})")
+
+
+def ablation_key_html(scale: float) -> str:
+    """A small diverging colour bar from −scale (blue) through 0 to +scale (red)."""
+    bar = (f"background:linear-gradient(to right,{_rgba(RAISE_RGB, 1.0)},transparent,"
+           f"{_rgba(LOWER_RGB, 1.0)})")
+    return (f'<span style="white-space:nowrap">{-scale:+.3f} <span style="display:inline-block;'
+            f'width:7em;height:0.8em;vertical-align:middle;border:1px solid #ccc;{bar}"></span> '
+            f'{scale:+.3f}</span>')
+
+
+def legend_html(mode: Mode, scale: float, scale_text: str = "") -> str:
+    """The shading's key; for ablation `scale_text` (from `ablation_scale_text`) says where
+    full colour starts, so a reader can read a shade as a number."""
     if mode == "ablation":
         body = (f'<span class="tok" style="background:{_rgba(RAISE_RGB, 0.8)}">blue</span> '
-                f'the feature raised log p(next token), '
+                f'the feature raised log p(next token) (Δ &lt; 0 when removed), '
                 f'<span class="tok" style="background:{_rgba(LOWER_RGB, 0.8)}">red</span> '
-                f'lowered it (full colour = |Δ| {scale:.3f}); hover for values')
+                f'lowered it. Δ log p: {ablation_key_html(scale)}, '
+                f'{html.escape(scale_text or f"full colour at |Δ| {scale:.3f}")}; '
+                'hover for values')
     else:
         body = (f'<span class="tok" style="background:{_rgba(ACT_RGB, 1.0)}">full orange</span>'
                 f' = max activation {scale:.3f}; outlined = the drawn token; hover for values')

@@ -6,13 +6,19 @@ from dashboard import feature_views, url_state
 
 path = url_state.require_store()
 record = url_state.chosen_feature(path)
-feature_views.header(record)
+feature_views.header(record)  # a dead unit's one block is here: no chart, no examples below
 feature_views.keyboard_shortcuts()
 left, right = st.columns([2, 3], gap="medium")
-with left:
-    feature_views.activation_histogram(record)
-    feature_views.logits(record)
-    feature_views.related(record)
-with right:
-    mode = feature_views.shading_mode(record)
-    feature_views.examples(record, mode)
+if record.density_class == "dead":
+    with left:
+        feature_views.logits(record)
+    with right:
+        feature_views.related(path, record)
+else:
+    with left:
+        feature_views.activation_histogram(record)
+        feature_views.logits(record)
+        feature_views.related(path, record)
+    with right:
+        mode = feature_views.shading_mode(record)
+        feature_views.examples(record, mode)
