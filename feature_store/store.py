@@ -505,21 +505,22 @@ def _ordered(dictionaries: list[dict[str, Any]]) -> list[str]:
 
 
 def _top_example_tokens(d: _Dictionary, store: Path) -> pd.DataFrame:
-    """`FeatureStore.top_example_tokens`, read a row group at a time: memory holds one group's
-    windows, never the whole examples file."""
-    columns = ["feature", "rank", "center", "act", "token_ids"]
-    parts = [pd.DataFrame({"feature": np.zeros(0, np.int32), "rank": np.zeros(0, np.int16),
-                           "token_id": np.zeros(0, np.int64), "act": np.zeros(0, np.float32)})]
+    """`FeatureStore.top_example_tokens`, read in batches that keep only their top-k rows:
+    memory holds one batch of windows, never the whole examples file."""
+    columns = ["kind", "feature", "rank", "center", "act", "token_ids"]
+    kept = []
     try:
         reader = pq.ParquetFile(d.examples_path, metadata=d.examples_meta)
-        for k in range(reader.num_row_groups):
-            group = reader.read_row_group(k, columns=["kind", *columns], use_threads=False)
-            top = np.flatnonzero(group.column("kind").to_numpy() == schema.KIND_TOP)
+        for batch in reader.iter_batches(batch_size=65_536, columns=columns, use_threads=False):
+            top = np.flatnonzero(batch.column(0).to_numpy() == schema.KIND_TOP)
             if top.size:
-                parts.append(_centre_tokens(group.take(top)))
+                kept.append(pa.Table.from_batches([batch.take(pa.array(top))]))
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"{d.examples_path}: unreadable ({err}); {_rebuild_hint(store)}") from None
-    return pd.concat(parts, ignore_index=True)
+    if not kept:
+        return pd.DataFrame({"feature": np.zeros(0, np.int32), "rank": np.zeros(0, np.int16),
+                             "token_id": np.zeros(0, np.int64), "act": np.zeros(0, np.float32)})
+    return _centre_tokens(pa.concat_tables(kept))
 
 
 def _centre_tokens(rows: pa.Table) -> pd.DataFrame:
