@@ -105,18 +105,21 @@ def matching_tokens(vocab: pd.DataFrame, query: str, exact: bool) -> pd.DataFram
 
 def strongest_matches(rows: pd.DataFrame, strength: str, token_ids: np.ndarray) -> pd.DataFrame:
     """Per unit, its strongest row whose token is one of `token_ids`: index, token_id,
-    strength, hits (how many of its rows matched), strongest first, then by index.
+    strength, rank (of that row in the unit's list, 1 = its strongest), hits (how many of its
+    rows matched), strongest first, then by index.
 
     `rows` holds feature, token_id and the `strength` column (a top example's activation,
     or a logit weight)."""
     hit = rows[rows["token_id"].isin(token_ids)]
     if hit.empty:
         return pd.DataFrame({"index": np.zeros(0, np.int64), "token_id": np.zeros(0, np.int64),
-                             "strength": np.zeros(0), "hits": np.zeros(0, np.int64)})
+                             "strength": np.zeros(0), "rank": np.zeros(0, np.int64),
+                             "hits": np.zeros(0, np.int64)})
     best = hit.sort_values([strength, "feature"], ascending=[False, True], kind="stable")
     best = best.drop_duplicates("feature").set_index("feature")
     out = pd.DataFrame({"index": best.index.to_numpy(), "token_id": best["token_id"].to_numpy(),
                         "strength": best[strength].to_numpy(dtype=float),
+                        "rank": best["rank"].to_numpy(dtype=np.int64) + 1,
                         "hits": hit.groupby("feature").size().reindex(best.index).to_numpy()})
     return out.sort_values(["strength", "index"], ascending=[False, True], kind="stable")
 
@@ -140,7 +143,7 @@ def search_matches(path: str, dictionary: str, query: str, where: str,
 def filtered(table: pd.DataFrame, classes: list[str],
              found: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows whose density class is chosen; with a search, only the units it `found`, in its
-    order (strongest first), with its token, strength and hits columns joined on."""
+    order (strongest first), with its token, strength, rank and hits columns joined on."""
     rows = table[table["density_class"].isin(classes)]
     if found is None:
         return rows
@@ -153,7 +156,8 @@ def search_caption(search: Search, picked: list[str]) -> str:
     plural = len(picked) > 1
     how = ("are" if plural else "is") if search.exact else ("contain" if plural else "contains")
     if not picked:
-        return f"No vocabulary token {how} {search.query!r}, so no unit matches."
+        tried = " or ".join(repr(form) for form in query_forms(search.query))
+        return f"No vocabulary token {how} {tried}, so no unit matches."
     forms = list(dict.fromkeys(picked))  # two ids can share a display form
     shown = ", ".join(forms[:8]) + (", …" if len(forms) > 8 else "")
     label, strength, _ = SEARCH_IN[search.where]
@@ -186,7 +190,9 @@ def feature_table(path: str, dictionary: str, search: Search, classes: list[str]
     if found is not None:
         view.insert(2, "matched", rows["token"].to_numpy())
         view.insert(3, "strength", rows["strength"].to_numpy())
-        view.insert(4, "hits", rows["hits"].to_numpy())
+        # tokens: how many top examples fire on it; logits: where it stands among them
+        count = "hits" if search.where == "tokens" else "rank"
+        view.insert(4, count, rows[count].to_numpy())
     means = score_access.unit_means(path, dictionary)
     if len(means):  # only once something in this dictionary was scored
         view.insert(2, "score", rows["index"].map(means).to_numpy())
@@ -202,8 +208,6 @@ def feature_table(path: str, dictionary: str, search: Search, classes: list[str]
 def column_config(search: Search) -> dict:
     """Formats, widths and hover help of the table's columns (search columns by `search`)."""
     label, strength, strength_help = SEARCH_IN[search.where]
-    hits_help = ("how many of its top examples' drawn tokens match" if search.where == "tokens"
-                 else "how many of its top logits match")
     return {
         "open": st.column_config.LinkColumn("", display_text="open", width=50),
         "feature": st.column_config.NumberColumn("feature", format="%d", width=70),
@@ -211,7 +215,12 @@ def column_config(search: Search) -> dict:
             "matched", width=90, help=f"The matching token among its {label}"),
         "strength": st.column_config.NumberColumn(strength, format="%.3f", width=90,
                                                   help=strength_help),
-        "hits": st.column_config.NumberColumn("hits", format="%d", width=50, help=hits_help),
+        "hits": st.column_config.NumberColumn(
+            "hits", format="%d", width=50,
+            help="How many of its top examples have a matching drawn token"),
+        "rank": st.column_config.NumberColumn(
+            "rank", format="%d", width=50,
+            help="Where the matching token stands among its top logits (1 = its largest)"),
         "log10 density": st.column_config.ProgressColumn(
             "log10 density", min_value=-7.0, max_value=0.0, format="%.2f", width=110),
         "density": st.column_config.NumberColumn("density", format="%.2e", width=80),

@@ -75,11 +75,13 @@ def test_matching_tokens_substring_any_case_or_exact():
 
 def test_strongest_matches_rank_by_strength_not_index():
     rows = pd.DataFrame({"feature": [0, 0, 1, 2, 2, 3],
-                         "token_id": [7, 9, 7, 7, 7, 5],
-                         "act": [1.0, 5.0, 3.0, 2.0, 2.5, 9.0]})
+                         "rank": [0, 1, 0, 0, 1, 0],
+                         "token_id": [9, 7, 7, 7, 7, 5],
+                         "act": [5.0, 1.0, 3.0, 2.5, 2.0, 9.0]})
     found = browser_views.strongest_matches(rows, "act", np.array([7]))
     assert found["index"].tolist() == [1, 2, 0]  # token 9 (act 5) and unit 3 do not count
     assert found["strength"].tolist() == [3.0, 2.5, 1.0]
+    assert found["rank"].tolist() == [1, 1, 2]  # 1-based, of the strongest matching row
     assert found["hits"].tolist() == [1, 2, 1]
 
 
@@ -110,6 +112,7 @@ def test_search_ranks_units_by_their_response_to_the_token(browse, store, where)
     assert list(table["strength"]) == sorted(table["strength"], reverse=True)
     assert list(table["feature"]) != sorted(table["feature"])  # not by index
     assert all("zi" in token.casefold() for token in table["matched"])
+    assert ("hits" in table) == (where == "tokens") and ("rank" in table) == (where == "logits")
     caption = " ".join(c.value for c in at.caption)
     assert ("act on token" if where == "tokens" else "logit weight") in caption
     assert at.query_params.get("in") == ("logits" if where == "logits" else None)
@@ -133,4 +136,6 @@ def test_exact_token_search_is_narrower(browse):
 def test_a_query_matching_no_token_says_so(browse):
     at = browse(dictionary="sae_64", q="qqqq")
     assert len(at.dataframe[0].value) == 0
-    assert "No vocabulary token contains 'qqqq'" in " ".join(c.value for c in at.caption)
+    assert "No vocabulary token contains 'qqqq', so" in " ".join(c.value for c in at.caption)
+    at = browse(dictionary="sae_64", q=" qqqq", exact="1")
+    assert "No vocabulary token is ' qqqq' or '·qqqq'" in " ".join(c.value for c in at.caption)
