@@ -136,7 +136,8 @@ def search_matches(path: str, dictionary: str, query: str, where: str,
     else:
         rows, strength = store.top_example_tokens(dictionary), "act"
     found = strongest_matches(rows, strength, picked["token_id"].to_numpy())
-    found["token"] = store.token_display(found["token_id"].to_numpy(dtype=np.int64))
+    found["token"] = [token_display.visible(t) for t in
+                      store.token_display(found["token_id"].to_numpy(dtype=np.int64))]
     return found, picked["display"].astype(str).tolist()
 
 
@@ -165,8 +166,19 @@ def search_caption(search: Search, picked: list[str]) -> str:
             f"({shown}). Units with one among their {label}, highest {strength} first.")
 
 
-def feature_table(path: str, dictionary: str, search: Search, classes: list[str]) -> None:
+@st.cache_data(show_spinner=False, max_entries=16)
+def browse_table(path: str, dictionary: str) -> pd.DataFrame:
+    """The store's features table with its token text in display form again (the same rule
+    as token HTML): the grid draws text on a canvas, where a raw U+202E from an older store
+    would still reverse the cell. Cached, so the ~5 µs per cell is paid once."""
     table = store_access.features(path, dictionary)
+    for column in ("top_tokens", "top_logits"):
+        table[column] = [token_display.visible(str(t or "")) for t in table[column]]
+    return table
+
+
+def feature_table(path: str, dictionary: str, search: Search, classes: list[str]) -> None:
+    table = browse_table(path, dictionary)
     found = None
     if search.query:
         found, picked = search_matches(path, dictionary, search.query, search.where,

@@ -139,3 +139,16 @@ def test_a_query_matching_no_token_says_so(browse):
     assert "No vocabulary token contains 'qqqq', so" in " ".join(c.value for c in at.caption)
     at = browse(dictionary="sae_64", q=" qqqq", exact="1")
     assert "No vocabulary token is ' qqqq' or '·qqqq'" in " ".join(c.value for c in at.caption)
+
+
+def test_the_table_shows_format_characters_escaped(browse, store):
+    """The grid draws on a canvas, where a raw U+202E would reverse the cell: the table shows
+    the escape, as token HTML does."""
+    raw = FeatureStore.open(store).features("sae_64")
+    assert raw["top_tokens"].str.contains("\u202e").any()  # the hostile store holds it raw
+    every_class = {"class": "dead,ultralow,normal,dense"}
+    table = browse(dictionary="sae_64", **every_class).dataframe[0].value
+    assert not table["top tokens"].str.contains("\u202e").any()
+    assert table["top tokens"].str.contains("\\u202e", regex=False).any()
+    found = browse(dictionary="sae_64", q="override").dataframe[0].value
+    assert all("\u202e" not in token for token in found["matched"])
