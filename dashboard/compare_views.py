@@ -7,6 +7,8 @@ example lines wrap between tokens rather than scroll, so in a narrow column the 
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 from dashboard import charts, feature_views, store_access
@@ -50,4 +52,5 @@ def columns(path: str, record: FeatureRecord) -> None:
 
 def colour_bar_html(colour: str) -> str:
     """A thin bar in a dictionary's colour (a palette constant, no corpus text)."""
-    return f'<div class="dictionary-bar" style="height:4px;border-radius:2px;background:{colour}"></div>'
+    return (f'<div class="dictionary-bar" style="height:4px;border-radius:2px;'
+            f'background:{html.escape(colour, quote=True)}"></div>')

@@ -8,12 +8,6 @@ Each test leaves a screenshot in its tmp folder for a human to look at.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -21,44 +15,10 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import numpy as np
 import pytest
 
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, serving
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
-
-
-@contextlib.contextmanager
-def serving(store: Path, log_dir: Path) -> Iterator[str]:
-    """`python -m dashboard.serve` on `store` at a free localhost port; stopped by its pid."""
-    port = free_port()
-    log = open(log_dir / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log,
-        stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

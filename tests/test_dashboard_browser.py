@@ -9,12 +9,14 @@ the test's tmp folder for a human to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +36,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The warmed server on the synthetic store; stopped (by its pid) after the module."""
-    from feature_store.synthetic import build_synthetic_store
-
-    store = tmp_path_factory.mktemp("browser") / "store"
-    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
+@contextlib.contextmanager
+def serving(store: Path, log_dir: Path) -> Iterator[str]:
+    """`python -m dashboard.serve` on `store` at a free localhost port; stopped by its pid."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    log = open(log_dir / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -51,7 +49,7 @@ def server(tmp_path_factory):
         stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as reply:
@@ -62,7 +60,6 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
             time.sleep(0.3)
-        assert "dashboard warmed in" in Path(log.name).read_text()  # before it listened
         yield base
     finally:
         proc.terminate()
@@ -71,6 +68,19 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The warmed server on the synthetic store; stopped (by its pid) after the module."""
+    from feature_store.synthetic import build_synthetic_store
+
+    store = tmp_path_factory.mktemp("browser") / "store"
+    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
+    log_dir = tmp_path_factory.mktemp("log")
+    with serving(store, log_dir) as base:
+        assert "dashboard warmed in" in (log_dir / "streamlit.log").read_text()  # before it listened
+        yield base
 
 
 @pytest.fixture
