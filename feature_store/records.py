@@ -113,3 +113,26 @@ class Family:
     family_id: int
     members: tuple[tuple[str, int], ...]  # (dictionary, index), smallest dictionary first
     edges: tuple[SplitEdge, ...]
+
+
+# -- explanations (issue 13) ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ExplanationRecord:
+    """One unit's automated explanation and its held-out scores (`schema.py`, Explanations).
+
+    `explanation` is unescaped text holding token display forms; NaN means undefined (e.g.
+    the unit never fired in the random windows, so random-only simulation has nothing to
+    predict). `counts` says how many examples stand behind each score."""
+
+    dictionary: str
+    index: int
+    explainer: str
+    explanation: str
+    scores: tuple[tuple[str, float], ...]  # (score name, value) in EXPLANATION_SCORES order
+    controls: tuple[tuple[str, str, float], ...]  # (control, score name, value)
+    single_token: str  # the best single-token explanation (control)
+    counts: tuple[tuple[str, int], ...]  # (count column, value)
+
+    def score(self, name: str) -> float:
+        return dict(self.scores)[name]

@@ -105,6 +105,42 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     another dictionary); `neighbour_dictionary` string; `rank` int16; `neighbour_index`
     int32; `cosine` float32; sorted by feature, then relation in the order above, then
     dictionary order (neurons first, then SAEs by size), then rank.
+
+Explanations (issue 13), `store/explanations/`, written by the interp stage after the rest
+------------------------------------------------------------------------------------------
+The interp stage (`pipelines/interp.py`) explains every unit from *training-split* examples
+and scores the explanation on *held-out validation* examples; it writes into the store
+folder afterwards, so the folder is absent until interp has run (the reader then returns
+None) and is removed whenever the stats stage rebuilds the store:
+
+```
+store/explanations/
+  _manifest.json                       (underscore: pyarrow's dataset readers skip it)
+  dictionary=<name>/part-0.parquet
+```
+
+`_manifest.json`
+    `version` (`EXPLANATIONS_VERSION`), `created_at`, `explainer` (e.g. `token-patterns`),
+    `explain_split` ("train"), `score_split` ("val"), `config` (the interp stage's),
+    `dictionaries`: per dictionary `{n_units, n_scored, medians: {score: median over units
+    with a defined value}, controls: {control: {score: median}}, counts: {score: units with a
+    defined value}}`, `tables` (relative path -> row count, which the reader checks).
+
+`explanations/dictionary=<name>/part-0.parquet` — one row per unit, sorted by `index`
+    `index` int32; `explainer` string; `explanation` string (readable text; token display
+    forms inside quotes, unescaped); the scores, float32, NaN where undefined:
+    `sim_top_random` (Pearson of simulated vs true activations over top, interval and random
+    held-out windows), `sim_random` (random windows only), `detection` (balanced accuracy,
+    firing vs non-firing random windows), `detection_neighbours` (negatives from the nearest
+    neighbours' top windows), `logits` (AUC of the top positive-logit tokens against random
+    tokens); the counts behind them, int32: `n_explain_windows` (training windows the
+    explanation was fitted on), `n_score_windows` (held-out top and interval windows),
+    `n_random_windows`, `n_detection_positive`, `n_detection_random`,
+    `n_detection_neighbour`, `n_logit_tokens`; controls, float32: `shuffled_sim_top_random`,
+    `shuffled_detection`, `shuffled_logits` (the unit scored with another unit's
+    explanation), `single_token` string and `single_token_sim_top_random`,
+    `single_token_detection` (its best single-token explanation). `pipelines/interp_scoring.py`
+    defines every score.
 """
 
 from __future__ import annotations
@@ -224,3 +260,33 @@ def dictionary_name(n_features: int) -> str:
 def partition_path(table: str, dictionary: str) -> str:
     """Relative path of one dictionary's file of a per-dictionary table."""
     return f"{table}/dictionary={dictionary}/part-0.parquet"
+
+
+# -- explanations (issue 13): store/explanations/, written by the interp stage ----------------
+EXPLANATIONS = "explanations"
+EXPLANATIONS_MANIFEST = "_manifest.json"
+EXPLANATIONS_VERSION = 1  # its own version: a store without explanations is still schema 2
+# The scores, in the order pages show them, with what a reader sees as their name.
+EXPLANATION_SCORES = {
+    "sim_top_random": "simulation (top + random)",
+    "sim_random": "simulation (random only)",
+    "detection": "detection",
+    "detection_neighbours": "detection (neighbour negatives)",
+    "logits": "logit AUC",
+}
+EXPLANATION_CONTROLS = {  # control -> {score: column}
+    "shuffled": {"sim_top_random": "shuffled_sim_top_random", "detection": "shuffled_detection",
+                 "logits": "shuffled_logits"},
+    "single_token": {"sim_top_random": "single_token_sim_top_random",
+                     "detection": "single_token_detection"},
+}
+EXPLANATION_COUNTS = ("n_explain_windows", "n_score_windows", "n_random_windows",
+                      "n_detection_positive", "n_detection_random", "n_detection_neighbour",
+                      "n_logit_tokens")
+EXPLANATIONS_SCHEMA = pa.schema(
+    [("index", pa.int32()), ("explainer", pa.string()), ("explanation", pa.string())]
+    + [(name, pa.float32()) for name in EXPLANATION_SCORES]
+    + [(name, pa.int32()) for name in EXPLANATION_COUNTS]
+    + [("shuffled_sim_top_random", pa.float32()), ("shuffled_detection", pa.float32()),
+       ("shuffled_logits", pa.float32()), ("single_token", pa.string()),
+       ("single_token_sim_top_random", pa.float32()), ("single_token_detection", pa.float32())])

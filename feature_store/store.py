@@ -28,10 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store import schema
+from feature_store import explanations, schema
 from feature_store.errors import FeatureNotFound, StoreError
 from feature_store.records import (
-    N_INTERVALS, Example, FeatureRecord, Family, Histogram, Interval, LogitEntry, Neighbour,
+    N_INTERVALS, Example, ExplanationRecord, FeatureRecord, Family, Histogram, Interval, LogitEntry, Neighbour,
     SplitEdge,
 )
 
@@ -121,15 +121,21 @@ class FeatureStore:
     # -- opening -------------------------------------------------------------------------------
 
     @staticmethod
-    def build_stamp(path: str | Path) -> tuple[int, int] | None:
+    def build_stamp(path: str | Path) -> tuple[int, ...] | None:
         """Which build of the store is at `path` now (None when there is none). A build is
         staged elsewhere and renamed into place, so a rebuild changes its manifest's inode
-        and mtime: one `stat`, cheap enough for a server to check on every page view."""
+        and mtime: one `stat`, cheap enough for a server to check on every page view. The
+        explanations folder is built later by its own stage, so its manifest counts too."""
         try:
             info = os.stat(Path(path) / schema.MANIFEST)
         except OSError:
             return None
-        return (info.st_ino, info.st_mtime_ns)
+        try:
+            more = os.stat(explanations.folder(Path(path)) / schema.EXPLANATIONS_MANIFEST)
+            extra: tuple[int, ...] = (more.st_ino, more.st_mtime_ns)
+        except OSError:
+            extra = ()
+        return (info.st_ino, info.st_mtime_ns, *extra)
 
     @classmethod
     def open(cls, path: str | Path) -> "FeatureStore":
@@ -322,6 +328,43 @@ class FeatureStore:
                              "token_id": rel.logit_token[top], "value": rel.logit_value[top]})
 
     # -- internals -----------------------------------------------------------------------------
+
+    # -- explanations (issue 13; feature_store/explanations.py) --------------------------------
+
+    def interp_summary(self) -> dict[str, Any] | None:
+        """The explanations manifest (explainer, splits, per-dictionary medians of every score
+        and control), or None when the interp stage has not run on this store."""
+        manifest = self._cached("explanations_manifest",
+                                lambda: explanations.read_manifest(self.path))
+        return json.loads(json.dumps(manifest)) if manifest is not None else None
+
+    def explanations(self, dictionary: str) -> pd.DataFrame | None:
+        """One row per unit: index, explainer, explanation, every score, count and control
+        (`schema.EXPLANATIONS_SCHEMA`); None when this store has no explanations."""
+        frame = self._explanations(dictionary)
+        return None if frame is None else frame.copy()
+
+    def explanation(self, dictionary: str, index: int) -> ExplanationRecord | None:
+        """One unit's explanation and scores, or None when this store has none."""
+        frame = self._explanations(dictionary)
+        if frame is None:
+            return None
+        return explanations.record(frame, dictionary, self._check_index(
+            self._dictionary_info_checked(dictionary), index))
+
+    def example_windows(self, dictionary: str) -> explanations.ExampleWindows:
+        """Every example window of a dictionary as arrays (the interp stage's held-out set)."""
+        self._check_dictionary(dictionary)
+        return explanations.example_windows(self.path, dictionary)
+
+    def _explanations(self, dictionary: str) -> pd.DataFrame | None:
+        self._check_dictionary(dictionary)
+        manifest = self._cached("explanations_manifest",
+                                lambda: explanations.read_manifest(self.path))
+        if manifest is None:
+            return None
+        return self._cached(("explanations", dictionary),
+                            lambda: explanations.read_table(self.path, manifest, dictionary))
 
     def _family_lookup(self) -> _FamilyLookup:
         fam = _read(self.path, schema.FAMILIES, self._footers).to_pydict()

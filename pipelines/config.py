@@ -243,6 +243,63 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
+class InterpConfig:
+    """Automated interpretability (issue 13; `pipelines/interp.py`): explain every unit from
+    training-split examples, score the explanation on held-out validation examples.
+
+    Defaults: the explain pass reads ~256k training tokens (enough for 20 top windows of all
+    but the rarest units; it is most of the stage's time); windows as the dashboard's; 128
+    random windows (most do not fire) give both the explainer its base rates and the
+    random-only simulation score its data.
+    """
+
+    explainer: str = "token-patterns"  # token-patterns (offline) | llm (pipelines/interp_llm.py)
+    explain_tokens: int = 262_144  # training tokens the explain pass covers (whole sequences)
+    batch_tokens: int = 8192
+    top_k: int = 20  # top training windows per unit to explain from
+    examples_per_interval: int = 5  # plus this many from each of the 11 intervals
+    window_before: int = 12
+    window_after: int = 4
+    random_windows: int = 128  # random windows, training (explain) and validation (score)
+    neighbours: int = 3  # nearest units whose top windows give detection's hard negatives
+    neighbour_windows: int = 4  # top windows taken from each neighbour
+    max_patterns: int = 5  # token-patterns: at most this many in an explanation
+    min_support: int = 2  # token-patterns: a pattern must match this many explain tokens
+    fire_fraction: float = 0.1  # a window fires when it reaches this share of the unit's max
+    logit_tokens: int = 10  # top positive-logit tokens the logit score asks about
+    random_logit_tokens: int = 20  # random vocabulary tokens they are mixed with
+    llm_base_url: str = ""  # llm: an OpenAI-compatible endpoint, e.g. http://localhost:8080/v1
+    llm_model: str = ""  # llm: model name; the key is read from OPENAI_API_KEY, never stored
+    llm_concurrency: int = 4
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 4
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.explainer in ("token-patterns", "llm"), "interp.explainer",
+                 self.explainer, "must be token-patterns or llm")
+        _require(self.explainer != "llm" or bool(self.llm_base_url and self.llm_model),
+                 "interp.explainer", self.explainer,
+                 "llm needs interp.llm_base_url and interp.llm_model")
+        for key in ("explain_tokens", "batch_tokens", "top_k", "examples_per_interval",
+                    "random_windows", "neighbours", "neighbour_windows", "max_patterns",
+                    "min_support", "logit_tokens", "random_logit_tokens", "llm_concurrency",
+                    "llm_max_retries"):
+            _require(getattr(self, key) > 0, f"interp.{key}", getattr(self, key),
+                     "must be positive")
+        for key in ("window_before", "window_after"):
+            _require(0 <= getattr(self, key) <= 1024, f"interp.{key}", getattr(self, key),
+                     "must be in [0, 1024]")
+        _require(0 < self.fire_fraction <= 1, "interp.fire_fraction", self.fire_fraction,
+                 "must be in (0, 1]")
+        _require(self.llm_timeout_s > 0, "interp.llm_timeout_s", self.llm_timeout_s,
+                 "must be positive")
+        _require(self.device in ("auto", "cpu", "cuda"), "interp.device", self.device,
+                 "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Every stage's config; one section per stage in the TOML file."""
 
@@ -253,6 +310,7 @@ class RunConfig:
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     sae: SaeConfig = field(default_factory=SaeConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    interp: InterpConfig = field(default_factory=InterpConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feature_store.errors import StoreError
-from pipelines import activations, corpus, model_training, sae_stage, stats, tokenizer, tokens
+from pipelines import (activations, corpus, interp, model_training, sae_stage, stats, tokenizer,
+                       tokens)
 from pipelines.config import RunConfig, build_config, config_hash
 from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
@@ -63,6 +64,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("activations", ("tokens", "model"), activations),
     Stage("sae", ("activations",), sae_stage),
     Stage("stats", ("tokenizer", "tokens", "model", "activations", "sae"), stats, folder="store"),
+    # Writes store/explanations/ inside the stats stage's folder: a stats rebuild replaces the
+    # store (and so removes it), and interp, downstream of stats, is rebuilt after it.
+    Stage("interp", ("tokens", "model", "activations", "sae", "stats"), interp,
+          folder="store/explanations"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 _PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")

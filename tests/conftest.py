@@ -19,6 +19,7 @@ MINI = {
     "activations": {"max_tokens": 30_000, "shard_tokens": 8192},
     "sae": {"dict_sizes": [64, 128], "k": 4, "batch_size": 256, "buffer_tokens": 4096,
             "dead_window": 5000, "eval_sequences": 16, "lr": 3e-3},
+    "interp": {"explain_tokens": 8192, "random_windows": 32},
 }
 
 
