@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import links, score_access, store_access, url_state
+from dashboard import interp_views, links, score_access, store_access, url_state
 from feature_store import token_display
 from feature_store.records import DENSITY_CLASSES
 
@@ -184,6 +184,9 @@ def feature_table(path: str, dictionary: str, search: Search, classes: list[str]
         found, picked = search_matches(path, dictionary, search.query, search.where,
                                        search.exact)
     rows = filtered(table, classes, found)
+    expl = interp_views.explanations(path, dictionary)  # issue 13: None before interp ran
+    if expl is not None:
+        rows = interp_views.filter_rows(rows, expl, *interp_views.browser_filters())
     if found is not None:
         st.caption(search_caption(search, picked))
     st.caption(f"{len(rows):,} of {len(table):,} features · click a column header to sort, "
@@ -205,13 +208,14 @@ def feature_table(path: str, dictionary: str, search: Search, classes: list[str]
         # tokens: how many top examples fire on it; logits: where it stands among them
         count = "hits" if search.where == "tokens" else "rank"
         view.insert(4, count, rows[count].to_numpy())
+    view = interp_views.browser_columns(view, expl)
     means = score_access.unit_means(path, dictionary)
     if len(means):  # only once something in this dictionary was scored
         view.insert(2, "score", rows["index"].map(means).to_numpy())
     event = st.dataframe(
         view, hide_index=True, height=620, on_select="rerun", selection_mode="single-row",
         key=f"table_{dictionary}", placeholder="–",  # not "None": an unscored unit
-        column_config=column_config(search))
+        column_config={**column_config(search), **interp_views.BROWSER_COLUMN_CONFIG})
     selected = getattr(getattr(event, "selection", None), "rows", None)
     if selected:
         links.open_feature(dictionary, int(view["feature"].iloc[selected[0]]))

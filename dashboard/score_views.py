@@ -27,7 +27,8 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, feature_views, light_plotly, links, store_access, token_html
+from dashboard import (charts, feature_views, interp_views, light_plotly, links, store_access,
+                       token_html)
 from feature_store.records import FeatureRecord
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
@@ -237,6 +238,8 @@ def revealed(book: ScoreBook, rater: str, record: FeatureRecord, latest: Score,
                        for item in RUBRIC)
     st.caption(f"“{latest.rubric.interpretation}” — {items}")
     links.feature_link(record.dictionary, record.index, "Open its feature page")
+    # issue 13: the automated explanation only now, after the score is saved (never before)
+    interp_views.after_score_block(store_access.store_path(), record.dictionary, record.index)
     return st.button("Edit my score", key=f"{key}_edit")
 
 

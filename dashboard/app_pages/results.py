@@ -3,7 +3,8 @@ By default only blind scores count (`?all=1` includes scores given from a featur
 
 import streamlit as st
 
-from dashboard import light_plotly, results_views, score_access, store_access, url_state
+from dashboard import (interp_views, light_plotly, results_views, score_access, store_access,
+                       url_state)
 from feature_store.scores_results import results
 
 path = url_state.require_store()
@@ -31,6 +32,7 @@ else:
         light_plotly.chart(results_views.items_figure(res, order), key="results_items")
     results_views.item_table(res)
     results_views.interval_table(res)
+    interp_views.results_section(path, res.ratings)  # issue 13
 st.subheader("Export and import")
 if book.exists:
     results_views.export_buttons(book)
