@@ -80,7 +80,7 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         ex = explain[d.name]
         if cfg.explainer == "llm":  # pragma: no cover - never run by tests or by default
             from pipelines.interp_llm import explain_with_llm
-            patterns, texts = explain_with_llm(cfg, d.name, ex, display, run_dir)
+            patterns, texts = explain_with_llm(cfg, d.name, ex, display, run_dir, d.n)
         else:
             patterns = fit_patterns(ex, d.n, d_vocab, cfg.max_patterns, cfg.max_patterns,
                                     cfg.min_support)
