@@ -77,7 +77,7 @@ def pipeline(results: dict) -> None:
     peak_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     figures = {"peak_rss_mib": round(peak_mib)}
-    for stage in ("model", "activations", "sae", "stats"):
+    for stage in ("model", "activations", "sae", "stats", "interp"):
         entry = manifest.get(stage, {})
         figures[f"{stage}_seconds"] = entry.get("duration_s")
         figures[f"{stage}_results"] = {k: v for k, v in entry.get("results", {}).items()
@@ -105,7 +105,10 @@ def write_markdown(info: dict, results: dict) -> str:
                   f"| sae (all sizes, one pass) | {fig['sae_seconds']} | "
                   f"{fig['sae_results'].get('activations_per_second', 0):,.0f} activations/s |",
                   f"| stats | {fig['stats_seconds']} | "
-                  f"{fig['stats_results'].get('tokens_per_second', 0):,.0f} tokens/s |", "",
+                  f"{fig['stats_results'].get('tokens_per_second', 0):,.0f} tokens/s |",
+                  f"| interp (every unit explained and scored) | {fig.get('interp_seconds')} | "
+                  f"{fig.get('interp_results', {}).get('n_units', 0) / max(fig.get('interp_seconds') or 1, 1e-9):,.0f} "
+                  f"units/s |", "",
                   f"Peak resident memory of the pipeline process: {fig['peak_rss_mib']:,} MiB.", ""]
         if fig.get("sae_metrics"):
             lines += ["| dictionary | L0 | FVU | CE loss recovered | dead |", "| --- | --- | --- | --- | --- |"]
@@ -127,7 +130,7 @@ def write_markdown(info: dict, results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,sae_throughput_gpu,"
-                                                   "saelens,store_read,dashboard_page,first_paint")
+                                                   "saelens,interp,store_read,dashboard_page,first_paint")
     parser.add_argument("--quick", action="store_true", help="smaller stores and fewer steps")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -149,6 +152,8 @@ def main() -> None:
     if "saelens" not in skip:
         run("saelens", [PY, "benchmarks/sae_vs_saelens.py", "--run-dir", run_dir,
                         "--steps", "30" if args.quick else "60"], results)
+    if "interp" not in skip:  # issue 13: all units of the tiny run in <= 90 s on 2 cores
+        run("interp", [PY, "benchmarks/interp.py", "--run-dir", run_dir], results)
     if "store_read" not in skip:
         run("store_read", [PY, "benchmarks/store_read.py", "--n-features", n], results)
     if "dashboard_page" not in skip:
