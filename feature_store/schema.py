@@ -106,6 +106,40 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     int32; `cosine` float32; sorted by feature, then relation in the order above, then
     dictionary order (neurons first, then SAEs by size), then rank.
 
+A study's store, `runs/<study>/store/` (`feature_store/study_store.py` reads and writes it)
+------------------------------------------------------------------------------------------
+A study is several variants (e.g. SoLU and GeLU) trained on the same tokens; each variant is
+an ordinary run with an ordinary store, and the study's store holds what compares them:
+
+```
+store/
+  manifest.json
+  universality.parquet
+  universality_summary.parquet
+```
+
+`manifest.json`
+    `schema_version` (`STUDY_SCHEMA_VERSION`), `kind` = "study", `created_at`, `n_tokens`
+    (validation tokens compared), `variants`: a list of `{name, store}` where `store` is the
+    variant's feature store relative to this folder (e.g. `../runs/solu/store`), `tables`.
+
+`universality.parquet` — each unit's best match in another variant
+    `variant`, `other`, `dictionary` (a dictionary both have), `index` int32 (the unit in
+    `variant`), `n_active` int64 (compared tokens where it is > 0), `best_match` int32 (the
+    unit of `other`'s same dictionary with the highest Pearson correlation of activations
+    over the same tokens; −1 when the unit never varies), `best_corr` float32,
+    `second_match` int32, `second_corr` float32, `logit_corr` float32 (correlation of the two
+    units' logit weights over the vocabulary), `decoder_cosine` float32 (cosine of the two
+    decoder directions, only when both variants share the model's weights; null otherwise,
+    because two models' MLP bases are unrelated). Sorted by variant, other (study order),
+    dictionary order, index. Both directions of a pair are present (a→b and b→a).
+
+`universality_summary.parquet` — one row per (variant, other, dictionary)
+    `variant`, `other`, `dictionary`, `n_units` int32, `n_compared` int32 (units with a
+    defined correlation), `median_best_corr`, `mean_best_corr`, `share_above_0_5`,
+    `share_above_0_9`, `median_logit_corr` float64 (over compared units),
+    `directions_comparable` bool, `n_tokens` int64.
+
 Explanations (issue 13), `store/explanations/`, written by the interp stage after the rest
 ------------------------------------------------------------------------------------------
 The interp stage (`pipelines/interp.py`) explains every unit from *training-split* examples
@@ -224,6 +258,26 @@ NEIGHBOURS_SCHEMA = pa.schema([
     ("feature", pa.int32()), ("relation", pa.string()), ("neighbour_dictionary", pa.string()),
     ("rank", pa.int16()), ("neighbour_index", pa.int32()), ("cosine", pa.float32()),
 ])
+STUDY_SCHEMA_VERSION = 1
+UNIVERSALITY = "universality.parquet"
+UNIVERSALITY_SUMMARY = "universality_summary.parquet"
+UNIVERSALITY_SCHEMA = pa.schema([
+    ("variant", pa.string()), ("other", pa.string()), ("dictionary", pa.string()),
+    ("index", pa.int32()), ("n_active", pa.int64()), ("best_match", pa.int32()),
+    ("best_corr", pa.float32()), ("second_match", pa.int32()), ("second_corr", pa.float32()),
+    ("logit_corr", pa.float32()), ("decoder_cosine", pa.float32()),
+])
+UNIVERSALITY_SUMMARY_SCHEMA = pa.schema([
+    ("variant", pa.string()), ("other", pa.string()), ("dictionary", pa.string()),
+    ("n_units", pa.int32()), ("n_compared", pa.int32()), ("median_best_corr", pa.float64()),
+    ("mean_best_corr", pa.float64()), ("share_above_0_5", pa.float64()),
+    ("share_above_0_9", pa.float64()), ("median_logit_corr", pa.float64()),
+    ("directions_comparable", pa.bool_()), ("n_tokens", pa.int64()),
+])
+STUDY_TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    UNIVERSALITY: UNIVERSALITY_SCHEMA, UNIVERSALITY_SUMMARY: UNIVERSALITY_SUMMARY_SCHEMA,
+}
+
 # Table name (a file, or a per-dictionary table's folder) -> its schema; all but METRICS.
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     VOCAB: VOCAB_SCHEMA, DENSITY_HISTOGRAMS: DENSITY_HISTOGRAMS_SCHEMA, SPLITS: SPLITS_SCHEMA,

@@ -1,4 +1,4 @@
-"""`python -m pipelines run|status`: the command line.
+"""`python -m pipelines run|study|status`: the command line.
 
 Bad input (config, corpus, run folder) prints one line to stderr and exits 2; anything else
 that escapes is a bug and keeps its traceback.
@@ -16,6 +16,8 @@ from pipelines.errors import PipelineError
 from pipelines.run_folder import Manifest
 from pipelines.runner import STAGE_NAMES, run_pipeline, stage_table
 from pipelines.sae_stage import metrics_table
+from pipelines.study import STUDY_STAGES, is_study, run_study, study_status
+from pipelines.study_config import load_study
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,8 +38,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="rerun this stage and everything downstream (repeatable)")
     run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
 
+    study = sub.add_parser("study", help="several variants on the same tokens, and universality "
+                                         "between them (pipelines/study.py)")
+    config_args(study)
+    study.add_argument("--study-dir", help="the study folder (default: runs/<preset>-study)")
+    study.add_argument("--force", action="append", default=[],
+                       choices=(*STAGE_NAMES, *STUDY_STAGES),
+                       help="rerun this stage (in every variant) and everything downstream")
+    study.add_argument("--variant", action="append", default=[], metavar="NAME",
+                       help="build only this variant (repeatable); universality covers all")
+
     status = sub.add_parser("status", help="what each stage produced and whether it is up to date")
-    status.add_argument("run_dir")
+    status.add_argument("run_dir", help="a run folder or a study folder")
     config_args(status)
     return parser
 
@@ -47,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "study":
+            return _study(args)
+        if is_study(Path(args.run_dir)):
+            return _study_status(Path(args.run_dir))
         return _status(args)
     except PipelineError as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
@@ -67,6 +83,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    cfg = load_study(args.preset, args.config, args.set)
+    name = Path(args.config).stem if args.config else args.preset or "tiny"
+    study_dir = Path(args.study_dir or f"runs/{name}-study")
+    start = time.perf_counter()
+    run_study(cfg, study_dir, force=tuple(args.force), only=tuple(args.variant))
+    print(f"study: {study_dir} complete in {time.perf_counter() - start:.0f} s "
+          f"({', '.join(cfg.names)}; python -m pipelines status {study_dir})")
+    return 0
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("stage", "state", "built", "seconds")}
+    print("  ".join(k.ljust(widths[k]) for k in widths))
+    for row in rows:
+        print("  ".join(row[k].ljust(widths[k]) for k in widths))
+
+
+def _study_status(study_dir: Path) -> int:
+    for name, rows in study_status(study_dir):
+        print(f"== {name}")
+        _print_table(rows)
+        for row in rows:
+            if row["summary"] != "-":
+                print(row["summary"])
+        print()
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "manifest.json").exists():
@@ -75,11 +120,7 @@ def _status(args: argparse.Namespace) -> int:
     given = args.preset or args.config or args.set
     cfg = load_config(args.preset, args.config, args.set) if given else None
     rows = stage_table(run_dir, cfg)
-    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("stage", "state", "built", "seconds")}
-    header = "  ".join(k.ljust(widths[k]) for k in widths)
-    print(header)
-    for row in rows:
-        print("  ".join(row[k].ljust(widths[k]) for k in widths))
+    _print_table(rows)
     print()
     for row in rows:
         if row["summary"] != "-":

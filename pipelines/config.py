@@ -95,7 +95,7 @@ class ModelConfig:
     d_mlp: int = 512
     n_heads: int = 4
     d_head: int = 32
-    train_tokens: int = 2_000_000  # tokens seen in training (epochs repeat if the corpus is smaller)
+    train_tokens: int = 2_000_000  # tokens seen in training (epochs repeat); 0 = untrained control
     batch_size: int = 32  # sequences per step
     lr: float = 2e-3
     min_lr_fraction: float = 0.1  # cosine decays to lr * this
@@ -111,9 +111,11 @@ class ModelConfig:
         _require(self.act_fn in ("solu_ln", "gelu"), "model.act_fn", self.act_fn,
                  "must be solu_ln or gelu")
         for key in ("d_model", "d_mlp", "n_heads", "d_head", "batch_size", "eval_every",
-                    "eval_sequences", "train_tokens"):
+                    "eval_sequences"):
             value = getattr(self, key)
             _require(value > 0, f"model.{key}", value, "must be positive")
+        _require(self.train_tokens >= 0, "model.train_tokens", self.train_tokens,
+                 "must be >= 0 (0 keeps the seeded initial weights: an untrained control)")
         _require(self.n_heads * self.d_head == self.d_model, "model.d_head", self.d_head,
                  f"n_heads * d_head must equal d_model ({self.n_heads} * {self.d_head} "
                  f"!= {self.d_model})")
@@ -320,6 +322,9 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
+# Read only by `python -m pipelines study` (pipelines/study_config.py); a plain run ignores them,
+# so one preset serves both.
+STUDY_SECTIONS = ("variants", "universality")
 
 
 def config_hash(section: Any) -> str:
@@ -368,10 +373,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key.strip(), value
 
 
-def build_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> RunConfig:
-    """Validate every section and key of `raw` (a parsed TOML file), then apply overrides."""
+def build_config(raw: dict[str, Any], source: str, overrides: list[str] = (),
+                 layer: tuple[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Validate every section and key of `raw` (a parsed TOML file), then apply overrides,
+    then `layer` ((where, {section: {key: value}}): a study variant's settings, which win)."""
     merged: dict[str, dict[str, tuple[Any, str]]] = {}
     for section, body in raw.items():
+        if section in STUDY_SECTIONS:
+            continue
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section [{section}]; known: {sorted(SECTIONS)}")
         if not isinstance(body, dict):
@@ -379,9 +388,19 @@ def build_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) ->
         merged[section] = {k: (v, source) for k, v in body.items()}
     for text in overrides:
         section, key, value = parse_override(text)
+        if section in STUDY_SECTIONS:
+            raise ConfigError(f"--set {text!r}: [{section}] is read by `python -m pipelines study`, "
+                              f"not by `run`")
         if section not in SECTIONS:
             raise ConfigError(f"--set {text!r}: unknown section {section!r}; known: {sorted(SECTIONS)}")
         merged.setdefault(section, {})[key] = (value, "--set")
+    if layer is not None:
+        where, body = layer
+        for section, keys in body.items():
+            if section not in SECTIONS or not isinstance(keys, dict):
+                raise ConfigError(f"{where}: unknown section {section!r}; known: {sorted(SECTIONS)}")
+            for key, value in keys.items():
+                merged.setdefault(section, {})[key] = (value, where)
     sections = {}
     for name, cls in SECTIONS.items():
         known = {f.name for f in fields(cls)}
@@ -403,6 +422,12 @@ def build_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) ->
 
 def load_config(preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:
     """A preset name (pipelines/presets/<name>.toml) or a user's TOML file, plus overrides."""
+    raw, path = read_config_file(preset, config_file)
+    return build_config(raw, str(path), overrides)
+
+
+def read_config_file(preset: str | None, config_file: str | None) -> tuple[dict[str, Any], Path]:
+    """The parsed TOML of a preset or a user's file, and its path."""
     if config_file is not None:
         path = Path(config_file)
     else:
@@ -416,4 +441,4 @@ def load_config(preset: str | None, config_file: str | None, overrides: list[str
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return build_config(raw, str(path), overrides)
+    return raw, path

@@ -88,11 +88,13 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     eval_subset = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(cfg.seed))
                       [: cfg.eval_sequences].to(device)]
     tokens_per_step = cfg.batch_size * n_ctx
-    total_steps = max(1, math.ceil(cfg.train_tokens / tokens_per_step))
+    total_steps = math.ceil(cfg.train_tokens / tokens_per_step)  # 0: the untrained control
     gen = torch.Generator().manual_seed(cfg.seed)
     order, cursor = torch.randperm(len(train), generator=gen), 0
 
     curve: dict[str, list] = {"step": [], "tokens": [], "lr": [], "train_loss": [], "val_loss": []}
+    curve_types = {"step": pa.int64(), "tokens": pa.int64(), "lr": pa.float64(),
+                   "train_loss": pa.float64(), "val_loss": pa.float64()}
     bar = progress.bar(range(total_steps), desc=f"model ({device})", unit="step")
     t_train = time.perf_counter()
     for step in bar:
@@ -130,19 +132,21 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    pq.write_table(pa.table(curve), out / "loss_curve.parquet")
+    pq.write_table(pa.table({k: pa.array(v, curve_types[k]) for k, v in curve.items()}),
+                   out / "loss_curve.parquet")
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {
         "act_fn": cfg.act_fn, "device": device, "n_params": n_params,
         "steps": total_steps, "tokens_trained": total_steps * tokens_per_step,
         "train_seconds": round(train_seconds, 2),
-        "tokens_per_second": round(total_steps * tokens_per_step / train_seconds, 1),
+        "tokens_per_second": round(total_steps * tokens_per_step / max(train_seconds, 1e-9), 1),
         "val_loss": final_val, "unigram_val_loss": unigram,
         "val_tokens": int(val_np.shape[0] * (n_ctx - 1)),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - start
-    summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {metrics['tokens_trained'] / 1e6:.2f}M "
-               f"tokens at {metrics['tokens_per_second']:,.0f} tok/s on {device}; validation loss "
+    trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens at {metrics['tokens_per_second']:,.0f} "
+               f"tok/s on {device}" if total_steps else "untrained (model.train_tokens = 0: a control)")
+    summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {trained}; validation loss "
                f"{final_val:.3f} vs unigram {unigram:.3f} nats, {seconds:.0f} s")
     return summary, metrics

@@ -1,0 +1,198 @@
+"""Studies: config layering, shared stages built once, universality equal to brute force."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from feature_store.study_store import StudyStore, is_study_store
+from feature_store.transformer_files import load_transformer
+from pipelines.ablation import logit_weights, model_readout
+from pipelines.activation_shards import read_shard, shard_paths
+from pipelines.config import build_config
+from pipelines.dictionaries import load_dictionaries
+from pipelines.errors import ConfigError, InputError
+from pipelines.run_folder import Manifest
+from pipelines.study import run_study, study_status
+from pipelines.study_config import build_study
+from pipelines.universality import check_same_tokens
+from tests.conftest import MINI
+
+
+def study_raw(**variants: dict) -> dict:
+    raw = {k: dict(v) for k, v in MINI.items()}
+    raw["stats"] = {"umap": False}  # the joint UMAP is the runs' business, not the study's
+    raw["variants"] = variants or {"solu": {"model": {"act_fn": "solu_ln"}},
+                                   "gelu": {"model": {"act_fn": "gelu"}}}
+    return raw
+
+
+# -- config -------------------------------------------------------------------------------------
+
+def test_variants_layer_over_base_and_set():
+    cfg = build_study(study_raw(), "t.toml", ["sae.k=8", "variants.gelu.sae.k=6"])
+    assert cfg.names == ("solu", "gelu")
+    assert cfg.variant("solu").model.act_fn == "solu_ln" and cfg.variant("solu").sae.k == 8
+    assert cfg.variant("gelu").model.act_fn == "gelu" and cfg.variant("gelu").sae.k == 6
+    assert cfg.base.sae.k == 8 and cfg.base.tokens == cfg.variant("gelu").tokens
+
+
+def test_set_adds_a_variant_and_untrained_control_is_expressible():
+    cfg = build_study(study_raw(), "t.toml", ["variants.untrained.model.train_tokens=0"])
+    assert cfg.names == ("solu", "gelu", "untrained")
+    assert cfg.variant("untrained").model.train_tokens == 0
+
+
+def test_no_variants_is_a_study_of_one():
+    raw = {k: dict(v) for k, v in MINI.items()}
+    assert build_study(raw, "t.toml").names == ("base",)
+
+
+@pytest.mark.parametrize("variants, needle", [
+    ({"x": {"tokens": {"n_ctx": 16}}}, "share the corpus, tokenizer and tokens"),
+    ({"bad name": {}}, "variant names"),
+    ({"x": {"model": {"act_fn": "relu"}}}, "[variants.x]: model.act_fn='relu'"),
+    ({"x": {"act_fn": "gelu"}}, "unknown section 'act_fn'"),
+])
+def test_bad_variants_are_refused_with_the_variant_named(variants, needle):
+    with pytest.raises(ConfigError) as err:
+        build_study(study_raw(**variants), "t.toml")
+    assert needle in str(err.value)
+
+
+def test_plain_run_ignores_variants_but_refuses_setting_them():
+    assert build_config(study_raw(), "t.toml").model.act_fn == "solu_ln"
+    with pytest.raises(ConfigError, match="read by `python -m pipelines study`"):
+        build_config(study_raw(), "t.toml", ["variants.gelu.model.act_fn=gelu"])
+
+
+# -- the mini study -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mini_study(tmp_path_factory) -> tuple[Path, list[str]]:
+    study_dir = tmp_path_factory.mktemp("study") / "s"
+    lines: list[str] = []
+    run_study(build_study(study_raw(), "t.toml"), study_dir, log=lines.append)
+    return study_dir, lines
+
+
+def test_shared_stages_are_built_once_and_linked(mini_study):
+    study_dir, lines = mini_study
+    assert sum(line.startswith("[shared] tokens: running") for line in lines) == 1
+    assert not any("] corpus: running" in line and not line.startswith("[shared]")
+                   for line in lines)
+    for name in ("solu", "gelu"):
+        run = study_dir / "runs" / name
+        assert (run / "tokens").is_symlink()
+        assert Manifest(run).get("tokens") == Manifest(study_dir / "shared").get("tokens")
+        assert (run / "store" / "manifest.json").is_file()
+    assert Manifest(study_dir / "runs" / "gelu").get("model").results["act_fn"] == "gelu"
+    rows = dict(study_status(study_dir))
+    assert rows["gelu"] and all(r["state"] == "up to date" for r in rows["gelu"])
+    assert {r["stage"] for r in rows["gelu"]} >= {"model", "activations", "sae", "stats"}
+
+
+def dense_codes(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every dictionary's activations on the validation tokens, dense, the slow obvious way."""
+    x = np.concatenate([read_shard(p)["acts"] for p in shard_paths(run_dir / "activations", "val")])
+    model = load_transformer(run_dir / "model")
+    W_out, _ = model_readout(model)
+    with torch.no_grad():
+        return {d.name: d.encode(torch.from_numpy(x)).numpy().astype(np.float64)
+                for d in load_dictionaries(run_dir, W_out, "cpu")}
+
+
+def test_best_matches_equal_brute_force_corrcoef(mini_study):
+    study_dir, _ = mini_study
+    study = StudyStore.open(study_dir)
+    assert is_study_store(study_dir) and study.variants() == ["solu", "gelu"]
+    solu, gelu = dense_codes(study_dir / "runs" / "solu"), dense_codes(study_dir / "runs" / "gelu")
+    for name in ("neurons", "sae_64", "sae_128"):
+        a, b = solu[name], gelu[name]
+        n_a = a.shape[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            full = np.corrcoef(a.T, b.T)[:n_a, n_a:]
+        rows = study.matches("solu", "gelu", name)
+        back = study.matches("gelu", "solu", name)
+        assert len(rows) == n_a and len(back) == b.shape[1]
+        alive = np.isfinite(full).any(1)
+        best = np.where(alive, np.nan_to_num(full, nan=-2).argmax(1), -1)
+        expect = np.where(alive, np.nan_to_num(full, nan=-2).max(1), np.nan)
+        got = rows["best_corr"].to_numpy(dtype=np.float64)
+        np.testing.assert_allclose(got, expect, atol=2e-4, equal_nan=True)
+        # the chosen match is the best, or ties with it
+        chosen = rows["best_match"].to_numpy()
+        assert np.array_equal(chosen < 0, best < 0)
+        ok = chosen >= 0
+        np.testing.assert_allclose(full[np.flatnonzero(ok), chosen[ok]], expect[ok], atol=2e-4)
+        second = rows["second_corr"].to_numpy(dtype=np.float64)
+        assert np.all(second[ok] <= got[ok] + 1e-6)
+        back_expect = np.nan_to_num(full, nan=-2).max(0)
+        back_alive = np.isfinite(full).any(0)
+        np.testing.assert_allclose(back["best_corr"].to_numpy(dtype=np.float64)[back_alive],
+                                   back_expect[back_alive], atol=2e-4)
+    summary = study.summary()
+    assert set(summary["dictionary"]) == {"neurons", "sae_64", "sae_128"}
+    assert not summary["directions_comparable"].any()  # two different models
+    assert study.matches("solu", "gelu", "neurons")["decoder_cosine"].isna().all()
+
+
+def test_logit_correlation_of_the_matched_pair(mini_study):
+    study_dir, _ = mini_study
+    runs = {n: study_dir / "runs" / n for n in ("solu", "gelu")}
+    weights = {}
+    for name, run in runs.items():
+        model = load_transformer(run / "model")
+        W_out, ro = model_readout(model)
+        weights[name] = logit_weights(W_out, ro).numpy()  # neurons: out_dir = W_out rows
+    rows = StudyStore.open(study_dir).matches("solu", "gelu", "neurons")
+    row = rows[rows["best_match"] >= 0].iloc[0]
+    i, j = int(row["index"]), int(row["best_match"])
+    expect = np.corrcoef(weights["solu"][i], weights["gelu"][j])[0, 1]
+    assert row["logit_corr"] == pytest.approx(expect, abs=1e-4)
+
+
+def test_rerun_skips_everything_and_a_new_variant_builds_only_itself(mini_study, tmp_path):
+    study_dir, _ = mini_study
+    copy = tmp_path / "s"
+    shutil.copytree(study_dir, copy, symlinks=True)
+    lines: list[str] = []
+    run_study(build_study(study_raw(), "t.toml"), copy, log=lines.append)
+    assert not any(": running" in line for line in lines), lines
+    lines.clear()
+    cfg = build_study(study_raw(), "t.toml", ["variants.solu1.model.seed=1"])
+    run_study(cfg, copy, log=lines.append)
+    running = [line.split(":")[0] for line in lines if ": running" in line]
+    assert running[:4] == ["[solu1] model", "[solu1] activations", "[solu1] sae",
+                           "[solu1] stats"], lines
+    assert running[-1] == "universality" and all(r.startswith("[solu1]") for r in running[:-1])
+    study = StudyStore.open(copy)
+    assert study.variants() == ["solu", "gelu", "solu1"]
+    summary = study.summary()
+    pair = summary[(summary["variant"] == "solu") & (summary["other"] == "solu1")]
+    assert len(pair) == 3
+
+
+def test_variants_with_other_tokens_are_refused(mini_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(mini_run, other)
+    manifest = Manifest(other)
+    entry = manifest.get("tokens")
+    manifest.put(type(entry)(**{**entry.__dict__, "output_hash": "0" * 16}))
+    with pytest.raises(InputError, match="hold different tokens") as err:
+        check_same_tokens({"a": mini_run, "b": other})
+    assert "\n" not in str(err.value)
+
+
+def test_one_variant_study_works(tmp_path):
+    raw = {k: dict(v) for k, v in MINI.items()}
+    raw["variants"] = {"only": {}}
+    run_study(build_study(raw, "t.toml", ["model.train_tokens=0"]), tmp_path / "s",
+              log=lambda line: None)
+    study = StudyStore.open(tmp_path / "s")
+    assert study.variants() == ["only"] and study.summary().empty
+    assert study.store("only").n_features("neurons") == 64
