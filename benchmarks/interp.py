@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -63,9 +64,11 @@ def main() -> None:
         manifest = json.loads((Path(tmp) / "explanations" / "_manifest.json").read_text())
     n_units = results["n_units"]
     print(summary)
+    load = os.getloadavg()[0]
     print(f"interp: {n_units:,} units in {seconds:.1f} s ({n_units / seconds:,.0f} units/s); "
           f"target {TARGET_S:.0f} s: {'met' if seconds <= TARGET_S else 'MISSED'} "
-          f"({seconds / TARGET_S:.2f} of it)")
+          f"({seconds / TARGET_S:.2f} of it); load average {load:.1f} on {os.cpu_count()} "
+          f"cores (above the core count, other work shared them)")
     print(f"  explain set {results['explain_set_seconds']:.1f} s, held-out set "
           f"{results['score_set_seconds']:.1f} s, fit {results['fit_seconds']:.1f} s, "
           f"score {results['score_seconds']:.1f} s")

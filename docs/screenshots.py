@@ -1,4 +1,5 @@
-"""Screenshots of every dashboard page for the README: `python docs/screenshots.py [STORE]`.
+"""Screenshots of every dashboard page for the README:
+`python docs/screenshots.py [STORE] [--only overview,feature,...]`.
 
 Serves the app on a free localhost port against STORE (default runs/tiny/store), drives
 Debian's chromium with Playwright (never a downloaded browser), waits for the plotly charts
@@ -44,7 +45,9 @@ def seed_scores(fs, path: Path) -> None:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    store = sys.argv[1] if len(sys.argv) > 1 else "runs/tiny/store"
+    args = [a for a in sys.argv[1:] if not a.startswith("--only")]
+    only = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")), "")
+    store = args[0] if args else "runs/tiny/store"
     sys.path.insert(0, str(ROOT))
     from feature_store import FeatureStore
 
@@ -76,7 +79,11 @@ def main() -> None:
         "prompt": f"prompt?dictionary={big}",
         "score": "score?rater=demo&pos=1",
         "results": "results",
+        "explanations": "",  # the overview, scrolled to its automated-explanations section
     }
+    scroll_to = {"explanations": "text=Automated explanations"}
+    if only:
+        pages = {k: v for k, v in pages.items() if k in only.split(",")}
     out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -96,6 +103,9 @@ def main() -> None:
                 except Exception:
                     pass
                 time.sleep(3)
+                if name in scroll_to:
+                    page.locator(scroll_to[name]).first.scroll_into_view_if_needed()
+                    time.sleep(1)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 page.close()
                 print(f"{name}: {out / f'{name}.png'}")
