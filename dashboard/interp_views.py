@@ -215,24 +215,38 @@ def summary_table_html(summary: dict, order: Sequence[str]) -> str:
 
 def distribution_figure(frames: dict[str, pd.DataFrame], order: Sequence[str],
                         score: str = "sim_top_random") -> go.Figure:
-    """One box per dictionary for the score, and one (grey) for its shuffled control."""
+    """Per dictionary, the share of units in each score bin (solid), and the same for its
+    shuffled control (dotted, same colour). Step lines, not box plots: the overview's charts
+    use plotly.js's basic bundle, which draws scatter and bar traces only."""
     colours = charts.dictionary_colours(order)
-    fig = go.Figure()
     control = schema.EXPLANATION_CONTROLS["shuffled"].get(score)
+    lo = -0.4 if score.startswith("sim") else 0.0
+    edges = np.linspace(lo, 1.0, int(round((1.0 - lo) / 0.05)) + 1)
+    fig = go.Figure()
     for name in order:
         frame = frames.get(name)
         if frame is None:
             continue
-        fig.add_trace(go.Box(y=frame[score].to_numpy(dtype=float), name=name,
-                             marker_color=colours.get(name), boxpoints=False,
-                             legendgroup="explanation", showlegend=False))
-        if control:
-            fig.add_trace(go.Box(y=frame[control].to_numpy(dtype=float),
-                                 name=f"{name} shuffled", marker_color="#aaaaaa",
-                                 boxpoints=False, showlegend=False))
-    fig.update_layout(title=f"{schema.EXPLANATION_SCORES[score]}: explanation vs shuffled",
+        for column, dash, label in ((score, "solid", name),
+                                    (control, "dot", f"{name}, shuffled")):
+            if column is None:
+                continue
+            v = frame[column].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                continue
+            counts, _ = np.histogram(np.clip(v, lo, 1.0), bins=edges)
+            share = counts / v.size
+            fig.add_trace(go.Scatter(
+                x=edges, y=np.append(share, share[-1]), mode="lines", line_shape="hv",
+                name=label, line=dict(color=colours.get(name), dash=dash, width=2),
+                hovertemplate=f"{html.escape(label)}<br>from %{{x:.2f}}: %{{y:.1%}} of units"
+                              "<extra></extra>"))
+    fig.update_layout(title=f"{schema.EXPLANATION_SCORES[score]}: explanation (solid) vs "
+                            f"shuffled (dotted)",
                       height=330, margin=dict(l=40, r=10, t=40, b=40),
-                      yaxis_title=schema.EXPLANATION_SCORES[score])
+                      xaxis_title=schema.EXPLANATION_SCORES[score], yaxis_title="share of units",
+                      yaxis_tickformat=".0%")
     return fig
 
 

@@ -104,7 +104,8 @@ def main() -> None:
                     pass
                 time.sleep(3)
                 if name in scroll_to:
-                    page.locator(scroll_to[name]).first.scroll_into_view_if_needed()
+                    page.locator(scroll_to[name]).first.evaluate(
+                        "e => e.scrollIntoView({block: 'start'})")
                     time.sleep(1)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                 page.close()
