@@ -149,20 +149,29 @@ class ActivationsConfig:
 
 @dataclass(frozen=True)
 class SaeConfig:
-    """Every dictionary size trains from one shuffled pass over the cached activations."""
+    """Every dictionary size trains from one shuffled pass over the cached activations.
+
+    λ (`l1_coefficient`) is on the scale of Anthropic's 2024 recipe, which SAELens' standard
+    SAE also uses: inputs scaled to mean norm sqrt(d_mlp), loss = Σ_dims (x − x̂)² + λ·Σ f_i‖d_i‖
+    per token (‖d_i‖ = 1 for l1-unit, so both L1 recipes read λ the same way). Because the
+    inputs are normalised, a λ does not depend on the activations' units; it still trades
+    reconstruction for sparsity differently on different data, so `target_l0` asks for a
+    sparsity instead: λ is then calibrated during training (pipelines/sae_calibration.py).
+    """
 
     dict_sizes: tuple[int, ...] = (512, 1024, 2048)
     recipe: str = "topk"  # topk | l1 | l1-unit (see pipelines/sae_training.py)
     k: int = 24  # topk: active features per token
-    l1_coefficient: float = 5.0  # l1, l1-unit: λ (inputs have mean norm sqrt(d_mlp))
+    l1_coefficient: float = 5.0  # l1, l1-unit: λ (Anthropic 2024's value on this scale)
+    target_l0: float = 0.0  # l1, l1-unit: calibrate λ so L0 ≈ this (0: keep l1_coefficient)
     aux_k: int = 256  # topk: dead features that reconstruct the residual (AuxK)
-    aux_coefficient: float = 0.03125  # topk: α = 1/32
+    aux_coefficient: float = 0.03125  # topk: α = 1/32, on OpenAI's normalised scale
     dead_window: int = 100_000  # a feature that has not fired in this many tokens is dead
-    resample_at: tuple[float, ...] = ()  # fractions of training at which dead features are resampled
+    resample_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # l1-unit: fractions of training at which dead features are resampled
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2  # linear decay to 0 over this last share of steps
-    l1_warmup_fraction: float = 0.05  # l1: λ ramps up over this first share of steps
-    grad_clip: float = 1.0
+    l1_warmup_fraction: float = 0.05  # l1, l1-unit: λ ramps up over this first share of steps
+    grad_clip: float = 1.0  # l1: gradient norm clip
     batch_size: int = 4096
     epochs: int = 1
     buffer_tokens: int = 262_144  # shuffle buffer (memory bound)
@@ -183,7 +192,15 @@ class SaeConfig:
                  "fractions must be in (0, 1)")
         for key in ("lr", "batch_size", "epochs", "buffer_tokens", "eval_sequences", "dead_window"):
             _require(getattr(self, key) > 0, f"sae.{key}", getattr(self, key), "must be positive")
-        _require(self.l1_coefficient >= 0, "sae.l1_coefficient", self.l1_coefficient, "must be >= 0")
+        _require(self.l1_coefficient > 0 or (self.l1_coefficient == 0 and self.target_l0 == 0),
+                 "sae.l1_coefficient", self.l1_coefficient,
+                 "must be > 0 (it is also where the target_l0 calibration starts)")
+        _require(0 <= self.target_l0 < min(self.dict_sizes), "sae.target_l0", self.target_l0,
+                 "must be 0 (off) or in (0, smallest dictionary size)")
+        for key in ("lr_decay_fraction", "l1_warmup_fraction"):
+            _require(0 <= getattr(self, key) < 1, f"sae.{key}", getattr(self, key), "must be in [0, 1)")
+        _require(self.l1_warmup_fraction < 1 - self.lr_decay_fraction, "sae.l1_warmup_fraction",
+                 self.l1_warmup_fraction, "must end before the lr decay starts (1 - sae.lr_decay_fraction)")
         _require(self.buffer_tokens >= self.batch_size, "sae.buffer_tokens", self.buffer_tokens,
                  "must be at least sae.batch_size")
         _require(self.device in ("auto", "cpu", "cuda"), "sae.device", self.device,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipelines import progress
 from pipelines.activation_shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
+from pipelines.sae_calibration import search_for
 from pipelines.sae_metrics import loss_metrics, reconstruction_metrics
 from pipelines.sae_training import SparseAutoencoder
 
@@ -44,32 +46,53 @@ def lr_at(step: int, total: int, cfg: SaeConfig) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - decay_start))
 
 
-def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: str
-              ) -> tuple[dict[int, SparseAutoencoder], float, dict]:
-    scale, b_dec_init = input_scale(act_dir, d_in)
-    saes = {size: SparseAutoencoder(
-        d_in, size, cfg.recipe, k=cfg.k, lr=cfg.lr, l1_coefficient=cfg.l1_coefficient,
+def make_sae(cfg: SaeConfig, d_in: int, size: int, index: int, b_dec_init: torch.Tensor, device: str,
+             l1_coefficient: float | None = None) -> SparseAutoencoder:
+    return SparseAutoencoder(
+        d_in, size, cfg.recipe, k=cfg.k, lr=cfg.lr,
+        l1_coefficient=cfg.l1_coefficient if l1_coefficient is None else l1_coefficient,
         aux_k=cfg.aux_k, aux_coefficient=cfg.aux_coefficient, dead_window=cfg.dead_window,
-        grad_clip=cfg.grad_clip, b_dec_init=torch.from_numpy(b_dec_init), seed=cfg.seed + i,
-        device=device) for i, size in enumerate(cfg.dict_sizes)}
-    stream = ActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed)
-    steps_per_epoch = n_train // cfg.batch_size
-    total = max(1, steps_per_epoch * cfg.epochs)
-    resample_steps = {int(f * total) for f in cfg.resample_at}
+        grad_clip=cfg.grad_clip, b_dec_init=b_dec_init, seed=cfg.seed + index, device=device)
+
+
+def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterable], total: int, scale: float,
+               b_dec_init: torch.Tensor, device: str, sizes: tuple[int, ...] | None = None,
+               l1_coefficients: dict[int, float] | None = None, desc: str = "sae",
+               ) -> tuple[dict[int, SparseAutoencoder], dict]:
+    """Train one SAE per size for `total` steps on `epoch_batches(epoch)` (raw activations,
+    [batch, d_in], numpy or torch; multiplied by `scale` here), every size on the same batch.
+
+    The data source is a function so the same loop trains on the activation cache (the
+    stage), on planted data (benchmarks/planted.py) and on short probes (λ calibration)."""
+    sizes = tuple(sizes or cfg.dict_sizes)
+    l1 = l1_coefficients or {}
+    saes = {size: make_sae(cfg, d_in, size, cfg.dict_sizes.index(size) if size in cfg.dict_sizes else i,
+                           b_dec_init, device, l1.get(size)) for i, size in enumerate(sizes)}
+    # Resampling is Towards Monosemanticity's cure (l1-unit); Anthropic's 2024 init and
+    # TopK's AuxK keep features alive without it.
+    resample_steps = {int(f * total) for f in cfg.resample_at} if cfg.recipe == "l1-unit" else set()
+    searches = {size: search_for(cfg, total, d_in) for size in saes}
+    for size, search in searches.items():
+        if search is not None:
+            saes[size].l1_coefficient = search.initial
     gen = torch.Generator().manual_seed(cfg.seed)
     curves: dict[str, list] = {k: [] for k in ("size", "step", "tokens", "mse", "l0", "aux", "n_dead")}
-    bar = progress.bar(total=total, desc=f"sae ({device})", unit="step")
+    bar = progress.bar(total=total, desc=f"{desc} ({device})", unit="step")
     step, t0, resampled = 0, time.perf_counter(), {size: 0 for size in saes}
-    for epoch in range(cfg.epochs):
-        for batch in stream.epoch(epoch):
+    epoch, epoch_start = 0, -1
+    while step < total and step > epoch_start:  # stop if an epoch yields nothing
+        epoch_start = step
+        for batch in epoch_batches(epoch):
             if step >= total:
                 break
-            x = torch.from_numpy(batch).to(device) * scale
+            x = torch.as_tensor(batch).to(device) * scale
             lr = lr_at(step, total, cfg)
             l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
             postfix = {}
             for size, sae in saes.items():
                 stats = sae.step(x, lr, l1_scale)
+                if searches[size] is not None:
+                    sae.l1_coefficient = searches[size].update(step, sae.l1_coefficient, stats.l0)
                 if step in resample_steps:
                     resampled[size] += sae.resample_dead(x, gen)
                 for key, value in (("size", size), ("step", step + 1), ("tokens", (step + 1) * len(x)),
@@ -81,11 +104,23 @@ def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: st
                 bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in postfix.items()), refresh=False)
             bar.update(1)
             step += 1
+        epoch += 1
     bar.close()
     seconds = time.perf_counter() - t0
     info = {"steps": step, "train_seconds": round(seconds, 2),
             "activations_per_second": round(step * cfg.batch_size / seconds, 1),
             "resampled": resampled, "curves": curves}
+    if cfg.recipe != "topk":
+        info["l1_coefficients"] = {size: sae.l1_coefficient for size, sae in saes.items()}
+    return saes, info
+
+
+def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: str
+              ) -> tuple[dict[int, SparseAutoencoder], float, dict]:
+    scale, b_dec_init = input_scale(act_dir, d_in)
+    stream = ActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+    total = max(1, (n_train // cfg.batch_size) * cfg.epochs)
+    saes, info = train_saes(cfg, d_in, stream.epoch, total, scale, torch.from_numpy(b_dec_init), device)
     return saes, scale, info
 
 
@@ -113,6 +148,8 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         row = {"dictionary": str(size), "n_features": size, "recipe": cfg.recipe,
                **{k: v for k, v in recon[size].items() if k != "density"}, **losses[size],
                "resampled": info["resampled"][size]}
+        if "l1_coefficients" in info:  # the λ it trained with (calibrated when target_l0 is set)
+            row["l1_coefficient"] = info["l1_coefficients"][size]
         rows.append(row)
         save_sae(out / str(size), specs[size][0], specs[size][1],
                  extra={"training": {k: (list(v) if isinstance(v, tuple) else v)
@@ -120,7 +157,8 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     pq.write_table(pa.Table.from_pylist(rows), out / "metrics.parquet")
     seconds = time.perf_counter() - start
     parts = ", ".join(f"{r['dictionary']}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} CE rec "
-                      f"{100 * r['ce_loss_recovered']:.1f}% dead {100 * r['dead_fraction']:.1f}%" for r in rows)
+                      f"{100 * r['ce_loss_recovered']:.1f}% dead {100 * r['dead_fraction']:.1f}%"
+                      + (f" λ {r['l1_coefficient']:.3g}" if "l1_coefficient" in r else "") for r in rows)
     summary = (f"sae: {cfg.recipe}, {len(rows)} dictionaries at {info['activations_per_second']:,.0f} "
                f"act/s ({parts}), {seconds:.0f} s")
     return summary, {**info, "input_scale": scale, "metrics": rows}

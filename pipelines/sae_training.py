@@ -88,7 +88,8 @@ class SparseAutoencoder:
     def __init__(self, d_in: int, d_sae: int, recipe: str, *, k: int = 0, lr: float = 1e-3,
                  l1_coefficient: float = 0.0, aux_k: int = 256, aux_coefficient: float = 1 / 32,
                  aux_batch_fraction: float = 0.25, dead_window: int = 200_000, grad_clip: float = 1.0,
-                 b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu"):
+                 b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu",
+                 bias_lr_scale: float | None = None):
         self.d_in, self.d_sae, self.recipe, self.k = d_in, d_sae, recipe, k
         self.l1_coefficient, self.aux_k, self.aux_coefficient = l1_coefficient, aux_k, aux_coefficient
         self.aux_batch_fraction, self.dead_window, self.grad_clip = aux_batch_fraction, dead_window, grad_clip
@@ -98,13 +99,20 @@ class SparseAutoencoder:
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         if recipe == "l1":
             W_dec *= 0.1  # Anthropic 2024: small decoder norms at init, encoder = decoder^T
-        self.W_enc = W_dec.clone().to(device).requires_grad_(True)  # tied init: features start aligned
+        # Tied init: features start aligned. The L1 recipes start the encoder at norm 0.1
+        # (Anthropic 2024; l1-unit keeps its decoder at norm 1 and scales only the encoder): codes
+        # start small, so the L1 term prunes a few strong features up instead of shrinking
+        # thousands of half-active ones down, which in a short run never finishes.
+        self.W_enc = (W_dec * (0.1 if recipe == "l1-unit" else 1.0)).to(device).requires_grad_(True)
         self.W_dec = W_dec.to(device).requires_grad_(True)
         self.b_enc = torch.zeros(d_sae, device=device).requires_grad_(True)
         init = b_dec_init if b_dec_init is not None else torch.zeros(d_in)
         self.b_dec = init.clone().float().to(device).requires_grad_(True)
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999))
+        self.bias_lr_scale = bias_lr_scale if bias_lr_scale is not None else (1.0 if recipe == "topk" else d_in ** 0.5)
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.W_enc, self.W_dec, self.b_dec], "lr_scale": 1.0},
+             {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
 
     # ---------------------------------------------------------------- forward
@@ -166,23 +174,33 @@ class SparseAutoencoder:
         if self.recipe == "l1":
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.step()
         if self.unit_norm:
             W_dec /= W_dec.norm(dim=1, keepdim=True)
         return StepStats(mse=mse, l0=float(active.sum()) / batch, aux=aux, n_dead=n_dead)
 
     def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> float:
-        """AuxK: the top dead features reconstruct the main residual (on a sub-batch)."""
+        """AuxK (OpenAI 2024): the top `aux_k` dead features reconstruct the main residual
+        e = x − x̂ (on a sub-batch), so they get gradient toward what the live ones miss.
+
+        OpenAI writes both losses as normalised MSE: the main one divided by ‖x‖², the
+        auxiliary one by ‖e‖². In our units (the main loss is the plain squared error) that is
+        α · ‖ê − e‖² · mean‖x − b_dec‖² / mean‖e‖², the ratio held constant. Without the ratio
+        the auxiliary gradient shrinks with the residual: at FVU 0.05 it is 20× weaker, and a
+        well-fit TopK SAE left ~45% of an overcomplete dictionary dead (issue 16)."""
         sub = max(1, int(pre.shape[0] * self.aux_batch_fraction))
         k_aux = min(self.aux_k, n_dead)
         codes = SparseCodes.topk(pre[:sub].masked_fill(~dead, float("-inf")), k_aux)
-        codes.vals.nan_to_num_(0.0, neginf=0.0)
         residual = -err[:sub]
+        res_sq = float((residual * residual).sum()) / sub
+        if res_sq <= 0:
+            return 0.0
+        weight = self.aux_coefficient * float((xc[:sub] * xc[:sub]).sum()) / sub / res_sq
         rec = codes.times(self.W_dec)
         diff = rec - residual
-        loss = float((diff * diff).sum(1).mean()) * self.aux_coefficient
-        g = diff * (2.0 * self.aux_coefficient / sub)
+        loss = float((diff * diff).sum()) / sub * weight
+        g = diff * (2.0 * weight / sub)
         g_pre = codes.sampled(g, self.W_dec.T) * (codes.vals > 0)
         dW_dec += codes.transpose_times(codes.vals, g)
         dW_enc += codes.transpose_times(g_pre, xc[:sub])
