@@ -130,7 +130,7 @@ def write_markdown(info: dict, results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,sae_throughput_gpu,"
-                                                   "saelens,interp,store_read,dashboard_page,first_paint")
+                                                   "saelens,interp,planted,store_read,dashboard_page,first_paint")
     parser.add_argument("--quick", action="store_true", help="smaller stores and fewer steps")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -154,6 +154,10 @@ def main() -> None:
                         "--steps", "30" if args.quick else "60"], results)
     if "interp" not in skip:  # issue 13: all units of the tiny run in <= 90 s on 2 cores
         run("interp", [PY, "benchmarks/interp.py", "--run-dir", run_dir], results)
+    if "planted" not in skip:  # issue 16: do the recipes recover a planted dictionary?
+        run("planted", [PY, "benchmarks/planted.py"] + (
+            ["--d", "128", "--features", "256", "--active", "8", "--dict", "512", "--samples", "400000",
+             "--batch", "2048", "--eval", "65536"] if args.quick else []), results, timeout=7200)
     if "store_read" not in skip:
         run("store_read", [PY, "benchmarks/store_read.py", "--n-features", n], results)
     if "dashboard_page" not in skip:

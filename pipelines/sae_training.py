@@ -10,11 +10,16 @@ transposed-CSR @ dense products, so a step costs about one dense matmul plus a t
 Recipes (DESIGN.md, "Facts from the field"):
 - `topk` (OpenAI 2024): keep the k largest pre-activations, ReLU them; loss = MSE + α·AuxK,
   where AuxK reconstructs the residual error from the top `aux_k` *dead* features so they get
-  gradient and come back. Decoder rows unit norm (gradient projected, renormalised each step).
+  gradient and come back (normalised by the residual's size, as OpenAI does). Decoder rows
+  unit norm (gradient projected, renormalised each step).
 - `l1-unit` (Towards Monosemanticity 2023): ReLU; loss = MSE + λ·Σf; unit-norm decoder rows;
   dead features resampled (inputs drawn ∝ squared reconstruction error, Adam state reset).
-- `l1` (Anthropic's 2024 update): ReLU; loss = MSE + λ·Σ f_i·‖d_i‖; decoder unconstrained;
-  λ warmed up; gradient norm clipped.
+- `l1` (Anthropic's 2024 update): ReLU; loss = MSE + λ·Σ f_i·‖d_i‖; decoder unconstrained,
+  initial norm 0.1; gradient norm clipped.
+Both L1 recipes: λ warmed up by the caller (`l1_scale`), encoder started at norm 0.1 and its
+bias trained at `bias_lr_scale` = sqrt(d_in) times the learning rate (thresholds must move
+sqrt(d_in) times farther than a weight; Adam moves both ~lr a step), so a run of a few
+hundred steps converges; `pipelines/sae_calibration.py` can search λ for a target L0.
 
 Inputs arrive already scaled to mean norm sqrt(d_in) (see `feature_store.sae_files`). MSE is
 the per-token squared error summed over d_in, averaged over the batch.
