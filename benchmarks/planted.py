@@ -71,7 +71,7 @@ def train_and_score(data: PlantedData, cfg: SaeConfig, steps: int, eval_batches:
     s = score(data, sae.W_dec.detach(), reconstruct, eval_batches)
     return {**s.as_dict(), "d_sae": size, "seconds": round(seconds, 1),
             "activations_per_s": round(info["activations_per_second"]),
-            "l1_coefficient": info.get("l1_coefficients", {}).get(size, cfg.l1_coefficient)}
+            "l1_coefficient": info["l1_coefficients"][size] if cfg.recipe != "topk" else None}
 
 
 def main() -> None:
@@ -114,7 +114,8 @@ def main() -> None:
     print(f"{'run':<44} {'MMCS':>7} {'cos≥0.9':>8} {'FVU':>6} {'L0':>6} {'dead':>6} {'λ':>7} {'act/s':>7}")
     for r in rows:
         print(f"{r['run']:<44} {r['mmcs']:>7.4f} {100 * r['recovered']:>7.1f}% {r['fvu']:>6.3f} {r['l0']:>6.1f} "
-              f"{100 * r['dead']:>5.1f}% {r['l1_coefficient']:>7.3g} {r['activations_per_s']:>7,}")
+              f"{100 * r['dead']:>5.1f}% {'' if r['l1_coefficient'] is None else format(r['l1_coefficient'], '.3g'):>7} "
+              f"{r['activations_per_s']:>7,}")
     if args.json:
         Path(args.json).write_text(json.dumps({"spec": spec.__dict__, "samples": steps * args.batch, "rows": rows},
                                               indent=2))
