@@ -158,6 +158,9 @@ def main() -> None:
         run("planted", [PY, "benchmarks/planted.py"] + (
             ["--d", "128", "--features", "256", "--active", "8", "--dict", "512", "--samples", "400000",
              "--batch", "2048", "--eval", "65536"] if args.quick else []), results, timeout=7200)
+    if "universality" not in skip and (ROOT / "runs" / "tiny-study" / "study.json").exists():
+        run("universality", [PY, "benchmarks/universality.py", "--study-dir", "runs/tiny-study"],
+            results)  # issue 12: the tiny study (build it with `python -m pipelines study`)
     if "store_read" not in skip:
         run("store_read", [PY, "benchmarks/store_read.py", "--n-features", n], results)
     if "dashboard_page" not in skip:

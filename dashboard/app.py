@@ -25,9 +25,9 @@ from dashboard import light_plotly, links, token_html  # noqa: E402
 PAGE_TITLES = {links.OVERVIEW: "Overview", links.BROWSER: "Feature browser",
                links.FEATURE: "Feature", links.COMPARE: "Compare sizes",
                links.SPLITTING: "Splitting", links.PROMPT: "Prompt explorer",
-               links.SCORE: "Score", links.RESULTS: "Results"}
+               links.UNIVERSALITY: "Universality", links.SCORE: "Score", links.RESULTS: "Results"}
 # Pages that draw `light_plotly` charts: the bundle starts loading before their elements render.
-CHART_PAGES = (links.OVERVIEW, links.FEATURE, links.SCORE, links.RESULTS)
+CHART_PAGES = (links.OVERVIEW, links.FEATURE, links.SCORE, links.RESULTS, links.UNIVERSALITY)
 
 
 def main() -> None:

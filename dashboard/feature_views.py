@@ -325,11 +325,12 @@ def activation_histogram(record: FeatureRecord) -> None:
 
 def compact_column(record: FeatureRecord, caption: str, n_examples: int = 8,
                    n_logits: int = 6,
-                   context: tuple[int, int] = COMPACT_CONTEXT) -> None:
+                   context: tuple[int, int] = COMPACT_CONTEXT, link: bool = True) -> None:
     """One dictionary's feature in a narrow column: density, logits, top examples cropped
     to a few tokens around the drawn one."""
-    links.feature_link(record.dictionary, record.index,
-                       f"{record.dictionary} #{record.index}")
+    if link:
+        links.feature_link(record.dictionary, record.index,
+                           f"{record.dictionary} #{record.index}")
     st.caption(caption)
     st.markdown(f"density {density_text(record)} · max {record.max_act:.2f} · "
                 f"{record.density_class}")

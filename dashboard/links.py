@@ -26,9 +26,10 @@ SPLITTING = "app_pages/splitting.py"
 SCORE = "app_pages/score.py"  # `score?dictionary=&feature=` scores that unit, not blind
 RESULTS = "app_pages/results.py"
 PROMPT = "app_pages/prompt.py"
+UNIVERSALITY = "app_pages/universality.py"  # a study's runs matched unit by unit
 URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
              COMPARE: "compare", SPLITTING: "splitting", SCORE: "score", RESULTS: "results",
-             PROMPT: "prompt"}
+             PROMPT: "prompt", UNIVERSALITY: "universality"}
 
 
 def splitting_label(dictionary: str) -> str:
@@ -40,8 +41,11 @@ def splitting_label(dictionary: str) -> str:
 def feature_params(dictionary: str, index: int,
                    view: Mapping[str, str] | None = None) -> dict[str, str]:
     """The query parameters naming a feature, plus `view` (how the page shows it, e.g.
-    `shade=ablation`), so a link to another feature keeps the reader's view."""
-    return {"dictionary": dictionary, "feature": str(int(index)), **(view or {})}
+    `shade=ablation`), so a link to another feature keeps the reader's view. In a study the
+    current run goes along (`view` may name another: `{"run": "gelu"}`)."""
+    run = st.query_params.get("run")
+    return {"dictionary": dictionary, "feature": str(int(index)),
+            **({"run": run} if run else {}), **(view or {})}
 
 
 def feature_url(dictionary: str, index: int, page: str = FEATURE,

@@ -19,6 +19,7 @@ import streamlit as st
 
 from feature_store.records import Family, FeatureRecord
 from feature_store.store import FeatureStore
+from feature_store.study_store import StudyStore, is_study_store
 
 DEFAULT_STORE = "runs/tiny/store"  # what `make demo` builds
 BUILD_COMMANDS = ("make demo",
@@ -26,7 +27,8 @@ BUILD_COMMANDS = ("make demo",
 
 
 def store_path() -> str:
-    """The store this server shows: `FEATURE_STORE`, else the tiny demo run's store.
+    """The store this server shows: `FEATURE_STORE`, else the tiny demo run's store. It may
+    name a study, whose runs a page picks from (`url_state.require_store`).
 
     Read at call time, not import time, so tests can point it elsewhere per module."""
     return str(Path(os.environ.get("FEATURE_STORE", DEFAULT_STORE)))
@@ -119,3 +121,38 @@ def umap(path: str) -> pd.DataFrame:
 def splits(path: str) -> pd.DataFrame:
     """Every split edge between adjacent sizes (with `family_id`)."""
     return open_store(path).splits()
+
+
+# -- studies (several runs on the same tokens; feature_store/study_store.py) -------------------
+
+def study_root(path: str) -> str | None:
+    """`path` when it names a study (its folder or its store), else None."""
+    return path if is_study_store(path) else None
+
+
+@st.cache_resource(show_spinner=False)
+def open_study(path: str) -> StudyStore:
+    """One handle per study, shared by every session; treated as read-only."""
+    return StudyStore.open(path)
+
+
+@st.cache_data(show_spinner=False)
+def study_variants(path: str) -> list[str]:
+    return list(open_study(path).variants())
+
+
+@st.cache_data(show_spinner=False)
+def variant_store(path: str, variant: str) -> str:
+    """The variant's own feature store, as a path every accessor above takes."""
+    return str(open_study(path).store_path(variant))
+
+
+@st.cache_data(show_spinner=False)
+def study_summary(path: str) -> pd.DataFrame:
+    return open_study(path).summary()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def study_matches(path: str, variant: str, other: str, dictionary: str) -> pd.DataFrame:
+    """Every unit of `variant`'s `dictionary` with its best match in `other`."""
+    return open_study(path).matches(variant, other, dictionary)

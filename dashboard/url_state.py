@@ -28,9 +28,20 @@ def stop_with(problem: str, *, build_hint: bool = True) -> NoReturn:
     raise AssertionError("unreachable")  # st.stop raises; this keeps type checkers honest
 
 
-def require_store() -> str:
-    """The store path, after checking it opens; otherwise a page saying how to build one."""
+RUN_KEY = "run"  # the URL parameter naming a study's run (variant)
+_SESSION_RUN = "_study_run"  # the run last shown in this session: nav links carry no parameters
+
+
+def require_store(run_picker: bool = True) -> str:
+    """The store path, after checking it opens; otherwise a page saying how to build one.
+
+    When `FEATURE_STORE` names a study, this is the chosen run's store (`?run=`, else the
+    run last shown in this session, else the first), with a run picker unless the page must
+    not show one (the blind Score page)."""
     path = store_access.store_path()
+    study = store_access.study_root(path)
+    if study is not None:
+        path = chosen_run_store(study, run_picker)
     if store_access.drop_if_rebuilt(path):
         st.toast("The feature store was rebuilt; showing the new build.")
     try:
@@ -39,6 +50,55 @@ def require_store() -> str:
     except (StoreError, OSError) as err:
         stop_with(f"No usable feature store at `{path}`: {err}")
     return path
+
+
+def chosen_run(study: str) -> str:
+    """The study's run this view shows: `?run=` if the study has it (unknown stops: never
+    another run in its place), else this session's last, else the first."""
+    try:
+        variants = store_access.study_variants(study)
+    except (StoreError, OSError) as err:
+        stop_with(f"No usable study at `{study}`: {err}")
+    asked = st.query_params.get(RUN_KEY)
+    if asked is not None and asked not in variants:
+        stop_with(f"Unknown run {asked!r} in the study at `{study}`; its runs are "
+                  f"{', '.join(variants)}.", build_hint=False)
+    run = asked or st.session_state.get(_SESSION_RUN)
+    return run if run in variants else variants[0]
+
+
+def chosen_run_store(study: str, picker: bool = True) -> str:
+    """The chosen run's store path; the run is kept in the URL and offered in a picker."""
+    run = chosen_run(study)
+    variants = store_access.study_variants(study)
+    if picker and len(variants) > 1:
+        st.session_state[_PICKER] = run  # the URL decides; the picker follows it
+        st.sidebar.radio("Run (variant of the study)", variants, key=_PICKER,
+                         on_change=_run_picked,
+                         help="Each run is one model and its dictionaries, trained on the "
+                              "same tokens as the others.")
+    st.session_state[_SESSION_RUN] = run
+    if picker:
+        st.query_params[RUN_KEY] = run
+    try:
+        return store_access.variant_store(study, run)
+    except (StoreError, OSError) as err:
+        stop_with(f"The study at `{study}` has no usable store for run {run!r}: {err}")
+
+
+_PICKER = "study_run_picker"
+
+
+def _run_picked() -> None:
+    """Runs before the script: the URL (which `chosen_run` reads first) takes the pick."""
+    st.query_params[RUN_KEY] = st.session_state[_PICKER]
+    st.session_state[_SESSION_RUN] = st.session_state[_PICKER]
+
+
+def current_run() -> str | None:
+    """The study run this session shows, or None outside a study (for links)."""
+    return st.session_state.get(_SESSION_RUN) if store_access.study_root(
+        store_access.store_path()) else None
 
 
 def default_dictionary(path: str) -> str:

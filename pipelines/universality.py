@@ -327,9 +327,11 @@ def run_stage(cfg: UniversalityConfig, runs: dict[str, Path], study_dir: Path,
     seconds = time.perf_counter() - start
     n_pairs = sum(int(c.numel()) for c in corr.values())
     rate = n_tokens * n_pairs / seconds if seconds else 0.0
+    names = list(runs)
     medians = ", ".join(f"{r['variant']}→{r['other']} {r['dictionary']} "
                         f"{r['median_best_corr']:.2f}" for r in summary_rows
-                        if r["variant"] < r["other"])
+                        if names.index(r["variant"]) < names.index(r["other"])
+                        and r["median_best_corr"] is not None)
     summary = (f"universality: {len(variants)} variants, {len(corr)} pair×dictionary matrices, "
                f"{n_tokens:,} tokens, {rate:.2e} token·unit-pairs/s, {seconds:.0f} s"
                + (f"; median best-match correlation {medians}" if medians else

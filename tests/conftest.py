@@ -38,3 +38,24 @@ def mini_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("mini") / "run"
     run_pipeline(mini_config(), run_dir, "tests/conftest.py", log=lambda line: None)
     return run_dir
+
+
+def study_raw(**variants: dict) -> dict:
+    """A mini study: the mini run's settings, SoLU and GeLU variants (or `variants`)."""
+    raw = {k: dict(v) for k, v in MINI.items()}
+    raw["stats"] = {"umap": False}  # the joint UMAP is the runs' business, not the study's
+    raw["variants"] = variants or {"solu": {"model": {"act_fn": "solu_ln"}},
+                                   "gelu": {"model": {"act_fn": "gelu"}}}
+    return raw
+
+
+@pytest.fixture(scope="session")
+def mini_study(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A complete two-run mini study folder and its log; tests must not modify it."""
+    from pipelines.study import run_study
+    from pipelines.study_config import build_study
+
+    study_dir = tmp_path_factory.mktemp("study") / "s"
+    lines: list[str] = []
+    run_study(build_study(study_raw(), "tests/conftest.py"), study_dir, log=lines.append)
+    return study_dir, lines

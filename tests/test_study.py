@@ -20,15 +20,7 @@ from pipelines.run_folder import Manifest
 from pipelines.study import run_study, study_status
 from pipelines.study_config import build_study
 from pipelines.universality import check_same_tokens
-from tests.conftest import MINI
-
-
-def study_raw(**variants: dict) -> dict:
-    raw = {k: dict(v) for k, v in MINI.items()}
-    raw["stats"] = {"umap": False}  # the joint UMAP is the runs' business, not the study's
-    raw["variants"] = variants or {"solu": {"model": {"act_fn": "solu_ln"}},
-                                   "gelu": {"model": {"act_fn": "gelu"}}}
-    return raw
+from tests.conftest import MINI, study_raw
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -71,14 +63,6 @@ def test_plain_run_ignores_variants_but_refuses_setting_them():
 
 
 # -- the mini study -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def mini_study(tmp_path_factory) -> tuple[Path, list[str]]:
-    study_dir = tmp_path_factory.mktemp("study") / "s"
-    lines: list[str] = []
-    run_study(build_study(study_raw(), "t.toml"), study_dir, log=lines.append)
-    return study_dir, lines
-
 
 def test_shared_stages_are_built_once_and_linked(mini_study):
     study_dir, lines = mini_study

@@ -1,0 +1,94 @@
+"""The universality stage on a built study: seconds, and token × unit-pair throughput.
+
+Issue 12's budget: the tiny study (SoLU + GeLU, neurons and three SAE sizes) in ≤ 30 s on 2
+CPU cores. Computes exactly what the stage computes (every pair's correlations, best matches,
+logit-weight correlations) and writes the study store into a temporary folder, so the study
+itself is not touched. Baseline, timed in the same process: a dense fp32 matmul probe
+(GFLOP/s), to state the speed as a ratio a different machine can compare.
+
+    python benchmarks/universality.py [--study-dir runs/tiny-study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from feature_store import study_store  # noqa: E402
+from pipelines import universality  # noqa: E402
+from pipelines.study import RUNS, STUDY_FILE  # noqa: E402
+from pipelines.study_config import UniversalityConfig  # noqa: E402
+
+TARGET_S = 30.0
+
+
+def matmul_probe(n: int = 1024, repeats: int = 20) -> float:
+    """Dense fp32 GFLOP/s on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--study-dir", default="runs/tiny-study")
+    args = parser.parse_args()
+    study_dir = Path(args.study_dir)
+    if not (study_dir / STUDY_FILE).exists():
+        print(f"no study at {study_dir}; build it with python -m pipelines study --preset tiny "
+              f"--study-dir {study_dir}")
+        sys.exit(1)
+    names = [v["name"] for v in json.loads((study_dir / STUDY_FILE).read_text())["variants"]]
+    runs = {n: study_dir / RUNS / n for n in names}
+    probe = matmul_probe()
+    cfg = UniversalityConfig(device="cpu")
+    start = time.perf_counter()
+    universality.check_same_tokens(runs)
+    variants = [universality._Variant(n, d, "cpu") for n, d in runs.items()]
+    t_load = time.perf_counter() - start
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        corr, sides, n_tokens = universality.correlate(variants, cfg, "cpu")
+        t_corr = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        records = universality.match_rows(variants, corr, sides, n_tokens)
+        t_match = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = study_store.write_study_store(Path(tmp), [{"name": n, "store": ""} for n in names],
+                                                records, n_tokens)
+        t_write = time.perf_counter() - t0
+    total = time.perf_counter() - start
+    pairs = sum(int(c.numel()) for c in corr.values())
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f}, fp32 matmul probe "
+          f"{probe:.0f} GFLOP/s")
+    print(f"universality on {study_dir} ({', '.join(names)}): {total:.1f} s "
+          f"(target <= {TARGET_S:.0f} s on 2 cores): load models and SAEs {t_load:.1f} s, "
+          f"correlations {t_corr:.1f} s, matches + logit correlations {t_match:.1f} s, "
+          f"write {t_write:.1f} s")
+    print(f"{n_tokens:,} tokens x {pairs:,} unit pairs = {n_tokens * pairs / t_corr:.3g} "
+          f"token-unit-pairs/s in the correlation pass; per probe GFLOP/s: "
+          f"{n_tokens * pairs / t_corr / probe / 1e9:.3f}")
+    for row in summary:
+        if names.index(row["variant"]) < names.index(row["other"]):
+            print(f"  {row['variant']}->{row['other']} {row['dictionary']}: median best-match "
+                  f"corr {row['median_best_corr']:.3f}, mean {row['mean_best_corr']:.3f}, "
+                  f"> 0.5 {row['share_above_0_5']:.0%}, > 0.9 {row['share_above_0_9']:.0%}, "
+                  f"median logit-weight corr {row['median_logit_corr']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""A study in a real browser: open a unit's match on the Universality page, follow its link
+into the other run's feature page, and from there the link back into the first run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser_splitting_prompt import query, settled
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, serving
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def study_server(mini_study, tmp_path_factory) -> Iterator[str]:
+    with serving(mini_study[0], tmp_path_factory.mktemp("study_log")) as base:
+        yield base
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1500, "height": 1100})
+        finally:
+            browser.close()
+
+
+def test_match_link_crosses_runs_and_back(study_server, mini_study, page, tmp_path):
+    from feature_store.study_store import StudyStore
+
+    study = StudyStore.open(mini_study[0])
+    rows = study.matches("solu", "gelu", "neurons").dropna(subset=["best_corr"])
+    unit = int(rows.sort_values("best_corr").iloc[-1]["index"])
+    match = int(rows.set_index("index").loc[unit, "best_match"])
+    back = int(study.match("gelu", "solu", "neurons", match)["best_match"])
+
+    page.goto(f"{study_server}/universality?run=solu&other=gelu&dictionary=neurons&feature={unit}")
+    settled(page)
+    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "universality.png"), full_page=True)
+    page.get_by_role("link", name=f"open gelu neurons #{match}").click()
+    page.wait_for_url(lambda url: "/feature?" in url, timeout=60_000)
+    settled(page)
+    assert query(page) == {"dictionary": "neurons", "feature": str(match), "run": "gelu"}
+    page.wait_for_selector(".study-match", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "feature_in_gelu.png"), full_page=True)
+
+    page.locator(".study-match a").first.click()
+    page.wait_for_url(lambda url: "run=solu" in url, timeout=60_000)
+    settled(page)
+    assert query(page) == {"dictionary": "neurons", "feature": str(back), "run": "solu"}
+    assert page.locator(".study-match").inner_text().startswith("Run solu")

@@ -1,0 +1,79 @@
+"""The dashboard on a study: run picker in the URL, the Universality page, match links."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard import links
+from tests.app_helpers import chart_figures, open_page
+
+
+@pytest.fixture()
+def study_app(mini_study, monkeypatch):
+    monkeypatch.setenv("FEATURE_STORE", str(mini_study[0]))
+    return mini_study[0]
+
+
+def page_text(at) -> str:
+    parts = [e.value for e in at.markdown] + [e.value for e in at.caption]
+    parts += [e.proto.body for e in at.get("html")]
+    parts += [e.value for e in at.title] + [e.value for e in at.header]
+    parts += [e.value for e in at.subheader]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_overview_of_a_study_shows_both_runs(study_app):
+    at = open_page(links.OVERVIEW)
+    text = page_text(at)
+    assert "Runs of this study" in text and "solu_ln" in text and "gelu" in text
+    assert "median best corr" in text
+    assert at.query_params["run"] == "solu"
+
+
+def test_run_parameter_picks_the_run(study_app):
+    at = open_page(links.FEATURE, run="gelu", dictionary="neurons", feature="3")
+    assert at.query_params["run"] == "gelu"
+    assert "runs/gelu/store" in "\n".join(str(e.proto.body) for e in at.get("html")) \
+        or at.sidebar.radio[0].value == "gelu"
+    text = page_text(at)
+    assert "match in <b>solu</b>" in text and "run=solu" in text
+
+
+def test_unknown_run_is_a_clear_page_not_another_run(study_app):
+    at = open_page(links.FEATURE, run="relu", dictionary="neurons", feature="0")
+    assert at.error and "Unknown run 'relu'" in at.error[0].value
+    assert "solu, gelu" in at.error[0].value
+
+
+@pytest.mark.parametrize("params", [{}, {"run": "gelu", "other": "solu", "dictionary": "sae_128",
+                                          "feature": "5"}])
+def test_universality_page(study_app, params):
+    at = open_page(links.UNIVERSALITY, **params)
+    figures = chart_figures(at)
+    assert figures and figures[0]["data"][0]["type"] == "bar"  # the light bundle has no histogram
+    assert abs(sum(figures[0]["data"][0]["y"]) - 1) < 1e-6  # shares of units
+    names = " ".join(t["name"] for t in figures[0]["data"])
+    assert "neurons" in names and "sae_" in names
+    text = page_text(at)
+    assert "its best match in" in text and "activation correlation" in text
+    assert at.dataframe and len(at.dataframe[0].value) > 0
+    if params:
+        assert at.query_params["feature"] == "5" and at.query_params["run"] == "gelu"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"other": "relu"}, "Unknown run 'relu' to match against"),
+    ({"dictionary": "sae_9"}, "Unknown dictionary 'sae_9'"),
+    ({"feature": "abc"}, "is not a number"),
+    ({"feature": "100000"}, "No unit 100000"),
+])
+def test_universality_bad_urls(study_app, params, message):
+    at = open_page(links.UNIVERSALITY, **params)
+    assert at.error and message in at.error[0].value
+
+
+def test_universality_on_a_single_run_says_how_to_build_a_study(mini_run, monkeypatch, tmp_path):
+    from pipelines.stats import run as _  # noqa: F401 - the mini run has a store
+    monkeypatch.setenv("FEATURE_STORE", str(mini_run / "store"))
+    at = open_page(links.UNIVERSALITY)
+    assert "python -m pipelines study" in "\n".join(c.value for c in at.code)
