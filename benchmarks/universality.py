@@ -23,22 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.probe import matmul_gflops  # noqa: E402
 from feature_store import study_store  # noqa: E402
 from pipelines import universality  # noqa: E402
 from pipelines.study import RUNS, STUDY_FILE  # noqa: E402
 from pipelines.study_config import UniversalityConfig  # noqa: E402
 
 TARGET_S = 30.0
-
-
-def matmul_probe(n: int = 1024, repeats: int = 20) -> float:
-    """Dense fp32 GFLOP/s on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
         sys.exit(1)
     names = [v["name"] for v in json.loads((study_dir / STUDY_FILE).read_text())["variants"]]
     runs = {n: study_dir / RUNS / n for n in names}
-    probe = matmul_probe()
+    probe = matmul_gflops()
     cfg = UniversalityConfig(device="cpu")
     start = time.perf_counter()
     universality.check_same_tokens(runs)

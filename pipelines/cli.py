@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="rerun this stage (in every variant) and everything downstream")
     study.add_argument("--variant", action="append", default=[], metavar="NAME",
                        help="build only this variant (repeatable); universality covers all")
+    study.add_argument("--parallel", type=int, default=0, metavar="N",
+                       help="variants built at once, each in its own process (default: one "
+                            "per CPU core, up to the number of variants; 1 = one after another)")
 
     status = sub.add_parser("status", help="what each stage produced and whether it is up to date")
     status.add_argument("run_dir", help="a run folder or a study folder")
@@ -88,7 +91,10 @@ def _study(args: argparse.Namespace) -> int:
     name = Path(args.config).stem if args.config else args.preset or "tiny"
     study_dir = Path(args.study_dir or f"runs/{name}-study")
     start = time.perf_counter()
-    run_study(cfg, study_dir, force=tuple(args.force), only=tuple(args.variant))
+    if args.parallel < 0:
+        raise PipelineError(f"--parallel {args.parallel}: must be >= 0")
+    run_study(cfg, study_dir, force=tuple(args.force), only=tuple(args.variant),
+              parallel=args.parallel)
     print(f"study: {study_dir} complete in {time.perf_counter() - start:.0f} s "
           f"({', '.join(cfg.names)}; python -m pipelines status {study_dir})")
     return 0

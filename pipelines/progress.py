@@ -10,6 +10,7 @@ under `heartbeat`, which prints how long they have run so far.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -20,6 +21,16 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 LOG_INTERVAL_S = 10.0  # at most one progress line per this many seconds in a log file
+# A study building variants in parallel processes names each process's lines with this
+# (e.g. "[gelu] "), so interleaved progress still says whose it is.
+PREFIX_ENV = "PIPELINES_PROGRESS_PREFIX"
+
+
+def _prefixed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    prefix = os.environ.get(PREFIX_ENV, "")
+    if prefix and "desc" in kwargs:
+        kwargs = {**kwargs, "desc": prefix + str(kwargs["desc"])}
+    return kwargs
 
 
 class _Lines:
@@ -45,11 +56,14 @@ def bar(iterable: Iterable[Any] | None = None, *, stream: TextIO | None = None,
         **kwargs: Any) -> tqdm:
     """A tqdm bar (same arguments): live on a terminal, a line every ~10 s otherwise."""
     stream = stream or sys.stderr
+    kwargs = _prefixed(kwargs)
     if _interactive(stream):
         return tqdm(iterable, file=stream, **kwargs)
+    # miniters=1: tqdm would otherwise learn "print every N updates" from the first interval,
+    # and a stage that slows down (an evaluation, a busy machine) would go quiet for longer.
     return tqdm(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S,
-                maxinterval=LOG_INTERVAL_S, ascii=True, dynamic_ncols=False, ncols=100,
-                **kwargs)
+                maxinterval=LOG_INTERVAL_S, miniters=1, ascii=True, dynamic_ncols=False,
+                ncols=100, **kwargs)
 
 
 @contextmanager
@@ -62,7 +76,8 @@ def heartbeat(what: str, every: float = LOG_INTERVAL_S,
 
     def beat() -> None:
         while not stop.wait(every):
-            stream.write(f"{what}: running, {time.perf_counter() - t0:.0f} s\n")
+            stream.write(f"{os.environ.get(PREFIX_ENV, '')}{what}: running, "
+                         f"{time.perf_counter() - t0:.0f} s\n")
             stream.flush()
 
     thread = threading.Thread(target=beat, name=f"heartbeat {what}", daemon=True)

@@ -140,9 +140,10 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                        input_scale=scale)
         save_sae(out / str(size), spec, sae.tensors())
     specs = {size: load_sae(out / str(size), device=device) for size in saes}  # evaluate what was saved
-    recon, mean_act = reconstruction_metrics(specs, act_dir, device)
-    model = load_transformer(run_dir / "model", device=device)
-    losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences, device)
+    with progress.heartbeat("sae (held-out evaluation)"):
+        recon, mean_act = reconstruction_metrics(specs, act_dir, device)
+        model = load_transformer(run_dir / "model", device=device)
+        losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences, device)
     rows = []
     for size in saes:
         row = {"dictionary": str(size), "n_features": size, "recipe": cfg.recipe,

@@ -21,16 +21,23 @@ across variants, which universality relies on (it also checks).
 
 from __future__ import annotations
 
+import ctypes
 import json
+import multiprocessing
 import os
+import queue
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
-from pipelines import universality
+from pipelines import progress, universality
 from pipelines.config import config_hash
-from pipelines.errors import ConfigError, InputError
+from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.run_folder import Manifest, hash_strings, run_lock, write_text_atomic
 from pipelines.runner import STAGE_NAMES, downstream, run_pipeline, stage_table
 from pipelines.study_config import SHARED_SECTIONS, StudyConfig
@@ -50,8 +57,10 @@ def variant_dir(study_dir: Path, name: str) -> Path:
 
 
 def run_study(cfg: StudyConfig, study_dir: Path, force: tuple[str, ...] = (),
-              only: tuple[str, ...] = (), log: Callable[[str], None] = print) -> None:
-    """Shared stages once, then every variant (or those in `only`), then universality."""
+              only: tuple[str, ...] = (), log: Callable[[str], None] = print,
+              parallel: int = 0) -> None:
+    """Shared stages once, then every variant (or those in `only`), `parallel` at a time
+    (0: `default_parallel`), then universality."""
     unknown = [s for s in force if s not in (*STAGE_NAMES, *STUDY_STAGES)]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are "
@@ -72,15 +81,89 @@ def run_study(cfg: StudyConfig, study_dir: Path, force: tuple[str, ...] = (),
         run_pipeline(cfg.base, shared_dir, cfg.source,
                      force=tuple(s for s in SHARED_SECTIONS if s in forced),
                      until=SHARED_SECTIONS[-1], log=_prefixed(log, SHARED))
-        for name, vcfg in cfg.variants:
-            if only and name not in only:
-                continue
-            vdir = variant_dir(study_dir, name)
-            link_shared(shared_dir, vdir)
-            run_pipeline(vcfg, vdir, f"{cfg.source} [variants.{name}]",
-                         force=tuple(s for s in forced if s not in SHARED_SECTIONS),
-                         log=_prefixed(log, name))
+        todo = [(name, vcfg) for name, vcfg in cfg.variants if not only or name in only]
+        for name, _ in todo:
+            link_shared(shared_dir, variant_dir(study_dir, name))
+        variant_force = tuple(s for s in forced if s not in SHARED_SECTIONS)
+        workers = min(len(todo), parallel or default_parallel(len(todo)))
+        if workers <= 1:
+            for name, vcfg in todo:
+                run_pipeline(vcfg, variant_dir(study_dir, name), f"{cfg.source} [variants.{name}]",
+                             force=variant_force, log=_prefixed(log, name))
+        else:
+            _run_parallel(cfg, study_dir, todo, variant_force, workers, log)
         _run_universality(cfg, study_dir, "universality" in force or bool(forced), bool(only), log)
+
+
+def default_parallel(n_variants: int) -> int:
+    """How many variants to build at once: every variant when the machine has a core for
+    each. A one-layer model's matmuls are too small to keep two cores busy (d_model 128), so
+    on 2 cores two variants side by side, one thread each, finish sooner than one after the
+    other with two threads each (see the README's study timings)."""
+    return max(1, min(n_variants, os.cpu_count() or 1))
+
+
+def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list, force: tuple[str, ...],
+                  workers: int, log: Callable[[str], None]) -> None:
+    """Each variant in its own process with cores // workers threads; every variant runs to
+    its end even when another fails, then the first failure is raised (one line)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"building {len(todo)} variants, {workers} at a time, {threads} thread(s) each")
+    context = multiprocessing.get_context("spawn")
+    errors = []
+    with context.Manager() as manager, ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        lines = manager.Queue()  # the workers' log lines, handed to `log` here as they come
+        futures = {pool.submit(_variant_worker, vcfg, str(variant_dir(study_dir, name)),
+                               f"{cfg.source} [variants.{name}]", force, name, lines): name
+                   for name, vcfg in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(lines, log)
+            for future in done:
+                name = futures[future]
+                failure = future.result()
+                if failure:
+                    log(f"[{name}] failed: {failure}")
+                    errors.append(f"variant {name}: {failure}")
+        _drain(lines, log)
+    if errors:
+        raise PipelineError("; ".join(errors))
+
+
+def _drain(lines: Any, log: Callable[[str], None]) -> None:
+    while True:
+        try:
+            log(lines.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _worker_init(threads: int) -> None:
+    """In each variant process: its share of the cores, and death with the parent (a killed
+    study must not leave variants writing into folders a rerun is about to resume)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _variant_worker(vcfg: Any, run_dir: str, source: str, force: tuple[str, ...],
+                    name: str, lines: Any) -> str | None:
+    """One variant's pipeline, its log lines sent to the parent; a failure comes back as its
+    one-line message."""
+    os.environ[progress.PREFIX_ENV] = f"[{name}] "
+    try:
+        run_pipeline(vcfg, Path(run_dir), source, force=force,
+                     log=lambda line: lines.put(f"[{name}] {line}"))
+    except PipelineError as err:
+        return " ".join(str(err).split())
+    return None
 
 
 def _prefixed(log: Callable[[str], None], name: str) -> Callable[[str], None]:

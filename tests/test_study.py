@@ -180,3 +180,46 @@ def test_one_variant_study_works(tmp_path):
     study = StudyStore.open(tmp_path / "s")
     assert study.variants() == ["only"] and study.summary().empty
     assert study.store("only").n_features("neurons") == 64
+
+
+def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
+    """kill -9 the study while both variants train in their own processes: the workers die
+    with it (nothing keeps writing), and the rerun resumes and completes the study."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    study_dir = tmp_path / "s"
+    cfg_file = tmp_path / "study.toml"
+    raw = study_raw()
+    raw["model"]["train_tokens"] = 5_000_000  # long enough to be killed mid-stage
+    variants = raw.pop("variants")
+    text = "\n".join(f"[{name}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in body.items())
+                     for name, body in raw.items())
+    text += "\n" + "\n".join(f'[variants.{n}]\nmodel.act_fn = "{v["model"]["act_fn"]}"'
+                             for n, v in variants.items())
+    cfg_file.write_text(text + "\n")
+    cmd = [sys.executable, "-m", "pipelines", "study", "--config", str(cfg_file),
+           "--study-dir", str(study_dir), "--parallel", "2"]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    incomplete = [study_dir / "runs" / n / "model.incomplete" for n in variants]
+    while not all(p.exists() for p in incomplete):
+        assert proc.poll() is None and time.time() < deadline, "variants never started training"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the workers got SIGKILL with their parent; give the kernel a moment
+    for path in incomplete:  # no orphan keeps a variant's lock
+        assert not (path.parent / "model").exists()
+
+    cfg_file.write_text(cfg_file.read_text().replace("5000000", "20000"))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model.incomplete" in done.stdout and "[shared] tokens: up to date" in done.stdout
+    assert StudyStore.open(study_dir).variants() == ["solu", "gelu"]

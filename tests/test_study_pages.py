@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+
+import numpy as np
 import pytest
 
 from dashboard import links
@@ -12,6 +15,13 @@ from tests.app_helpers import chart_figures, open_page
 def study_app(mini_study, monkeypatch):
     monkeypatch.setenv("FEATURE_STORE", str(mini_study[0]))
     return mini_study[0]
+
+
+def values(array) -> np.ndarray:
+    """A figure JSON array: a list, or plotly's typed array {dtype, bdata (base64)}."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+    return np.asarray(array, dtype=float)
 
 
 def page_text(at) -> str:
@@ -51,7 +61,7 @@ def test_universality_page(study_app, params):
     at = open_page(links.UNIVERSALITY, **params)
     figures = chart_figures(at)
     assert figures and figures[0]["data"][0]["type"] == "bar"  # the light bundle has no histogram
-    assert abs(sum(figures[0]["data"][0]["y"]) - 1) < 1e-6  # shares of units
+    assert abs(values(figures[0]["data"][0]["y"]).sum() - 1) < 1e-6  # shares of units
     names = " ".join(t["name"] for t in figures[0]["data"])
     assert "neurons" in names and "sae_" in names
     text = page_text(at)
