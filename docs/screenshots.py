@@ -43,14 +43,21 @@ def seed_scores(fs, path: Path) -> None:
 
 
 def main() -> None:
-    from playwright.sync_api import sync_playwright
-
     args = [a for a in sys.argv[1:] if not a.startswith("--only")]
     only = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")), "")
     store = args[0] if args else "runs/tiny/store"
     sys.path.insert(0, str(ROOT))
     from feature_store import FeatureStore
+    from feature_store.study_store import StudyStore, is_study_store
 
+    if is_study_store(store):  # a study: its overview and the Universality page
+        study = StudyStore.open(store)
+        first, second = (study.variants() + study.variants())[:2]
+        big = study.store(first).dictionaries()[-1]
+        shoot(store, {"study_overview": "",
+                      "universality": f"universality?run={first}&other={second}&dictionary={big}"},
+              {}, only, {})
+        return
     fs = FeatureStore.open(store)
     big = fs.dictionaries()[-1]
     feats = fs.features(big)
@@ -60,15 +67,6 @@ def main() -> None:
     fam_d, fam_i = (splits.iloc[0]["dictionary_b"], int(splits.iloc[0]["index_b"])) if len(splits) else (big, feature)
     scores = Path(tempfile.mkdtemp()) / "scores.sqlite"
     seed_scores(fs, scores)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT,
-                            env={**os.environ, "FEATURE_STORE": store, "FEATURE_SCORES": str(scores)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     pages = {
         "overview": "",
         "browser": f"browser?dictionary={big}",
@@ -82,8 +80,25 @@ def main() -> None:
         "explanations": "",  # the overview, scrolled to its automated-explanations section
     }
     scroll_to = {"explanations": "text=Automated explanations"}
+    shoot(store, pages, scroll_to, only, {"FEATURE_SCORES": str(scores)})
+
+
+def shoot(store: str, pages: dict[str, str], scroll_to: dict[str, str], only: str,
+          env: dict[str, str]) -> None:
+    """Serve `store`, open each page in chromium, save docs/screenshots/<name>.png."""
+    from playwright.sync_api import sync_playwright
+
     if only:
         pages = {k: v for k, v in pages.items() if k in only.split(",")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT,
+                            env={**os.environ, "FEATURE_STORE": store, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
     out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     try:
