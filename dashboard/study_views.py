@@ -109,6 +109,29 @@ def overview_section(root: str) -> None:
         st.page_link(links.UNIVERSALITY, label="Open the Universality page")
 
 
+def other_runs_interp(root: str, run: str) -> dict[str, dict]:
+    """{label: interp summary} of the study's other runs, for the overview's automated-
+    explanation medians: beside this run's, the same scores for the other activation
+    function, another seed or the untrained control (a study's `model.train_tokens = 0`
+    variant), whichever the study has."""
+    from dashboard import interp_views
+
+    out = {}
+    for other in store_access.study_variants(root):
+        if other == run:
+            continue
+        path = store_access.variant_store(root, other)
+        summary = interp_views.interp_summary(path)
+        if summary is None:
+            continue
+        info = store_access.run_info(path)
+        label = f"run {other} ({info.get('act_fn')}"
+        if info.get("tokens_trained") == 0:
+            label += ", untrained"
+        out[label + ")"] = summary
+    return out
+
+
 # -- universality page ---------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = (("variant", "run", ""), ("other", "matched in", ""),

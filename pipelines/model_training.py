@@ -127,8 +127,9 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
     train_seconds = time.perf_counter() - t_train
 
-    final_val = evaluate(model, val, cfg.batch_size * 4, autocast)
-    unigram = unigram_loss(train_np, val_np, d_vocab)
+    with progress.heartbeat("model (validation loss on every held-out token)"):
+        final_val = evaluate(model, val, cfg.batch_size * 4, autocast)
+        unigram = unigram_loss(train_np, val_np, d_vocab)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -267,7 +268,12 @@ def _accumulate_cross(cross: torch.Tensor, job: _Job, codes, sides) -> None:
     at = torch.sparse_coo_tensor(torch.stack([feat, row]), val,
                                  (dense_a.shape[1], dense_a.shape[0]),
                                  check_invariants=False).coalesce()
-    cross += torch.sparse.mm(at, dense_b[:, job.lo: job.hi].contiguous()).double()
+    # CSR multiplies about 2x faster than COO on CPU (measured: 2048 x 8128 by 8128 x 2048)
+    if at.device.type == "cpu":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            at = at.to_sparse_csr()
+    cross += (at @ dense_b[:, job.lo: job.hi].contiguous()).double()
 
 
 def match_rows(variants: list[_Variant], corr: dict, sides: dict, n_tokens: int) -> list[dict]:

@@ -37,6 +37,7 @@ def test_overview_of_a_study_shows_both_runs(study_app):
     text = page_text(at)
     assert "Runs of this study" in text and "solu_ln" in text and "gelu" in text
     assert "median best corr" in text
+    assert "Control: run gelu (gelu)" in text  # the other run's explanation medians beside
     assert at.query_params["run"] == "solu"
 
 

@@ -14,4 +14,5 @@ st.caption(f"store: `{path}`")
 run_views.model_summary(path)
 run_views.metrics_table(path)
 run_views.charts_row(path)
-interp_views.overview_section(path)  # issue 13
+interp_views.overview_section(  # issue 13; in a study, the other runs' medians beside
+    path, study_views.other_runs_interp(root, url_state.chosen_run(root)) if root else None)
