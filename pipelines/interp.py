@@ -75,24 +75,26 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     columns, t_fit, t_score = {}, 0.0, 0.0
     bar = progress.bar(total=sum(d.n for d in dictionaries), desc="interp (explain, score)",
                        unit="unit")
-    for d in dictionaries:
-        t0 = time.perf_counter()
-        ex = explain[d.name]
-        if cfg.explainer == "llm":  # pragma: no cover - never run by tests or by default
-            from pipelines.interp_llm import explain_with_llm
-            patterns, texts = explain_with_llm(cfg, d.name, ex, display, run_dir, d.n)
-        else:
-            patterns = fit_patterns(ex, d.n, d_vocab, cfg.max_patterns, cfg.max_patterns,
-                                    cfg.min_support)
-            texts = describe(patterns, display)
-        single = single_token(ex, d.n, d_vocab)
-        t_fit += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        columns[d.name] = score_dictionary(patterns, single, texts, ex, held_out[d.name],
-                                           logits[d.name], cfg, rng, display, d_vocab)
-        columns[d.name]["explainer"] = [EXPLAINER_NAMES.get(cfg.explainer, cfg.explainer)] * d.n
-        t_score += time.perf_counter() - t0
-        bar.update(d.n)
+    # the bar moves once per dictionary; the heartbeat keeps a log file hearing from it
+    with progress.heartbeat("interp (explain, score)"):
+        for d in dictionaries:
+            t0 = time.perf_counter()
+            ex = explain[d.name]
+            if cfg.explainer == "llm":  # pragma: no cover - never run by tests or by default
+                from pipelines.interp_llm import explain_with_llm
+                patterns, texts = explain_with_llm(cfg, d.name, ex, display, run_dir, d.n)
+            else:
+                patterns = fit_patterns(ex, d.n, d_vocab, cfg.max_patterns, cfg.max_patterns,
+                                        cfg.min_support)
+                texts = describe(patterns, display)
+            single = single_token(ex, d.n, d_vocab)
+            t_fit += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            columns[d.name] = score_dictionary(patterns, single, texts, ex, held_out[d.name],
+                                               logits[d.name], cfg, rng, display, d_vocab)
+            columns[d.name]["explainer"] = [EXPLAINER_NAMES.get(cfg.explainer, cfg.explainer)] * d.n
+            t_score += time.perf_counter() - t0
+            bar.update(d.n)
     bar.close()
     manifest = write_explanations(out, columns, {
         "explainer": cfg.explainer, "explain_split": "train", "score_split": "val",
