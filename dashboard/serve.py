@@ -28,7 +28,7 @@ ROOT = APP.parent.parent
 PAGE_MODULES = ("plotly.io", "dashboard.browser_views", "dashboard.charts",
                 "dashboard.compare_views", "dashboard.feature_views", "dashboard.light_plotly",
                 "dashboard.results_views", "dashboard.run_views", "dashboard.score_views",
-                "dashboard.splitting_views", "dashboard.url_state")
+                "dashboard.splitting_views", "dashboard.study_views", "dashboard.url_state")
 
 
 def warm() -> str:
@@ -54,6 +54,8 @@ def warm() -> str:
 
     path = store_access.store_path()
     try:
+        if store_access.study_root(path):  # a study: warm the run pages open on first
+            path = store_access.variant_store(path, store_access.study_variants(path)[0])
         store_access.drop_if_rebuilt(path)  # records the build the warmed caches hold
         store = store_access.open_store(path)
         for name in store.dictionaries():  # each dictionary's first record reads its tables
