@@ -28,9 +28,17 @@ from pipelines.tokens import read_sequences
 DENSITY_BINS = np.arange(-8.0, 0.25, 0.25)  # log10 density; dead features go below the first edge
 
 
-def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path, device: str
-                           ) -> tuple[dict[int, dict], np.ndarray]:
-    """Per size: l0, mse, fvu, fire counts; plus the mean validation activation."""
+VAL_CODE_IDX = "val_code_idx.npy"  # [val tokens, k] int32: a topk SAE's feature ids
+VAL_CODE_VALS = "val_code_vals.npy"  # [val tokens, k] float32: their (ReLU'd) values
+
+
+def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path, device: str,
+                           codes_dir: Path | None = None) -> tuple[dict[int, dict], np.ndarray]:
+    """Per size: l0, mse, fvu, fire counts; plus the mean validation activation.
+
+    With `codes_dir`, a topk SAE's codes of every validation token are kept too, in the
+    shards' row order (`codes_dir/<size>/val_code_{idx,vals}.npy`): the study's universality
+    stage reads them instead of encoding the same tokens again (k·8 bytes per token)."""
     sums = {size: {"sq_err": 0.0, "l0": 0.0, "fires": torch.zeros(size, dtype=torch.long)} for size in specs}
     n, total, total_sq = 0, None, None
     paths = shard_paths(act_dir, "val")
@@ -41,6 +49,15 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
         n += len(x)
     mean = total / n
     variance_sum = float(total_sq - n * (mean * mean).sum())
+    kept = {}
+    if codes_dir is not None:
+        for size, (spec, _) in specs.items():
+            if spec.recipe == "topk":
+                folder = codes_dir / str(size)
+                kept[size] = (
+                    np.lib.format.open_memmap(folder / VAL_CODE_IDX, "w+", np.int32, (n, spec.k)),
+                    np.lib.format.open_memmap(folder / VAL_CODE_VALS, "w+", np.float32, (n, spec.k)))
+    row = 0
     for path in paths:
         x_all = torch.from_numpy(read_shard(path)["acts"]).to(device)
         for i in range(0, len(x_all), 8192):
@@ -48,6 +65,9 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
             for size, (spec, tensors) in specs.items():
                 if spec.recipe == "topk":  # encode once, decode the k active rows only
                     vals, idx = topk_codes(spec, tensors, x)
+                    if size in kept:
+                        kept[size][0][row: row + len(x)] = idx.cpu().numpy()
+                        kept[size][1][row: row + len(x)] = vals.cpu().numpy()
                     x_hat = decode_topk(spec, tensors, vals, idx)
                     active = vals > 0
                     fires = torch.bincount(idx[active], minlength=size)
@@ -59,6 +79,10 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
                 sums[size]["sq_err"] += float(torch.linalg.vector_norm(x_hat - x) ** 2)
                 sums[size]["l0"] += float(active.sum())
                 sums[size]["fires"] += fires.cpu()
+            row += len(x)
+    for idx_map, vals_map in kept.values():
+        idx_map.flush()
+        vals_map.flush()
     out = {}
     for size, acc in sums.items():
         density = acc["fires"].double().numpy() / n

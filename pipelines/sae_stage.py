@@ -141,7 +141,7 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         save_sae(out / str(size), spec, sae.tensors())
     specs = {size: load_sae(out / str(size), device=device) for size in saes}  # evaluate what was saved
     with progress.heartbeat("sae (held-out evaluation)"):
-        recon, mean_act = reconstruction_metrics(specs, act_dir, device)
+        recon, mean_act = reconstruction_metrics(specs, act_dir, device, codes_dir=out)
         model = load_transformer(run_dir / "model", device=device)
         losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences, device)
     rows = []

@@ -45,6 +45,7 @@ from pipelines.devices import pick_device
 from pipelines.dictionaries import Dictionary, load_dictionaries
 from pipelines.errors import InputError
 from pipelines.run_folder import Manifest, ManifestEntry, hash_folder, staged_dir
+from pipelines.sae_metrics import VAL_CODE_IDX, VAL_CODE_VALS
 from pipelines.study_config import UniversalityConfig
 
 STORE_FOLDER = "store"
@@ -121,11 +122,33 @@ class _Variant:
         W_out, self.readout = model_readout(self.model)
         self.dictionaries = {d.name: d for d in load_dictionaries(run_dir, W_out, device)}
         self.model_hash = Manifest(run_dir).get("model").output_hash
+        self.device = device
+        n_val = count_rows(run_dir / "activations", SPLIT)
+        self.cached = {}  # dictionary -> (idx, vals) memory-mapped [n_val, k], shard row order
+        for d in self.dictionaries.values():
+            folder = run_dir / "sae" / str(d.n)
+            if d.name == NEURONS or not (folder / VAL_CODE_IDX).is_file():
+                continue
+            idx = np.load(folder / VAL_CODE_IDX, mmap_mode="r")
+            vals = np.load(folder / VAL_CODE_VALS, mmap_mode="r")
+            if idx.shape == vals.shape and idx.shape[0] == n_val:
+                self.cached[d.name] = (idx, vals)
 
-    def codes(self, d: Dictionary, x: torch.Tensor):
-        """(dense codes, sparse (row, feat, val) or None for a dense dictionary)."""
+    def codes(self, d: Dictionary, x: torch.Tensor, offset: int):
+        """(dense codes, sparse (row, feat, val) or None for a dense dictionary) of the rows
+        `offset`.. of the validation split: the sae stage's kept codes when it kept them
+        (topk: the same encoding, read instead of recomputed), else encoded here."""
         if d.name == NEURONS:
             return x, None
+        if d.name in self.cached:
+            idx_map, vals_map = self.cached[d.name]
+            rows = slice(offset, offset + x.shape[0])
+            idx = torch.from_numpy(np.ascontiguousarray(idx_map[rows])).to(self.device).long()
+            vals = torch.from_numpy(np.ascontiguousarray(vals_map[rows])).to(self.device)
+            codes = torch.zeros(x.shape[0], d.n, device=self.device).scatter_(1, idx, vals)
+            active = vals > 0
+            row = torch.arange(x.shape[0], device=self.device)[:, None].expand_as(idx)[active]
+            return codes, (row, idx[active], vals[active])
         codes, row, feat, val = d.entries(x)
         return codes, (row, feat, val)
 
@@ -198,7 +221,7 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
         needed = {(j.a, j.kind) for j in jobs} | {(j.b, j.kind) for j in jobs}
         streams = [sequence_batches(v.run_dir / "activations", SPLIT, n_ctx, cfg.batch_tokens,
                                     cfg.max_tokens, device) for v in variants]
-        n_pass = 0
+        n_pass = 0  # also the row offset of this batch in the split
         for batches in zip(*streams, strict=False):
             ids = batches[0].seq_ids
             for v, b in zip(variants[1:], batches[1:]):
@@ -206,11 +229,11 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
                     raise InputError(f"universality: {v.run_dir / 'activations'} holds other "
                                      f"validation sequences than {variants[0].run_dir / 'activations'};"
                                      f" rebuild the study's activations (--force activations)")
-            n_pass += batches[0].x.shape[0]
             codes = {}
             for v, b in zip(variants, batches):
                 for kind in {k for name, k in needed if name == v.name}:
-                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b.x)
+                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b.x, n_pass)
+            n_pass += batches[0].x.shape[0]
             if p == 0:
                 for key, (dense, sparse) in codes.items():
                     _accumulate_side(sides, key, dense, sparse)
