@@ -143,8 +143,8 @@ class _Variant:
         if d.name in self.cached:
             idx_map, vals_map = self.cached[d.name]
             rows = slice(offset, offset + x.shape[0])
-            idx = torch.from_numpy(np.ascontiguousarray(idx_map[rows])).to(self.device).long()
-            vals = torch.from_numpy(np.ascontiguousarray(vals_map[rows])).to(self.device)
+            idx = torch.from_numpy(np.array(idx_map[rows])).to(self.device).long()
+            vals = torch.from_numpy(np.array(vals_map[rows])).to(self.device)
             codes = torch.zeros(x.shape[0], d.n, device=self.device).scatter_(1, idx, vals)
             active = vals > 0
             row = torch.arange(x.shape[0], device=self.device)[:, None].expand_as(idx)[active]
