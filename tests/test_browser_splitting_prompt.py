@@ -145,6 +145,8 @@ def test_compare_columns_keep_every_firing_token_in_view(synthetic_server, page,
     page.goto(f"{synthetic_server}/compare?dictionary=sae_64&feature=5")
     page.wait_for_selector("text=decoder cosine", timeout=60_000)
     settled(page)
+    page.wait_for_function("document.querySelectorAll('.tokens .ex').length >= 8",
+                           timeout=60_000)  # every column's example lines drawn
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
     report = page.evaluate("""() => [...document.querySelectorAll('.tokens .ex')].map(ex => {
         const box = ex.getBoundingClientRect();

@@ -206,7 +206,8 @@ def test_blind_page_never_spells_the_index(scores):
         for chart in at.get("plotly_chart"):
             text = text.replace(chart.proto.spec, "")
         text = re.sub(r'title="token id \d+"', "", text)
-        assert not re.search(rf"(?<![\d.]){unit[1]}(?![\d.%])", text), unit
+        found = re.search(rf"(?<![\d.]){unit[1]}(?![\d.%])", text)
+        assert not found, (unit, text[max(0, found.start() - 200): found.end() + 200])
 
 
 def test_finished_queue_and_new_queue(scores):
