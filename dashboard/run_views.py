@@ -70,7 +70,12 @@ METRIC_COLUMNS = (
 def metrics_table_html(table: pd.DataFrame) -> str:
     """The per-dictionary table as plain HTML (a handful of rows needs no data grid, whose
     code is 1.2 MB of JavaScript on a first visit). Pure, so it is testable."""
-    columns = [c for c in METRIC_COLUMNS if c[0] in table]
+    return table_html(table, [c for c in METRIC_COLUMNS if c[0] in table])
+
+
+def table_html(table: pd.DataFrame, columns) -> str:
+    """A few rows as a plain `run-table`: `columns` are (column, header, number format or ""
+    for text, hover help); numbers that are missing or not finite show as a dash."""
     head = "".join(f'<th class="{"n" if fmt else "t"}" title="{html.escape(help_text, quote=True)}">'
                    f"{html.escape(label)}</th>" for _, label, fmt, help_text in columns)
     rows = []

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import charts, feature_views, light_plotly, links, store_access, token_html, url_state
+from dashboard import charts, feature_views, light_plotly, links, run_views, store_access, url_state
 from feature_store.errors import FeatureNotFound, StoreError
 from feature_store.records import NEURONS, FeatureRecord
 
@@ -78,21 +78,7 @@ def _size(name: str) -> int:
 def runs_table_html(table: pd.DataFrame) -> str:
     """Plain HTML, like the overview's metrics table (pure, so it is testable)."""
     fmts = {"val loss": ".3f", "unigram": ".3f"} | {label: f for _, label, f in COMPARE_COLUMNS}
-    head = "".join(f'<th class="{"n" if c in fmts else "t"}">{html.escape(c)}</th>'
-                   for c in table.columns)
-    body = []
-    for _, row in table.iterrows():
-        cells = []
-        for column in table.columns:
-            value = row[column]
-            if column in fmts:
-                number = float(value) if isinstance(value, (int, float)) else math.nan
-                cells.append(f'<td class="n">{feature_views.finite_or_dash(number, fmts[column])}</td>')
-            else:
-                cells.append(f"<td>{html.escape(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<table class="run-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return run_views.table_html(table, [(c, c, fmts.get(c, ""), "") for c in table.columns])
 
 
 def overview_section(root: str) -> None:
@@ -143,21 +129,7 @@ SUMMARY_COLUMNS = (("variant", "run", ""), ("other", "matched in", ""),
 
 
 def summary_table_html(summary: pd.DataFrame) -> str:
-    head = "".join(f'<th class="{"n" if f else "t"}">{html.escape(label)}</th>'
-                   for _, label, f in SUMMARY_COLUMNS)
-    body = []
-    for _, row in summary.iterrows():
-        cells = []
-        for key, _, fmt in SUMMARY_COLUMNS:
-            value = row[key]
-            if fmt:
-                number = float(value) if value is not None and not pd.isna(value) else math.nan
-                cells.append(f'<td class="n">{feature_views.finite_or_dash(number, fmt)}</td>')
-            else:
-                cells.append(f"<td>{html.escape(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<table class="run-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return run_views.table_html(summary, [(k, label, f, "") for k, label, f in SUMMARY_COLUMNS])
 
 
 def correlation_histogram(features: pd.DataFrame, neurons: pd.DataFrame | None,

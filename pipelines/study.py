@@ -203,7 +203,8 @@ def link_shared(shared_dir: Path, run_dir: Path) -> None:
 def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: bool,
                       log: Callable[[str], None]) -> None:
     """The study-level stage, with a run's skip rules: its config, and the output hashes of
-    every variant's tokens, model, activations and sae."""
+    every variant's tokens, model, activations and sae (what it reads; a stats rebuild alone
+    does not rerun it)."""
     manifest = Manifest(study_dir)
     runs = {name: variant_dir(study_dir, name) for name in cfg.names}
     parts = []
@@ -217,7 +218,8 @@ def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: 
                 return
             if entry is None:
                 raise InputError(f"{vdir}: stage {stage} has not completed; rerun the study")
-            parts.append(f"{name}/{stage}:{entry.output_hash}")
+            if stage != "stats":  # built first (the pages need it) but never read here
+                parts.append(f"{name}/{stage}:{entry.output_hash}")
     inputs = hash_strings(*parts)
     chash = config_hash(cfg.universality)
     entry = manifest.get("universality")

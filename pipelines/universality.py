@@ -184,8 +184,7 @@ def _plan(variants: list[_Variant], budget_bytes: int) -> list[list[_Job]]:
                     jobs.append(_Job(va.name, vb.name, kind, lo, min(n_b, lo + width)))
     passes, current, used = [], [], 0
     for job in jobs:
-        size = 8 * next(v for v in variants if v.name == job.a).dictionaries[job.kind].n \
-            * (job.hi - job.lo)
+        size = 8 * variants_by(variants, job.a).dictionaries[job.kind].n * (job.hi - job.lo)
         if current and used + size > budget_bytes:
             passes.append(current)
             current, used = [], 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser_splitting_prompt import query, settled
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, serving
+from tests.test_browser_splitting_prompt import page, query, settled  # noqa: F401 - page: fixture
+from tests.test_dashboard_browser import CHROMIUM, serving
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
@@ -19,17 +19,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 def study_server(mini_study, tmp_path_factory) -> Iterator[str]:
     with serving(mini_study[0], tmp_path_factory.mktemp("study_log")) as base:
         yield base
-
-
-@pytest.fixture
-def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1500, "height": 1100})
-        finally:
-            browser.close()
 
 
 def test_match_link_crosses_runs_and_back(study_server, mini_study, page, tmp_path):
