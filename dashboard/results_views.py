@@ -5,9 +5,12 @@ The distribution chart follows Towards Monosemanticity's figure: one colour per 
 (`neurons`, each SAE size), x the rubric total, y the share of that source's ratings, bars
 overlaid so a bimodal "features high, neurons low" picture reads at a glance; a source's
 colour is its dictionary's colour on every other page (`charts.dictionary_colours` over the
-store's whole order, not over the sources that happen to have scores). Figures are
-built without Streamlit calls (testable alone); uploaded files are untrusted and go through
-`ScoreBook.import_file`, which validates every row before writing any.
+store's whole order, not over the sources that happen to have scores). In a study a source
+is a run x dictionary ("solu · neurons"): it keeps its dictionary's colour, and each run
+after the first gets a hatching pattern, so "SoLU neurons vs GeLU neurons" reads as one
+colour, two fills. Figures are built without Streamlit calls (testable alone); uploaded files
+are untrusted and go through `ScoreBook.import_file`, which validates every row before
+writing any.
 """
 
 from __future__ import annotations
@@ -24,17 +27,42 @@ from feature_store.scores_results import Results
 
 
 MIN_ALPHA_UNITS = 2  # Krippendorff's alpha over fewer units says nothing (see agreement_line)
+RUN_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")  # the study's first run is plain
 
 
-def distribution_figure(res: Results, order: Sequence[str]) -> go.Figure:
-    """`order`: the store's dictionaries, for the shared colours."""
-    colours = charts.dictionary_colours(order, extra=list(res.distribution.columns))
+def source_styles(res: Results, order: Sequence[str],
+                  runs: Sequence[str] = ()) -> dict[str, dict]:
+    """Each source's bar marker: its dictionary's colour (`order`: the store's, or in a
+    study every run's, dictionaries) and, in a study, its run's pattern (`runs` in the
+    study's order)."""
+    rows = res.by_source.set_index("source")
+    dictionaries = {s: rows.loc[s, "dictionary"] if s in rows.index else s
+                    for s in dict.fromkeys([*res.distribution.columns, *res.items.index])}
+    colours = charts.dictionary_colours(order, extra=list(dictionaries.values()))
+    styles = {}
+    for source, dictionary in dictionaries.items():
+        run = rows.loc[source, "run"] if source in rows.index else ""
+        style: dict = {"color": colours[dictionary]}
+        if run:
+            k = list(runs).index(run) if run in runs else len(runs)
+            if RUN_PATTERNS[k % len(RUN_PATTERNS)]:
+                style["pattern"] = dict(shape=RUN_PATTERNS[k % len(RUN_PATTERNS)],
+                                        fillmode="overlay", solidity=0.45)
+        styles[source] = style
+    return styles
+
+
+def distribution_figure(res: Results, order: Sequence[str],
+                        runs: Sequence[str] = ()) -> go.Figure:
+    """`order`: the store's dictionaries, for the shared colours (`runs`: a study's, for
+    the patterns)."""
+    styles = source_styles(res, order, runs)
     fig = go.Figure()
     for source in res.distribution.columns:
         counts = res.distribution[source]
         share = counts / max(int(counts.sum()), 1)
         fig.add_trace(go.Bar(x=list(res.distribution.index), y=share, name=source,
-                             marker=dict(color=colours[source], opacity=0.6),
+                             marker=dict(**styles[source], opacity=0.6),
                              customdata=counts,
                              hovertemplate=f"{source}<br>score %{{x}}: %{{customdata}} ratings "
                                            "(%{y:.0%})<extra></extra>"))
@@ -50,15 +78,15 @@ def distribution_figure(res: Results, order: Sequence[str]) -> go.Figure:
     return fig
 
 
-def items_figure(res: Results, order: Sequence[str]) -> go.Figure:
+def items_figure(res: Results, order: Sequence[str], runs: Sequence[str] = ()) -> go.Figure:
     """Each rubric item's mean as a share of its maximum, grouped by source (coloured as
-    everywhere else: `order` is the store's dictionaries)."""
-    colours = charts.dictionary_colours(order, extra=list(res.items.index))
+    everywhere else: `order` is the store's dictionaries; `runs` a study's, for patterns)."""
+    styles = source_styles(res, order, runs)
     labels = [item.replace("_", "<br>") for item in RUBRIC]  # two short lines: never rotated
     fig = go.Figure()
     for source, row in res.items.iterrows():
         fig.add_trace(go.Bar(x=labels, y=[row[i] / RUBRIC[i][1] for i in RUBRIC], name=source,
-                             marker_color=colours[source],
+                             marker=styles[source],
                              customdata=[row[i] for i in RUBRIC],
                              hovertemplate=f"{source}<br>%{{x}}: mean %{{customdata:.2f}} "
                                            "(%{y:.0%} of max)<extra></extra>"))
@@ -70,13 +98,23 @@ def items_figure(res: Results, order: Sequence[str]) -> go.Figure:
 
 
 def summary_table(res: Results) -> None:
+    """One row per source (in a study, per run x dictionary): counts, median, mean, share
+    above 8, and the source's own Krippendorff's alpha (blank under MIN_ALPHA_UNITS units
+    scored by >= 2 raters, as for the overall one)."""
     share = f"share > {QUITE_INTERPRETABLE}"
-    table = res.by_source.rename(columns={"share_above_8": share})
+    table = res.by_source.drop(columns=["run", "dictionary"]).rename(
+        columns={"share_above_8": share, "alpha": "α", "alpha_units": "α units"})
     table[share] = table[share] * 100
+    table.loc[table["α units"] < MIN_ALPHA_UNITS, "α"] = float("nan")
     st.dataframe(table, hide_index=True, placeholder="–", column_config={
         "median": st.column_config.NumberColumn(format="%.1f"),
         "mean": st.column_config.NumberColumn(format="%.2f"),
         share: st.column_config.NumberColumn(format="%.0f%%"),
+        "α": st.column_config.NumberColumn(format="%.2f", help="Krippendorff's α (interval, "
+                                           "on totals) over this source's units scored by "
+                                           f"≥ 2 raters; shown from {MIN_ALPHA_UNITS} units"),
+        "α units": st.column_config.NumberColumn(help="units of this source scored by "
+                                                 "≥ 2 raters"),
     })
 
 

@@ -2,9 +2,16 @@
 
 Blindness is a property of what reaches the browser, not of what is drawn prominently: until
 the rater's score for a unit is saved, nothing rendered (text, HTML, chart, widget label or
-key, link, URL) names the unit's dictionary, its size or its index. The URL carries only the
-rater and a 1-based queue position (`/score?rater=ann&pos=3`); the queue itself is in the
-scores database. Shown: the positive and negative logit tables and the logit histogram, all
+key, link, URL) names the unit's run, its dictionary, its size or its index. The URL carries
+only the rater and a 1-based queue position (`/score?rater=ann&pos=3`); the queue itself is
+in the scores database.
+
+In a study the queue draws from every run x dictionary the rater picks ("solu · neurons",
+"gelu · neurons", "solu · sae_2048", ...), one book for the whole study, and the page has no
+run picker and no `run=` while blind (the run would give away half the answer): each slot's
+unit is (run, dictionary, index) in the database, and the page loads it from that run's
+store by itself. The records it renders (`FeatureRecord`) know their dictionary but never
+their run. Shown: the positive and negative logit tables and the logit histogram, all
 11 intervals with their share of activations and samples, the top examples behind an
 expander. Not shown, because they give the answer away: density, activation counts, the
 activation histogram, links to neighbours. Widget keys are built from the queue's creation
@@ -14,9 +21,9 @@ After a submit the page says "saved" only once `ScoreBook.submit` has returned (
 committed), then reveals what the unit was. A unit already scored by this rater opens
 revealed, with Edit (a new row; history kept, the latest counts).
 
-Opened from a feature page (`/score?dictionary=…&feature=…`), the page scores that unit
-*not blind*: a banner says so, and the row is stored with `blind = 0`, which the results
-page leaves out by default.
+Opened from a feature page (`/score?dictionary=…&feature=…`, plus `run=` in a study), the
+page scores that unit *not blind*: a banner says so, and the row is stored with `blind = 0`
+(and its run), which the results page leaves out by default.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from dashboard import (charts, feature_views, interp_views, light_plotly, links,
 from feature_store.records import FeatureRecord
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
+    unit_key,
 )
+from feature_store.scores_results import source_label
 
 DEFAULT_SAMPLE = 20
 QUESTIONS = {  # DESIGN.md's rubric, in its order and words
@@ -61,15 +70,45 @@ def rater_name() -> str | None:
     return name or None
 
 
-def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None) -> None:
-    """Sources, sample size and seed -> a new queue for this rater (replacing theirs)."""
-    names = store_access.dictionaries(path)
+def sources(path: str, study: str | None) -> dict[str, tuple[str, str]]:
+    """What a queue can draw from, by the label the setup shows: every dictionary of the
+    store, or in a study every run x dictionary ("solu · neurons"), as (run, dictionary)
+    with run "" outside a study."""
+    if study is None:
+        return {name: ("", name) for name in store_access.dictionaries(path)}
+    out = {}
+    for run in store_access.study_variants(study):
+        for name in store_access.dictionaries(store_access.variant_store(study, run)):
+            out[source_label(run, name)] = (run, name)
+    return out
+
+
+def unit_store(path: str, study: str | None, run: str) -> str | None:
+    """The store a queue unit of `run` lives in: the study run's, or `path` outside a study;
+    None when the unit cannot be in this server's stores (a run the study no longer has, or
+    a single run's unit in a study's book and the other way round)."""
+    if study is None:
+        return path if not run else None
+    if run not in store_access.study_variants(study):
+        return None
+    return store_access.variant_store(study, run)
+
+
+def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None,
+                study: str | None = None) -> None:
+    """Sources, sample size and seed -> a new queue for this rater (replacing theirs). In a
+    study, every run x dictionary is a source."""
+    offered = sources(path, study)
+    names = list(offered)
     st.subheader("New scoring queue")
     st.caption("A balanced random mix: the sample is split evenly across the chosen sources "
                "and shuffled, so you cannot tell a unit's source from its place in the "
-               "queue. Units that never fired are left out.")
+               "queue. Units that never fired are left out."
+               + (" Each run of the study is its own source; the page names neither the run "
+                  "nor the dictionary of a unit until you have saved its score."
+                  if study else ""))
     with st.form("queue_setup", border=True):
-        sources = st.multiselect("Sources", names, default=names)
+        picked = st.multiselect("Sources", names, default=names)
         a, b = st.columns(2)
         size = a.number_input("Sample size", min_value=1, max_value=5_000, step=1,
                               value=current.sample_size if current else DEFAULT_SAMPLE)
@@ -80,7 +119,11 @@ def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None) -
         st.query_params.pop("setup", None)
         st.rerun()
     if start:
-        population = {name: _alive(path, name) for name in sources}
+        population = {}
+        for label in picked:
+            run, name = offered[label]
+            population[(run, name) if study else name] = _alive(
+                store_access.variant_store(study, run) if study else path, name)
         try:
             book.make_queue(rater, population, int(size), int(seed))
         except ScoreError as err:
@@ -123,7 +166,8 @@ def queue_key(queue: Queue, pos: int) -> str:
 
 
 def finished(book: ScoreBook, queue: Queue) -> None:
-    scored = sum(book.latest(queue.rater, d, i) is not None for d, i in queue.units)
+    scored = sum(book.latest(queue.rater, d, i, run=r) is not None
+                 for r, d, i in map(unit_key, queue.units))
     st.success(f"Queue finished: you scored {scored} of {len(queue)} units.")
     with st.container(horizontal=True):
         if st.button("← Back"):
@@ -197,7 +241,7 @@ def rubric(key: str, initial: Score | None) -> dict[str, Any]:
 
 def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[str, Any],
                intervals: list[int | None] | None, blind: bool, key: str,
-               cancel: Callable[[], None] | None = None) -> None:
+               cancel: Callable[[], None] | None = None, run: str = "") -> None:
     """Submit (disabled until every item is answered; validated again by the ScoreBook).
     "Saved" is flashed only after `submit` returned, i.e. after the commit."""
     with st.container(horizontal=True):
@@ -210,7 +254,7 @@ def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[
     rubric_values = {k: v for k, v in values.items() if not k.startswith("_")}
     try:
         saved = book.submit(rater, unit[0], unit[1], rubric_values, interval_scores=intervals,
-                            blind=blind)
+                            blind=blind, run=run)
     except ScoreError as err:
         st.error(f"Not saved: {err}")
         return
@@ -221,33 +265,36 @@ def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[
 
 
 def revealed(book: ScoreBook, rater: str, record: FeatureRecord, latest: Score,
-             key: str) -> bool:
-    """What the unit was, and the rater's latest score of it; returns True if they chose to
-    edit it."""
+             key: str, run: str = "", path: str | None = None) -> bool:
+    """What the unit was (in a study: which run too), and the rater's latest score of it;
+    returns True if they chose to edit it. `path`: the unit's store."""
     flash = st.session_state.get(_FLASH)
     if flash and flash[0] == key:
         st.success(flash[1])
         del st.session_state[_FLASH]
-    versions = len(book.history(rater, record.dictionary, record.index))
+    versions = len(book.history(rater, record.dictionary, record.index, run=run))
     st.markdown(f"This was **{record.dictionary} · feature {record.index}** "
-                f"(of {record.n_features:,}).")
+                f"(of {record.n_features:,})" + (f" of run **{run}**." if run else "."))
     st.markdown(f"Your score: **{latest.total} / {MAX_TOTAL}**"
                 f"{'' if latest.blind else ' (not blind)'} · {versions} version"
                 f"{'s' if versions > 1 else ''} saved, the latest counts.")
     items = " · ".join(f"{item.replace('_', ' ')} {getattr(latest.rubric, item)}"
                        for item in RUBRIC)
     st.caption(f"“{latest.rubric.interpretation}” — {items}")
-    links.feature_link(record.dictionary, record.index, "Open its feature page")
+    links.feature_link(record.dictionary, record.index, "Open its feature page",
+                       view={"run": run} if run else None)
     # issue 13: the automated explanation only now, after the score is saved (never before)
-    interp_views.after_score_block(store_access.store_path(), record.dictionary, record.index)
+    interp_views.after_score_block(path or store_access.store_path(), record.dictionary,
+                                   record.index)
     return st.button("Edit my score", key=f"{key}_edit")
 
 
 def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
-               blind: bool) -> None:
+               blind: bool, run: str = "", path: str | None = None) -> None:
     """One unit: revealed with its score if this rater has scored it (unless editing),
-    else the evidence and the rubric. `key` must not identify the unit."""
-    latest = book.latest(rater, record.dictionary, record.index)
+    else the evidence and the rubric. `key` must not identify the unit; `run` is the
+    study's run it belongs to ("" outside a study), `path` its store."""
+    latest = book.latest(rater, record.dictionary, record.index, run=run)
     editing_key = f"{key}_editing"
     # logits | intervals | rubric: the evidence and the form side by side, no scrolling to
     # score; the intervals come first in code so their scores exist when Submit is handled
@@ -258,7 +305,7 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
         with intervals_col:
             interval_evidence(record, key, scoring=False)
         with form_col:
-            if revealed(book, rater, record, latest, key):
+            if revealed(book, rater, record, latest, key, run, path):
                 st.session_state[editing_key] = True
                 st.rerun()
         return
@@ -277,4 +324,4 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
                 st.rerun()
 
         submit_row(book, rater, (record.dictionary, record.index), values, intervals, blind,
-                   key, cancel)
+                   key, cancel, run=run)

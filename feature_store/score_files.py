@@ -1,8 +1,10 @@
 """Scores as files: the export format (CSV or Parquet, one row per stored score, every
-field) and the strict reading of such a file back into `Score`s.
+field) and the strict reading of such a file back into `StoredScore`s.
 
 An imported row is checked as strictly as a submission and its total recomputed, so a file
-edited by hand cannot smuggle in what the form would refuse.
+edited by hand cannot smuggle in what the form would refuse. The `run` column (which run of
+a study the unit belongs to) came later: a file without it, exported before studies, reads
+as run "" (the single run whose book it came from), as an old database does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +24,13 @@ import pyarrow.parquet as pq
 from feature_store.rubric import (RUBRIC, Rubric, Score, ScoreError, check_dictionary, check_index,
                                   check_intervals, check_rater, whole_number)
 
-COLUMNS = ("score_id", "rater", "dictionary", "unit_index", "interpretation",
+COLUMNS = ("score_id", "rater", "run", "dictionary", "unit_index", "interpretation",
             *RUBRIC, "total", "interval_scores", "blind", "created_at")
+OPTIONAL = {"run": ""}  # columns an older export may lack, and what their absence means
 
 
 ARROW_SCHEMA = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
+                    ("run", pa.string()),
                     ("dictionary", pa.string()), ("unit_index", pa.int64()),
                     ("interpretation", pa.string()),
                     *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
@@ -33,31 +38,52 @@ ARROW_SCHEMA = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
                     ("created_at", pa.string())])
 
 
+@dataclass(frozen=True, slots=True)
+class StoredScore(Score):
+    """One stored row: a `rubric.Score` and the run (variant) of a study its unit belongs
+    to. `run` is "" in a single run's book, where the run is the folder the book lives in;
+    in a study's book (one for every run, so one rater's queue can mix them) it names the
+    variant, because `neurons` #3 of SoLU and of GeLU are different units."""
+
+    run: str = ""
+
+
+def check_run(run: Any) -> str:
+    if run is None:
+        return ""
+    if not isinstance(run, str) or run != run.strip():
+        raise ScoreError(f"run: {run!r} is not a run name")
+    return run
+
+
 def score_row(score: Score) -> tuple:
-    """A Score as the stored tuple, in `COLUMNS` order."""
+    """A Score as the stored tuple, in `COLUMNS` order (a plain `Score` has run "")."""
     r = score.rubric
     intervals = (None if score.interval_scores is None
                  else json.dumps(list(score.interval_scores)))
-    return (score.score_id, score.rater, score.dictionary, score.unit_index, r.interpretation,
+    return (score.score_id, score.rater, getattr(score, "run", ""), score.dictionary,
+            score.unit_index, r.interpretation,
             *[int(getattr(r, item)) for item in RUBRIC], r.total, intervals,
             int(score.blind), score.created_at)
 
 
-def score_from_row(row: Sequence[Any]) -> Score:
+def score_from_row(row: Sequence[Any]) -> StoredScore:
     values = dict(zip(COLUMNS, row))
     intervals = values["interval_scores"]
-    return Score(score_id=values["score_id"], rater=values["rater"],
-                 dictionary=values["dictionary"], unit_index=int(values["unit_index"]),
-                 rubric=Rubric(**{k: values[k] for k in ("interpretation", *RUBRIC)}),
-                 interval_scores=None if intervals is None else tuple(json.loads(intervals)),
-                 blind=bool(values["blind"]), created_at=values["created_at"])
+    return StoredScore(score_id=values["score_id"], rater=values["rater"],
+                       dictionary=values["dictionary"], unit_index=int(values["unit_index"]),
+                       rubric=Rubric(**{k: values[k] for k in ("interpretation", *RUBRIC)}),
+                       interval_scores=(None if intervals is None
+                                        else tuple(json.loads(intervals))),
+                       blind=bool(values["blind"]), created_at=values["created_at"],
+                       run=values["run"] or "")
 
 
-def record_score(record: Mapping[str, Any], name: str, line: int) -> Score:
+def record_score(record: Mapping[str, Any], name: str, line: int) -> StoredScore:
     """One imported row, checked as strictly as a submission (and its total recomputed)."""
     where = f"{name}: row {line}"
     try:
-        missing = [c for c in COLUMNS if c not in record]
+        missing = [c for c in COLUMNS if c not in record and c not in OPTIONAL]
         if missing:
             raise ScoreError(f"missing column(s) {', '.join(missing)}")
         ints = {c: whole_number(record[c], c) for c in (*RUBRIC, "unit_index", "total", "blind")}
@@ -74,11 +100,12 @@ def record_score(record: Mapping[str, Any], name: str, line: int) -> Score:
         datetime.fromisoformat(created)
         if ints["blind"] not in (0, 1):
             raise ScoreError(f"blind must be 0 or 1, got {ints['blind']}")
-        return Score(score_id=score_id, rater=check_rater(record["rater"]),
-                     dictionary=check_dictionary(record["dictionary"]),
-                     unit_index=check_index(ints["unit_index"]), rubric=rubric,
-                     interval_scores=check_intervals(intervals), blind=bool(ints["blind"]),
-                     created_at=created)
+        return StoredScore(score_id=score_id, rater=check_rater(record["rater"]),
+                           dictionary=check_dictionary(record["dictionary"]),
+                           unit_index=check_index(ints["unit_index"]), rubric=rubric,
+                           interval_scores=check_intervals(intervals),
+                           blind=bool(ints["blind"]), created_at=created,
+                           run=check_run(record.get("run", OPTIONAL["run"]) or ""))
     except ScoreError as err:
         raise ScoreError(f"{where}: {err}") from None
     except (ValueError, TypeError) as err:  # bad uuid, timestamp or JSON
@@ -123,7 +150,7 @@ def to_parquet(scores: Sequence[Score]) -> bytes:
     return sink.getvalue()
 
 
-def read_scores(data: bytes, kind: str, name: str) -> list[Score]:
+def read_scores(data: bytes, kind: str, name: str) -> list[StoredScore]:
     """Every row of an exported file, validated; one bad row rejects the whole file."""
     if kind == "csv":
         records = csv_records(data, name)

@@ -16,9 +16,17 @@ Durability, concretely:
 - each row carries a uuid (`score_id`), so importing a file from another machine merges
   without duplicates (`INSERT OR IGNORE`), and importing it twice adds nothing.
 
-A unit is (dictionary, index): a feature of an SAE, or a raw MLP neuron (`neurons`).
-Queues (`make_queue`) are per rater, stored here with the rater's position, so a reload or a
-server restart resumes where the rater was.
+A unit is (dictionary, index): a feature of an SAE, or a raw MLP neuron (`neurons`), of
+one run. Queues (`make_queue`) are per rater, stored here with the rater's position, so a
+reload or a server restart resumes where the rater was.
+
+Studies (several runs, e.g. SoLU and GeLU, on the same tokens): one book for the whole
+study, `<study>/scores.sqlite`, so one rater's blind queue can mix units of every run. Every
+row records its `run` (the variant's name); a single run's book stores run "" (the run is
+the folder the book lives in). A queue's units are (dictionary, index) in a single run's
+book and (run, dictionary, index) in a study's (`unit_key` reads either). Schema 1 had no
+run column: opening such a database adds it (every old row gets "", the single run) and
+records schema 2, in one transaction; nothing else changes.
 
 The rubric and the records (`Rubric`, `Score`, `Queue`) and every check on them are in
 `rubric.py`; the export/import file formats in `score_files.py`; results (distributions,
@@ -45,18 +53,20 @@ from feature_store.records import N_INTERVALS
 from feature_store.rubric import (INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue,
                                   Rubric, Score, ScoreError, check_dictionary, check_index,
                                   check_intervals, check_rater)
-from feature_store.score_files import (COLUMNS, read_scores, score_from_row, score_row, to_csv,
-                                       to_parquet)
+from feature_store.score_files import (COLUMNS, StoredScore, check_run, read_scores,
+                                       score_from_row, score_row, to_csv, to_parquet)
 
 SCORES_FILE = "scores.sqlite"
-SCHEMA_VERSION = 1
+Source = str | tuple[str, str]  # a dictionary, or a study's (run, dictionary)
+SCHEMA_VERSION = 2  # 2: scores.run (studies); a schema-1 database is migrated on open
 BUSY_TIMEOUT_MS = 30_000  # raters wait, never fail, while another write commits
 
 
 def _schema_sql() -> str:
     """The tables, with each rubric item's CHECK and the total's built from RUBRIC when the
     database is opened (not at import), so the database refuses exactly what `Rubric` does.
-    `IF NOT EXISTS`: an existing database keeps the tables (and checks) it was made with."""
+    `IF NOT EXISTS`: an existing database keeps the tables (and checks) it was made with
+    (a schema-1 one gets its run column from `_migrate` before the indexes are made)."""
     items = "\n".join(f"    {item} INTEGER NOT NULL CHECK ({item} BETWEEN {lo} AND {hi}),"
                       for item, (lo, hi) in RUBRIC.items())
     total_lo, total_hi = (sum(bounds) for bounds in zip(*RUBRIC.values()))
@@ -65,6 +75,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scores (
     score_id TEXT PRIMARY KEY,              -- uuid4 hex: imports dedupe on it
     rater TEXT NOT NULL CHECK (length(rater) > 0),
+    run TEXT NOT NULL DEFAULT '',           -- a study's variant; '' in a single run's book
     dictionary TEXT NOT NULL,               -- 'neurons' or 'sae_<n>'
     unit_index INTEGER NOT NULL CHECK (unit_index >= 0),
     interpretation TEXT NOT NULL CHECK (length(trim(interpretation)) > 0),
@@ -74,17 +85,30 @@ CREATE TABLE IF NOT EXISTS scores (
     blind INTEGER NOT NULL CHECK (blind IN (0, 1)),  -- 0: rater knew what the unit was
     created_at TEXT NOT NULL                -- ISO 8601 UTC, microseconds
 );
-CREATE INDEX IF NOT EXISTS scores_unit ON scores (dictionary, unit_index, rater, created_at);
 CREATE TABLE IF NOT EXISTS queues (
     rater TEXT PRIMARY KEY,
-    sources TEXT NOT NULL,                  -- JSON list of dictionary names
+    sources TEXT NOT NULL,                  -- JSON list of dictionary names, or [run, dictionary]
     sample_size INTEGER NOT NULL,
     seed INTEGER NOT NULL,
-    units TEXT NOT NULL,                    -- JSON list of [dictionary, index], in order
+    units TEXT NOT NULL,                    -- JSON list of [dictionary, index] or [run, dictionary, index]
     position INTEGER NOT NULL,              -- 0-based; == len(units) when finished
     created_at TEXT NOT NULL
 );
 """
+
+
+# After `_migrate`, so the column exists. Schema 1 had `scores_unit` without the run.
+_INDEX_SQL = ("CREATE INDEX IF NOT EXISTS scores_run_unit "
+              "ON scores (run, dictionary, unit_index, rater, created_at)")
+
+
+def unit_key(unit: Sequence[Any]) -> tuple[str, str, int]:
+    """A queue unit as (run, dictionary, index): a single run's (dictionary, index) has run
+    "", a study's (run, dictionary, index) names it."""
+    if len(unit) == 2:
+        return "", str(unit[0]), int(unit[1])
+    run, dictionary, index = unit
+    return str(run), str(dictionary), int(index)
 
 
 def default_path(store_path: str | Path) -> Path:
@@ -136,9 +160,12 @@ class ScoreBook:
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
+            elif row[0] == "1":
+                _migrate_from_1(conn)
             elif row[0] != str(SCHEMA_VERSION):
                 raise ScoreError(f"{self.path}: scores schema {row[0]}, this code knows "
                                  f"{SCHEMA_VERSION}; export with the matching version first")
+            conn.execute(_INDEX_SQL)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -155,23 +182,26 @@ class ScoreBook:
     # -- scores --------------------------------------------------------------------------------
 
     def submit(self, rater: str, dictionary: str, index: int, rubric: Rubric | Mapping[str, Any],
-               interval_scores: Sequence[int | None] | None = None, blind: bool = True) -> Score:
+               interval_scores: Sequence[int | None] | None = None, blind: bool = True,
+               run: str = "") -> StoredScore:
         """Validate, then append one row in its own transaction. When this returns the score
-        is committed; on any ScoreError nothing was written."""
+        is committed; on any ScoreError nothing was written. `run`: the study's variant the
+        unit belongs to ("" in a single run's book)."""
         rubric = rubric if isinstance(rubric, Rubric) else Rubric.from_mapping(rubric)
-        score = Score(score_id=uuid.uuid4().hex, rater=check_rater(rater),
-                      dictionary=check_dictionary(dictionary), unit_index=check_index(index),
-                      rubric=rubric, interval_scores=check_intervals(interval_scores),
-                      blind=bool(blind), created_at=_now())
+        score = StoredScore(score_id=uuid.uuid4().hex, rater=check_rater(rater),
+                            dictionary=check_dictionary(dictionary),
+                            unit_index=check_index(index), rubric=rubric,
+                            interval_scores=check_intervals(interval_scores),
+                            blind=bool(blind), created_at=_now(), run=check_run(run))
         with self._write() as conn:
             _insert(conn, score)
         return score
 
     def history(self, rater: str | None = None, dictionary: str | None = None,
-                index: int | None = None) -> list[Score]:
-        """Every stored row matching the filters, oldest first."""
+                index: int | None = None, run: str | None = None) -> list[StoredScore]:
+        """Every stored row matching the filters (None: any), oldest first."""
         where, params = [], []
-        for column, value in (("rater", rater), ("dictionary", dictionary),
+        for column, value in (("rater", rater), ("run", run), ("dictionary", dictionary),
                               ("unit_index", index)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -181,9 +211,11 @@ class ScoreBook:
                "ORDER BY created_at, score_id")
         return [score_from_row(row) for row in self._read(sql, params)]
 
-    def latest(self, rater: str, dictionary: str, index: int) -> Score | None:
-        """The row that counts for this rater and unit: their last submission or edit."""
-        rows = self.history(rater, dictionary, index)
+    def latest(self, rater: str, dictionary: str, index: int,
+               run: str = "") -> StoredScore | None:
+        """The row that counts for this rater and unit (of `run`): their last submission or
+        edit."""
+        rows = self.history(rater, dictionary, index, run=run)
         return rows[-1] if rows else None
 
     def table(self) -> pd.DataFrame:
@@ -200,13 +232,14 @@ class ScoreBook:
         rows = self.table()
         if blind_only:
             rows = rows[rows["blind"] == 1]
-        return (rows.drop_duplicates(["rater", "dictionary", "unit_index"], keep="last")
+        return (rows.drop_duplicates(["rater", "run", "dictionary", "unit_index"], keep="last")
                 .reset_index(drop=True))
 
-    def unit_means(self, dictionary: str) -> pd.Series:
-        """Mean over raters of each scored unit's latest total, indexed by unit index."""
+    def unit_means(self, dictionary: str, run: str = "") -> pd.Series:
+        """Mean over raters of each scored unit's latest total (units of `dictionary` in
+        `run`), indexed by unit index."""
         latest = self.latest_table()
-        latest = latest[latest["dictionary"] == dictionary]
+        latest = latest[(latest["dictionary"] == dictionary) & (latest["run"] == run)]
         return latest.groupby("unit_index")["total"].mean()
 
     # -- export / import -----------------------------------------------------------------------
@@ -248,14 +281,20 @@ class ScoreBook:
 
     # -- queues --------------------------------------------------------------------------------
 
-    def make_queue(self, rater: str, population: Mapping[str, Sequence[int]],
+    def make_queue(self, rater: str, population: Mapping[Source, Sequence[int]],
                    sample_size: int, seed: int) -> Queue:
         """A balanced random mix: `sample_size` split as evenly as possible across the sources
         (a source with too few units gives all it has), drawn without replacement, then
         shuffled together so sources interleave. The same population and seed give the same
-        queue. It replaces the rater's previous queue and starts at position 0."""
+        queue. It replaces the rater's previous queue and starts at position 0.
+
+        A source is a dictionary name (a single run: units (dictionary, index)) or, in a
+        study, a (run, dictionary) pair (units (run, dictionary, index)); every run x
+        dictionary is its own source, so SoLU neurons and GeLU neurons get equal shares."""
         rater = check_rater(rater)
-        sources = tuple(population)
+        sources = tuple(s if isinstance(s, str) else tuple(s) for s in population)
+        if len({isinstance(s, str) for s in sources}) > 1:
+            raise ScoreError("queue: sources are all dictionaries or all (run, dictionary)")
         if not sources:
             raise ScoreError("queue: pick at least one source")
         if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) \
@@ -280,8 +319,10 @@ class ScoreBook:
         if not rows:
             return None
         r, sources, size, seed, units, position, created = rows[0]
-        return Queue(rater=r, sources=tuple(json.loads(sources)), sample_size=size, seed=seed,
-                     units=tuple((str(d), int(i)) for d, i in json.loads(units)),
+        return Queue(rater=r, sources=tuple(s if isinstance(s, str) else tuple(s)
+                                            for s in json.loads(sources)),
+                     sample_size=size, seed=seed,
+                     units=tuple((*map(str, u[:-1]), int(u[-1])) for u in json.loads(units)),
                      position=position, created_at=created)
 
     def set_position(self, rater: str, position: int) -> Queue:
@@ -295,8 +336,8 @@ class ScoreBook:
         return Queue(**{**_shallow(queue), "position": position})
 
 
-def balanced_sample(population: Mapping[str, Sequence[int]], sample_size: int,
-                    seed: int) -> list[tuple[str, int]]:
+def balanced_sample(population: Mapping[Source, Sequence[int]], sample_size: int,
+                    seed: int) -> list[tuple]:
     """`sample_size` units split evenly across sources (the remainder goes to sources picked
     at random), each drawn without replacement, then interleaved by one shuffle."""
     rng = np.random.default_rng(seed)
@@ -307,12 +348,25 @@ def balanced_sample(population: Mapping[str, Sequence[int]], sample_size: int,
     for source, n in zip(sources, share.tolist()):
         candidates = np.unique(np.asarray(population[source], dtype=np.int64))
         picked = rng.choice(candidates, size=min(n, candidates.size), replace=False)
-        units.extend((source, int(i)) for i in picked)
+        units.extend(((source,) if isinstance(source, str) else tuple(source)) + (int(i),)
+                     for i in picked)
     order = rng.permutation(len(units))
     return [units[k] for k in order]
 
 
 # -- the database ----------------------------------------------------------------------------
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, inside `_init_schema`'s transaction (so two processes opening an old
+    database together migrate it once): the run column, "" for every old row (the single run
+    the book belongs to), and the index that leads with it."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(scores)")}
+    if "run" not in columns:
+        conn.execute("ALTER TABLE scores ADD COLUMN run TEXT NOT NULL DEFAULT ''")
+    conn.execute("DROP INDEX IF EXISTS scores_unit")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                 (str(SCHEMA_VERSION),))
+
 
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
     """Turn on WAL journaling, which lets raters read while another writes.
@@ -365,5 +419,6 @@ def _shallow(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
-__all__ = ["ScoreBook", "ScoreError", "Rubric", "Score", "Queue", "RUBRIC", "MAX_TOTAL",
-           "INTERVAL_SCALE", "QUITE_INTERPRETABLE", "default_path", "balanced_sample"]
+__all__ = ["ScoreBook", "ScoreError", "Rubric", "Score", "StoredScore", "Queue", "RUBRIC",
+           "MAX_TOTAL", "INTERVAL_SCALE", "QUITE_INTERPRETABLE", "default_path",
+           "balanced_sample", "unit_key", "Source"]

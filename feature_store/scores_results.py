@@ -2,7 +2,10 @@
 
 The unit of observation is one rater's latest score of one unit (an edit replaces, never adds
 to, that rater's vote). Sources are dictionaries: `neurons` and each SAE size, as in
-Towards Monosemanticity's figure (features median 12, neurons median 0).
+Towards Monosemanticity's figure (features median 12, neurons median 0). In a study's book a
+source is a run x dictionary, labelled "solu · neurons", "gelu · neurons", "solu · sae_2048"
+(`source_label`), so SoLU's neurons and GeLU's neurons are told apart (Elhage et al. 2022's
+question); a unit is (run, dictionary, index) everywhere here, agreement included.
 
 Agreement is Krippendorff's alpha with the interval metric over the totals, computed here
 in numpy (no extra dependency) from the coincidence form in Krippendorff, "Computing
@@ -20,6 +23,14 @@ import numpy as np
 import pandas as pd
 
 from feature_store.scores import MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, ScoreBook
+
+RUN_SEPARATOR = " · "
+UNIT = ["run", "dictionary", "unit_index"]  # what one rated unit is, in a study or not
+
+
+def source_label(run: str, dictionary: str) -> str:
+    """`neurons` in a single run's book (run ""); `solu · neurons` in a study's."""
+    return f"{run}{RUN_SEPARATOR}{dictionary}" if run else dictionary
 
 
 def krippendorff_alpha_interval(data: np.ndarray) -> float:
@@ -54,8 +65,10 @@ def krippendorff_alpha_interval(data: np.ndarray) -> float:
 class Results:
     """Everything the results page shows; frames are in source order."""
 
-    ratings: pd.DataFrame  # the latest rows counted: one per (rater, unit)
-    by_source: pd.DataFrame  # source, ratings, units, raters, median, mean, share_above_8
+    ratings: pd.DataFrame  # the latest rows counted: one per (rater, unit), with `source`
+    # source, ratings, units, raters, median, mean, share_above_8, alpha and alpha_units
+    # (this source's own agreement), run, dictionary
+    by_source: pd.DataFrame
     distribution: pd.DataFrame  # index: total 0..MAX_TOTAL, one column per source: rating counts
     items: pd.DataFrame  # index: source; columns: mean of each rubric item
     intervals: pd.DataFrame  # index: source; columns: interval 1..11 mean score (where given)
@@ -65,26 +78,34 @@ class Results:
 
 
 def results(book: ScoreBook, order: Sequence[str] = (), blind_only: bool = True) -> Results:
-    """Summarise the book. `order` lists sources in display order (others follow, sorted)."""
+    """Summarise the book. `order` lists sources (`source_label`s) in display order; others
+    follow, sorted."""
     every = book.latest_table()
     ratings = book.latest_table(blind_only=blind_only)
     excluded = len(every) - len(every[every["blind"] == 1]) if blind_only else 0
-    present = set(ratings["dictionary"])
+    ratings = ratings.assign(source=[source_label(r, d) for r, d in
+                                     zip(ratings["run"], ratings["dictionary"])])
+    present = set(ratings["source"])
     sources = [s for s in order if s in present] + sorted(present - set(order))
 
     rows, counts, items, intervals = [], {}, {}, {}
     for source in sources:
-        part = ratings[ratings["dictionary"] == source]
+        part = ratings[ratings["source"] == source]
         totals = part["total"].to_numpy()
+        matrix, n_shared = agreement_matrix(part)
         rows.append({"source": source, "ratings": len(part),
-                     "units": part["unit_index"].nunique(), "raters": part["rater"].nunique(),
+                     "units": len(part.drop_duplicates(UNIT)), "raters": part["rater"].nunique(),
                      "median": float(np.median(totals)), "mean": float(totals.mean()),
-                     "share_above_8": float((totals > QUITE_INTERPRETABLE).mean())})
+                     "share_above_8": float((totals > QUITE_INTERPRETABLE).mean()),
+                     "alpha": krippendorff_alpha_interval(matrix) if n_shared else float("nan"),
+                     "alpha_units": n_shared,
+                     "run": part["run"].iloc[0], "dictionary": part["dictionary"].iloc[0]})
         counts[source] = np.bincount(totals, minlength=MAX_TOTAL + 1)
         items[source] = {item: float(part[item].mean()) for item in RUBRIC}
         intervals[source] = _interval_means(part["interval_scores"])
     by_source = pd.DataFrame(rows, columns=["source", "ratings", "units", "raters", "median",
-                                            "mean", "share_above_8"])
+                                            "mean", "share_above_8", "alpha", "alpha_units",
+                                            "run", "dictionary"])
     distribution = pd.DataFrame(counts, index=pd.RangeIndex(MAX_TOTAL + 1, name="total"))
     items_frame = pd.DataFrame.from_dict(items, orient="index", columns=list(RUBRIC))
     interval_frame = pd.DataFrame.from_dict(intervals, orient="index")
@@ -97,15 +118,15 @@ def results(book: ScoreBook, order: Sequence[str] = (), blind_only: bool = True)
 
 
 def agreement_matrix(ratings: pd.DataFrame) -> tuple[np.ndarray, int]:
-    """(raters, units) totals over units scored by >= 2 raters, NaN where missing."""
-    per_unit = ratings.groupby(["dictionary", "unit_index"])["rater"].nunique()
+    """(raters, units) totals over units scored by >= 2 raters, NaN where missing. A unit
+    is (run, dictionary, index): SoLU's neuron 3 and GeLU's are two units."""
+    per_unit = ratings.groupby(UNIT)["rater"].nunique()
     shared = per_unit[per_unit >= 2].index
     if len(shared) == 0:
         return np.empty((0, 0)), 0
-    keyed = ratings.set_index(["dictionary", "unit_index"])
+    keyed = ratings.set_index(UNIT)
     keyed = keyed[keyed.index.isin(shared)].reset_index()
-    wide = keyed.pivot_table(index="rater", columns=["dictionary", "unit_index"],
-                             values="total", aggfunc="last")
+    wide = keyed.pivot_table(index="rater", columns=UNIT, values="total", aggfunc="last")
     return wide.to_numpy(dtype=float), len(shared)
 
 
