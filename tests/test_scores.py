@@ -294,3 +294,108 @@ def test_results_summary(fast_dir):
 def test_default_path_is_beside_the_store(tmp_path):
     assert default_path(tmp_path / "runs" / "tiny" / "store") == (
         tmp_path / "runs" / "tiny" / "scores.sqlite").resolve()
+
+
+# -- studies: the run column, and books from before it ----------------------------------------
+
+def test_a_study_book_keeps_runs_apart(fast_dir):
+    """Neuron 3 of SoLU and of GeLU are two units: scored, latest, means, agreement and the
+    split by run x source all keep them apart; queues draw from every run x dictionary."""
+    book = ScoreBook(fast_dir / "scores.sqlite")
+    for rater, shift in (("ann", 0), ("bob", 1)):
+        for k in range(3):
+            book.submit(rater, "neurons", k, {**GOOD, "activation_consistency": k + shift},
+                        run="solu")
+            book.submit(rater, "neurons", k, {**GOOD, "activation_consistency": shift,
+                                              "confidence": 0}, run="gelu")
+    assert book.latest("ann", "neurons", 1, run="solu").total == GOOD_TOTAL - 4
+    assert book.latest("ann", "neurons", 1, run="gelu").total == GOOD_TOTAL - 8
+    assert book.latest("ann", "neurons", 1) is None  # no single-run row in a study's book
+    assert book.unit_means("neurons", "gelu").to_dict() == {k: GOOD_TOTAL - 7.5 for k in range(3)}
+    out = results(book, order=["solu · neurons", "gelu · neurons"])
+    rows = out.by_source.set_index("source")
+    assert list(rows.index) == ["solu · neurons", "gelu · neurons"]
+    assert list(rows["run"]) == ["solu", "gelu"] and set(rows["dictionary"]) == {"neurons"}
+    solu = [GOOD_TOTAL - 5 + k + s for s in (0, 1) for k in range(3)]
+    assert rows.loc["solu · neurons", "median"] == np.median(solu)
+    assert rows.loc["gelu · neurons", "median"] == GOOD_TOTAL - 7.5
+    assert rows.loc["solu · neurons", "units"] == 3
+    assert out.alpha_units == 6  # 3 units per run, not 3 merged ones
+    # each source's own alpha: bob is one above ann everywhere
+    ann = np.array([GOOD_TOTAL - 5 + k for k in range(3)], dtype=float)
+    assert rows.loc["solu · neurons", "alpha"] == pytest.approx(
+        krippendorff_alpha_interval(np.stack([ann, ann + 1])))
+
+    population = {("solu", "neurons"): range(64), ("gelu", "neurons"): range(64),
+                  ("solu", "sae_128"): range(128)}
+    queue = book.make_queue("ann", population, 30, 1)
+    assert pd.Series([(r, d) for r, d, _ in queue.units]).value_counts().tolist() == [10] * 3
+    again = ScoreBook(fast_dir / "scores.sqlite").queue("ann")
+    assert again.units == queue.units and again.sources == tuple(population)
+    with pytest.raises(ScoreError, match="all dictionaries or all"):
+        book.make_queue("ann", {"neurons": [1], ("solu", "neurons"): [1]}, 2, 0)
+
+    # export -> import keeps the run
+    fresh = ScoreBook(fast_dir / "fresh.sqlite")
+    assert fresh.import_file(book.export_parquet(), kind="parquet") == 12
+    pd.testing.assert_frame_equal(fresh.table(), book.table())
+
+
+def _schema_1(path: Path) -> None:
+    """A scores database as schema 1 made it (before studies): no run column."""
+    items = ", ".join(f"{item} INTEGER NOT NULL" for item in RUBRIC)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executescript(f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE scores (score_id TEXT PRIMARY KEY, rater TEXT NOT NULL, dictionary TEXT NOT NULL,
+    unit_index INTEGER NOT NULL, interpretation TEXT NOT NULL, {items},
+    total INTEGER NOT NULL, interval_scores TEXT, blind INTEGER NOT NULL,
+    created_at TEXT NOT NULL);
+CREATE INDEX scores_unit ON scores (dictionary, unit_index, rater, created_at);
+CREATE TABLE queues (rater TEXT PRIMARY KEY, sources TEXT NOT NULL, sample_size INTEGER NOT NULL,
+    seed INTEGER NOT NULL, units TEXT NOT NULL, position INTEGER NOT NULL,
+    created_at TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO queues VALUES ('ann', '["sae_64"]', 1, 0, '[["sae_64", 7]]', 0,
+    '2026-01-01T00:00:00.000000+00:00');
+""")
+        for k, rater in enumerate(("ann", "bob")):
+            conn.execute("INSERT INTO scores VALUES (?, ?, 'sae_64', 7, 'old', 3, 5, 3, 1, 2, "
+                         "14, NULL, 1, ?)", (f"{k:032x}", rater,
+                                             f"2026-01-01T00:00:0{k}.000000+00:00"))
+
+
+def test_a_schema_1_book_is_migrated_and_reads_as_the_single_run(fast_dir):
+    path = fast_dir / "scores.sqlite"
+    _schema_1(path)
+    book = ScoreBook(path)
+    old = book.history()
+    assert [(s.rater, s.run, s.dictionary, s.unit_index, s.total) for s in old] == [
+        ("ann", "", "sae_64", 7, 14), ("bob", "", "sae_64", 7, 14)]
+    assert book.latest("ann", "sae_64", 7) == old[0]
+    assert book.queue("ann").units == (("sae_64", 7),)
+    assert results(book).by_source["source"].tolist() == ["sae_64"]
+    assert book.unit_means("sae_64").to_dict() == {7: 14}
+    book.submit("ann", "sae_64", 7, GOOD)  # the old CHECK-less table takes new rows
+    assert [s.run for s in book.history()] == ["", "", ""]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                            ).fetchone() == ("2",)
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(scores)")}
+        assert "scores_run_unit" in indexes and "scores_unit" not in indexes
+    assert len(ScoreBook(path).history()) == 3  # opening it again migrates nothing twice
+
+
+def test_an_export_from_before_studies_imports_as_the_single_run(fast_dir):
+    book = ScoreBook(fast_dir / "a.sqlite")
+    book.submit("ann", "sae_64", 1, GOOD)
+    rows = list(csv.DictReader(io.StringIO(book.export_csv().decode(), newline="")))
+    assert rows[0]["run"] == ""
+    old = io.StringIO(newline="")
+    writer = csv.DictWriter(old, fieldnames=[c for c in rows[0] if c != "run"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: v for k, v in r.items() if k != "run"} for r in rows])
+    fresh = ScoreBook(fast_dir / "b.sqlite")
+    assert fresh.import_file(old.getvalue().encode(), kind="csv", name="old.csv") == 1
+    assert fresh.history()[0].run == "" and fresh.history() == book.history()
