@@ -83,6 +83,14 @@ def sources(path: str, study: str | None) -> dict[str, tuple[str, str]]:
     return out
 
 
+def without_logits(path: str, dictionary: str) -> bool:
+    """Whether the store says the dictionary has no logit weights (SoLU's `neurons_pre_ln`:
+    a LayerNorm lies between it and W_out). Its units show empty logit tables, which would
+    tell a blind rater what they are, and leave rubric items 4 and 5 nothing to judge."""
+    info = store_access.dictionary_info(path, dictionary)
+    return bool((info.get("not_applicable") or {}).get("logits"))
+
+
 def unit_store(path: str, study: str | None, run: str) -> str | None:
     """The store a queue unit of `run` lives in: the study run's, or `path` outside a study;
     None when the unit cannot be in this server's stores (a run the study no longer has, or
@@ -100,6 +108,8 @@ def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None,
     study, every run x dictionary is a source."""
     offered = sources(path, study)
     names = list(offered)
+    no_logits = [label for label, (run, name) in offered.items() if without_logits(
+        store_access.variant_store(study, run) if study else path, name)]
     st.subheader("New scoring queue")
     st.caption("A balanced random mix: the sample is split evenly across the chosen sources "
                "and shuffled, so you cannot tell a unit's source from its place in the "
@@ -107,8 +117,14 @@ def queue_setup(path: str, book: ScoreBook, rater: str, current: Queue | None,
                + (" Each run of the study is its own source; the page names neither the run "
                   "nor the dictionary of a unit until you have saved its score."
                   if study else ""))
+    if no_logits:
+        st.caption(f"Not picked by default: {', '.join(no_logits)}. These units have no logit "
+                   "weights (a LayerNorm lies between them and the output), so their empty "
+                   "logit tables would give them away among the others, and rubric items 4 "
+                   "and 5 would have nothing to judge. Add them to score them anyway.")
     with st.form("queue_setup", border=True):
-        picked = st.multiselect("Sources", names, default=names)
+        picked = st.multiselect("Sources", names,
+                                default=[n for n in names if n not in no_logits])
         a, b = st.columns(2)
         size = a.number_input("Sample size", min_value=1, max_value=5_000, step=1,
                               value=current.sample_size if current else DEFAULT_SAMPLE)
@@ -182,6 +198,9 @@ def finished(book: ScoreBook, queue: Queue) -> None:
 
 def logit_evidence(record: FeatureRecord, key: str) -> None:
     """Raised and lowered next-token logits, then the histogram of all of them."""
+    if not record.top_logits and not record.bottom_logits:  # e.g. a neuron before a LayerNorm
+        st.info("This unit has no logit weights: score items 4 and 5 as 0 (not applicable).")
+        return
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
     st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
     light_plotly.chart(charts.logit_histogram_figure(record), key=f"{key}_logit_hist")

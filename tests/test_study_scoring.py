@@ -284,3 +284,38 @@ def _rubric(total: int) -> dict:
 def _figures(at) -> list[dict]:
     from tests.app_helpers import chart_figures
     return chart_figures(at)
+
+
+def test_on_a_real_study_pre_layernorm_neurons_are_offered_not_picked(mini_study, tmp_path,
+                                                                        monkeypatch):
+    """The mini study (SoLU + GeLU, pipeline-built): every run x dictionary is offered, SoLU's
+    `neurons_pre_ln` (no logit weights: its empty tables would give it away) is not picked by
+    default, a queue of the defaults spans both runs, and a pre-LN slot says it has no
+    logit weights instead of drawing empty tables. Run names are checked where the page
+    itself writes (keys, labels, URL), not in corpus text, where "solu" is a substring of
+    ordinary words (absolute, resolution)."""
+    monkeypatch.setenv("FEATURE_STORE", str(mini_study[0]))
+    monkeypatch.setenv("FEATURE_SCORES", str(tmp_path / "scores.sqlite"))
+    at = open_page(SCORE, rater="hal")
+    options = at.multiselect[0].options
+    assert "solu · neurons_pre_ln" in options and "gelu · neurons" in options
+    assert "solu · neurons_pre_ln" not in at.multiselect[0].value
+    assert set(at.multiselect[0].value) == set(options) - {"solu · neurons_pre_ln"}
+    at.number_input[0].set_value(12)
+    ok(at.button[0].click().run())
+    queue = ScoreBook(tmp_path / "scores.sqlite").queue("hal")
+    assert {r for r, _, _ in queue.units} == {"solu", "gelu"}
+    assert "neurons_pre_ln" not in {d for _, d, _ in queue.units}
+    for pos in range(1, len(queue) + 1):
+        page = open_page(SCORE, rater="hal", pos=str(pos))
+        assert set(page.query_params) == {"rater", "pos"} and not page.sidebar.radio
+        written = [str(n.proto) for n in page._tree if getattr(n, "proto", None) is not None
+                   and n.type != "html"]  # st.html holds the corpus tokens
+        for name in ("solu", "gelu", "neurons", "sae_"):
+            assert not any(name in w for w in written), name
+
+    ScoreBook(tmp_path / "scores.sqlite").make_queue("hal", {("solu", "neurons_pre_ln"): [5]},
+                                                     1, 0)
+    page = open_page(SCORE, rater="hal", pos="1")
+    assert any("has no logit weights" in i.value for i in page.info)
+    assert not any('class="logits"' in h.proto.body for h in page.get("html"))
