@@ -12,7 +12,7 @@ import html
 import streamlit as st
 
 from dashboard import charts, feature_views, store_access
-from feature_store.records import FeatureRecord, Neighbour
+from feature_store.records import NEURONS_PRE_LN, FeatureRecord, Neighbour
 
 
 WEAK_COSINE = 0.4  # below this a "counterpart" is only the least unlike feature there
@@ -33,16 +33,33 @@ def counterpart_caption(other: str, nearest: Neighbour, rest: tuple[Neighbour, .
     return f"decoder cosine {shown:.2f}{weak}" + (f" · next: {runners}" if runners else "")
 
 
+def same_unit(path: str, record: FeatureRecord) -> FeatureRecord | None:
+    """A SoLU neuron's record at the MLP's other hook (before / after the mid-MLP
+    LayerNorm), or None: it comes first among the columns, being the same unit."""
+    twin = store_access.dictionary_info(path, record.dictionary).get("same_units_as")
+    if not twin or twin not in store_access.dictionaries(path):
+        return None
+    return store_access.feature(path, twin, record.index)
+
+
 def columns(path: str, record: FeatureRecord) -> None:
     counterparts = ordered_counterparts(record)
-    if not counterparts:
+    twin = same_unit(path, record)
+    if not counterparts and twin is None:
         st.info(f"The store holds no counterparts of {record.dictionary} #{record.index} in "
                 "other dictionaries.")
     colours = charts.dictionary_colours(store_access.dictionaries(path))
-    cols = st.columns(1 + len(counterparts), gap="small")
+    cols = st.columns(1 + (twin is not None) + len(counterparts), gap="small")
     with cols[0]:
         st.html(colour_bar_html(colours.get(record.dictionary, "#444")))
         feature_views.compact_column(record, "the feature asked about")
+    if twin is not None:
+        with cols[1]:
+            st.html(colour_bar_html(colours.get(twin.dictionary, "#444")))
+            feature_views.compact_column(twin, "the same neuron "
+                                         + ("before" if twin.dictionary == NEURONS_PRE_LN
+                                            else "after") + " the mid-MLP LayerNorm")
+        cols = cols[1:]
     for col, (other, nearest, rest) in zip(cols[1:], counterparts):
         with col:
             found = store_access.feature(path, other, nearest.index)

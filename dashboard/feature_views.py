@@ -15,7 +15,7 @@ import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
 from feature_store import schema
-from feature_store.records import NEURONS, FeatureRecord, Neighbour
+from feature_store.records import NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour
 
 N_NEIGHBOUR_LINKS = 6  # per list: enough to see a split, few enough to scan
 N_CHIP_TOKENS = 4  # top tokens beside each listed unit: what it is, at a glance
@@ -134,9 +134,43 @@ def keyboard_shortcuts() -> None:
     st.html(f"<script {SHORTCUTS_MARK}>{script}</script>", unsafe_allow_javascript=True)
 
 
-def logits(record: FeatureRecord) -> None:
+def not_applicable(path: str, dictionary: str) -> dict[str, str]:
+    """Statistic -> why it does not apply to this dictionary, as the store says (e.g. no
+    logit weights before a LayerNorm); empty for SAEs and plain neurons."""
+    return dict(store_access.dictionary_info(path, dictionary).get("not_applicable") or {})
+
+
+def not_applicable_html(title: str, reason: str) -> str:
+    """A boxed note in place of a section that does not apply (the reason is the store's
+    text, escaped like any stored string)."""
+    return (f"<div class='not-applicable' style='{NOT_APPLICABLE_STYLE}'><b>"
+            f"{html.escape(title)}</b><br>{html.escape(reason)}</div>")
+
+
+NOT_APPLICABLE_STYLE = ("border:1px solid #c8c8d8;background:#f6f6fb;border-radius:6px;"
+                        "padding:0.5rem 0.7rem;margin:0.4rem 0 0.8rem;font-size:0.9rem")
+
+
+def same_unit_link(path: str, record: FeatureRecord) -> None:
+    """For a SoLU neuron: the same neuron read at the MLP's other hook (before / after the
+    mid-MLP LayerNorm), one click away, keeping the view. Nothing for other dictionaries."""
+    twin = store_access.dictionary_info(path, record.dictionary).get("same_units_as")
+    if not twin or twin not in store_access.dictionaries(path):
+        return
+    where = ("before the mid-MLP LayerNorm" if twin == NEURONS_PRE_LN
+             else "after the mid-MLP LayerNorm (what W_out reads)")
+    links.feature_link(twin, record.index, f"Same neuron {where}: {twin} #{record.index}",
+                       view=kept_view(),
+                       help="Compare the intervals: the LayerNorm rescales every token by the "
+                            "norm over all neurons, which reorders the weak activations.")
+
+
+def logits(record: FeatureRecord, not_applicable: str | None = None) -> None:
     """Top raised and lowered next-token logits side by side (wrapping when a token is
-    long), then the histogram of all of them."""
+    long), then the histogram of all of them; or why there are none."""
+    if not_applicable:
+        st.html(not_applicable_html("Logit weights: not applicable", not_applicable))
+        return
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
     st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
     light_plotly.chart(charts.logit_histogram_figure(record), key="feature_logit_histogram")
@@ -251,8 +285,12 @@ def related_html(lists: list[RelatedList], tokens: dict[tuple[str, int], list[st
     return "".join(parts)
 
 
-def related(path: str, record: FeatureRecord) -> None:
-    """Nearest units in this and every other dictionary, each with its top tokens."""
+def related(path: str, record: FeatureRecord, not_applicable: str | None = None) -> None:
+    """Nearest units in this and every other dictionary, each with its top tokens; or why
+    there are none."""
+    if not_applicable:
+        st.html(not_applicable_html("Nearest units: not applicable", not_applicable))
+        return
     lists = related_lists(record)
     if not lists:
         return
@@ -334,8 +372,11 @@ def compact_column(record: FeatureRecord, caption: str, n_examples: int = 8,
     st.caption(caption)
     st.markdown(f"density {density_text(record)} · max {record.max_act:.2f} · "
                 f"{record.density_class}")
-    scale = max([abs(e.value) for e in record.top_logits[:n_logits]] or [0.0])
-    st.html(token_html.logit_table_html(record.top_logits[:n_logits], scale, raises=True))
+    if record.top_logits:
+        scale = max([abs(e.value) for e in record.top_logits[:n_logits]] or [0.0])
+        st.html(token_html.logit_table_html(record.top_logits[:n_logits], scale, raises=True))
+    else:  # neurons before a LayerNorm have none; their feature page says why
+        st.caption("no logit weights (see its feature page)")
     st.html(token_html.examples_html(record.top_examples[:n_examples], "activation",
                                      record.max_act, context=context,
                                      empty="never fired", wrap=True))

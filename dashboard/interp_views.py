@@ -105,10 +105,13 @@ def explanation_html(rec: ExplanationRecord) -> str:
 
 
 def feature_block(path: str, dictionary: str, index: int) -> None:
-    """The feature page's block (a caption when the store has no explanations)."""
+    """The feature page's block (a caption when the store has no explanations, or why this
+    dictionary has none)."""
     rec = explanation(path, dictionary, index)
     if rec is None:
-        st.caption(NOT_RUN)
+        why = (store_access.dictionary_info(path, dictionary).get("not_applicable")
+               or {}).get("explanations")
+        st.caption(why or NOT_RUN)
         return
     st.html(explanation_html(rec))
 

@@ -7,8 +7,9 @@ corpus text: the dashboard escapes them at the last step before HTML.
 
 Sign conventions:
 - activations are the dictionary's feature activations (for `neurons`, the raw
-  `blocks.0.mlp.hook_post` value, which can be negative for GeLU; statistics over "active"
-  values count activations > 0);
+  `blocks.0.mlp.hook_post` value, which can be negative for GeLU; for `neurons_pre_ln`, the
+  SoLU output at `blocks.0.mlp.ln.hook_in`, before the mid-MLP LayerNorm; statistics over
+  "active" values count activations > 0);
 - `Example.ablation[t]` is log p(token[t+1] | context, feature removed) − log p(token[t+1] |
   context): negative means the feature was helping predict the next token. It is 0 where
   the feature is inactive and NaN at the last position of the window (no next token shown);
@@ -24,6 +25,8 @@ from feature_store.schema import DENSITY_CLASSES  # noqa: F401 - re-exported: be
 
 N_INTERVALS = 11  # Towards Monosemanticity: 11 equal-width intervals over (0, max activation]
 NEURONS = "neurons"  # the identity "dictionary" over the d_mlp raw MLP neurons
+NEURONS_PRE_LN = "neurons_pre_ln"  # SoLU models: the same neurons before the mid-MLP LayerNorm
+NEURON_DICTIONARIES = (NEURONS, NEURONS_PRE_LN)  # identity dictionaries: no decoder, no families
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,11 @@ store/
 ```
 
 Dictionaries are `neurons` (the d_mlp raw MLP neurons, `blocks.0.mlp.hook_post`, as an
-identity dictionary) and one SAE per size, named `sae_<n_features>` (`dictionary_name`).
+identity dictionary), for SoLU models `neurons_pre_ln` (the same neurons before the mid-MLP
+LayerNorm, `blocks.0.mlp.ln.hook_in`; kind "neurons"), and one SAE per size, named
+`sae_<n_features>` (`dictionary_name`). A dictionary for which a statistic does not apply
+says so in its manifest entry (`not_applicable`, below) and simply has no rows in that
+table; a reader shows the reason, never a blank.
 Feature indices are 0-based rows of the dictionary. Token text is the tokenizer's display
 form (spaces `·`, newlines `↵`), unescaped corpus text.
 
@@ -36,7 +40,10 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     (tokens the statistics were computed over); `dictionaries`: a list of
     `{name, kind ("neurons" | "sae"), n_features, act_hist_edges, ...free-form info}`, where
     `act_hist_edges` are the activation-histogram bin edges shared by all features of that
-    dictionary (log10-spaced); `run`: free-form run info (model `act_fn`, `n_params`,
+    dictionary (log10-spaced); optional info keys: `hook_name` (what its activations read),
+    `not_applicable` ({statistic: why}, statistics among `logits`, `neighbours` (which
+    covers counterparts and aligned neurons), `umap`, `explanations`), `same_units_as` (the
+    dictionary whose unit i is this one's unit i at another hook: neurons ↔ neurons_pre_ln); `run`: free-form run info (model `act_fn`, `n_params`,
     `val_loss`, `unigram_val_loss`, `metrics` per dictionary, ...); `tables`: every table's
     relative path with its row count, which the reader checks.
 
@@ -129,9 +136,9 @@ store/
     unit of `other`'s same dictionary with the highest Pearson correlation of activations
     over the same tokens; −1 when the unit never varies), `best_corr` float32,
     `second_match` int32, `second_corr` float32, `logit_corr` float32 (correlation of the two
-    units' logit weights over the vocabulary), `decoder_cosine` float32 (cosine of the two
-    decoder directions, only when both variants share the model's weights; null otherwise,
-    because two models' MLP bases are unrelated). Sorted by variant, other (study order),
+    units' logit weights over the vocabulary; null for `neurons_pre_ln`, which has none),
+    `decoder_cosine` float32 (cosine of the two decoder directions, only when both variants
+    share the model's weights; null otherwise, because two models' MLP bases are unrelated). Sorted by variant, other (study order),
     dictionary order, index. Both directions of a pair are present (a→b and b→a).
 
 `universality_summary.parquet` — one row per (variant, other, dictionary)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 HOOK_POST = "blocks.0.mlp.hook_post"  # what W_out reads; for solu_ln, after the mid-MLP LayerNorm
+HOOK_PRE_LN = "blocks.0.mlp.ln.hook_in"  # solu_ln only: the SoLU output, before that LayerNorm
+MID_LN = "blocks.0.mlp.ln"  # the mid-MLP LayerNorm's parameters: <MID_LN>.weight, .bias
 
 
 def transformer_spec(*, d_model: int, d_mlp: int, n_heads: int, d_head: int, d_vocab: int,
@@ -69,17 +71,33 @@ def capture(model, tokens, hook_name: str):
     The unembedding (d_model x d_vocab per token) costs ~4x the rest of a one-layer model, and
     TransformerBridge ignores `stop_at_layer` here, so the hook raises once it has the value;
     `run_with_hooks` removes its hooks on the way out."""
-    captured = {}
+    return capture_many(model, tokens, (hook_name,))[hook_name]
 
-    def grab(acts, hook):
-        captured["acts"] = acts
-        raise _Captured
+
+def capture_many(model, tokens, hook_names) -> dict:
+    """The values at several hooks in one forward pass, stopped once the last has fired."""
+    captured: dict = {}
+    wanted = set(hook_names)
+
+    def grab(acts, hook, name):
+        captured[name] = acts
+        if wanted <= captured.keys():
+            raise _Captured
 
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)])
+        model.run_with_hooks(tokens, fwd_hooks=[
+            (name, lambda acts, hook, name=name: grab(acts, hook, name)) for name in wanted])
     except _Captured:
         pass
-    return captured["acts"]
+    missing = wanted - captured.keys()
+    if missing:
+        raise ValueError(f"the model has no hook {sorted(missing)}")
+    return captured
+
+
+def has_mid_ln(model) -> bool:
+    """The MLP normalises its activation before W_out (solu_ln): `HOOK_PRE_LN` exists."""
+    return f"{MID_LN}.weight" in model.state_dict()
 
 
 def mlp_activations(model, tokens):

@@ -15,6 +15,12 @@ Logit weights: w_i = (v_i − mean(v_i))·diag(γ)·W_U: the direct effect on th
 of activation with LN_final's centring and γ folded in. LN's data-dependent scale 1/σ is NOT
 folded in (it depends on the token), so the values rank tokens and compare features at one
 scale, not the change in logit at a given token (the ablation effect gives that).
+
+Neurons before the mid-MLP LayerNorm (`neurons_pre_ln`) have no fixed v: removing one
+changes the LayerNorm's mean and scale, so every neuron after it moves. Their effect is
+computed from the captured pre-LN vector u at the token: Δr = (LN(u with u_j = 0) − LN(u))·W_out,
+then the same exact LN_final recomputation with Δr in place of −a·v (d_model·d_vocab work
+per pair instead of d_vocab; few pairs, as for the neurons).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from feature_store.transformer_files import capture
+from feature_store.transformer_files import HOOK_PRE_LN, MID_LN, capture, capture_many
 from pipelines import progress
 from pipelines.config import StatsConfig
 from pipelines.dictionaries import Dictionary
@@ -50,6 +56,29 @@ class Readout:
     @property
     def bias(self) -> torch.Tensor:
         return self.beta @ self.W_U + self.b_U
+
+
+@dataclass(frozen=True)
+class MidLN:
+    """The mid-MLP LayerNorm of a SoLU model and W_out, for pre-LN ablations."""
+
+    gamma: torch.Tensor  # [d_mlp]
+    beta: torch.Tensor
+    eps: float
+    W_out: torch.Tensor  # [d_mlp, d_model]
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(u, u.shape[-1:], self.gamma, self.beta, self.eps)
+
+
+def mid_ln(model) -> MidLN | None:
+    """The model's mid-MLP LayerNorm, or None when it has none (GeLU)."""
+    sd = model.state_dict()
+    if f"{MID_LN}.weight" not in sd:
+        return None
+    W_out = sd["blocks.0.mlp.out.weight"].T.float().contiguous()
+    return MidLN(sd[f"{MID_LN}.weight"].float(), sd[f"{MID_LN}.bias"].float(),
+                 float(model.cfg.eps), W_out)
 
 
 def model_readout(model) -> tuple[torch.Tensor, Readout]:
@@ -106,7 +135,8 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
                   cfg: StatsConfig, n_ctx: int, device: str) -> int:
     """Pass 3: Δ log p(next token) for every active, non-final window token of every example,
     written into each `Examples.ablation`. Each distinct (unit, sequence, position) is computed
-    once; returns how many there were."""
+    once; returns how many there were. Dictionaries without a direction (neurons_pre_ln) go
+    through the mid-MLP LayerNorm (module docstring)."""
     requests = [ablation_requests(i, examples[d.name], cfg, n_ctx)
                 for i, d in enumerate(dictionaries)]
     if not any(q.row.size for q in requests):
@@ -121,8 +151,17 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     key = (gfeat * seqs.shape[0] + seq) * n_ctx + pos
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     u_feat, u_seq, u_pos, u_act = gfeat[first], seq[first], pos[first], act[first]
-    out_dir = torch.cat([d.out_dir for d in dictionaries])
-    all_w = torch.cat([weights[d.name] for d in dictionaries])
+    d_model = ro.G.shape[0]
+    out_dir = torch.cat([d.out_dir if d.has_direction
+                         else torch.zeros(d.n, d_model, device=device) for d in dictionaries])
+    all_w = torch.cat([weights[d.name] if d.has_direction
+                       else torch.zeros(d.n, ro.G.shape[1], device=device) for d in dictionaries])
+    # units read before the mid-MLP LayerNorm, and which neuron each is
+    pre_unit = np.concatenate([np.full(d.n, not d.has_direction) for d in dictionaries])
+    neuron_of = np.concatenate([np.arange(d.n) for d in dictionaries])
+    ln = mid_ln(model) if pre_unit.any() else None
+    if pre_unit[u_feat].any() and ln is None:
+        raise ValueError("a dictionary before the mid-MLP LayerNorm needs a model with one")
     result = np.empty(uniq.size, dtype=np.float32)
     order = np.argsort(u_seq, kind="stable")
     seq_list = np.unique(u_seq)
@@ -137,18 +176,33 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
         b = np.searchsorted(sorted_seq, chunk[-1], side="right")
         idx = order[a:b]
         tokens = torch.from_numpy(seqs[chunk].astype(np.int64)).to(device)
-        resid = final_residual(model, tokens).reshape(-1, G.shape[0])
+        pre = pre_unit[u_feat[idx]]
+        if pre.any():
+            got = capture_many(model, tokens, (HOOK_PRE_LN, RESID_HOOK))
+            resid = got[RESID_HOOK].float().reshape(-1, G.shape[0])
+            u_pre = got[HOOK_PRE_LN].float().reshape(-1, ln.gamma.shape[0])
+        else:
+            resid = final_residual(model, tokens).reshape(-1, G.shape[0])
         c = resid - resid.mean(1, keepdim=True)
         z = c @ G  # [S * n_ctx, d_vocab]
         base = z / ((c * c).mean(1, keepdim=True) + ro.eps).sqrt() + bias
         nxt_all = torch.roll(tokens, -1, dims=1).reshape(-1)  # the last position is never asked
         lp_base = base.gather(1, nxt_all[:, None])[:, 0] - torch.logsumexp(base, 1)
         del base
-        tok = torch.from_numpy(np.searchsorted(chunk, u_seq[idx]) * n_ctx + u_pos[idx]).to(device)
-        fi = torch.from_numpy(u_feat[idx]).to(device)
-        delta = _delta_logp(z, c, lp_base, nxt_all, torch.from_numpy(u_act[idx]).to(device),
-                            out_dir, all_w, ro, tok=tok, fi=fi)
-        result[idx] = delta.cpu().numpy()
+        tok_np = np.searchsorted(chunk, u_seq[idx]) * n_ctx + u_pos[idx]
+        for part, through_ln in ((idx[~pre], False), (idx[pre], True)):
+            if not part.size:
+                continue
+            tok = torch.from_numpy(tok_np[pre == through_ln]).to(device)
+            if through_ln:
+                delta = _delta_logp_pre_ln(z, c, lp_base, nxt_all, u_pre, ln, ro, tok=tok,
+                                           neuron=torch.from_numpy(neuron_of[u_feat[part]]).to(device))
+            else:
+                fi = torch.from_numpy(u_feat[part]).to(device)
+                delta = _delta_logp(z, c, lp_base, nxt_all,
+                                    torch.from_numpy(u_act[part]).to(device), out_dir, all_w, ro,
+                                    tok=tok, fi=fi)
+            result[part] = delta.cpu().numpy()
         bar.update(idx.size)
     bar.close()
     values = result[inverse]
@@ -158,6 +212,28 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
         ex.ablation[q.row, q.column] = values[at: at + q.row.size]
         at += q.row.size
     return int(uniq.size)
+
+
+def _delta_logp_pre_ln(z, c, lp_base, next_tok, u_pre, ln: MidLN, ro: Readout,
+                       tok: torch.Tensor, neuron: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Pairs of (token row tok[p], neuron[p]) of a pre-LN dictionary: zero the neuron before
+    the mid-MLP LayerNorm, recompute it, and read the change through LN_final exactly."""
+    n = tok.shape[0]
+    out = torch.empty(n, device=tok.device)
+    G, bias = ro.G, ro.bias
+    for lo in range(0, n, chunk):
+        t, j = tok[lo: lo + chunk], neuron[lo: lo + chunk]
+        u = u_pre[t]
+        u0 = u.clone()
+        u0[torch.arange(t.shape[0], device=t.device), j] = 0.0
+        dr = (ln(u0) - ln(u)) @ ln.W_out  # [m, d_model]: the change in the final residual
+        dr = dr - dr.mean(1, keepdim=True)
+        c2 = c[t] + dr
+        inv = 1.0 / ((c2 * c2).mean(1, keepdim=True) + ro.eps).sqrt()
+        new = (z[t] + dr @ G).mul_(inv).add_(bias)
+        picked = new.gather(1, next_tok[t][:, None])[:, 0]
+        out[lo: lo + chunk] = picked - torch.logsumexp(new, 1) - lp_base[t]
+    return out
 
 
 def _delta_logp(z, c, lp_base, next_tok, act, out_dir, weights, ro: Readout,

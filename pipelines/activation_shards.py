@@ -43,6 +43,20 @@ def count_rows(folder: Path, split: str) -> int:
     return total
 
 
+PRE_LN = "acts_pre_ln"  # the optional second activation column (see pipelines/activations.py)
+
+
+def has_pre_ln(folder: Path, split: str) -> bool:
+    """Every shard of the split holds `acts_pre_ln` (from its footer; no data read)."""
+    for path in shard_paths(folder, split):
+        try:
+            if PRE_LN not in pq.read_schema(path).names:
+                return False
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+    return True
+
+
 def _acts_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarray:
     """The fixed-size-list `acts` column as [rows, d_mlp] (stored float16, cast to `dtype`)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -53,13 +67,13 @@ def _acts_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.nda
 
 
 def read_shard(path: Path, columns=("acts",), acts_dtype=np.float32) -> dict[str, np.ndarray]:
-    """Columns of one shard as numpy; `acts` as [rows, d_mlp] in `acts_dtype` (float32
-    unless a caller wants the stored float16)."""
+    """Columns of one shard as numpy; `acts` (and `acts_pre_ln`) as [rows, d_mlp] in
+    `acts_dtype` (float32 unless a caller wants the stored float16)."""
     try:
         table = pq.read_table(path, columns=list(columns))
     except (pa.ArrowException, OSError) as err:
         raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
-    return {name: (_acts_matrix(table.column(name), acts_dtype) if name == "acts"
+    return {name: (_acts_matrix(table.column(name), acts_dtype) if name in ("acts", PRE_LN)
                    else table.column(name).to_numpy()) for name in columns}
 
 
@@ -100,12 +114,23 @@ class SequenceBatch:
 
     seq_ids: torch.Tensor  # [S] int64, rows of tokens/<split>.parquet
     x: torch.Tensor  # [S * (n_ctx - 1), d_mlp] float32, positions 1..n_ctx-1 of each sequence
+    pre_ln: torch.Tensor | None = None  # the same tokens' `acts_pre_ln`, when asked for
+
+    def acts(self, column: str) -> torch.Tensor:
+        """The batch's values of one shard column: `acts` or `acts_pre_ln`."""
+        if column == "acts":
+            return self.x
+        if column == PRE_LN and self.pre_ln is not None:
+            return self.pre_ln
+        raise ValueError(f"this batch was read without {column!r}")
 
 
 def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
-                     max_tokens: int, device: str) -> Iterator[SequenceBatch]:
+                     max_tokens: int, device: str,
+                     pre_ln: bool = False) -> Iterator[SequenceBatch]:
     """Whole sequences in shard order, `batch_tokens // (n_ctx-1)` sequences at a time,
-    stopping after `max_tokens` tokens (whole sequences; 0 = all)."""
+    stopping after `max_tokens` tokens (whole sequences; 0 = all); with `pre_ln`, each batch
+    also carries `acts_pre_ln`."""
     per_seq = n_ctx - 1
     seqs_per_batch = max(1, batch_tokens // per_seq)
     max_seqs = max(1, max_tokens // per_seq) if max_tokens > 0 else None
@@ -115,7 +140,8 @@ def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
             pf = pq.ParquetFile(path)
             pending: list[pa.RecordBatch] = []
             for rb in pf.iter_batches(batch_size=seqs_per_batch * per_seq,
-                                      columns=["seq_id", "position", "acts"]):
+                                      columns=["seq_id", "position", "acts"]
+                                      + ([PRE_LN] if pre_ln else [])):
                 pending.append(rb)
                 rows = sum(b.num_rows for b in pending)
                 if rows < seqs_per_batch * per_seq:
@@ -140,6 +166,8 @@ def _whole_sequences(pending: list[pa.RecordBatch], path: Path, per_seq: int, de
     seq_id = np.concatenate([b.column("seq_id").to_numpy() for b in pending]).astype(np.int64)
     position = np.concatenate([b.column("position").to_numpy() for b in pending])
     acts = np.concatenate([_acts_matrix(b.column("acts"), np.float16) for b in pending])
+    pre = (np.concatenate([_acts_matrix(b.column(PRE_LN), np.float16) for b in pending])
+           if PRE_LN in pending[0].schema.names else None)
     if seq_id.size % per_seq or not (
             np.all(seq_id.reshape(-1, per_seq) == seq_id[::per_seq, None])
             and np.all(position.reshape(-1, per_seq) == np.arange(1, per_seq + 1))):
@@ -149,8 +177,10 @@ def _whole_sequences(pending: list[pa.RecordBatch], path: Path, per_seq: int, de
     if max_seqs is not None:
         keep = max(0, min(len(seq_ids), max_seqs - done))
         seq_ids, acts = seq_ids[:keep], acts[: keep * per_seq]
+        pre = pre[: keep * per_seq] if pre is not None else None
     if len(seq_ids):
         x = torch.from_numpy(acts.astype(np.float32)).to(device)
-        if not torch.isfinite(x).all():
+        x_pre = torch.from_numpy(pre.astype(np.float32)).to(device) if pre is not None else None
+        if not torch.isfinite(x).all() or (x_pre is not None and not torch.isfinite(x_pre).all()):
             raise InputError(f"{path}: activation is NaN or Inf; {_REBUILD}")
-        yield SequenceBatch(torch.from_numpy(seq_ids).to(device), x)
+        yield SequenceBatch(torch.from_numpy(seq_ids).to(device), x, x_pre)

@@ -8,6 +8,10 @@ activation is the same constant in every sequence and would dominate any diction
 
 The training split is a seeded random subset of training sequences of at most `max_tokens`
 tokens; validation is cached whole, for honest held-out SAE metrics and feature statistics.
+For a model whose MLP normalises before W_out (SoLU's `solu_ln`), validation shards have one
+more column, `acts_pre_ln` (same layout, `blocks.0.mlp.ln.hook_in`: the SoLU output before
+that LayerNorm), from the same forward pass: the statistics pass summarises it as the
+`neurons_pre_ln` dictionary. Training shards never hold it (nothing trains on it).
 `pipelines/activation_shards.py` reads the shards back.
 """
 
@@ -21,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from feature_store.transformer_files import HOOK_POST, load_transformer, mlp_activations
+from feature_store.transformer_files import (HOOK_POST, HOOK_PRE_LN, capture_many,
+                                              has_mid_ln, load_transformer)
 from pipelines import progress
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
@@ -32,41 +37,46 @@ _WRITE = dict(use_dictionary=False, write_statistics=False, compression="none")
 
 
 def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id: np.ndarray,
-                 acts: np.ndarray) -> None:
-    if not np.isfinite(acts).all():
-        bad = int((~np.isfinite(acts)).any(axis=1).argmax())
-        raise InputError(f"{path.name}: activation is NaN or Inf at sequence {int(seq_id[bad])}, "
-                         f"position {int(position[bad])}; the model is broken, retrain it "
-                         f"(--force model)")
-    d = acts.shape[1]
-    table = pa.table({
-        "seq_id": pa.array(seq_id.astype(np.int32)),
-        "position": pa.array(position.astype(np.int16)),
-        "token_id": pa.array(token_id.astype(np.int32)),
-        "acts": pa.FixedSizeListArray.from_arrays(pa.array(acts.astype(np.float16).reshape(-1)), d),
-    })
-    pq.write_table(table, path, row_group_size=16384, **_WRITE)
+                 acts: dict[str, np.ndarray]) -> None:
+    """`acts`: column name -> [rows, d_mlp] values (`acts`, and `acts_pre_ln` when cached)."""
+    columns = {"seq_id": pa.array(seq_id.astype(np.int32)),
+               "position": pa.array(position.astype(np.int16)),
+               "token_id": pa.array(token_id.astype(np.int32))}
+    for name, values in acts.items():
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).any(axis=1).argmax())
+            raise InputError(f"{path.name}: {name} is NaN or Inf at sequence "
+                             f"{int(seq_id[bad])}, position {int(position[bad])}; the model is "
+                             f"broken, retrain it (--force model)")
+        columns[name] = pa.FixedSizeListArray.from_arrays(
+            pa.array(values.astype(np.float16).reshape(-1)), values.shape[1])
+    pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
 
 
 @torch.no_grad()
 def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
-                cfg: ActivationsConfig, device: str) -> int:
+                cfg: ActivationsConfig, device: str, pre_ln: bool = False) -> int:
+    """Writes the split's shards; with `pre_ln`, each also holds `acts_pre_ln`."""
     n_ctx = seqs.shape[1]
+    hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
     per_shard = max(1, cfg.shard_tokens // (n_ctx - 1))
     n_tokens = 0
     bar = progress.bar(total=len(seqs) * (n_ctx - 1), desc=f"activations ({split})",
                        unit="tok", unit_scale=True)
     for shard, lo in enumerate(range(0, len(seqs), per_shard)):
-        chunk, chunk_ids, parts = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard], []
+        chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
         for i in range(0, len(chunk), cfg.batch_size):
             batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
-            parts.append(mlp_activations(model, batch)[:, 1:].float().cpu().numpy())
+            got = capture_many(model, batch, hooks.values())
+            for name, hook in hooks.items():
+                parts[name].append(got[hook][:, 1:].float().cpu().numpy())
             bar.update(batch.shape[0] * (n_ctx - 1))
-        acts = np.concatenate(parts).reshape(-1, parts[0].shape[-1])
+        acts = {name: np.concatenate(p).reshape(-1, p[0].shape[-1]) for name, p in parts.items()}
         positions = np.tile(np.arange(1, n_ctx), len(chunk))
         _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
                      positions, chunk[:, 1:].reshape(-1), acts)
-        n_tokens += len(acts)
+        n_tokens += len(positions)
     bar.close()
     return n_tokens
 
@@ -76,16 +86,20 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     device = pick_device(cfg.device, "activations")
     model = load_transformer(run_dir / "model", device=device)
     counts = {}
+    pre_ln = has_mid_ln(model)
     for split in ("train", "val"):
         seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
         ids = np.arange(len(seqs))
         if split == "train" and cfg.max_tokens > 0:
             keep = min(len(seqs), max(1, cfg.max_tokens // (seqs.shape[1] - 1)))
             ids = np.sort(np.random.default_rng(cfg.seed).permutation(len(seqs))[:keep])
-        counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device)
+        counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
+                                    pre_ln=pre_ln and split == "val")
     seconds = time.perf_counter() - start
     total = counts["train"] + counts["val"]
     summary = (f"activations: {counts['train']:,} train + {counts['val']:,} validation tokens of "
-               f"{HOOK_POST} (float16), {total / seconds:,.0f} tok/s, {seconds:.0f} s")
+               f"{HOOK_POST} (float16{', validation also before the LayerNorm' if pre_ln else ''}), "
+               f"{total / seconds:,.0f} tok/s, {seconds:.0f} s")
     return summary, {"train_tokens": counts["train"], "val_tokens": counts["val"],
+                     "val_pre_ln": pre_ln,
                      "d_mlp": int(model.cfg.d_mlp), "tokens_per_second": round(total / seconds, 1)}

@@ -122,7 +122,7 @@ def statistics(batches: Callable[[], Iterator[SequenceBatch]], dictionaries: lis
         codes = {}
         for dic in dictionaries:
             s = st[dic.name]
-            c, row, feat, val = dic.entries(batch.x)
+            c, row, feat, val = dic.entries(batch.acts(dic.source))
             codes[dic.name] = c
             if dic.name in cached:
                 cached[dic.name].append((row.to(torch.int32), feat.to(torch.int32), val))
@@ -171,7 +171,7 @@ def statistics(batches: Callable[[], Iterator[SequenceBatch]], dictionaries: lis
                 c = torch.zeros(batch.x.shape[0], dic.n, device=device)
                 c[row, feat] = val
             else:
-                c, row, feat, val = dic.entries(batch.x)
+                c, row, feat, val = dic.entries(batch.acts(dic.source))
             if val.numel() == 0:
                 continue
             v64 = val.double()

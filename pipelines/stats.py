@@ -6,7 +6,8 @@ writes `runs/<name>/store/` through `feature_store.writer.StoreWriter` (never di
 
 The work, by module:
 - `pipelines/dictionaries.py`: what is summarised (each SAE, and the neurons as the identity
-  dictionary), its activations and directions;
+  dictionary; for SoLU also the neurons before the mid-MLP LayerNorm, `neurons_pre_ln`, when
+  the validation shards hold them), its activations and directions;
 - `pipelines/activation_shards.py`: whole sequences of cached activations, in stored order;
 - `pipelines/sampling.py`: passes 1 and 2 over the split: counts, histograms, top-k and
   examples sampled uniformly from 11 equal-width intervals, each with its window;
@@ -36,7 +37,7 @@ from feature_store.transformer_files import load_transformer
 from feature_store.writer import StoreWriter
 from pipelines import progress
 from pipelines.ablation import fill_ablation, logit_weights, model_readout
-from pipelines.activation_shards import SequenceBatch, sequence_batches
+from pipelines.activation_shards import SequenceBatch, has_pre_ln, sequence_batches
 from pipelines.config import StatsConfig
 from pipelines.devices import pick_device
 from pipelines.dictionaries import Dictionary, load_dictionaries
@@ -54,26 +55,28 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     model = load_transformer(run_dir / "model", device=device)  # StoreError: see the runner
     n_ctx = int(model.cfg.n_ctx)
     W_out, ro = model_readout(model)
-    dictionaries = load_dictionaries(run_dir, W_out, device)
+    act_dir = run_dir / "activations"
+    pre_ln = has_pre_ln(act_dir, cfg.split)  # SoLU: the neurons before the LayerNorm too
+    dictionaries = load_dictionaries(run_dir, W_out, device, pre_ln=pre_ln)
     seqs = read_sequences(run_dir / "tokens" / f"{cfg.split}.parquet")
     if seqs.shape[1] != n_ctx:
         raise InputError(f"{run_dir / 'tokens'}: n_ctx {seqs.shape[1]} != model n_ctx {n_ctx}")
-    act_dir = run_dir / "activations"
     total = seqs.shape[0] * (n_ctx - 1)
     if cfg.max_tokens:
         total = min(total, max(1, cfg.max_tokens // (n_ctx - 1)) * (n_ctx - 1))
 
     def batches() -> Iterator[SequenceBatch]:
         return sequence_batches(act_dir, cfg.split, n_ctx, cfg.batch_tokens, cfg.max_tokens,
-                                device)
+                                device, pre_ln=pre_ln)
 
-    sae_names = [d.name for d in dictionaries if d.name != NEURONS]
+    sae_names = [d.name for d in dictionaries if d.kind == "sae"]
+    directed = [d for d in dictionaries if d.has_direction]
     with torch.no_grad():
         passes = statistics(batches, dictionaries, cfg, n_ctx, device,
                             list(zip(sae_names, sae_names[1:])), total)
         st, n_tokens = passes.stats, passes.n_tokens
         examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
-        weights = {d.name: logit_weights(d.out_dir, ro) for d in dictionaries}
+        weights = {d.name: logit_weights(d.out_dir, ro) for d in directed}
         t_abl = time.perf_counter()
         n_pairs = fill_ablation(model, seqs, dictionaries, examples, weights, ro, cfg, n_ctx,
                                 device)
@@ -83,7 +86,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                                            cfg.split_min_decoder_cosine,
                                            cfg.split_min_containment))
     with progress.heartbeat("stats (umap)"):
-        umap_xy, umap_s = (joint_umap([d.direction for d in dictionaries], cfg.umap_neighbours,
+        umap_xy, umap_s = (joint_umap([d.direction for d in directed], cfg.umap_neighbours,
                                       cfg.seed) if cfg.umap else (None, 0.0))
 
     vocab = _read_table(run_dir / "tokenizer" / "vocab.parquet", "tokenizer").to_pandas()
@@ -99,23 +102,24 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     writer = StoreWriter(out, n_tokens=n_tokens, run_info=run_info)
     with progress.heartbeat("stats (writing the store)"), writer:
         for d in dictionaries:
-            writer.add_dictionary(d.name, d.n, **d.info)
+            writer.add_dictionary(d.name, d.n, kind=d.kind, **d.info)
         writer.set_vocab(display)
         for d in dictionaries:
-            write_dictionary(writer, d, st[d.name], examples[d.name], weights[d.name], seqs, cfg,
-                             n_ctx, dictionaries)
+            write_dictionary(writer, d, st[d.name], examples[d.name], weights.get(d.name), seqs,
+                             cfg, n_ctx, directed)
             writer.add_metrics(d.name, dictionary_metrics(d, st[d.name], n_tokens, sae_metrics))
         for e in edges:
             writer.add_split_edges(e.small, e.index_small, e.large, e.index_large,
                                    e.masked_cosine, e.decoder_cosine, e.containment)
         if umap_xy is not None:
             at = 0
-            for d in dictionaries:
+            for d in directed:
                 writer.add_umap(d.name, umap_xy[at: at + d.n, 0], umap_xy[at: at + d.n, 1])
                 at += d.n
     seconds = time.perf_counter() - start
     n_edges = sum(len(e) for e in edges)
-    summary = (f"stats: {len(sae_names)} dictionaries + neurons, {_short(n_tokens)} tokens, "
+    summary = (f"stats: {len(sae_names)} dictionaries + neurons"
+               f"{' (after and before the LayerNorm)' if pre_ln else ''}, {_short(n_tokens)} tokens, "
                f"{n_tokens / seconds:,.0f} tok/s, {seconds:.0f} s (ablation {n_pairs:,} "
                f"pairs {t_abl:.0f} s, umap {'off' if not cfg.umap else f'{umap_s:.0f} s'}, "
                f"{n_edges} split edges)")
@@ -126,10 +130,12 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
 
 
 def write_dictionary(writer: StoreWriter, d: Dictionary, s: DictionaryStats, ex: Examples,
-                     weights: torch.Tensor, seqs: np.ndarray, cfg: StatsConfig, n_ctx: int,
-                     dictionaries: list[Dictionary]) -> None:
+                     weights: torch.Tensor | None, seqs: np.ndarray, cfg: StatsConfig,
+                     n_ctx: int, directed: list[Dictionary]) -> None:
     """Everything per feature of one dictionary: summary, intervals, examples (token ids read
-    from the split's sequences), logits, and its neighbours in every dictionary."""
+    from the split's sequences), logits, and its neighbours in every dictionary `directed`
+    (those with a direction). A dictionary without a direction (neurons_pre_ln) has no
+    logits and no neighbours; its manifest entry says why (`dictionaries.NOT_APPLICABLE`)."""
     writer.add_feature_summary(
         d.name, n_active=s.n_active.cpu().numpy(), max_act=s.max_act.cpu().numpy(),
         sum_act=s.sum_act.cpu().numpy(), act_hist_edges=s.hist_edges,
@@ -142,6 +148,8 @@ def write_dictionary(writer: StoreWriter, d: Dictionary, s: DictionaryStats, ex:
                         center=np.full(ex.feature.size, cfg.window_before),
                         act=ex.act, token_ids=token_ids, acts=np.where(valid, ex.acts, 0.0),
                         ablation=ex.ablation)
+    if weights is None:
+        return
     k = min(cfg.n_logits, weights.shape[1])
     top = weights.topk(k, dim=1)
     bottom = weights.topk(k, dim=1, largest=False)
@@ -151,7 +159,7 @@ def write_dictionary(writer: StoreWriter, d: Dictionary, s: DictionaryStats, ex:
                       bottom_ids=bottom.indices.cpu().numpy(),
                       bottom_values=bottom.values.cpu().numpy(),
                       hist_edges=edges.cpu().numpy(), hist_counts=counts.cpu().numpy())
-    neurons = next(x for x in dictionaries if x.name == NEURONS)
+    neurons = next(x for x in directed if x.name == NEURONS)
     if d.name == NEURONS:
         own = normalized_rows(d.out_dir)  # basis vectors are orthogonal: compare W_out rows
     else:
@@ -162,7 +170,7 @@ def write_dictionary(writer: StoreWriter, d: Dictionary, s: DictionaryStats, ex:
         writer.add_aligned_neurons(d.name, idx.cpu().numpy(), cos.gather(1, idx).cpu().numpy())
     idx, val = nearest(own, own, cfg.n_neighbours, exclude_self=True)
     writer.add_neighbours(d.name, idx, val)
-    for other in dictionaries:
+    for other in directed:
         if other.name == d.name:
             continue
         idx, val = nearest(normalized_rows(d.direction), normalized_rows(other.direction),
@@ -186,7 +194,7 @@ def row_histograms(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tens
 def dictionary_metrics(d: Dictionary, s: DictionaryStats, n_tokens: int,
                        sae_rows: list[dict]) -> dict:
     """SAE rows come from the sae stage's held-out metrics; neurons by definition."""
-    if d.name == NEURONS:
+    if d.kind == "neurons":  # both identity dictionaries reconstruct their own hook exactly
         return {"l0": float(s.n_active.sum()) / n_tokens, "mse": 0.0, "fvu": 0.0,
                 "ce_loss_recovered": 1.0, "ce_loss_recovered_mean_ablation": 1.0,
                 "kl_div": 0.0, "recipe": "identity"}

@@ -1,6 +1,7 @@
 """universality (study stage): each unit's best match in every other variant.
 
-For every unordered pair of variants and every dictionary both have (neurons, sae_<n>), the
+For every unordered pair of variants and every dictionary both have (neurons, sae_<n>, and
+neurons_pre_ln when both are SoLU models: their neurons before the mid-MLP LayerNorm), the
 exact Pearson correlation of every unit of one with every unit of the other, over the same
 held-out validation tokens (Towards Monosemanticity's universality measure), accumulated in
 one streamed pass:
@@ -36,11 +37,11 @@ import numpy as np
 import torch
 
 from feature_store import study_store
-from feature_store.records import NEURONS
+from feature_store.records import NEURONS_PRE_LN
 from feature_store.transformer_files import load_transformer
 from pipelines import progress
 from pipelines.ablation import logit_weights, model_readout
-from pipelines.activation_shards import count_rows, sequence_batches
+from pipelines.activation_shards import SequenceBatch, count_rows, has_pre_ln, sequence_batches
 from pipelines.devices import pick_device
 from pipelines.dictionaries import Dictionary, load_dictionaries
 from pipelines.errors import InputError
@@ -120,25 +121,28 @@ class _Variant:
         self.model = load_transformer(run_dir / "model", device=device)
         self.n_ctx = int(self.model.cfg.n_ctx)
         W_out, self.readout = model_readout(self.model)
-        self.dictionaries = {d.name: d for d in load_dictionaries(run_dir, W_out, device)}
+        self.pre_ln = has_pre_ln(run_dir / "activations", SPLIT)  # SoLU: neurons_pre_ln too
+        self.dictionaries = {d.name: d for d in load_dictionaries(run_dir, W_out, device,
+                                                                  pre_ln=self.pre_ln)}
         self.model_hash = Manifest(run_dir).get("model").output_hash
         self.device = device
         n_val = count_rows(run_dir / "activations", SPLIT)
         self.cached = {}  # dictionary -> (idx, vals) memory-mapped [n_val, k], shard row order
         for d in self.dictionaries.values():
             folder = run_dir / "sae" / str(d.n)
-            if d.name == NEURONS or not (folder / VAL_CODE_IDX).is_file():
+            if d.kind == "neurons" or not (folder / VAL_CODE_IDX).is_file():
                 continue
             idx = np.load(folder / VAL_CODE_IDX, mmap_mode="r")
             vals = np.load(folder / VAL_CODE_VALS, mmap_mode="r")
             if idx.shape == vals.shape and idx.shape[0] == n_val:
                 self.cached[d.name] = (idx, vals)
 
-    def codes(self, d: Dictionary, x: torch.Tensor, offset: int):
+    def codes(self, d: Dictionary, batch: SequenceBatch, offset: int):
         """(dense codes, sparse (row, feat, val) or None for a dense dictionary) of the rows
         `offset`.. of the validation split: the sae stage's kept codes when it kept them
         (topk: the same encoding, read instead of recomputed), else encoded here."""
-        if d.name == NEURONS:
+        x = batch.acts(d.source)
+        if d.kind == "neurons":  # neurons, neurons_pre_ln: the cached values themselves
             return x, None
         if d.name in self.cached:
             idx_map, vals_map = self.cached[d.name]
@@ -219,7 +223,9 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
                  for job in jobs}
         needed = {(j.a, j.kind) for j in jobs} | {(j.b, j.kind) for j in jobs}
         streams = [sequence_batches(v.run_dir / "activations", SPLIT, n_ctx, cfg.batch_tokens,
-                                    cfg.max_tokens, device) for v in variants]
+                                    cfg.max_tokens, device,
+                                    pre_ln=any(k == NEURONS_PRE_LN for n, k in needed
+                                               if n == v.name)) for v in variants]
         n_pass = 0  # also the row offset of this batch in the split
         for batches in zip(*streams, strict=False):
             ids = batches[0].seq_ids
@@ -231,7 +237,7 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
             codes = {}
             for v, b in zip(variants, batches):
                 for kind in {k for name, k in needed if name == v.name}:
-                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b.x, n_pass)
+                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b, n_pass)
             n_pass += batches[0].x.shape[0]
             if p == 0:
                 for key, (dense, sparse) in codes.items():
@@ -306,15 +312,16 @@ def match_rows(variants: list[_Variant], corr: dict, sides: dict, n_tokens: int)
         for this, other, matrix in ((va, vb, c), (vb, va, c.T)):
             best, best_corr, second, second_corr = best_two(matrix)
             d_this, d_other = this.dictionaries[kind], other.dictionaries[kind]
-            w_this = logit_weights(d_this.out_dir, this.readout)
-            w_other = logit_weights(d_other.out_dir, other.readout)
+            directed = d_this.has_direction and d_other.has_direction  # not neurons_pre_ln
             has = best >= 0
             logit = np.full(best.shape, np.nan, dtype=np.float32)
-            if has.any():
+            if directed and has.any():
+                w_this = logit_weights(d_this.out_dir, this.readout)
+                w_other = logit_weights(d_other.out_dir, other.readout)
                 rows = torch.from_numpy(np.flatnonzero(has)).to(w_this.device)
                 cols = torch.from_numpy(best[has]).to(w_this.device)
                 logit[has] = row_pearson(w_this[rows], w_other[cols]).cpu().numpy()
-            comparable = this.model_hash == other.model_hash
+            comparable = this.model_hash == other.model_hash and directed
             cosine = np.full(best.shape, np.nan, dtype=np.float32)
             if comparable and has.any():
                 x = torch.nn.functional.normalize(d_this.direction[rows], dim=1)

@@ -161,7 +161,19 @@ def test_rerun_skips_everything_and_a_new_variant_builds_only_itself(mini_study,
     assert study.variants() == ["solu", "gelu", "solu1"]
     summary = study.summary()
     pair = summary[(summary["variant"] == "solu") & (summary["other"] == "solu1")]
-    assert len(pair) == 3
+    # two SoLU models also compare their neurons before the mid-MLP LayerNorm; SoLU vs GeLU not
+    assert set(pair["dictionary"]) == {"neurons", "neurons_pre_ln", "sae_64", "sae_128"}
+    assert "neurons_pre_ln" not in set(summary[summary["other"] == "gelu"]["dictionary"])
+    a, b = (np.concatenate([read_shard(p, columns=("acts_pre_ln",))["acts_pre_ln"]
+                            for p in shard_paths(copy / "runs" / v / "activations", "val")])
+            .astype(np.float64) for v in ("solu", "solu1"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        full = np.corrcoef(a.T, b.T)[: a.shape[1], a.shape[1]:]
+    rows = study.matches("solu", "solu1", "neurons_pre_ln")
+    expect = np.where(np.isfinite(full).any(1), np.nan_to_num(full, nan=-2).max(1), np.nan)
+    np.testing.assert_allclose(rows["best_corr"].to_numpy(dtype=np.float64), expect, atol=2e-4,
+                               equal_nan=True)
+    assert rows["logit_corr"].isna().all()  # no logit weights before the LayerNorm
 
 
 def test_variants_with_other_tokens_are_refused(mini_run, tmp_path):

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import compare_views, feature_views, links, url_state
-from feature_store.records import NEURONS
+from feature_store.records import NEURON_DICTIONARIES
 
 path = url_state.require_store()
 record = url_state.chosen_feature(path)
@@ -12,6 +12,7 @@ feature_views.go_to(path, record, links.COMPARE)
 st.caption("Its nearest feature (decoder cosine) in every other dictionary, most similar "
            "first. Names open the feature page.")
 links.feature_link(record.dictionary, record.index,
-                   "Splitting graph for this feature" if record.dictionary != NEURONS
-                   else links.splitting_label(NEURONS), links.SPLITTING)
+                   "Splitting graph for this feature"
+                   if record.dictionary not in NEURON_DICTIONARIES
+                   else links.splitting_label(record.dictionary), links.SPLITTING)
 compare_views.columns(path, record)
