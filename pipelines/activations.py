@@ -13,6 +13,9 @@ more column, `acts_pre_ln` (same layout, `blocks.0.mlp.ln.hook_in`: the SoLU out
 that LayerNorm), from the same forward pass: the statistics pass summarises it as the
 `neurons_pre_ln` dictionary. Training shards never hold it (nothing trains on it).
 `pipelines/activation_shards.py` reads the shards back.
+
+Under torchrun, rank r caches shards r, r+N, ... of each split into the one staging folder
+(same names, same contents as one process would write).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from feature_store.transformer_files import (HOOK_POST, HOOK_PRE_LN, capture_many,
                                               has_mid_ln, load_transformer)
-from pipelines import progress
+from pipelines import distributed, progress
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
 from pipelines.devices import pick_device
@@ -56,14 +59,19 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
 @torch.no_grad()
 def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
                 cfg: ActivationsConfig, device: str, pre_ln: bool = False) -> int:
-    """Writes the split's shards; with `pre_ln`, each also holds `acts_pre_ln`."""
+    """Writes the split's shards (under torchrun, this rank's share of them); with `pre_ln`,
+    each also holds `acts_pre_ln`. Returns the split's token count (all shards)."""
+    world = distributed.world()
     n_ctx = seqs.shape[1]
     hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
     per_shard = max(1, cfg.shard_tokens // (n_ctx - 1))
-    n_tokens = 0
-    bar = progress.bar(total=len(seqs) * (n_ctx - 1), desc=f"activations ({split})",
-                       unit="tok", unit_scale=True)
-    for shard, lo in enumerate(range(0, len(seqs), per_shard)):
+    starts = list(range(0, len(seqs), per_shard))
+    mine = [s for s in range(len(starts)) if s % world.size == world.rank]
+    bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
+                       * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
+                       unit_scale=True, disable=not world.is_main)
+    for shard in mine:
+        lo = starts[shard]
         chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
         parts: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
         for i in range(0, len(chunk), cfg.batch_size):
@@ -76,9 +84,8 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
         positions = np.tile(np.arange(1, n_ctx), len(chunk))
         _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
                      positions, chunk[:, 1:].reshape(-1), acts)
-        n_tokens += len(positions)
     bar.close()
-    return n_tokens
+    return len(seqs) * (n_ctx - 1)
 
 
 def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
@@ -96,6 +103,8 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
                                     pre_ln=pre_ln and split == "val")
     seconds = time.perf_counter() - start
+    if not distributed.world().is_main:
+        return "", {}
     total = counts["train"] + counts["val"]
     summary = (f"activations: {counts['train']:,} train + {counts['val']:,} validation tokens of "
                f"{HOOK_POST} (float16{', validation also before the LayerNorm' if pre_ln else ''}), "

@@ -7,10 +7,13 @@ that escapes is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from pipelines import distributed
 from pipelines.config import load_config
 from pipelines.errors import PipelineError
 from pipelines.run_folder import Manifest
@@ -80,10 +83,21 @@ def _run(args: argparse.Namespace) -> int:
     source = args.config or f"pipelines/presets/{args.preset or 'tiny'}.toml"
     run_dir = Path(args.run_dir or f"runs/{Path(args.config).stem if args.config else args.preset or 'tiny'}")
     start = time.perf_counter()
-    run_pipeline(cfg, run_dir, source, force=tuple(args.force), until=args.until)
+    if distributed.launched():  # torchrun: stop like an error (staging removed) when killed
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        run_pipeline(cfg, run_dir, source, force=tuple(args.force), until=args.until)
+    finally:
+        distributed.shutdown()
+    if distributed.launched() and int(os.environ["RANK"]) != 0:
+        return 0
     print(f"run: {run_dir} complete in {time.perf_counter() - start:.0f} s "
           f"(python -m pipelines status {run_dir})")
     return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _study(args: argparse.Namespace) -> int:

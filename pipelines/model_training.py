@@ -6,6 +6,11 @@ Writes `model/model.safetensors`, `model/config.json` (the exact TransformerBrid
 arguments), `model/loss_curve.parquet` (train and validation loss by step) and
 `model/metrics.json`, which includes the validation loss of a unigram model fitted on the
 training tokens: the bar any model that learned something must clear.
+
+Under torchrun each rank computes the loss on its contiguous share of every global batch of
+`batch_size` sequences (which the world size must divide) and the gradients are averaged
+before clipping and the step: the same update as one process on the whole batch, up to
+float rounding. Rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from feature_store.transformer_files import build_transformer, transformer_spec
-from pipelines import progress
+from pipelines import distributed, progress
 from pipelines.config import ModelConfig
 from pipelines.devices import pick_device
+from pipelines.errors import ConfigError
 from pipelines.tokenizer import load as load_tokenizer
 from pipelines.tokens import read_sequences
 
@@ -65,6 +71,10 @@ def evaluate(model, seqs: torch.Tensor, batch_size: int, autocast) -> float:
 
 def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
+    world = distributed.world()
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"model.batch_size {cfg.batch_size} must be a multiple of the "
+                          f"{world.size} torchrun processes", key="model.batch_size")
     device = pick_device(cfg.device, "model")
     d_vocab = load_tokenizer(run_dir / "tokenizer").get_vocab_size()
     train_np = read_sequences(run_dir / "tokens" / "train.parquet")
@@ -95,27 +105,33 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     curve: dict[str, list] = {"step": [], "tokens": [], "lr": [], "train_loss": [], "val_loss": []}
     curve_types = {"step": pa.int64(), "tokens": pa.int64(), "lr": pa.float64(),
                    "train_loss": pa.float64(), "val_loss": pa.float64()}
-    bar = progress.bar(range(total_steps), desc=f"model ({device})", unit="step")
+    bar = progress.bar(range(total_steps), desc=f"model ({device}"
+                       + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
+                       disable=not world.is_main)
+    params = list(model.parameters())
     t_train = time.perf_counter()
     for step in bar:
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(train), generator=gen), 0
-        batch = train[order[cursor: cursor + cfg.batch_size].to(device)]
+        rows = order[cursor: cursor + cfg.batch_size][world.slice(cfg.batch_size)]
+        batch = train[rows.to(device)]
         cursor += cfg.batch_size
         lr = lr_at(step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast():
             loss = model(batch, return_type="loss")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach().float().reshape(1)
+        world.mean_([loss] + [p.grad for p in params if p.grad is not None])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"model: loss became {float(loss)} at step {step}; "
                                      f"lower model.lr (now {cfg.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         val_loss = float("nan")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == total_steps:
+        if world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == total_steps):
             val_loss = evaluate(model, eval_subset, cfg.batch_size * 4, autocast)
         curve["step"].append(step + 1)
         curve["tokens"].append((step + 1) * tokens_per_step)
@@ -126,6 +142,8 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
             tok_s = (step + 1) * tokens_per_step / (time.perf_counter() - t_train)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
     train_seconds = time.perf_counter() - t_train
+    if not world.is_main:
+        return "", {}
 
     with progress.heartbeat("model (validation loss on every held-out token)"):
         final_val = evaluate(model, val, cfg.batch_size * 4, autocast)
@@ -137,7 +155,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                    out / "loss_curve.parquet")
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {
-        "act_fn": cfg.act_fn, "device": device, "n_params": n_params,
+        "act_fn": cfg.act_fn, "device": device, "n_params": n_params, "ranks": world.size,
         "steps": total_steps, "tokens_trained": total_steps * tokens_per_step,
         "train_seconds": round(train_seconds, 2),
         "tokens_per_second": round(total_steps * tokens_per_step / max(train_seconds, 1e-9), 1),
@@ -146,8 +164,9 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - start
+    on = f"{world.size} × {device}" if world.distributed else device
     trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens at {metrics['tokens_per_second']:,.0f} "
-               f"tok/s on {device}" if total_steps else "untrained (model.train_tokens = 0: a control)")
+               f"tok/s on {on}" if total_steps else "untrained (model.train_tokens = 0: a control)")
     summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {trained}; validation loss "
                f"{final_val:.3f} vs unigram {unigram:.3f} nats, {seconds:.0f} s")
     return summary, metrics

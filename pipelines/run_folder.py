@@ -106,7 +106,7 @@ def staged_dir(final: Path, before_swap: Callable[[], None] = lambda: None) -> I
     `before_swap` runs after the work succeeded and before the old output is replaced: the
     runner uses it to drop the stage's manifest entry, so a crash during the swap leaves an
     output with no entry (rebuilt next time), never an entry describing other bytes."""
-    tmp = final.with_name(final.name + ".incomplete")
+    tmp = staging_path(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -123,6 +123,11 @@ def staged_dir(final: Path, before_swap: Callable[[], None] = lambda: None) -> I
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_path(final: Path) -> Path:
+    """Where `staged_dir` builds `final` (other ranks of a torchrun write there too)."""
+    return final.with_name(final.name + ".incomplete")
 
 
 def clean_leftovers(run_dir: Path) -> list[str]:

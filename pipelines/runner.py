@@ -4,6 +4,14 @@ A stage is up to date when its manifest entry exists, its config hash equals the
 config's, its inputs hash equals the hash of its upstream stages' current outputs (plus, for
 the corpus, a fingerprint of the source files), and its folder exists. Anything else reruns
 it; `--force STAGE` reruns that stage and everything downstream of it.
+
+Under torchrun (`pipelines/distributed.py`) rank 0 is the only one that decides: it takes the
+run lock, judges each stage and broadcasts the verdict, so every rank agrees on what runs.
+The data-parallel stages (`DATA_PARALLEL`) then run on every rank into rank 0's staging
+folder, between two barriers; the others run on rank 0 alone. Only rank 0 swaps a staging
+folder into place and writes the manifest, after every rank has finished the stage, so a
+failure on any rank (torchrun then stops them all; SIGTERM unwinds like an error) leaves the
+run folder as it was.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feature_store.errors import StoreError
-from pipelines import (activations, corpus, interp, model_training, sae_stage, stats, tokenizer,
-                       tokens)
+from pipelines import (activations, corpus, distributed, interp, model_training, sae_stage, stats,
+                       tokenizer, tokens)
 from pipelines.config import RunConfig, build_config, config_hash
 from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
-                                  hash_strings, run_lock, staged_dir, write_text_atomic)
+                                  hash_strings, run_lock, staged_dir, staging_path,
+                                  write_text_atomic)
 
 
 class StageModule(Protocol):
@@ -70,6 +79,7 @@ STAGES: tuple[Stage, ...] = (
           folder="store/explanations"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+DATA_PARALLEL = frozenset({"model", "activations", "sae"})  # run on every rank under torchrun
 _PACKAGES = ("torch", "transformer-lens", "tokenizers", "numpy", "pyarrow", "safetensors")
 
 
@@ -128,6 +138,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, source: str, force: tuple[str, .
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}")
     forced = downstream(set(force))
+    world = distributed.world()
+    if not world.is_main:
+        return _follow(cfg, run_dir, until, world)
     created = _make_run_dir(run_dir)
     try:
         with run_lock(run_dir):
@@ -163,6 +176,8 @@ def _make_run_dir(run_dir: Path) -> bool:
 def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, forced: bool,
                source: str, log: Callable[[str], None]) -> None:
     reason = "forced" if forced else staleness(stage, cfg, manifest, run_dir)
+    world = distributed.world()
+    world.broadcast(reason)  # every rank runs or skips the stage with rank 0
     if reason is None:
         entry = manifest.get(stage.name)
         log(f"{stage.name}: up to date, skipped (built {entry.started_at}, {entry.duration_s:.0f} s)")
@@ -173,7 +188,12 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, 
     final = run_dir / stage.out
     try:
         with staged_dir(final, before_swap=lambda: manifest.drop(stage.name)) as out:
+            parallel = world.distributed and stage.name in DATA_PARALLEL
+            if parallel:
+                world.barrier()  # the staging folder exists: the other ranks start
             summary, results = stage.module.run(cfg.section(stage.name), run_dir, out)
+            if parallel:
+                world.barrier()  # every rank is done before anything is swapped in
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}", key=err.key) from None
     except StoreError as err:  # a model or SAE file of this run that cannot be read
@@ -194,6 +214,24 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, manifest: Manifest, 
     manifest.put(entry)
     write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=list) + "\n")
     log(entry.summary)
+    world.barrier()  # the other ranks read this stage's output next
+
+
+def _follow(cfg: RunConfig, run_dir: Path, until: str | None,
+            world: distributed.World) -> Manifest:
+    """A rank other than 0: for each stage, rank 0's verdict; take part in the data-parallel
+    ones (writing only into rank 0's staging folder), wait out the others."""
+    for stage in STAGES:
+        if world.broadcast(None) is not None:
+            if stage.name in DATA_PARALLEL:
+                world.barrier()
+                stage.module.run(cfg.section(stage.name), run_dir,
+                                 staging_path(run_dir / stage.out))
+                world.barrier()
+            world.barrier()
+        if stage.name == until:
+            break
+    return Manifest(run_dir)
 
 
 def saved_config(run_dir: Path) -> RunConfig | None:

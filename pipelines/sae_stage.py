@@ -7,6 +7,10 @@ activations have mean norm sqrt(d_mlp); s is stored with each SAE (`input_scale`
 Writes `sae/<d_sae>/sae.safetensors` + `config.json` (spec, training config, metrics),
 `sae/curves.parquet` (long format: size, step, tokens, mse, l0, aux, n_dead) and
 `sae/metrics.parquet` (one row per size; see `pipelines/sae_metrics.py`).
+
+Under torchrun every rank reads the same shuffled stream and steps on its share of each
+global batch (`pipelines/sae_training.py` averages the gradients), so the global batches are
+one process's; rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import torch
 
 from feature_store.sae_files import SaeSpec, load_sae, save_sae
 from feature_store.transformer_files import load_transformer
-from pipelines import progress
+from pipelines import distributed, progress
 from pipelines.activation_shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
+from pipelines.errors import ConfigError
 from pipelines.sae_calibration import search_for
 from pipelines.sae_metrics import loss_metrics, reconstruction_metrics
 from pipelines.sae_training import SparseAutoencoder
@@ -77,7 +82,10 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
             saes[size].l1_coefficient = search.initial
     gen = torch.Generator().manual_seed(cfg.seed)
     curves: dict[str, list] = {k: [] for k in ("size", "step", "tokens", "mse", "l0", "aux", "n_dead")}
-    bar = progress.bar(total=total, desc=f"{desc} ({device})", unit="step")
+    world = distributed.world()
+    bar = progress.bar(total=total, desc=f"{desc} ({device}"
+                       + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
+                       disable=not world.is_main)
     step, t0, resampled = 0, time.perf_counter(), {size: 0 for size in saes}
     epoch, epoch_start = 0, -1
     while step < total and step > epoch_start:  # stop if an epoch yields nothing
@@ -85,7 +93,12 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
         for batch in epoch_batches(epoch):
             if step >= total:
                 break
-            x = torch.as_tensor(batch).to(device) * scale
+            batch = torch.as_tensor(batch)
+            if len(batch) % world.size:
+                raise ConfigError(f"sae: a batch of {len(batch)} rows cannot be shared by "
+                                  f"{world.size} torchrun processes; make sae.batch_size a "
+                                  f"multiple of it", key="sae.batch_size")
+            x = batch[world.slice(len(batch))].to(device) * scale
             lr = lr_at(step, total, cfg)
             l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
             postfix = {}
@@ -95,7 +108,7 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
                     sae.l1_coefficient = searches[size].update(step, sae.l1_coefficient, stats.l0)
                 if step in resample_steps:
                     resampled[size] += sae.resample_dead(x, gen)
-                for key, value in (("size", size), ("step", step + 1), ("tokens", (step + 1) * len(x)),
+                for key, value in (("size", size), ("step", step + 1), ("tokens", (step + 1) * len(batch)),
                                    ("mse", stats.mse), ("l0", stats.l0), ("aux", stats.aux),
                                    ("n_dead", stats.n_dead)):
                     curves[key].append(value)
@@ -133,6 +146,8 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     n_train = count_rows(act_dir, "train")
     d_in = read_shard(shard_paths(act_dir, "val")[0])["acts"].shape[1]
     saes, scale, info = train_all(cfg, act_dir, d_in, n_train, device)
+    if not distributed.world().is_main:
+        return "", {}
     curves = info.pop("curves")
     pq.write_table(pa.table(curves), out / "curves.parquet")
     for size, sae in saes.items():

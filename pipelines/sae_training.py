@@ -23,6 +23,16 @@ hundred steps converges; `pipelines/sae_calibration.py` can search λ for a targ
 
 Inputs arrive already scaled to mean norm sqrt(d_in) (see `feature_store.sae_files`). MSE is
 the per-token squared error summed over d_in, averaged over the batch.
+
+Under torchrun (`pipelines/distributed.py`) each rank steps on its equal share of the global
+batch: every gradient term is a mean over the local rows, so averaging the gradients over
+ranks (one flat all-reduce, before the decoder projection, clipping and Adam) gives the
+global batch's gradient; which features fired is OR-ed over ranks, so every rank agrees on
+the dead ones; AuxK's normaliser (‖x − b_dec‖² and ‖e‖² sums) is summed over ranks; and a
+resampling is drawn on rank 0 and broadcast. The weights then equal one process's on the
+same global batch up to float rounding, except that AuxK and resampling draw their rows from
+each rank's share (the first `aux_batch_fraction` of each, not of the whole batch), so with
+a fraction below 1 those two see other rows than one process would.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from pipelines import distributed
 
 
 @dataclass
@@ -119,6 +131,7 @@ class SparseAutoencoder:
             [{"params": [self.W_enc, self.W_dec, self.b_dec], "lr_scale": 1.0},
              {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.world = distributed.world()  # a world of one outside torchrun
 
     # ---------------------------------------------------------------- forward
     def encode_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, SparseCodes]:
@@ -162,9 +175,10 @@ class SparseAutoencoder:
         if grad_dec_extra is not None:
             dW_dec += grad_dec_extra
 
-        fired = torch.bincount(codes.cols[active], minlength=self.d_sae) > 0
-        self.since_fired += batch
-        self.since_fired[fired] = 0
+        fired = torch.bincount(codes.cols[active], minlength=self.d_sae)
+        self.world.sum_(fired)  # fired on any rank's share of the batch
+        self.since_fired += batch * self.world.size
+        self.since_fired[fired > 0] = 0
 
         aux = 0.0
         dead = self.dead_mask()
@@ -172,6 +186,12 @@ class SparseAutoencoder:
         if self.recipe == "topk" and n_dead > 0 and self.aux_coefficient > 0:
             aux = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
 
+        if self.world.distributed:  # the global batch's gradient, and its mean statistics
+            scalars = torch.tensor([mse, float(active.sum()) / batch], device=x.device)
+            self.world.mean_([dW_enc, db_enc, dW_dec, db_dec, scalars])
+            mse, l0 = float(scalars[0]), float(scalars[1])
+        else:
+            l0 = float(active.sum()) / batch
         if self.unit_norm:  # only the component that changes direction, not length
             dW_dec -= (dW_dec * W_dec).sum(1, keepdim=True) * W_dec
         for param, grad in zip(self.params, (dW_enc, db_enc, dW_dec, db_dec)):
@@ -183,7 +203,7 @@ class SparseAutoencoder:
         self.optimizer.step()
         if self.unit_norm:
             W_dec /= W_dec.norm(dim=1, keepdim=True)
-        return StepStats(mse=mse, l0=float(active.sum()) / batch, aux=aux, n_dead=n_dead)
+        return StepStats(mse=mse, l0=l0, aux=aux, n_dead=n_dead)
 
     def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> float:
         """AuxK (OpenAI 2024): the top `aux_k` dead features reconstruct the main residual
@@ -198,10 +218,12 @@ class SparseAutoencoder:
         k_aux = min(self.aux_k, n_dead)
         codes = SparseCodes.topk(pre[:sub].masked_fill(~dead, float("-inf")), k_aux)
         residual = -err[:sub]
-        res_sq = float((residual * residual).sum()) / sub
+        sums = torch.stack([(residual * residual).sum(), (xc[:sub] * xc[:sub]).sum()]).double()
+        self.world.sum_(sums)  # the normaliser over every rank's sub-batch
+        res_sq, x_sq = float(sums[0]), float(sums[1])
         if res_sq <= 0:
             return 0.0
-        weight = self.aux_coefficient * float((xc[:sub] * xc[:sub]).sum()) / sub / res_sq
+        weight = self.aux_coefficient * x_sq / res_sq
         rec = codes.times(self.W_dec)
         diff = rec - residual
         loss = float((diff * diff).sum()) / sub * weight
@@ -217,6 +239,18 @@ class SparseAutoencoder:
     # ---------------------------------------------------------------- resampling
     @torch.no_grad()
     def resample_dead(self, x: torch.Tensor, generator: torch.Generator) -> int:
+        """`_resample_dead` (below); under torchrun drawn on rank 0 from its share of the
+        batch, then its weights, Adam state and firing clocks broadcast to every rank."""
+        if not self.world.distributed:
+            return self._resample_dead(x, generator)
+        n = self._resample_dead(x, generator) if self.world.is_main else 0
+        state = [s for p in (self.W_enc, self.W_dec, self.b_enc)
+                 for s in (self.optimizer.state.get(p) or {}).values()
+                 if isinstance(s, torch.Tensor) and s.dim() > 0]
+        self.world.broadcast_([self.W_enc, self.W_dec, self.b_enc, self.since_fired, *state])
+        return self.world.broadcast(n)
+
+    def _resample_dead(self, x: torch.Tensor, generator: torch.Generator) -> int:
         """Towards Monosemanticity's resampling, on the batch x (scaled inputs).
 
         Pick inputs ∝ squared reconstruction loss: what the dictionary explains worst is the
