@@ -136,11 +136,46 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     """Pass 3: Δ log p(next token) for every active, non-final window token of every example,
     written into each `Examples.ablation`. Each distinct (unit, sequence, position) is computed
     once; returns how many there were. Dictionaries without a direction (neurons_pre_ln) go
-    through the mid-MLP LayerNorm (module docstring)."""
+    through the mid-MLP LayerNorm (module docstring). `ablation_plan` lists the pairs and
+    their chunks of sequences, `ablation_chunks` computes chunks (here all of them; the Ray
+    engine hands chunks to workers), `apply_ablation` writes the values back."""
+    plan = ablation_plan(dictionaries, examples, cfg, n_ctx, seqs.shape[0])
+    if plan is None:
+        return 0
+    bar = progress.bar(total=plan.u_feat.size, desc="stats (3/3 ablation)", unit="pair",
+                       unit_scale=True)
+    result = np.empty(plan.u_feat.size, dtype=np.float32)
+    for idx, values in ablation_chunks(model, seqs, dictionaries, weights, ro, plan,
+                                       range(len(plan.chunks)), device, bar):
+        result[idx] = values
+    bar.close()
+    apply_ablation(plan, examples, dictionaries, result)
+    return int(plan.u_feat.size)
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """Pass 3's work: the distinct (unit, sequence, position) pairs (`u_*`, unit = row in the
+    dictionaries' concatenation) and the chunks of sequences they are computed in. A chunk's
+    values do not depend on which process computes it or in what order."""
+
+    requests: list[AblationRequests]
+    inverse: np.ndarray  # request -> pair
+    u_feat: np.ndarray
+    u_seq: np.ndarray
+    u_pos: np.ndarray
+    u_act: np.ndarray
+    chunks: list[np.ndarray]  # sorted sequence ids per chunk
+    chunk_pairs: list[np.ndarray]  # pair indices per chunk
+
+
+def ablation_plan(dictionaries: list[Dictionary], examples: dict[str, Examples],
+                  cfg: StatsConfig, n_ctx: int, n_seqs: int) -> AblationPlan | None:
+    """Every pair to compute, in chunks of up to 32 sequences (None: nothing to compute)."""
     requests = [ablation_requests(i, examples[d.name], cfg, n_ctx)
                 for i, d in enumerate(dictionaries)]
     if not any(q.row.size for q in requests):
-        return 0
+        return None
     which = np.concatenate([np.full(q.row.size, q.dictionary) for q in requests])
     feat = np.concatenate([q.feature for q in requests])
     seq = np.concatenate([q.seq_id for q in requests])
@@ -148,9 +183,42 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     act = np.concatenate([q.act for q in requests]).astype(np.float32)
     offsets = np.cumsum([0] + [d.n for d in dictionaries])
     gfeat = offsets[which] + feat  # a unit's row in the concatenated tables below
-    key = (gfeat * seqs.shape[0] + seq) * n_ctx + pos
+    key = (gfeat * n_seqs + seq) * n_ctx + pos
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    u_feat, u_seq, u_pos, u_act = gfeat[first], seq[first], pos[first], act[first]
+    u_seq = seq[first]
+    order = np.argsort(u_seq, kind="stable")
+    sorted_seq = u_seq[order]
+    seq_list = np.unique(u_seq)
+    per_batch = max(1, min(32, cfg.batch_tokens // n_ctx))  # z is [tokens, d_vocab]
+    chunks, chunk_pairs = [], []
+    for lo in range(0, seq_list.size, per_batch):
+        chunk = seq_list[lo: lo + per_batch]
+        a = np.searchsorted(sorted_seq, chunk[0], side="left")
+        b = np.searchsorted(sorted_seq, chunk[-1], side="right")
+        chunks.append(chunk)
+        chunk_pairs.append(order[a:b])
+    return AblationPlan(requests, inverse, gfeat[first], u_seq, pos[first], act[first],
+                        chunks, chunk_pairs)
+
+
+def apply_ablation(plan: AblationPlan, examples: dict[str, Examples],
+                   dictionaries: list[Dictionary], result: np.ndarray) -> None:
+    """Each pair's value (`result`, by pair) into its examples' `ablation` cells."""
+    values = result[plan.inverse]
+    at = 0
+    for q in plan.requests:
+        ex = examples[dictionaries[q.dictionary].name]
+        ex.ablation[q.row, q.column] = values[at: at + q.row.size]
+        at += q.row.size
+
+
+@torch.no_grad()
+def ablation_chunks(model, seqs: np.ndarray, dictionaries: list[Dictionary],
+                    weights: dict[str, torch.Tensor], ro: Readout, plan: AblationPlan,
+                    chunk_ids, device: str, bar=None):
+    """Yields (pair indices, values) for each chunk in `chunk_ids`: one forward pass over the
+    chunk's sequences, then the exact per-pair effect."""
+    u_feat, u_seq, u_pos, u_act = plan.u_feat, plan.u_seq, plan.u_pos, plan.u_act
     d_model = ro.G.shape[0]
     out_dir = torch.cat([d.out_dir if d.has_direction
                          else torch.zeros(d.n, d_model, device=device) for d in dictionaries])
@@ -162,19 +230,10 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     ln = mid_ln(model) if pre_unit.any() else None
     if pre_unit[u_feat].any() and ln is None:
         raise ValueError("a dictionary before the mid-MLP LayerNorm needs a model with one")
-    result = np.empty(uniq.size, dtype=np.float32)
-    order = np.argsort(u_seq, kind="stable")
-    seq_list = np.unique(u_seq)
-    per_batch = max(1, min(32, cfg.batch_tokens // n_ctx))  # z is [tokens, d_vocab]
-    bar = progress.bar(total=uniq.size, desc="stats (3/3 ablation)", unit="pair",
-                       unit_scale=True)
-    sorted_seq = u_seq[order]
+    n_ctx = seqs.shape[1]
     G, bias = ro.G, ro.bias
-    for lo in range(0, seq_list.size, per_batch):
-        chunk = seq_list[lo: lo + per_batch]
-        a = np.searchsorted(sorted_seq, chunk[0], side="left")
-        b = np.searchsorted(sorted_seq, chunk[-1], side="right")
-        idx = order[a:b]
+    for ci in chunk_ids:
+        chunk, idx = plan.chunks[ci], plan.chunk_pairs[ci]
         tokens = torch.from_numpy(seqs[chunk].astype(np.int64)).to(device)
         pre = pre_unit[u_feat[idx]]
         if pre.any():
@@ -190,10 +249,13 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
         lp_base = base.gather(1, nxt_all[:, None])[:, 0] - torch.logsumexp(base, 1)
         del base
         tok_np = np.searchsorted(chunk, u_seq[idx]) * n_ctx + u_pos[idx]
-        for part, through_ln in ((idx[~pre], False), (idx[pre], True)):
+        values = np.empty(idx.size, dtype=np.float32)
+        for through_ln in (False, True):
+            sel = pre == through_ln
+            part = idx[sel]
             if not part.size:
                 continue
-            tok = torch.from_numpy(tok_np[pre == through_ln]).to(device)
+            tok = torch.from_numpy(tok_np[sel]).to(device)
             if through_ln:
                 delta = _delta_logp_pre_ln(z, c, lp_base, nxt_all, u_pre, ln, ro, tok=tok,
                                            neuron=torch.from_numpy(neuron_of[u_feat[part]]).to(device))
@@ -202,16 +264,10 @@ def fill_ablation(model, seqs: np.ndarray, dictionaries: list[Dictionary],
                 delta = _delta_logp(z, c, lp_base, nxt_all,
                                     torch.from_numpy(u_act[part]).to(device), out_dir, all_w, ro,
                                     tok=tok, fi=fi)
-            result[part] = delta.cpu().numpy()
-        bar.update(idx.size)
-    bar.close()
-    values = result[inverse]
-    at = 0
-    for q in requests:
-        ex = examples[dictionaries[q.dictionary].name]
-        ex.ablation[q.row, q.column] = values[at: at + q.row.size]
-        at += q.row.size
-    return int(uniq.size)
+            values[sel] = delta.cpu().numpy()
+        if bar is not None:
+            bar.update(idx.size)
+        yield idx, values
 
 
 def _delta_logp_pre_ln(z, c, lp_base, next_tok, u_pre, ln: MidLN, ro: Readout,

@@ -239,9 +239,17 @@ class StatsConfig:
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"
     seed: int = 0
+    # Where passes 1-3 run (pipelines/stats_ray.py; README "Statistics on Ray"): "local" in
+    # this process, or "ray": one Ray worker per CPU over the activation shards, same store.
+    engine: str = "local"
+    ray_address: str = ""  # "" = start a local Ray for the run; else ray.init(address=...)
+    ray_workers: int = 0  # workers (Ray actors); 0 = one per CPU Ray offers (local: os.cpu_count())
 
     def __post_init__(self) -> None:
         _require(self.split in ("val", "train"), "stats.split", self.split, "must be val or train")
+        _require(self.engine in ("local", "ray"), "stats.engine", self.engine,
+                 "must be local or ray")
+        _require(self.ray_workers >= 0, "stats.ray_workers", self.ray_workers, "must be >= 0")
         _require(self.max_tokens >= 0, "stats.max_tokens", self.max_tokens, "must be >= 0")
         for key in ("batch_tokens", "top_k", "examples_per_interval", "act_hist_bins",
                     "n_logits", "logit_hist_bins", "n_neighbours", "n_aligned_neurons",

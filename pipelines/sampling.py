@@ -22,6 +22,7 @@ the same in every sequence, so it is never shown).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +71,11 @@ class PassResult:
     n_tokens: int
 
 
+# A part of the split: a callable giving its batches (one activation shard, or, for callers
+# that pass a single callable, the whole split). Every pass iterates the parts in one order.
+Part = Callable[[], Iterator[SequenceBatch]]
+
+
 def window_offsets(cfg: StatsConfig, device: str) -> torch.Tensor:
     """Offsets of a window's tokens from the example token: -window_before..window_after."""
     return torch.arange(-cfg.window_before, cfg.window_after + 1, device=device)
@@ -85,159 +91,379 @@ def window_activations(codes: torch.Tensor, row: torch.Tensor, feat: torch.Tenso
     return torch.where(valid, codes[rows, feat[:, None]], torch.zeros((), device=codes.device))
 
 
-def statistics(batches: Callable[[], Iterator[SequenceBatch]], dictionaries: list[Dictionary],
+def statistics(batches: Part | Sequence[Part], dictionaries: list[Dictionary],
                cfg: StatsConfig, n_ctx: int, device: str,
                split_pairs: Sequence[tuple[str, str]] = (),
                progress_total: int | None = None) -> PassResult:
-    """Passes 1 and 2 over `batches()` (called twice; must yield the same batches)."""
-    K, m, w = cfg.top_k, cfg.examples_per_interval, cfg.window_before + cfg.window_after + 1
-    offs = window_offsets(cfg, device)
-    by_name = {dic.name: dic for dic in dictionaries}
-    st: dict[str, DictionaryStats] = {}
-    tops: dict[str, BottomM] = {}
-    for dic in dictionaries:
-        st[dic.name] = DictionaryStats(
-            n_active=torch.zeros(dic.n, dtype=torch.int64, device=device),
-            sum_act=torch.zeros(dic.n, dtype=torch.float64, device=device),
-            sumsq=torch.zeros(dic.n, dtype=torch.float64, device=device),
-            max_act=torch.zeros(dic.n, device=device), min_pos=float("inf"),
-            top_val=torch.empty(0), top_seq=torch.empty(0), top_pos=torch.empty(0))
-        tops[dic.name] = BottomM(dic.n, K, w, device)
-    cands = [split_candidates(by_name[a], by_name[b], cfg.split_candidates, device)
-             for small, large in split_pairs for a, b in ((small, large), (large, small))]
-
-    # Sparse (top-k) codes of pass 1 are kept for pass 2 when they fit in `code_cache_mb`:
-    # re-encoding (a dense matmul + top-k per dictionary) is most of pass 2's cost. 12 bytes
-    # per active entry; above the budget, pass 2 re-encodes and memory stays batch-bounded.
-    sparse_k = sum(dic.k for dic in dictionaries)
-    cached = {dic.name: [] for dic in dictionaries if dic.k} \
-        if (progress_total or 0) * sparse_k * 12 <= cfg.code_cache_mb * 2**20 else {}
-
-    n_tokens = 0
+    """Passes 1 and 2 in this process over `batches`: one part (a callable) or the parts in
+    order (one per activation shard). Each part is read twice and must yield the same
+    batches. `pipelines/stats_ray.py` runs the same parts on Ray workers and merges them with
+    the same functions, so both give the same bits."""
+    parts = [batches] if callable(batches) else list(batches)
+    cands = candidate_pairs(dictionaries, cfg, split_pairs, device)
+    one = PassOne(dictionaries, cfg, n_ctx, device, cands, progress_total or 0)
     bar = progress.bar(total=progress_total, desc="stats (1/3 max, top-k)", unit="tok",
                        unit_scale=True)
-    for batch in batches():
-        B = batch.x.shape[0]
-        n_tokens += B
-        codes = {}
-        for dic in dictionaries:
-            s = st[dic.name]
-            c, row, feat, val = dic.entries(batch.acts(dic.source))
-            codes[dic.name] = c
-            if dic.name in cached:
-                cached[dic.name].append((row.to(torch.int32), feat.to(torch.int32), val))
-            if val.numel() == 0:
-                continue
-            s.n_active += torch.bincount(feat, minlength=dic.n)
-            v64 = val.double()
-            s.sum_act += torch.bincount(feat, weights=v64, minlength=dic.n)
-            s.sumsq += torch.bincount(feat, weights=v64 * v64, minlength=dic.n)
-            s.max_act.scatter_reduce_(0, feat, val, reduce="amax")
-            s.min_pos = min(s.min_pos, float(val.min()))
-            tops[dic.name].offer(feat, -v64, row, val, batch.seq_ids, c, feat, n_ctx, offs)
-        for cand in cands:
-            accumulate(cand, codes[cand.anchor], codes[cand.other])
-        bar.update(B)
+    total = None
+    for part in parts:
+        total = add_sums(total, one.part(part(), bar))
     bar.close()
-    if n_tokens == 0:
-        raise InputError("no activations in the split; rerun with --force activations")
-    for dic in dictionaries:
-        s, t = st[dic.name], tops[dic.name]
-        s.top_val = torch.where(torch.isfinite(t.key), t.act, torch.zeros_like(t.act))
-        s.top_seq, s.top_pos, s.top_win = t.seq, t.pos, t.win
+    st = summarize(dictionaries, cfg, total, one.tops)
+    two = PassTwo(dictionaries, cfg, n_ctx, device, pass_two_inputs(st), one.cached)
+    bar = progress.bar(total=total.n_tokens, desc="stats (2/3 intervals)", unit="tok",
+                       unit_scale=True)
+    for part in parts:
+        two.part(part(), bar)
+    bar.close()
+    finish(st, two)
+    return PassResult(st, filled_candidates(cands, total), total.n_tokens)
 
-    # Pass 2: histogram, intervals, reservoirs, windows.
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    res: dict[str, BottomM] = {}
+
+def candidate_pairs(dictionaries: list[Dictionary], cfg: StatsConfig,
+                    split_pairs: Sequence[tuple[str, str]], device: str) -> list[SplitCandidates]:
+    """Splitting candidates anchored on each side of every adjacent (small, large) pair."""
+    by_name = {dic.name: dic for dic in dictionaries}
+    return [split_candidates(by_name[a], by_name[b], cfg.split_candidates, device)
+            for small, large in split_pairs for a, b in ((small, large), (large, small))]
+
+
+@dataclass
+class PartSums:
+    """Pass 1's summaries of one part (by dictionary name). Float sums depend on the order
+    they are added in, so every engine sums within a part in batch order and adds parts in
+    part order (`add_sums`): the same parts give the same bits whichever process read them.
+    Counts, max and min are exact in any order."""
+
+    n_tokens: int
+    n_active: dict[str, torch.Tensor]
+    sum_act: dict[str, torch.Tensor]  # float64
+    sumsq: dict[str, torch.Tensor]
+    max_act: dict[str, torch.Tensor]
+    min_pos: dict[str, float]
+    split: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per candidate: Σab, Σaa, Σbb
+
+    def to(self, device: str) -> PartSums:
+        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return PartSums(self.n_tokens, mv(self.n_active), mv(self.sum_act), mv(self.sumsq),
+                        mv(self.max_act), dict(self.min_pos),
+                        [tuple(t.to(device) for t in s) for s in self.split])
+
+
+def add_sums(total: PartSums | None, part: PartSums) -> PartSums:
+    """total + part (in place on total); parts must come in part order."""
+    if total is None:
+        return part
+    total.n_tokens += part.n_tokens
+    for name in total.n_active:
+        total.n_active[name] += part.n_active[name]
+        total.sum_act[name] += part.sum_act[name]
+        total.sumsq[name] += part.sumsq[name]
+        torch.maximum(total.max_act[name], part.max_act[name], out=total.max_act[name])
+        total.min_pos[name] = min(total.min_pos[name], part.min_pos[name])
+    for acc, add in zip(total.split, part.split):
+        for a, b in zip(acc, add):
+            a += b
+    return total
+
+
+class PassOne:
+    """Pass 1 over parts: `part` returns the part's `PartSums`; `tops` is the running top-k of
+    every part seen (order-free: see `BottomM`); `cached` keeps the topk dictionaries' sparse
+    codes for pass 2 when they fit in `code_cache_mb` (re-encoding, a dense matmul + top-k
+    per dictionary, is most of pass 2's cost; 12 bytes per active entry; above the budget
+    pass 2 re-encodes and memory stays batch-bounded)."""
+
+    def __init__(self, dictionaries: list[Dictionary], cfg: StatsConfig, n_ctx: int,
+                 device: str, cands: list[SplitCandidates], expected_tokens: int) -> None:
+        self.dictionaries, self.cfg, self.n_ctx, self.device = dictionaries, cfg, n_ctx, device
+        self.cands = cands
+        w = cfg.window_before + cfg.window_after + 1
+        self.offs = window_offsets(cfg, device)
+        self.tops = {dic.name: BottomM(dic.n, cfg.top_k, w, device) for dic in dictionaries}
+        sparse_k = sum(dic.k for dic in dictionaries)
+        self.cached: dict[str, list] = (
+            {dic.name: [] for dic in dictionaries if dic.k}
+            if expected_tokens * sparse_k * 12 <= cfg.code_cache_mb * 2**20 else {})
+
+    def part(self, batches: Iterator[SequenceBatch], bar=None) -> PartSums:
+        dev = self.device
+        z = lambda n, dt: torch.zeros(n, dtype=dt, device=dev)  # noqa: E731
+        names = [dic.name for dic in self.dictionaries]
+        sums = PartSums(
+            0, {d.name: z(d.n, torch.int64) for d in self.dictionaries},
+            {d.name: z(d.n, torch.float64) for d in self.dictionaries},
+            {d.name: z(d.n, torch.float64) for d in self.dictionaries},
+            {d.name: z(d.n, torch.float32) for d in self.dictionaries},
+            dict.fromkeys(names, float("inf")), [])
+        cands = [SplitCandidates(c.anchor, c.other, c.partner,
+                                 *(torch.zeros_like(c.ab) for _ in range(3))) for c in self.cands]
+        for batch in batches:
+            B = batch.x.shape[0]
+            sums.n_tokens += B
+            codes = {}
+            for dic in self.dictionaries:
+                c, row, feat, val = dic.entries(batch.acts(dic.source))
+                codes[dic.name] = c
+                if dic.name in self.cached:
+                    self.cached[dic.name].append((row.to(torch.int32), feat.to(torch.int32), val))
+                if val.numel() == 0:
+                    continue
+                name = dic.name
+                sums.n_active[name] += torch.bincount(feat, minlength=dic.n)
+                v64 = val.double()
+                sums.sum_act[name] += torch.bincount(feat, weights=v64, minlength=dic.n)
+                sums.sumsq[name] += torch.bincount(feat, weights=v64 * v64, minlength=dic.n)
+                sums.max_act[name].scatter_reduce_(0, feat, val, reduce="amax")
+                sums.min_pos[name] = min(sums.min_pos[name], float(val.min()))
+                self.tops[name].offer_batch(feat, -v64, row, val, batch.seq_ids, c, feat,
+                                            self.n_ctx, self.offs)
+            for cand in cands:
+                accumulate(cand, codes[cand.anchor], codes[cand.other])
+            if bar is not None:
+                bar.update(B)
+        sums.split = [(c.ab, c.aa_masked, c.bb_masked) for c in cands]
+        return sums
+
+
+def summarize(dictionaries: list[Dictionary], cfg: StatsConfig, total: PartSums | None,
+              tops: dict[str, BottomM]) -> dict[str, DictionaryStats]:
+    """Pass 1's merged results as `DictionaryStats`, with each dictionary's shared histogram
+    edges (which pass 2 needs, with each unit's max)."""
+    if total is None or total.n_tokens == 0:
+        raise InputError("no activations in the split; rerun with --force activations")
+    st = {}
     for dic in dictionaries:
-        s = st[dic.name]
+        t, name = tops[dic.name], dic.name
+        s = st[name] = DictionaryStats(
+            n_active=total.n_active[name], sum_act=total.sum_act[name],
+            sumsq=total.sumsq[name], max_act=total.max_act[name], min_pos=total.min_pos[name],
+            top_val=torch.where(torch.isfinite(t.key), t.act, torch.zeros_like(t.act)),
+            top_seq=t.seq, top_pos=t.pos, top_win=t.win)
         hi = float(s.max_act.max())
         lo = s.min_pos if np.isfinite(s.min_pos) else 1.0
         lo = max(lo, hi * 1e-6) if hi > 0 else 1e-6
         hi = max(hi, lo * 10)
         s.hist_edges = np.logspace(np.log10(lo), np.log10(hi), cfg.act_hist_bins + 1)
         s.hist_edges[0], s.hist_edges[-1] = lo, hi
-        s.hist_counts = torch.zeros(dic.n * cfg.act_hist_bins, dtype=torch.int64, device=device)
-        s.interval_counts = torch.zeros(dic.n * N_INTERVALS, dtype=torch.int64, device=device)
-        res[dic.name] = BottomM(dic.n * N_INTERVALS, m, w, device)
-    bar = progress.bar(total=n_tokens, desc="stats (2/3 intervals)", unit="tok",
-                       unit_scale=True)
-    for batch in batches():
-        for dic in dictionaries:
-            s = st[dic.name]
-            if dic.name in cached:
-                row, feat, val = cached[dic.name].pop(0)
-                row, feat = row.long(), feat.long()
-                c = torch.zeros(batch.x.shape[0], dic.n, device=device)
-                c[row, feat] = val
-            else:
-                c, row, feat, val = dic.entries(batch.acts(dic.source))
-            if val.numel() == 0:
-                continue
-            v64 = val.double()
-            edges = torch.from_numpy(s.hist_edges[1:-1]).to(device)
-            hbin = torch.searchsorted(edges, v64.clamp(min=s.hist_edges[0]), right=True)
-            s.hist_counts += torch.bincount(feat * cfg.act_hist_bins + hbin,
-                                            minlength=dic.n * cfg.act_hist_bins)
-            g = feat * N_INTERVALS + interval_index(v64, s.max_act[feat].double())
-            s.interval_counts += torch.bincount(g, minlength=dic.n * N_INTERVALS)
-            key = torch.rand(val.shape[0], generator=gen, dtype=torch.float64, device=device)
-            res[dic.name].offer(g, key, row, val, batch.seq_ids, c, feat, n_ctx, offs)
-        bar.update(batch.x.shape[0])
-    bar.close()
-    for dic in dictionaries:
-        s, r = st[dic.name], res[dic.name]
+    return st
+
+
+def filled_candidates(cands: list[SplitCandidates], total: PartSums) -> list[SplitCandidates]:
+    return [SplitCandidates(c.anchor, c.other, c.partner, *sums)
+            for c, sums in zip(cands, total.split)]
+
+
+class PassTwo:
+    """Pass 2 over parts, given pass 1's merged max and histogram edges (`st`): histogram and
+    interval counts (integers) and the interval reservoirs (order-free: see `BottomM`). Keys
+    are `uniform_keys` of each entry, so a sample does not depend on which process saw which
+    part; `merge` adds another process's counts and reservoirs."""
+
+    def __init__(self, dictionaries: list[Dictionary], cfg: StatsConfig, n_ctx: int,
+                 device: str, inputs: dict[str, tuple[torch.Tensor, np.ndarray]],
+                 cached: dict[str, list]) -> None:
+        self.dictionaries, self.cfg, self.n_ctx, self.device = dictionaries, cfg, n_ctx, device
+        self.cached = cached
+        w = cfg.window_before + cfg.window_after + 1
+        self.offs = window_offsets(cfg, device)
+        self.max_act = {name: mx.to(device) for name, (mx, _) in inputs.items()}
+        self.edges = {name: torch.from_numpy(e).to(device) for name, (_, e) in inputs.items()}
+        self.hist_counts = {d.name: torch.zeros(d.n * cfg.act_hist_bins, dtype=torch.int64,
+                                                device=device) for d in dictionaries}
+        self.interval_counts = {d.name: torch.zeros(d.n * N_INTERVALS, dtype=torch.int64,
+                                                    device=device) for d in dictionaries}
+        self.res = {d.name: BottomM(d.n * N_INTERVALS, cfg.examples_per_interval, w, device)
+                    for d in dictionaries}
+        self.salt = {d.name: key_salt(cfg.seed, d.name) for d in dictionaries}
+
+    def part(self, batches: Iterator[SequenceBatch], bar=None) -> None:
+        bins, per_seq, dev = self.cfg.act_hist_bins, self.n_ctx - 1, self.device
+        for batch in batches:
+            for dic in self.dictionaries:
+                name = dic.name
+                if name in self.cached:
+                    row, feat, val = self.cached[name].pop(0)
+                    row, feat = row.long(), feat.long()
+                    c = torch.zeros(batch.x.shape[0], dic.n, device=dev)
+                    c[row, feat] = val
+                else:
+                    c, row, feat, val = dic.entries(batch.acts(dic.source))
+                if val.numel() == 0:
+                    continue
+                v64 = val.double()
+                edges = self.edges[name]
+                hbin = torch.searchsorted(edges[1:-1], v64.clamp(min=float(edges[0])),
+                                          right=True)
+                self.hist_counts[name] += torch.bincount(feat * bins + hbin,
+                                                         minlength=dic.n * bins)
+                g = feat * N_INTERVALS + interval_index(v64, self.max_act[name][feat].double())
+                self.interval_counts[name] += torch.bincount(g, minlength=dic.n * N_INTERVALS)
+                seq = batch.seq_ids[row // per_seq]
+                pos = row % per_seq + 1
+                key = uniform_keys(self.salt[name], seq, pos, feat)
+                self.res[name].offer_batch(g, key, row, val, batch.seq_ids, c, feat,
+                                           self.n_ctx, self.offs)
+            if bar is not None:
+                bar.update(batch.x.shape[0])
+
+    def results(self) -> tuple[dict, dict, dict]:
+        """(histogram counts, interval counts, reservoirs) by dictionary, for `merge`."""
+        return self.hist_counts, self.interval_counts, self.res
+
+    def merge(self, hist_counts: dict, interval_counts: dict, res: dict[str, BottomM]) -> None:
+        """Add another process's `results()` (integer counts; order-free reservoirs)."""
+        for name in self.res:
+            self.hist_counts[name] += hist_counts[name].to(self.device)
+            self.interval_counts[name] += interval_counts[name].to(self.device)
+            self.res[name].merge(res[name])
+
+
+def pass_two_inputs(st: dict[str, DictionaryStats]) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """What pass 2 needs from pass 1, by dictionary: each unit's max and the histogram edges."""
+    return {name: (s.max_act, s.hist_edges) for name, s in st.items()}
+
+
+def finish(st: dict[str, DictionaryStats], two: PassTwo) -> None:
+    """Pass 2's merged results into `st`."""
+    for name, s in st.items():
+        r = two.res[name]
+        s.hist_counts, s.interval_counts = two.hist_counts[name], two.interval_counts[name]
         s.res_key, s.res_seq, s.res_pos, s.res_act, s.res_win = r.key, r.seq, r.pos, r.act, r.win
-    return PassResult(st, cands, n_tokens)
+
+
+# splitmix64's finaliser on int64 tensors (two's-complement wrap-around), for sample keys.
+def _signed(x: int) -> int:
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >> 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                               0x94D049BB133111EB))
+
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def key_salt(seed: int, dictionary: str) -> int:
+    """The per-(seed, dictionary) start of every key's hash: dictionaries sample independently."""
+    z = _mix(torch.tensor(_signed(seed), dtype=torch.int64))
+    return int(_mix(z ^ zlib.crc32(dictionary.encode())))
+
+
+def uniform_keys(salt: int, seq: torch.Tensor, pos: torch.Tensor,
+                 unit: torch.Tensor) -> torch.Tensor:
+    """A float64 key in [0, 1) per entry, a hash of (seed, dictionary, seq_id, position, unit):
+    the same entry gets the same key in any process and any batch order, and distinct entries
+    get independent-looking uniform keys (splitmix64), so the m smallest keys of a group are a
+    uniform, seeded sample without replacement."""
+    h = _mix(seq.long() ^ salt)
+    h = _mix(h ^ pos.long())
+    h = _mix(h ^ unit.long())
+    return _shr(h, 11).double() * 2.0**-53
+
+
+_NO_TIE = 2**62  # tie-break of an empty slot: after every real entry
 
 
 class BottomM:
-    """Per group, the m entries with the smallest keys seen so far, sorted by key, with
-    payload (sequence, position, activation, window). key = −activation gives a streaming
-    top-m; key = i.i.d. uniform gives a uniform sample without replacement (the m smallest
-    of i.i.d. keys are a uniformly random m-subset). Only entries whose key beats the
-    group's current m-th smallest are merged, and only the groups they touch are re-sorted."""
+    """Per group, the m entries that come first in the order (key, tie) — tie = seq_id·n_ctx +
+    position — with payload (sequence, position, activation, window), sorted in that order.
+    key = −activation gives a streaming top-m (ties by sequence, then position); key = a
+    uniform hash (`uniform_keys`) gives a uniform sample without replacement (the m smallest
+    of i.i.d. keys are a uniformly random m-subset). Because the order is total, the result
+    is the first m of every entry ever offered whatever the order they came in: parts read by
+    different processes merge exactly (`merge`). Only entries that beat the group's current
+    m-th are merged, and only the groups they touch are re-sorted."""
 
     def __init__(self, groups: int, m: int, w: int, device: str) -> None:
         self.m = m
         self.key = torch.full((groups, m), float("inf"), dtype=torch.float64, device=device)
+        self.tie = torch.full((groups, m), _NO_TIE, dtype=torch.int64, device=device)
         self.seq = torch.full((groups, m), -1, dtype=torch.int64, device=device)
         self.pos = torch.full((groups, m), -1, dtype=torch.int64, device=device)
         self.act = torch.zeros((groups, m), device=device)
         self.win = torch.zeros((groups, m, w), device=device)
 
-    def offer(self, g, key, row, act, seq_ids, codes, feat, n_ctx, offs) -> None:
-        enter = key < self.key[:, -1][g]
-        if not enter.any():
+    def to(self, device: str) -> BottomM:
+        """Move every tensor (in place; returns self)."""
+        for k in ("key", "tie", "seq", "pos", "act", "win"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def offer_batch(self, g, key, row, act, seq_ids, codes, feat, n_ctx, offs) -> None:
+        """Entries of one batch: group g, key, batch row, activation, feature (for windows)."""
+        per_seq = n_ctx - 1
+
+        def tie(i):
+            return seq_ids[row[i] // per_seq] * n_ctx + row[i] % per_seq + 1
+
+        def payload(i):
+            r = row[i]
+            return (seq_ids[r // per_seq], r % per_seq + 1, act[i],
+                    window_activations(codes, r, feat[i], n_ctx, offs))
+        self.offer(g, key, tie, payload)
+
+    def merge(self, other: BottomM) -> None:
+        """Offer every filled slot of another BottomM (another process's parts)."""
+        gi, si = torch.isfinite(other.key).nonzero(as_tuple=True)
+        gi, si = gi.to(self.key.device), si.to(self.key.device)
+        o = {k: getattr(other, k).to(self.key.device) for k in ("key", "tie", "seq", "pos",
+                                                                 "act", "win")}
+        self.offer(gi, o["key"][gi, si], lambda i: o["tie"][gi[i], si[i]],
+                   lambda i: (o["seq"][gi[i], si[i]], o["pos"][gi[i], si[i]],
+                              o["act"][gi[i], si[i]], o["win"][gi[i], si[i]]))
+
+    def offer(self, g, key, tie_of, payload_of) -> None:
+        """Entries (group g, key); tie_of(i) and payload_of(i) give the tie-break and the
+        payload of the entries at indices i, asked only for the few that may enter."""
+        thr = self.key[:, -1][g]
+        maybe = (key <= thr).nonzero(as_tuple=True)[0]
+        if maybe.numel() == 0:
             return
-        g, key, row, act, feat = g[enter], key[enter], row[enter], act[enter], feat[enter]
+        tie = tie_of(maybe)
+        enter = (key[maybe] < thr[maybe]) | (tie < self.tie[:, -1][g[maybe]])
+        idx, tie = maybe[enter], tie[enter]
+        if idx.numel() == 0:
+            return
+        g, key = g[idx], key[idx]
         m = self.m
         touched, local = torch.unique(g, return_inverse=True)
         T = touched.numel()
-        old_key = self.key[touched].reshape(-1)
-        all_g = torch.cat([torch.arange(T, device=g.device).repeat_interleave(m), local])
-        all_key = torch.cat([old_key, key])
-        o1 = torch.argsort(all_key, stable=True)
-        order = o1[torch.argsort(all_g[o1], stable=True)]
+        dev = g.device
+        all_g = torch.cat([torch.arange(T, device=dev).repeat_interleave(m), local])
+        all_key = torch.cat([self.key[touched].reshape(-1), key])
+        all_tie = torch.cat([self.tie[touched].reshape(-1), tie])
+        order = torch.argsort(all_tie, stable=True)
+        order = order[torch.argsort(all_key[order], stable=True)]
+        order = order[torch.argsort(all_g[order], stable=True)]
         gs = all_g[order]
-        rank = torch.arange(gs.numel(), device=g.device) - torch.searchsorted(gs, gs)
-        keep = order[rank < m]  # exactly m per touched group, smallest key first
+        rank = torch.arange(gs.numel(), device=dev) - torch.searchsorted(gs, gs)
+        keep = order[rank < m]  # exactly m per touched group, first in (key, tie) order
         is_new = keep >= T * m
         new = keep[is_new] - T * m
-        per_seq = n_ctx - 1
+        seq, pos, act, win = payload_of(idx[new])
 
         def merged(old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
             flat_old = old[touched].reshape(T * m, *old.shape[2:])
             out = flat_old[keep.clamp(max=T * m - 1)]
-            out[is_new] = fresh
+            out[is_new] = fresh.to(out.dtype)
             return out.reshape(T, m, *old.shape[2:])
 
-        r = row[new]
-        self.seq[touched] = merged(self.seq, seq_ids[r // per_seq])
-        self.pos[touched] = merged(self.pos, r % per_seq + 1)
-        self.act[touched] = merged(self.act, act[new])
-        self.win[touched] = merged(self.win, window_activations(codes, r, feat[new], n_ctx, offs))
+        self.seq[touched] = merged(self.seq, seq)
+        self.pos[touched] = merged(self.pos, pos)
+        self.act[touched] = merged(self.act, act)
+        self.win[touched] = merged(self.win, win)
         self.key[touched] = all_key[keep].reshape(T, m)
+        self.tie[touched] = all_tie[keep].reshape(T, m)
 
 
 def interval_index(v: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:

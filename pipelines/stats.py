@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from feature_store.transformer_files import load_transformer
 from feature_store.writer import StoreWriter
 from pipelines import progress
 from pipelines.ablation import fill_ablation, logit_weights, model_readout
-from pipelines.activation_shards import SequenceBatch, has_pre_ln, sequence_batches
+from pipelines.activation_shards import has_pre_ln
 from pipelines.config import StatsConfig
 from pipelines.devices import pick_device
 from pipelines.dictionaries import Dictionary, load_dictionaries
@@ -45,6 +45,7 @@ from pipelines.directions import joint_umap, nearest, normalized_rows
 from pipelines.errors import InputError
 from pipelines.sampling import DictionaryStats, Examples, collect_examples, statistics, window_layout
 from pipelines.splitting import SplitCriterion, split_edges
+from pipelines.stats_shards import part_batches, split_parts
 from pipelines.tokens import read_sequences
 
 
@@ -65,22 +66,36 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     if cfg.max_tokens:
         total = min(total, max(1, cfg.max_tokens // (n_ctx - 1)) * (n_ctx - 1))
 
-    def batches() -> Iterator[SequenceBatch]:
-        return sequence_batches(act_dir, cfg.split, n_ctx, cfg.batch_tokens, cfg.max_tokens,
-                                device, pre_ln=pre_ln)
-
+    parts = split_parts(act_dir, cfg.split, n_ctx, cfg.max_tokens)  # one per shard
     sae_names = [d.name for d in dictionaries if d.kind == "sae"]
+    pairs = list(zip(sae_names, sae_names[1:]))
     directed = [d for d in dictionaries if d.has_direction]
+    engine = None
+    if cfg.engine == "ray":  # imported only here: a local run never loads Ray
+        from pipelines.stats_ray import RayEngine
+        engine = RayEngine(cfg, run_dir, pre_ln, n_ctx)
+    try:
+        with torch.no_grad():
+            if engine is None:
+                passes = statistics(
+                    [partial(part_batches, p, n_ctx, cfg.batch_tokens, device, pre_ln)
+                     for p in parts], dictionaries, cfg, n_ctx, device, pairs, total)
+            else:
+                passes = engine.statistics(parts, dictionaries, pairs, total, device)
+            st, n_tokens = passes.stats, passes.n_tokens
+            examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
+            weights = {d.name: logit_weights(d.out_dir, ro) for d in directed}
+            t_abl = time.perf_counter()
+            if engine is None:
+                n_pairs = fill_ablation(model, seqs, dictionaries, examples, weights, ro, cfg,
+                                        n_ctx, device)
+            else:
+                n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
+            t_abl = time.perf_counter() - t_abl
+    finally:
+        if engine is not None:
+            engine.close()
     with torch.no_grad():
-        passes = statistics(batches, dictionaries, cfg, n_ctx, device,
-                            list(zip(sae_names, sae_names[1:])), total)
-        st, n_tokens = passes.stats, passes.n_tokens
-        examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
-        weights = {d.name: logit_weights(d.out_dir, ro) for d in directed}
-        t_abl = time.perf_counter()
-        n_pairs = fill_ablation(model, seqs, dictionaries, examples, weights, ro, cfg, n_ctx,
-                                device)
-        t_abl = time.perf_counter() - t_abl
         edges = split_edges(passes.split_candidates, st, dictionaries, n_tokens,
                             SplitCriterion(cfg.split_min_activation_cosine,
                                            cfg.split_min_decoder_cosine,
@@ -122,7 +137,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                f"{' (after and before the LayerNorm)' if pre_ln else ''}, {_short(n_tokens)} tokens, "
                f"{n_tokens / seconds:,.0f} tok/s, {seconds:.0f} s (ablation {n_pairs:,} "
                f"pairs {t_abl:.0f} s, umap {'off' if not cfg.umap else f'{umap_s:.0f} s'}, "
-               f"{n_edges} split edges)")
+               f"{n_edges} split edges{engine.describe() if engine else ''})")
     return summary, {"n_tokens": n_tokens, "dictionaries": [d.name for d in dictionaries],
                      "seconds": round(seconds, 2), "tokens_per_second": round(n_tokens / seconds, 1),
                      "ablation_pairs": n_pairs, "ablation_seconds": round(t_abl, 2),

@@ -59,3 +59,14 @@ def mini_study(tmp_path_factory) -> tuple[Path, list[str]]:
     lines: list[str] = []
     run_study(build_study(study_raw(), "tests/conftest.py"), study_dir, log=lines.append)
     return study_dir, lines
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray started once for the whole test session (2 CPUs: 2 stats workers), shut down at
+    the end. Imported here, not at the top: only the tests that ask for it load Ray."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
