@@ -1,18 +1,26 @@
 """Passes 1 and 2 of the statistics pass: streaming summaries and example sampling.
 
-Each pass goes over the split in batches of whole sequences (`stats.batch_tokens` tokens):
+Each pass goes over the split in parts (one per activation shard, `pipelines/stats_shards.py`),
+each part in batches of whole sequences (`stats.batch_tokens` tokens):
 1. encode every dictionary: n_active, sum, sum of squares, max, the smallest positive
    activation, streaming top-k (merge the batch's top-k into the running top-k), and the
    accumulators of the masked activation cosine for feature-splitting candidates
    (`pipelines/splitting.py`);
 2. encode again, now that each feature's max is known: the shared log10-spaced activation
    histogram, counts in the 11 equal-width intervals over (0, max], and for each interval a
-   sample of `examples_per_interval` activations drawn exactly uniformly without
-   replacement: every activation gets an i.i.d. uniform key and each (feature, interval)
-   keeps the m smallest keys seen so far (`BottomM`, a vectorised bottom-m reservoir; an
-   activation whose key is above the group's current m-th smallest can never enter, so most
-   are dropped by one comparison). Window activations are read here, while the batch holding
-   the window is in memory; top-k windows too.
+   sample of `examples_per_interval` activations drawn uniformly without replacement:
+   every activation gets a uniform key, a hash of (seed, dictionary, seq_id, position,
+   unit) (`uniform_keys`), and each (feature, interval) keeps the m smallest keys seen so
+   far (`BottomM`, a vectorised bottom-m reservoir; an activation whose key is above the
+   group's current m-th smallest can never enter, so most are dropped by one comparison).
+   Window activations are read here, while the batch holding the window is in memory;
+   top-k windows too.
+Everything merges exactly across parts read by different processes (`pipelines/stats_ray.py`):
+counts, max and min in any order; float64 sums are added within a part in batch order and
+across parts in part order (`PartSums`, `add_sums`), by both engines; top-k and interval
+samples are the first m in a total order, (key, seq_id, position), so they do not depend on
+who saw which entry: top-k ties (equal activations: neurons are cached in float16) go to the
+lower (seq_id, position), and a sample key is the same whichever process draws it.
 Memory is bounded by the batch, k and the dictionary sizes.
 
 Windows: `window_before` tokens before and `window_after` after the example token, clipped
