@@ -136,7 +136,11 @@ def test_two_ranks_train_the_model_to_one_process_weights(mini_run, tmp_path):
     model_training.run(_model_cfg(), mini_run, tmp_path / "one")
     ddp, one = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("ddp", "one"))
     assert ddp.keys() == one.keys()
-    for name in one:
+    # The key bias has an exactly zero gradient (it adds q·b_k to every score of a query,
+    # which the softmax removes), so its "gradient" is rounding noise that Adam scales up to
+    # lr-sized steps in either run: it matches nothing, in one process or two.
+    noise = {"blocks.0.attn.k.bias"}
+    for name in one.keys() - noise:
         torch.testing.assert_close(ddp[name], one[name], atol=1e-5, rtol=1e-5, msg=name)
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["ranks"] == 2 and metrics["steps"] == 6
