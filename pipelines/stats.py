@@ -15,7 +15,10 @@ The work, by module:
   token (reruns the model only over the sequences that hold examples);
 - `pipelines/splitting.py`: feature-splitting edges between adjacent SAE sizes;
 - `pipelines/directions.py`: neighbours, counterparts, aligned neurons and the joint UMAP.
-This module runs them in order and hands every result to the writer. Memory is bounded by
+This module runs them in order and hands every result to the writer. Passes 1-3 run here
+(`stats.engine = "local"`, the default) or on Ray workers (`"ray"`, `pipelines/stats_ray.py`,
+imported only then); both read the split as the same parts, one per activation shard
+(`pipelines/stats_shards.py`), and write the same store. Memory is bounded by
 the batch, k and the dictionary sizes; the tokens of the split ([n_seq, n_ctx] int32,
 1/d_mlp of the activations) are read whole for the windows.
 """

@@ -2,8 +2,8 @@
 same store as the local engine: every Parquet table byte for byte and the manifest but
 `created_at`.
 
-The mini run's validation split is one activation shard; the copy here re-cuts it into
-three shards of unequal size (whole sequences) and reads it in small batches, so 2 Ray
+The copy of the mini run here re-cuts its validation split into four shards of unequal size
+(whole sequences) and reads it in small batches, so 2 Ray
 workers each get shards, every shard several batches, and every statistic has something to
 merge: counts, float sums, histograms, top-k (ties between equal float16 neuron values
 included), interval samples, splitting sums, ablation effects.
@@ -28,11 +28,11 @@ from pipelines.stats_shards import part_batches, split_parts
 from tests.conftest import mini_config
 
 N_CTX = 32  # the mini run's
-CUTS = (0.45, 0.8)  # three shards: 45%, 35%, 20% of the sequences
+CUTS = (0.3, 0.5, 0.7)  # four shards: 30%, 20%, 20%, 30% of the sequences
 
 
 def _recut(run_dir: Path, split: str = "val") -> int:
-    """Rewrite the split's shards as three shards of whole sequences; returns their count."""
+    """Rewrite the split's shards as four shards of whole sequences; returns their count."""
     paths = shard_paths(run_dir / "activations", split)
     table = pq.ParquetFile(paths[0]).read() if len(paths) == 1 else None
     if table is None:
@@ -52,7 +52,7 @@ def _recut(run_dir: Path, split: str = "val") -> int:
 def recut_run(mini_run, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ray") / "run"
     shutil.copytree(mini_run, run_dir, ignore=shutil.ignore_patterns("store"))
-    assert _recut(run_dir) == 3
+    assert _recut(run_dir) == 4
     return run_dir
 
 
@@ -81,10 +81,14 @@ def test_parts_are_sequence_batches(recut_run):
 
 
 def test_ray_store_equals_local_store(recut_run, ray_session, tmp_path):
-    """2 Ray workers over 3 shards: the same store as the local engine, table by table."""
-    local_summary, local_info = _store(recut_run, tmp_path / "local", _stats_cfg())
+    """2 Ray workers over 3 shards (`max_tokens` cuts the third in the middle, the fourth is
+    not read): the same store as the local engine, table by table."""
+    act = recut_run / "activations"
+    cut = int(sum(pq.read_metadata(p).num_rows for p in shard_paths(act, "val")) * 0.6)
+    local_summary, local_info = _store(recut_run, tmp_path / "local", _stats_cfg(max_tokens=cut))
     ray_summary, ray_info = _store(recut_run, tmp_path / "ray",
-                                   _stats_cfg(engine="ray", ray_workers=2))
+                                   _stats_cfg(max_tokens=cut, engine="ray", ray_workers=2))
+    assert len(split_parts(act, "val", N_CTX, cut)) == 3
     assert "ray: 2 workers" in ray_summary
     assert local_info["ablation_pairs"] == ray_info["ablation_pairs"] > 0
     assert local_info["split_edges"] == ray_info["split_edges"]
