@@ -130,7 +130,7 @@ def write_markdown(info: dict, results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip", default="", help="comma-separated: pipeline,sae_throughput,sae_throughput_gpu,"
-                                                   "saelens,interp,planted,stats_engines,store_read,dashboard_page,first_paint")
+                                                   "saelens,interp,planted,stats_engines,ddp,store_read,dashboard_page,first_paint")
     parser.add_argument("--quick", action="store_true", help="smaller stores and fewer steps")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -164,6 +164,9 @@ def main() -> None:
     if "stats_engines" not in skip:  # issue 14: the stats stage on Ray vs in-process (ratio)
         run("stats_engines", [PY, "benchmarks/stats_engines.py", "--run-dir", run_dir], results,
             timeout=1800)
+    if "ddp" not in skip:  # issue 14: SAE training under torchrun, 2 processes vs 1 (ratio)
+        run("ddp", [PY, "benchmarks/ddp.py", "--run-dir", run_dir] + (
+            ["--size", "1024", "--steps", "10"] if args.quick else []), results, timeout=1800)
     if "store_read" not in skip:
         run("store_read", [PY, "benchmarks/store_read.py", "--n-features", n], results)
     if "dashboard_page" not in skip:
