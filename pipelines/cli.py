@@ -101,6 +101,9 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
+    if distributed.launched():
+        raise PipelineError("study: not supported under torchrun yet (a study already runs its "
+                            "variants side by side); run it with python -m pipelines study")
     cfg = load_study(args.preset, args.config, args.set)
     name = Path(args.config).stem if args.config else args.preset or "tiny"
     study_dir = Path(args.study_dir or f"runs/{name}-study")
