@@ -17,7 +17,7 @@ import streamlit as st
 
 from dashboard import charts, links, store_access, token_html
 from dashboard.feature_views import finite_or_dash
-from feature_store.records import NEURON_DICTIONARIES, NEURONS, Family, FeatureRecord, SplitEdge
+from feature_store.records import NEURON_DICTIONARIES, Family, FeatureRecord, SplitEdge
 
 EDGE_TOKENS = 5  # top tokens per parent / child in the edge table
 # (header, hover help) of the edge table's columns, in order

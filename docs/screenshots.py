@@ -79,6 +79,11 @@ def main() -> None:
         "results": "results",
         "explanations": "",  # the overview, scrolled to its automated-explanations section
     }
+    if "neurons_pre_ln" in fs.dictionaries():  # SoLU: a neuron before and after the LayerNorm
+        pre = fs.features("neurons_pre_ln")
+        pre = pre[pre.density_class == "normal"].sort_values("density", ascending=False)
+        neuron = int(pre["index"].iloc[len(pre) // 4])
+        pages["pre_ln"] = f"compare?dictionary=neurons_pre_ln&feature={neuron}"
     scroll_to = {"explanations": "text=Automated explanations"}
     shoot(store, pages, scroll_to, only, {"FEATURE_SCORES": str(scores)})
 
