@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -34,10 +35,7 @@ CUTS = (0.3, 0.5, 0.7)  # four shards: 30%, 20%, 20%, 30% of the sequences
 def _recut(run_dir: Path, split: str = "val") -> int:
     """Rewrite the split's shards as four shards of whole sequences; returns their count."""
     paths = shard_paths(run_dir / "activations", split)
-    table = pq.ParquetFile(paths[0]).read() if len(paths) == 1 else None
-    if table is None:
-        import pyarrow as pa
-        table = pa.concat_tables([pq.read_table(p) for p in paths])
+    table = pa.concat_tables([pq.read_table(p) for p in paths])
     for p in paths:
         p.unlink()
     n_seq = table.num_rows // (N_CTX - 1)
