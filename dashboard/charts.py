@@ -136,19 +136,28 @@ def _interval_of(values: np.ndarray, record: FeatureRecord) -> np.ndarray:
     return np.clip((values / record.max_act * n).astype(int), 0, n - 1)
 
 
-def logit_histogram_figure(record: FeatureRecord) -> go.Figure:
-    """All d_vocab logit weights: a long tail on the right means a few tokens are boosted."""
+def logit_histogram_figure(record: FeatureRecord, relative_to: float | None = None) -> go.Figure:
+    """All d_vocab logit weights: a long tail on the right means a few tokens are boosted.
+    `relative_to` (the largest |weight|, blind scoring): weights as shares of it, so the
+    figure carries no absolute weight (its scale would name the unit's dictionary)."""
     edges = np.asarray(record.logit_histogram.edges, dtype=float)
     counts = np.asarray(record.logit_histogram.counts)
+    relative = relative_to is not None
+    if relative:
+        edges = edges / relative_to if relative_to > 0 else np.zeros_like(edges)
     fig = go.Figure()
     if edges.size >= 2:
         centres = (edges[:-1] + edges[1:]) / 2
+        weight = "weight / largest |weight|" if relative else "weight"
         fig.add_trace(go.Bar(x=centres, y=counts, width=np.diff(edges),
                              marker=dict(color=np.where(centres >= 0, "#1f77b4", "#d62728"),
                                          line=dict(width=0)),
-                             hovertemplate="weight %{x:.3f}<br>%{y} tokens<extra></extra>"))
-    fig.update_layout(title="Logit weights, all tokens", height=200, margin=MARGIN,
-                      bargap=0, showlegend=False, yaxis_title="tokens")
+                             hovertemplate=f"{weight} %{{x:.3f}}<br>%{{y}} tokens"
+                                           "<extra></extra>"))
+    fig.update_layout(title="Logit weights, all tokens" + (" (/ largest |weight|)" if relative
+                                                           else ""),
+                      height=200, margin=MARGIN, bargap=0, showlegend=False,
+                      yaxis_title="tokens")
     return fig
 
 

@@ -17,6 +17,18 @@ expander. Not shown, because they give the answer away: density, activation coun
 activation histogram, links to neighbours. Widget keys are built from the queue's creation
 time and the position, never from the unit.
 
+Numbers are relative while blind. The scale of activations differs systematically between
+SAE features and neurons, neurons before and after SoLU's LayerNorm, SoLU and GeLU, and so
+does the scale of logit weights: a rater could read the source off "[2.41, 2.68)". So until
+the score is saved every activation the page prints (interval bounds, the drawn token's
+value, every token's hover value) is a share of the unit's max activation, the intervals
+read "[0.36, 0.45) of max" for every unit, the legend prints no max, a value at or below 0
+reads 0 (a negative one would name a neuron), and logit weights, in the tables and the
+histogram, are shares of the unit's largest |logit weight|: ranking and relative sizes are
+what the rubric judges, not the scale. The shading is unchanged (it was relative already).
+Once revealed, when editing, and on a named (not blind) unit the page prints absolute
+values, as the feature page does.
+
 After a submit the page says "saved" only once `ScoreBook.submit` has returned (the row is
 committed), then reveals what the unit was. A unit already scored by this rater opens
 revealed, with Edit (a new row; history kept, the latest counts).
@@ -196,36 +208,56 @@ def finished(book: ScoreBook, queue: Queue) -> None:
 
 # -- one unit ----------------------------------------------------------------------------------
 
-def logit_evidence(record: FeatureRecord, key: str) -> None:
-    """Raised and lowered next-token logits, then the histogram of all of them."""
+def logit_evidence(record: FeatureRecord, key: str, relative: bool = False) -> None:
+    """Raised and lowered next-token logits, then the histogram of all of them; `relative`
+    (blind): every weight as a share of the largest |weight| (the tables hold the largest
+    and the most negative weights, so their largest |value| is the vocabulary's)."""
     if not record.top_logits and not record.bottom_logits:  # e.g. a neuron before a LayerNorm
         st.info("This unit has no logit weights: score items 4 and 5 as 0 (not applicable).")
         return
     scale = max([abs(e.value) for e in record.top_logits + record.bottom_logits] or [0.0])
-    st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale))
-    light_plotly.chart(charts.logit_histogram_figure(record), key=f"{key}_logit_hist")
+    st.html(token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale,
+                                          relative=relative))
+    light_plotly.chart(charts.logit_histogram_figure(record, scale if relative else None),
+                       key=f"{key}_logit_hist")
 
 
-def interval_evidence(record: FeatureRecord, key: str,
-                      scoring: bool = True) -> list[int | None] | None:
+def relative_interval_heading(number: int, interval, n_intervals: int, max_act: float) -> str:
+    """`feature_views.interval_heading` for a blind page: bounds as shares of the max
+    activation (the same for every unit: 11 equal intervals over (0, max]), no count."""
+    closing = "]" if number == n_intervals else ")"
+    lo, hi = (token_html.relative_act(v, max_act) for v in (interval.lo, interval.hi))
+    return (f"<div class='interval-head'><b>Interval {number}</b> · "
+            f"[{lo:.2f}, {hi:.2f}{closing} of max · "
+            f"<b>{interval.share:.1%}</b> of activations</div>")
+
+
+def interval_evidence(record: FeatureRecord, key: str, scoring: bool = True,
+                      relative: bool = False) -> list[int | None] | None:
     """All intervals, highest first, with their share of activations and samples (top
     examples behind an expander). With `scoring`, a toggle offers a 0-5 score per interval;
-    returns those (lowest interval first, None where not given) or None if not chosen."""
+    returns those (lowest interval first, None where not given) or None if not chosen.
+    `relative` (blind): activations printed as shares of the max activation."""
     per_interval = scoring and st.toggle(
         "Also score each interval (0–5: how consistent its samples are with your "
         "interpretation)", key=f"{key}_per_interval")
-    st.html(token_html.legend_html("activation", record.max_act))
+    st.html(token_html.legend_html("activation", record.max_act, relative=relative))
+    of_max = record.max_act if relative else None
     with st.expander(f"Top activations ({len(record.top_examples)})"):
         st.html(token_html.examples_html(record.top_examples, "activation", record.max_act,
-                                         token_html.EXAMPLE_CONTEXT, empty="never fired"))
+                                         token_html.EXAMPLE_CONTEXT, empty="never fired",
+                                         relative_to=of_max))
     scores: list[int | None] = [None] * len(record.intervals)
     lo, hi = INTERVAL_SCALE
+    n = len(record.intervals)
     for number, interval in reversed(list(enumerate(record.intervals, start=1))):
-        st.markdown(feature_views.interval_heading(number, interval, len(record.intervals), count=False),
-                    unsafe_allow_html=True)
+        heading = (relative_interval_heading(number, interval, n, record.max_act) if relative
+                   else feature_views.interval_heading(number, interval, n, count=False))
+        st.markdown(heading, unsafe_allow_html=True)
         st.html(token_html.examples_html(interval.examples, "activation", record.max_act,
                                          token_html.EXAMPLE_CONTEXT,
-                                         empty="no activations in this interval"))
+                                         empty="no activations in this interval",
+                                         relative_to=of_max))
         if per_interval and interval.examples:
             scores[number - 1] = st.radio(
                 f"Interval {number} score ({lo}–{hi})", list(range(lo, hi + 1)), index=None,
@@ -315,11 +347,12 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
     study's run it belongs to ("" outside a study), `path` its store."""
     latest = book.latest(rater, record.dictionary, record.index, run=run)
     editing_key = f"{key}_editing"
+    relative = blind and latest is None  # no scale until the reveal (module docstring)
     # logits | intervals | rubric: the evidence and the form side by side, no scrolling to
     # score; the intervals come first in code so their scores exist when Submit is handled
     logits_col, intervals_col, form_col = st.columns([1.1, 2.4, 1.3], gap="medium")
     with logits_col:
-        logit_evidence(record, key)
+        logit_evidence(record, key, relative)
     if latest is not None and not st.session_state.get(editing_key):
         with intervals_col:
             interval_evidence(record, key, scoring=False)
@@ -330,7 +363,7 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
         return
     form_key = f"{key}_{latest.score_id[:8] if latest else 'new'}"
     with intervals_col:
-        intervals = interval_evidence(record, form_key)
+        intervals = interval_evidence(record, form_key, relative=relative)
     with form_col:
         if latest is not None:
             st.info(f"Editing your score ({latest.total} / {MAX_TOTAL}); the old one stays "

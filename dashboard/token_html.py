@@ -19,6 +19,14 @@ Two shadings:
   it lowers it, Δ < 0), red where it lowered it; scale = the 99th percentile of |Δ| over the
   page's tokens where the feature fired (`ablation_scale`), printed in the legend: the
   largest |Δ| alone let one outlier wash every other token out to white.
+
+Relative numbers (blind scoring): with `relative_to` (the unit's max activation) an example
+prints every activation as a share of it; with `relative=True` the legend prints no max, and
+the logit tables print each weight as a share of the largest |weight| (the `scale` passed). The scale of a dictionary's numbers differs systematically between SAE
+features and neurons, before and after a LayerNorm, SoLU and GeLU, so a blind rater could
+read the source off absolute values; shares in 0–1 say the same about the unit's own shape.
+An activation at or below 0 reads 0 there, as an inactive ReLU feature's does (a negative
+value would name a neuron). The defaults print absolute values, unchanged.
 """
 
 from __future__ import annotations
@@ -140,10 +148,28 @@ def _window(example: Example, context: tuple[int, int] | None) -> range:
     return range(max(0, example.center - before), min(n, example.center + after + 1))
 
 
+def relative_act(act: float, max_act: float) -> float:
+    """An activation as a share of the unit's max (0 at or below 0, and when there is no max);
+    NaN stays NaN."""
+    if math.isnan(act):
+        return act
+    return max(act, 0.0) / max_act if max_act > 0 else 0.0
+
+
 def example_html(example: Example, mode: Mode, scale: float,
-                 context: tuple[int, int] | None = None, wrap: bool = False) -> str:
+                 context: tuple[int, int] | None = None, wrap: bool = False,
+                 relative_to: float | None = None) -> str:
     """One example window on one line (`wrap`: a line break may fall between tokens), its
-    activation at the drawn token in the margin."""
+    activation at the drawn token in the margin; with `relative_to` (the max activation)
+    every printed activation is a share of it (see the module docstring)."""
+    if relative_to is None:
+        def shown(act: float) -> float:
+            return act
+        of, margin_help = "", "activation at the outlined token"
+    else:
+        def shown(act: float) -> float:
+            return relative_act(act, relative_to)
+        of, margin_help = " of max", "activation at the outlined token, as a share of the max"
     spans = []
     for t in _window(example, context):
         act = example.acts[t]
@@ -153,19 +179,20 @@ def example_html(example: Example, mode: Mode, scale: float,
         else:
             background = activation_background(act, scale)
         delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
-        title = f"act {act:.3f} · Δ log p(next) {delta_text}"
+        title = f"act {shown(act):.3f}{of} · Δ log p(next) {delta_text}"
         spans.append(token_span(example.tokens[t], background, title, t == example.center))
-    return (f'<div class="ex"><span class="ex-act" title="activation at the outlined token">'
-            f'{example.act:.2f}</span>{("<wbr>" if wrap else "").join(spans)}</div>')
+    return (f'<div class="ex"><span class="ex-act" title="{margin_help}">'
+            f'{shown(example.act):.2f}</span>{("<wbr>" if wrap else "").join(spans)}</div>')
 
 
 def examples_html(examples: Sequence[Example], mode: Mode, scale: float,
                   context: tuple[int, int] | None = None, empty: str = "no examples",
-                  wrap: bool = False) -> str:
-    """Examples one per line; `wrap` lets a line wrap (narrow columns) instead of scrolling."""
+                  wrap: bool = False, relative_to: float | None = None) -> str:
+    """Examples one per line; `wrap` lets a line wrap (narrow columns) instead of scrolling;
+    `relative_to`: print activations as shares of it (blind scoring)."""
     if not examples:
         return f'<div class="tokens legend">{html.escape(empty)}</div>'
-    rows = "".join(example_html(e, mode, scale, context, wrap) for e in examples)
+    rows = "".join(example_html(e, mode, scale, context, wrap, relative_to) for e in examples)
     return f'<div class="tokens{" wrap" if wrap else ""}">{rows}</div>'
 
 
@@ -207,10 +234,15 @@ def ablation_key_html(scale: float) -> str:
             f'{scale:+.3f}</span>')
 
 
-def legend_html(mode: Mode, scale: float, scale_text: str = "") -> str:
+def legend_html(mode: Mode, scale: float, scale_text: str = "", relative: bool = False) -> str:
     """The shading's key; for ablation `scale_text` (from `ablation_scale_text`) says where
-    full colour starts, so a reader can read a shade as a number."""
-    if mode == "ablation":
+    full colour starts, so a reader can read a shade as a number. `relative` (activation
+    mode): no number, the numbers shown are activation / max."""
+    if mode == "activation" and relative:
+        body = (f'<span class="tok" style="background:{_rgba(ACT_RGB, 1.0)}">full orange</span>'
+                " = the unit's max activation; numbers are activation / max (0–1); outlined ="
+                " the drawn token; hover for values")
+    elif mode == "ablation":
         body = (f'<span class="tok" style="background:{_rgba(RAISE_RGB, 0.8)}">blue</span> '
                 f'the feature raised log p(next token) (Δ &lt; 0 when removed), '
                 f'<span class="tok" style="background:{_rgba(LOWER_RGB, 0.8)}">red</span> '
@@ -223,27 +255,33 @@ def legend_html(mode: Mode, scale: float, scale_text: str = "") -> str:
     return f'<div class="tokens legend">{body}</div>'
 
 
-def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool) -> str:
-    """Token / weight rows shaded by |weight|: blue for raised logits, red for lowered."""
+def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool,
+                     relative: bool = False) -> str:
+    """Token / weight rows shaded by |weight|: blue for raised logits, red for lowered;
+    `relative`: each weight printed as a share of `scale` (the largest |weight|)."""
     rgb = RAISE_RGB if raises else LOWER_RGB
     rows = []
     for entry in entries:
         alpha = min(abs(entry.value) / scale, 1.0) if scale > 0 else 0.0
         shade = _rgba(rgb, alpha * 0.7)
+        value = (entry.value / scale if scale > 0 else 0.0) if relative else entry.value
         rows.append(f'<tr><td><span class="tok" style="{ISOLATE};background:{shade}" '
                     f'title="token id {int(entry.token_id)}">{_text(entry.token)}</span></td>'
-                    f'<td class="v">{entry.value:+.3f}</td></tr>')
+                    f'<td class="v">{value:+.3f}</td></tr>')
     return f'<table class="logits">{"".join(rows)}</table>'
 
 
 def logit_columns_html(raised: Sequence[LogitEntry], lowered: Sequence[LogitEntry],
-                       scale: float) -> str:
-    """Both logit tables in one block that wraps instead of overlapping in a narrow column."""
+                       scale: float, relative: bool = False) -> str:
+    """Both logit tables in one block that wraps instead of overlapping in a narrow column;
+    `relative`: weights as shares of `scale`, the largest |weight| (blind scoring)."""
     head = '<div class="legend"><b>{}</b></div>'
+    raises = "Raises (d·W_out·W_U / largest |weight|)" if relative else "Raises (d·W_out·W_U)"
     return ('<div style="display:flex;flex-wrap:wrap;gap:4px 24px">'
-            f'<div>{head.format("Raises (d·W_out·W_U)")}'
-            f'{logit_table_html(raised, scale, raises=True)}</div>'
-            f'<div>{head.format("Lowers")}{logit_table_html(lowered, scale, raises=False)}</div>'
+            f'<div>{head.format(html.escape(raises, quote=False))}'
+            f'{logit_table_html(raised, scale, raises=True, relative=relative)}</div>'
+            f'<div>{head.format("Lowers")}'
+            f'{logit_table_html(lowered, scale, raises=False, relative=relative)}</div>'
             '</div>')
 
 

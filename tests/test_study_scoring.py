@@ -135,10 +135,11 @@ def test_each_slot_shows_its_own_runs_unit(scores, study):
     units = ((FIRST, "neurons", 43), (SECOND, "neurons", 43))
     queue = book.make_queue("fay", {(r, d): [i] for r, d, i in units}, 2, 0)
 
-    def logit_table(run: str) -> str:
+    def logit_table(run: str) -> str:  # as the blind page prints it: weights / the largest
         record = FeatureStore.open(study / "runs" / run / "store").feature("neurons", 43)
         scale = max(abs(e.value) for e in record.top_logits + record.bottom_logits)
-        return token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale)
+        return token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale,
+                                             relative=True)
 
     assert logit_table(FIRST) != logit_table(SECOND)
     for pos, (run, _, _) in enumerate(queue.units, start=1):
