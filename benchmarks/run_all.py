@@ -150,8 +150,8 @@ def main() -> None:
                                    "--device", "cuda", "--steps", "40",
                                    "--sizes", "512,1024,2048,4096,8192,16384"], results)
     if "saelens" not in skip:
-        run("saelens", [PY, "benchmarks/sae_vs_saelens.py", "--run-dir", run_dir,
-                        "--steps", "30" if args.quick else "60"], results)
+        run("saelens", [PY, "benchmarks/sae_vs_saelens.py", "--run-dir", run_dir,  # issue 16: full length
+                        "--samples", "204800" if args.quick else "2000000"], results, timeout=7200)
     if "interp" not in skip:  # issue 13: all units of the tiny run in <= 90 s on 2 cores
         run("interp", [PY, "benchmarks/interp.py", "--run-dir", run_dir], results)
     if "planted" not in skip:  # issue 16: do the recipes recover a planted dictionary?

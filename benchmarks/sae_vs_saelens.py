@@ -1,108 +1,131 @@
-"""Head to head with SAELens: same activations, order, scale, size, batch, k, lr and steps.
+"""Head to head with SAELens at full training length: same data, order, scale, size, batch and lr.
 
-Our trainer runs here; SAELens' TopK SAE and trainer run in benchmarks/peers/.venv (it needs
-TransformerLens < 4) through benchmarks/peers/saelens_train.py, twice: with its defaults and
-with its own `use_sparse_activations` option. Each side is timed over the same steps after the
-same 3 warm-up steps; FVU and L0 over every validation token, computed the same way.
+Two data sets: the tiny run's cached activations (`--run-dir`, 2M activations = two shuffled
+epochs of its 1M training tokens) and planted activations (pipelines/planted.py, the issue-16
+setting: d 512, 1,024 directions, planted L0 10, noise 0.05), where the truth is known and MMCS
+can be scored. Both sides read their batches from benchmarks/peers/same_data.py, so they see
+identical numbers in identical order; each times only its optimizer steps.
 
-    python benchmarks/sae_vs_saelens.py [--run-dir runs/tiny] [--sizes 2048] [--steps 60]
+Ours is the sae stage's training loop (`pipelines.sae_stage.train_saes`) at SaeConfig's
+defaults (lr decay over the last 20%, AuxK, for l1 the λ warm-up); SAELens' TopK and standard
+(ReLU + L1) SAEs with its trainer at its defaults run in benchmarks/peers/.venv (it needs
+TransformerLens < 4) through benchmarks/peers/saelens_train.py, with the same constant lr, and
+for L1 the same λ (both losses are Σ_dims (x − x̂)² + λ·Σ f_i‖d_i‖ per token, on inputs scaled
+to mean norm √d_in) and the same warm-up.
+
+    python benchmarks/sae_vs_saelens.py                       # both data sets, topk (and l1 on planted)
+    python benchmarks/sae_vs_saelens.py --data planted --samples 400000 --recipes topk   # quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from feature_store.sae_files import SaeSpec, encode, reconstruct  # noqa: E402
-from pipelines.activation_shards import read_shard, shard_paths  # noqa: E402
-from pipelines.sae_training import SparseAutoencoder  # noqa: E402
+from pipelines.config import SaeConfig  # noqa: E402
+from pipelines.sae_stage import train_saes  # noqa: E402
 
 PEER_PYTHON = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"
-BATCH = 4096
+PLANTED = {"d": 512, "n_features": 1024, "mean_active": 10.0, "noise": 0.05, "seed": 0}
 
 
-def ours(run_dir: Path, d_sae: int, steps: int, k: int, lr: float) -> dict:
-    train = np.concatenate([read_shard(p)["acts"] for p in shard_paths(run_dir / "activations", "train")])
-    d_in = train.shape[1]
-    scale = float(np.sqrt(d_in) / np.linalg.norm(train[:65536], axis=1).mean())
-    order = np.random.default_rng(0).permutation(len(train))[: steps * BATCH]
-    batches = torch.from_numpy(train[order] * scale).split(BATCH)
-    del train
-    sae = SparseAutoencoder(d_in, d_sae, "topk", k=k, lr=lr, b_dec_init=batches[0].mean(0))
-    for x in batches[:3]:
-        sae.step(x, lr)
-    t = time.perf_counter()
-    for x in batches[3:]:
-        sae.step(x, lr)
-    seconds = time.perf_counter() - t
-    spec = SaeSpec(d_in=d_in, d_sae=d_sae, recipe="topk", k=k, input_scale=scale)
-    tensors = sae.tensors()
-    val = np.concatenate([read_shard(p)["acts"] for p in shard_paths(run_dir / "activations", "val")])
-    var_sum = float(((val - val.astype(np.float64).mean(0)) ** 2).sum())
-    sq_err = l0 = 0.0
-    with torch.no_grad():
-        for chunk in torch.from_numpy(val).split(8192):
-            sq_err += float(((reconstruct(spec, tensors, chunk) - chunk) ** 2).sum())
-            l0 += float((encode(spec, tensors, chunk) > 0).sum())
-    return {"peer": "ours (pipelines/sae_training.py)", "d_sae": d_sae, "steps": steps, "batch": BATCH,
-            "activations_per_s": (steps - 3) * BATCH / seconds, "fvu": sq_err / var_sum, "l0": l0 / len(val)}
+def load_same_data():
+    spec = importlib.util.spec_from_file_location("same_data", ROOT / "benchmarks" / "peers" / "same_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SameData
 
 
-def saelens(run_dir: Path, d_sae: int, steps: int, k: int, lr: float, sparse: bool) -> dict:
+def ours(job: dict) -> dict:
+    data = load_same_data()(job)
+    cfg = SaeConfig(dict_sizes=(job["d_sae"],), recipe=job["recipe"], k=job.get("k", 32), lr=job["lr"],
+                    batch_size=data.batch, buffer_tokens=data.batch,
+                    l1_coefficient=job.get("l1_coefficient", SaeConfig.l1_coefficient))
+    b_dec_init = data.b_dec_init()
+    saes, info = train_saes(cfg, data.d_in, lambda epoch: data.batches() if epoch == 0 else iter(()),
+                            data.steps, 1.0, b_dec_init, "cpu", desc=f"ours {job['recipe']}")
+    (sae,) = saes.values()
+
+    def encode(x):
+        _, _, codes = sae.encode_codes(x)
+        return torch.sparse_csr_tensor(codes.crow, codes.cols, codes.vals, codes.shape).to_dense()
+
+    scores = data.evaluate(encode, lambda f: f @ sae.W_dec + sae.b_dec, sae.W_dec.detach())
+    return {"peer": f"ours {job['recipe']} (pipelines/sae_training.py)", "d_sae": job["d_sae"], "steps": data.steps,
+            "batch": data.batch,
+            "activations_per_s": data.steps * data.batch / (info["train_seconds"] - data.data_seconds), **scores}
+
+
+def saelens(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "peer.json"
-        cmd = [str(PEER_PYTHON), str(ROOT / "benchmarks" / "peers" / "saelens_train.py"), str(run_dir),
-               str(d_sae), str(steps), str(k), str(lr), str(out), *(["sparse"] if sparse else [])]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        job_path, out = Path(tmp) / "job.json", Path(tmp) / "peer.json"
+        job_path.write_text(json.dumps(job))
+        done = subprocess.run([str(PEER_PYTHON), str(ROOT / "benchmarks" / "peers" / "saelens_train.py"),
+                               str(job_path), str(out)], capture_output=True, text=True)
         if done.returncode != 0:  # a peer's failure is a result too: say what broke
             errors = [l for l in done.stderr.splitlines() if "Error" in l and "registered at" not in l]
-            return {"peer": f"SAELens TopK{' (use_sparse_activations)' if sparse else ''}", "d_sae": d_sae,
-                    "failed": (errors[-1] if errors else done.stderr.strip().splitlines()[-1])[:160]}
+            return {"peer": f"SAELens {job['architecture']}", "d_sae": job["d_sae"],
+                    "failed": (errors[-1] if errors else (done.stderr.strip().splitlines() or ["?"])[-1])[:160]}
         return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", default="runs/tiny")
-    parser.add_argument("--sizes", default="2048")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--data", default="tiny,planted", help="comma-separated: tiny, planted")
+    parser.add_argument("--recipes", default="topk,l1", help="topk and/or l1 (l1 runs on planted data only)")
+    parser.add_argument("--samples", type=int, default=2_000_000, help="training activations per trainer")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     if not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} missing: make bench-peers (or see benchmarks/peers/requirements.txt)")
-    run_dir = Path(args.run_dir)
+    recipes = args.recipes.split(",")
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        mine = ours(run_dir, size, args.steps, args.k, args.lr)
-        rows.append(mine)
-        for sparse in (False, True):
-            peer = saelens(run_dir, size, args.steps, args.k, args.lr, sparse)
+    for name in args.data.split(","):
+        if name == "tiny":  # the tiny preset's k and lr
+            base = {"data": "run", "run_dir": str(Path(args.run_dir).resolve()), "k": 32, "lr": 2e-3}
+        else:  # SaeConfig's default lr; k at the planted L0
+            base = {"data": "planted", "spec": PLANTED, "k": round(PLANTED["mean_active"]), "lr": SaeConfig.lr,
+                    "eval": 131072}
+        base.update(samples=args.samples, batch=args.batch, d_sae=args.size)
+        pairs = [("topk", "topk")] if "topk" in recipes else []
+        if "l1" in recipes and name == "planted":
+            pairs.append(("l1", "standard"))
+        for recipe, architecture in pairs:
+            job = {**base, "recipe": recipe, "architecture": architecture, "l1_coefficient": SaeConfig.l1_coefficient,
+                   "l1_warm_up_steps": round(SaeConfig.l1_warmup_fraction * (args.samples // args.batch))}
+            mine = {"data": name, **ours(job)}
+            peer = {"data": name, **saelens(job)}
             if "failed" not in peer:
                 peer["our_speedup"] = mine["activations_per_s"] / peer["activations_per_s"]
-            rows.append(peer)
-    print(f"SAE training head to head (topk k={args.k}, batch {BATCH}, {args.steps} steps, lr {args.lr}, "
-          f"{torch.get_num_threads()} CPU threads; same data, order and scale)")
-    print(f"{'trainer':<58} {'d_sae':>6} {'act/s':>8} {'FVU':>6} {'L0':>5} {'ours is':>8}")
+            rows += [mine, peer]
+            print(json.dumps(mine), json.dumps(peer), sep="\n", file=sys.stderr, flush=True)
+    print(f"SAE training head to head at full length ({args.samples:,} activations, batch {args.batch}, "
+          f"{args.size:,} features, {torch.get_num_threads()} CPU threads; same data, order and scale). "
+          f"tiny: {args.run_dir} activations, topk k=32, lr 2e-3; planted: d 512, 1,024 directions, "
+          f"L0 10, topk k=10, lr {SaeConfig.lr:g}, λ {SaeConfig.l1_coefficient:g}")
+    print(f"{'data':<8} {'trainer':<52} {'act/s':>7} {'FVU':>6} {'L0':>5} {'dead':>6} {'MMCS':>7} {'ours is':>8}")
     for r in rows:
         if "failed" in r:
-            print(f"{r['peer']:<58} {r['d_sae']:>6} failed on CPU: {r['failed']}")
+            print(f"{r['data']:<8} {r['peer']:<52} failed on CPU: {r['failed']}")
             continue
-        speed = f"{r['our_speedup']:.1f}x" if "our_speedup" in r else ""
-        print(f"{r['peer']:<58} {r['d_sae']:>6} {r['activations_per_s']:>8,.0f} {r['fvu']:>6.3f} {r['l0']:>5.1f} {speed:>8}")
+        speed = f"{r['our_speedup']:.2f}x" if "our_speedup" in r else ""
+        mmcs = f"{r['mmcs']:.4f}" if "mmcs" in r else ""
+        print(f"{r['data']:<8} {r['peer']:<52} {r['activations_per_s']:>7,.0f} {r['fvu']:>6.3f} {r['l0']:>5.1f} "
+              f"{100 * r['dead']:>5.1f}% {mmcs:>7} {speed:>8}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -1,80 +1,73 @@
-"""Train SAELens' TopK SAE on our cached activations and report speed and quality as JSON.
+"""Train one SAE with SAELens' own SAE classes and trainer on the head-to-head's data; print JSON.
 
-Runs inside benchmarks/peers/.venv (SAELens needs TransformerLens < 4). The inputs are the
-same shards our sae stage reads, scaled by the same constant (mean norm sqrt(d_in)), fed in the
-same order and batch size, with the same k, learning rate and step count; SAELens' own
-normalisation is off so both see identical numbers. FVU and L0 are measured the way
-pipelines/sae_metrics.py measures them: over every validation token, in activation units
-(FVU is invariant to the constant scale).
+Runs inside benchmarks/peers/.venv (SAELens needs TransformerLens < 4). The data, order and
+scale come from benchmarks/peers/same_data.py, the same code our side uses; SAELens' own
+normalisation is off so both see identical numbers. Everything else is SAELens' standard
+training at its defaults (Adam 0.9/0.999, gradient norm clipped at 1, decoder initialised at
+norm 0.1, its dead-feature window and AuxK rule for TopK), except the learning rate, held
+constant at the job's `lr` (SAELens' default schedule is constant too), and for the standard
+(ReLU + L1) SAE the job's λ and λ warm-up steps.
 
-    benchmarks/peers/.venv/bin/python benchmarks/peers/saelens_train.py RUN_DIR D_SAE STEPS K LR OUT.json [sparse]
+    benchmarks/peers/.venv/bin/python benchmarks/peers/saelens_train.py JOB.json OUT.json
+
+JOB.json: same_data's fields plus architecture ("topk" | "standard"), d_sae, k, l1_coefficient,
+l1_warm_up_steps, lr, sparse (SAELens' `use_sparse_activations`, TopK only).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 
-def shard(path: Path) -> np.ndarray:
-    column = pq.read_table(path, columns=["acts"]).column("acts")
-    d = column.type.list_size
-    return np.concatenate([c.flatten().to_numpy().reshape(-1, d) for c in column.chunks]).astype(np.float32)
+def same_data(job: dict):
+    spec = importlib.util.spec_from_file_location("same_data", Path(__file__).with_name("same_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SameData(job)
 
 
 def main() -> None:
-    run_dir, d_sae, steps, k, lr, out = (Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                                         int(sys.argv[4]), float(sys.argv[5]), Path(sys.argv[6]))
-    sparse = len(sys.argv) > 7 and sys.argv[7] == "sparse"  # SAELens' own sparse option
-    batch = 4096
-    train = np.concatenate([shard(p) for p in sorted((run_dir / "activations").glob("train-*.parquet"))])
-    d_in = train.shape[1]
-    scale = float(np.sqrt(d_in) / np.linalg.norm(train[:65536], axis=1).mean())
-    order = np.random.default_rng(0).permutation(len(train))[: steps * batch]
-    data = torch.from_numpy(train[order] * scale)
-    batches = iter(data.split(batch))
-
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu",
-                                                normalize_activations="none", aux_loss_coefficient=1 / 32,
-                                                use_sparse_activations=sparse))
-    cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=lr, lr_end=lr,
-                           device="cpu", n_batches_for_norm_estimate=1)
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches)
+    job = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2])
     torch.manual_seed(0)
-    for _ in range(3):  # warm-up steps, not timed (same as ours)
-        trainer.step(next(batches))
+    torch.set_num_threads(torch.get_num_threads())
+    data = same_data(job)
+    common = dict(d_in=data.d_in, d_sae=job["d_sae"], dtype="float32", device="cpu", normalize_activations="none")
+    if job["architecture"] == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=job["k"], use_sparse_activations=bool(job.get("sparse")),
+                                                    **common))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(
+            l1_coefficient=job["l1_coefficient"], l1_warm_up_steps=job.get("l1_warm_up_steps", 0), **common))
+    cfg = SAETrainerConfig(total_training_samples=data.steps * data.batch, train_batch_size_samples=data.batch,
+                           lr=job["lr"], lr_end=job["lr"], device="cpu", n_batches_for_norm_estimate=1)
+    batches = data.batches()
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches)
+    step_seconds = 0.0
+    for x in batches:
+        t = time.perf_counter()
+        trainer.step(x)
+        step_seconds += time.perf_counter() - t
         trainer.n_training_steps += 1
-    t = time.perf_counter()
-    for _ in range(steps - 3):
-        trainer.step(next(batches))
-        trainer.n_training_steps += 1
-    seconds = time.perf_counter() - t
+    sae.eval()
 
-    sq_err, l0, n, total, total_sq = 0.0, 0.0, 0, None, 0.0
-    val = np.concatenate([shard(p) for p in sorted((run_dir / "activations").glob("val-*.parquet"))])
-    mean = val.astype(np.float64).mean(0)
-    var_sum = float(((val - mean) ** 2).sum())
     with torch.no_grad():
-        for chunk in torch.from_numpy(val).split(8192):
-            feats = sae.encode(chunk * scale)
-            recon = sae.decode(feats) / scale
-            sq_err += float(((recon - chunk) ** 2).sum())
-            l0 += float((feats > 0).sum())
-            n += len(chunk)
+        scores = data.evaluate(sae.encode, sae.decode, sae.W_dec.detach())
+    name = ("SAELens TopKTrainingSAE" if job["architecture"] == "topk" else "SAELens StandardTrainingSAE (ReLU + L1)")
     out.write_text(json.dumps({
-        "peer": "SAELens TopKTrainingSAE + SAETrainer" + (" (use_sparse_activations)" if sparse else ""), "d_sae": d_sae, "steps": steps, "batch": batch,
-        "activations_per_s": (steps - 3) * batch / seconds, "fvu": sq_err / var_sum, "l0": l0 / n,
-        "torch": torch.__version__,
-    }))
+        "peer": name + (" use_sparse_activations" if job.get("sparse") else ""), "d_sae": job["d_sae"],
+        "steps": data.steps, "batch": data.batch, "activations_per_s": data.steps * data.batch / step_seconds,
+        **scores, "torch": torch.__version__}))
 
 
 if __name__ == "__main__":
