@@ -241,6 +241,9 @@ class StatsConfig:
     seed: int = 0
     # Where passes 1-3 run (pipelines/stats_ray.py; README "Statistics on Ray"): "local" in
     # this process, or "ray": one Ray worker per CPU over the activation shards, same store.
+    # how the pass runs, not what it computes (the engines write identical stores): left out
+    # of the stage's config hash, so switching engine does not make the store stale
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("engine", "ray_address", "ray_workers")
     engine: str = "local"
     ray_address: str = ""  # "" = start a local Ray for the run; else ray.init(address=...)
     ray_workers: int = 0  # workers (Ray actors); 0 = one per CPU Ray offers (local: os.cpu_count())
@@ -353,8 +356,11 @@ STUDY_SECTIONS = ("variants", "universality")
 
 
 def config_hash(section: Any) -> str:
-    """Stable across runs and machines: sorted JSON of the dataclass's fields."""
-    blob = json.dumps(asdict(section), sort_keys=True, default=list)
+    """Stable across runs and machines: sorted JSON of the dataclass's fields, but those its
+    `NOT_HASHED` names (how a stage runs, never what it writes)."""
+    fields = {k: v for k, v in asdict(section).items()
+              if k not in getattr(section, "NOT_HASHED", ())}
+    blob = json.dumps(fields, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

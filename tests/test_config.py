@@ -91,3 +91,15 @@ def test_device_error_names_the_section_that_asked(monkeypatch):
     with pytest.raises(ConfigError, match=r"^stats\.device='cuda'") as err:
         pick_device("cuda", "stats")
     assert err.value.key == "stats.device"
+
+
+def test_stats_engine_is_not_part_of_the_stats_hash():
+    """The engines write identical stores, so switching engine must not make a store stale;
+    any key that changes what stats computes still does."""
+    from pipelines.config import config_hash, load_config
+
+    base = load_config("tiny", None, []).stats
+    ray = load_config("tiny", None, ["stats.engine=ray", "stats.ray_workers=3"]).stats
+    other = load_config("tiny", None, ["stats.n_neighbours=3"]).stats
+    assert config_hash(ray) == config_hash(base)
+    assert config_hash(other) != config_hash(base)
