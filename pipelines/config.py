@@ -167,7 +167,7 @@ class SaeConfig:
     aux_k: int = 256  # topk: dead features that reconstruct the residual (AuxK)
     aux_coefficient: float = 0.03125  # topk: α = 1/32, on OpenAI's normalised scale
     dead_window: int = 100_000  # a feature that has not fired in this many tokens is dead
-    resample_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # l1-unit, topk: fractions of training at which dead features are resampled ([] = never)
+    resample_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # l1-unit: fractions of training at which dead features are resampled ([] = never)
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2  # linear decay to 0 over this last share of steps
     l1_warmup_fraction: float = 0.05  # l1, l1-unit: λ ramps up over this first share of steps

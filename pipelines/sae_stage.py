@@ -73,10 +73,9 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
     l1 = l1_coefficients or {}
     saes = {size: make_sae(cfg, d_in, size, cfg.dict_sizes.index(size) if size in cfg.dict_sizes else i,
                            b_dec_init, device, l1.get(size)) for i, size in enumerate(sizes)}
-    # Resampling is Towards Monosemanticity's cure (l1-unit); TopK revives its dead surplus
-    # the same way, competing (sae_training.SparseAutoencoder._resample_dead), beside AuxK;
-    # Anthropic's 2024 recipe (l1) does without.
-    resample_steps = {int(f * total) for f in cfg.resample_at} if cfg.recipe in ("l1-unit", "topk") else set()
+    # Resampling is Towards Monosemanticity's cure (l1-unit); Anthropic's 2024 init and
+    # TopK's AuxK keep features alive without it.
+    resample_steps = {int(f * total) for f in cfg.resample_at} if cfg.recipe == "l1-unit" else set()
     searches = {size: search_for(cfg, total, d_in) for size in saes}
     for size, search in searches.items():
         if search is not None:

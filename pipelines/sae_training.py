@@ -299,8 +299,7 @@ class SparseAutoencoder:
         return self.world.broadcast(n)
 
     def _resample_dead(self, x: torch.Tensor, generator: torch.Generator) -> int:
-        """Towards Monosemanticity's resampling, on the batch x (scaled inputs); for TopK a
-        variant that lets the new rows compete (see below).
+        """Towards Monosemanticity's resampling, on the batch x (scaled inputs).
 
         Pick inputs ∝ squared reconstruction loss: what the dictionary explains worst is the
         direction it lacks. The dead decoder row becomes that input (unit norm), the encoder
@@ -316,24 +315,13 @@ class SparseAutoencoder:
         if float(weights.sum()) <= 0:
             return 0
         picks = torch.multinomial(weights, len(dead), replacement=len(dead) > len(x), generator=generator)
-        picks = picks.to(x.device)
+        directions = x[picks.to(x.device)] - self.b_dec
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
         alive = ~self.dead_mask()
         enc_norm = float(self.W_enc[alive].norm(dim=1).mean()) if alive.any() else 1.0
-        if self.recipe == "topk":
-            # TopK: a feature fires only if it beats the k-th largest pre-activation, so a
-            # revived row at 0.2x the encoder norm never would. Give it what the live ones
-            # miss on that input (the residual, not the input: the input's own features are
-            # already taken) at the live features' mean encoder norm and bias, so it competes
-            # from the next step; AuxK keeps working on any that lose.
-            directions = (x - x_hat)[picks]
-            enc_scale, bias = enc_norm, float(self.b_enc[alive].mean()) if alive.any() else 0.0
-        else:
-            directions = x[picks] - self.b_dec
-            enc_scale, bias = 0.2 * enc_norm, 0.0
-        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
         self.W_dec[dead] = directions * (1.0 if self.unit_norm else float(self.W_dec[alive].norm(dim=1).mean()))
-        self.W_enc[dead] = directions * enc_scale
-        self.b_enc[dead] = bias
+        self.W_enc[dead] = directions * (0.2 * enc_norm)
+        self.b_enc[dead] = 0.0
         for param in (self.W_enc, self.W_dec, self.b_enc):
             state = self.optimizer.state.get(param)
             if state:

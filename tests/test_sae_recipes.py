@@ -117,28 +117,3 @@ def test_target_l0_is_validated():
     with pytest.raises(ConfigError, match="sae.target_l0"):
         build_config({"sae": {"target_l0": -1.0}}, "test.toml")
     assert build_config({"sae": {"target_l0": 20}}, "test.toml").sae.target_l0 == 20.0
-
-
-def test_topk_revival_makes_dead_rows_compete():
-    """A revived TopK row points along what the live features miss on a badly explained
-    input, at the live rows' encoder norm and bias, so it wins a top-k slot at once (a row
-    at 0.2x the encoder norm, the l1-unit rule, would stay dead)."""
-    data = PlantedData(SMALL, 1024)
-    scale = data.input_scale()
-    sae = SparseAutoencoder(SMALL.d, 256, "topk", k=5, lr=3e-3, dead_window=10**9, aux_coefficient=0.0,
-                            b_dec_init=data.batch("train", 0).mean(0) * scale, seed=0)
-    for i in range(30):
-        sae.step(data.batch("train", i) * scale, lr=3e-3)
-    dead = torch.arange(0, 256, 4)  # mark a quarter dead
-    sae.since_fired[dead] = 10**9
-    x = data.batch("train", 30) * scale
-    assert sae.resample_dead(x, torch.Generator().manual_seed(0)) == len(dead)
-    torch.testing.assert_close(sae.W_dec[dead].norm(dim=1), torch.ones(len(dead)))
-    alive = torch.ones(256, dtype=torch.bool)
-    alive[dead] = False
-    assert float(sae.W_enc[dead].norm(dim=1).mean()) == pytest.approx(float(sae.W_enc[alive].norm(dim=1).mean()),
-                                                                     rel=1e-4)
-    _, _, codes = sae.encode_codes(data.batch("train", 31) * scale)
-    fired = torch.zeros(256, dtype=torch.bool)
-    fired[codes.cols[codes.vals > 0]] = True
-    assert float(fired[dead].float().mean()) >= 0.5, float(fired[dead].float().mean())
