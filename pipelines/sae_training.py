@@ -110,9 +110,11 @@ class DenseCodes:
 
     An L1 SAE starts dense: at the tied init about half the features fire on every token
     until λ has pushed the thresholds up, and CSR products over a matrix that is half
-    nonzero run many times slower than dense matmuls (a 2,048-feature planted run crawled at
-    ~1k act/s for its first hundred steps). `SparseAutoencoder.step` uses this class while
-    more than `DENSE_ABOVE` of the entries are active, and CSR again once the codes thin out."""
+    nonzero run slower than dense matmuls. `SparseAutoencoder.step` uses this class while
+    more than `DENSE_ABOVE` of the entries are active, and CSR again once the codes thin out.
+    Measured for one l1 step on 2 loaded cores (d 512, 2,048 features, batch 4,096):
+    50% active, dense 1.7 s vs CSR 2.8 s; 6.7% active, dense 1.56 s vs CSR 1.12 s; at d 64,
+    256 features, batch 1,024 dense won at both (0.06 vs 0.37 s, 0.007 vs 0.014 s)."""
 
     def __init__(self, codes: torch.Tensor):
         self.dense = codes
@@ -142,7 +144,7 @@ class DenseCodes:
         return values.view(self.shape).sum(0)
 
 
-DENSE_ABOVE = 0.05  # share of active entries above which DenseCodes is the faster product
+DENSE_ABOVE = 0.2  # share of active entries above which DenseCodes is the faster product
 
 
 class SparseAutoencoder:
