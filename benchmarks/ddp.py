@@ -8,7 +8,8 @@ train_saes` (the sae stage's loop); the 2-process run is `torch.distributed.run 
 --nproc_per_node 2` with gloo, each process on 1 thread, the 1-process run on 2 threads. On
 one 2-core CPU box the ratio measures the cost of the all-reduce and of splitting the matmuls,
 not a speed-up: the cores are the same. Memory: peak resident set of a process training one
-size for a few steps, at two sizes; the slope is the bytes one feature costs.
+size for a few steps on Gaussian inputs of d 512 (reading shards would add its own peak), at
+two sizes; the slope is the bytes one feature costs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _data(run_dir: Path, rows: int):
+def _data(run_dir: Path | None, rows: int):
     """[rows, d] float32: the run's cached training activations, else Gaussian (d 512)."""
     import numpy as np
 
     from pipelines.activation_shards import read_shard, shard_paths
 
-    folder = run_dir / "activations"
-    if folder.is_dir():
+    folder = run_dir / "activations" if run_dir else None
+    if folder is not None and folder.is_dir():
         parts, have = [], 0
         for path in shard_paths(folder, "train"):
             parts.append(read_shard(path)["acts"])
@@ -41,8 +41,18 @@ def _data(run_dir: Path, rows: int):
             if have >= rows:
                 break
         x = np.concatenate(parts)[:rows]
-        return x * (np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1).mean()), "the run's activations"
+        x = x.astype(np.float32)
+        return x * np.float32(np.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1).mean()), "the run's activations"
     return np.random.default_rng(0).standard_normal((rows, 512)).astype("float32"), "Gaussian"
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM: reset by exec, unlike ru_maxrss, which a
+    forked child inherits from its parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -53,7 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     from pipelines.config import SaeConfig
     from pipelines.sae_stage import train_saes
 
-    x, _ = _data(Path(args.run_dir), args.batch * 8)
+    x, _ = _data(None if args.gaussian else Path(args.run_dir), args.batch * 8)
     d = x.shape[1]
     cfg = SaeConfig(dict_sizes=(args.size,), k=32, batch_size=args.batch, lr=1e-3)
     batches = lambda epoch: (x[(i % 8) * args.batch: (i % 8 + 1) * args.batch]  # noqa: E731
@@ -67,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     if world.is_main:
         print(json.dumps({"act_per_s": args.steps * args.batch / seconds,
-                          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                          "peak_rss_mib": _peak_rss_mib()}))
     distributed.shutdown()
 
 
@@ -86,6 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gaussian", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -101,11 +112,13 @@ def main() -> None:
     print(f"  1 process (2 threads):         {one['act_per_s']:>10,.0f} act/s")
     print(f"  torchrun 2 processes (gloo):   {two['act_per_s']:>10,.0f} act/s   "
           f"ratio {two['act_per_s'] / one['act_per_s']:.2f}")
-    small, large = args.size, args.size * 4
-    rss = {n: _launch(me + ["--worker", "--run-dir", args.run_dir, "--steps", "3", "--batch",
+    small, large = args.size, args.size * 8
+    # Gaussian inputs of the same d: reading shards would put its own peak in the slope
+    rss = {n: _launch(me + ["--worker", "--gaussian", "--steps", "3", "--batch",
                             str(args.batch), "--size", str(n)], threads=2)["peak_rss_mib"]
            for n in (small, large)}
     per_feature = (rss[large] - rss[small]) * 2**20 / (large - small)
+    print(f"  (peak RSS by size: {rss})", file=sys.stderr)
     print(f"memory: peak RSS {rss[small]:,.0f} MiB at {small:,} features, {rss[large]:,.0f} MiB "
           f"at {large:,}: {per_feature / 1024:,.1f} KiB per feature at batch {args.batch:,} "
           f"(weights, gradients, Adam state and the batch's pre-activations)")
