@@ -132,33 +132,42 @@ def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
     stopping after `max_tokens` tokens (whole sequences; 0 = all); with `pre_ln`, each batch
     also carries `acts_pre_ln`."""
     per_seq = n_ctx - 1
-    seqs_per_batch = max(1, batch_tokens // per_seq)
     max_seqs = max(1, max_tokens // per_seq) if max_tokens > 0 else None
     done = 0
     for path in shard_paths(act_dir, split):
-        try:
-            pf = pq.ParquetFile(path)
-            pending: list[pa.RecordBatch] = []
-            for rb in pf.iter_batches(batch_size=seqs_per_batch * per_seq,
-                                      columns=["seq_id", "position", "acts"]
-                                      + ([PRE_LN] if pre_ln else [])):
-                pending.append(rb)
-                rows = sum(b.num_rows for b in pending)
-                if rows < seqs_per_batch * per_seq:
-                    continue
-                yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
-                done += rows // per_seq
-                pending = []
-                if max_seqs is not None and done >= max_seqs:
-                    return
-            if pending:
-                rows = sum(b.num_rows for b in pending)
-                yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
-                done += rows // per_seq
-                if max_seqs is not None and done >= max_seqs:
-                    return
-        except (OSError, ValueError) as err:  # pyarrow's errors are ValueErrors too
-            raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+        for batch in shard_batches(path, n_ctx, batch_tokens, device, max_seqs, done, pre_ln):
+            done += len(batch.seq_ids)
+            yield batch
+        if max_seqs is not None and done >= max_seqs:
+            return
+
+
+def shard_batches(path: Path, n_ctx: int, batch_tokens: int, device: str,
+                  max_seqs: int | None = None, done: int = 0,
+                  pre_ln: bool = False) -> Iterator[SequenceBatch]:
+    """One shard's part of `sequence_batches`: its whole sequences in stored order, stopping
+    once `done` sequences before it plus those read reach `max_seqs` (None = no limit)."""
+    per_seq = n_ctx - 1
+    seqs_per_batch = max(1, batch_tokens // per_seq)
+    try:
+        pf = pq.ParquetFile(path)
+        pending: list[pa.RecordBatch] = []
+        for rb in pf.iter_batches(batch_size=seqs_per_batch * per_seq,
+                                  columns=["seq_id", "position", "acts"]
+                                  + ([PRE_LN] if pre_ln else [])):
+            pending.append(rb)
+            rows = sum(b.num_rows for b in pending)
+            if rows < seqs_per_batch * per_seq:
+                continue
+            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
+            done += rows // per_seq
+            pending = []
+            if max_seqs is not None and done >= max_seqs:
+                return
+        if pending:
+            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
+    except (OSError, ValueError) as err:  # pyarrow's errors are ValueErrors too
+        raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
 
 
 def _whole_sequences(pending: list[pa.RecordBatch], path: Path, per_seq: int, device: str,

@@ -17,8 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.activation_shards import (_REBUILD, PRE_LN, SequenceBatch, _whole_sequences,
-                                         shard_paths)
+from pipelines.activation_shards import _REBUILD, SequenceBatch, shard_batches, shard_paths
 from pipelines.errors import InputError
 
 
@@ -52,26 +51,5 @@ def split_parts(act_dir: Path, split: str, n_ctx: int, max_tokens: int) -> list[
 
 def part_batches(part: ShardPart, n_ctx: int, batch_tokens: int, device: str,
                  pre_ln: bool = False) -> Iterator[SequenceBatch]:
-    """`sequence_batches` restricted to one shard (its loop, for one path)."""
-    per_seq = n_ctx - 1
-    seqs_per_batch = max(1, batch_tokens // per_seq)
-    path, max_seqs, done = part.path, part.max_seqs, 0
-    try:
-        pf = pq.ParquetFile(path)
-        pending: list[pa.RecordBatch] = []
-        for rb in pf.iter_batches(batch_size=seqs_per_batch * per_seq,
-                                  columns=["seq_id", "position", "acts"]
-                                  + ([PRE_LN] if pre_ln else [])):
-            pending.append(rb)
-            rows = sum(b.num_rows for b in pending)
-            if rows < seqs_per_batch * per_seq:
-                continue
-            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
-            done += rows // per_seq
-            pending = []
-            if max_seqs is not None and done >= max_seqs:
-                return
-        if pending:
-            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
-    except (OSError, ValueError) as err:  # pyarrow's errors are ValueErrors too
-        raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+    """`sequence_batches` restricted to one shard (its per-shard loop, for one path)."""
+    return shard_batches(part.path, n_ctx, batch_tokens, device, part.max_seqs, 0, pre_ln)
