@@ -31,3 +31,12 @@ def chart_figures(at: AppTest) -> list[dict]:
     for element in at.get("html"):
         figures.extend(light_plotly.figures_in(element.proto.body))
     return figures
+
+
+def fresh_scores(store: Path, tmp_path: Path, monkeypatch) -> Path:
+    """Point the app at `store` (a run's store or a study) and at a new scores database in
+    `tmp_path`; the database's path."""
+    monkeypatch.setenv("FEATURE_STORE", str(store))
+    path = tmp_path / "scores.sqlite"
+    monkeypatch.setenv("FEATURE_SCORES", str(path))
+    return path

@@ -36,7 +36,7 @@ from feature_store.records import Example, FeatureRecord, Histogram
 from feature_store.scores import ScoreBook
 from feature_store.store import FeatureStore
 from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import chart_figures, open_page
+from tests.app_helpers import chart_figures, fresh_scores, open_page
 from tests.test_scoring_pages import ITEMS, button, fill_rubric, ok, sent
 
 SCORE, FEATURE = "app_pages/score.py", "app_pages/feature.py"
@@ -55,9 +55,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture
 def scores(store, tmp_path, monkeypatch) -> Path:
     """A fresh scores database; the store's reader scales the units in `SCALES`."""
-    monkeypatch.setenv("FEATURE_STORE", str(store))
-    path = tmp_path / "scores.sqlite"
-    monkeypatch.setenv("FEATURE_SCORES", str(path))
+    path = fresh_scores(store, tmp_path, monkeypatch)
     read = FeatureStore.feature
 
     def feature(self, dictionary: str, index: int) -> FeatureRecord:

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import light_plotly, score_views
 from feature_store.scores import ScoreBook
 from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import chart_figures, open_page
+from tests.app_helpers import chart_figures, fresh_scores, open_page
 
 SCORE, RESULTS = "app_pages/score.py", "app_pages/results.py"
 SIZES = (96, 160)
@@ -34,9 +34,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture
 def scores(store, tmp_path, monkeypatch) -> Path:
     """A fresh scores database per test; FEATURE_STORE points at the shared store."""
-    monkeypatch.setenv("FEATURE_STORE", str(store))
-    path = tmp_path / "scores.sqlite"
-    monkeypatch.setenv("FEATURE_SCORES", str(path))
+    path = fresh_scores(store, tmp_path, monkeypatch)
     return path
 
 

@@ -23,7 +23,7 @@ from feature_store.scores import ScoreBook
 from feature_store.scores_results import results
 from feature_store.study_store import write_study_store
 from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import open_page
+from tests.app_helpers import fresh_scores, open_page
 from tests.test_scoring_pages import (ITEMS, assert_blind, button, fill_rubric, ok, rendered,
                                       sent, widget)
 
@@ -51,9 +51,7 @@ def study(tmp_path_factory) -> Path:
 @pytest.fixture
 def scores(study, tmp_path, monkeypatch) -> Path:
     """A fresh study book per test (`FEATURE_SCORES`); FEATURE_STORE names the study."""
-    monkeypatch.setenv("FEATURE_STORE", str(study))
-    path = tmp_path / "scores.sqlite"
-    monkeypatch.setenv("FEATURE_SCORES", str(path))
+    path = fresh_scores(study, tmp_path, monkeypatch)
     return path
 
 
