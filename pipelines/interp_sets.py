@@ -67,7 +67,8 @@ def explain_windows(act_dir: Path, seqs: np.ndarray, dictionaries: list[Dictiona
                 max(1, cfg.explain_tokens // (n_ctx - 1)) * (n_ctx - 1))
     print("interp: explain set from the train shards (the stats passes 1-2 below)",
           file=sys.stderr, flush=True)
-    passes = statistics(batches, dictionaries, stats_cfg, n_ctx, device, (), total)
+    passes = statistics(batches, dictionaries, stats_cfg, n_ctx, device, (), total,
+                        label="interp (sampling 1/2", label2="interp (sampling 2/2")
     rng = np.random.default_rng([cfg.seed, 1])
     random = random_windows(ShardIndex(act_dir, "train", n_ctx), seqs, dictionaries, cfg, n_ctx,
                             device, rng)

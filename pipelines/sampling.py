@@ -102,7 +102,8 @@ def window_activations(codes: torch.Tensor, row: torch.Tensor, feat: torch.Tenso
 def statistics(batches: Part | Sequence[Part], dictionaries: list[Dictionary],
                cfg: StatsConfig, n_ctx: int, device: str,
                split_pairs: Sequence[tuple[str, str]] = (),
-               progress_total: int | None = None) -> PassResult:
+               progress_total: int | None = None, label: str = "stats (1/3", label2: str = "stats (2/3"
+               ) -> PassResult:
     """Passes 1 and 2 in this process over `batches`: one part (a callable) or the parts in
     order (one per activation shard). Each part is read twice and must yield the same
     batches. `pipelines/stats_ray.py` runs the same parts on Ray workers and merges them with
@@ -110,7 +111,7 @@ def statistics(batches: Part | Sequence[Part], dictionaries: list[Dictionary],
     parts = [batches] if callable(batches) else list(batches)
     cands = candidate_pairs(dictionaries, cfg, split_pairs, device)
     one = PassOne(dictionaries, cfg, n_ctx, device, cands, progress_total or 0)
-    bar = progress.bar(total=progress_total, desc="stats (1/3 max, top-k)", unit="tok",
+    bar = progress.bar(total=progress_total, desc=f"{label} max, top-k)", unit="tok",
                        unit_scale=True)
     total = None
     for part in parts:
@@ -118,7 +119,7 @@ def statistics(batches: Part | Sequence[Part], dictionaries: list[Dictionary],
     bar.close()
     st = summarize(dictionaries, cfg, total, one.tops)
     two = PassTwo(dictionaries, cfg, n_ctx, device, pass_two_inputs(st), one.cached)
-    bar = progress.bar(total=total.n_tokens, desc="stats (2/3 intervals)", unit="tok",
+    bar = progress.bar(total=total.n_tokens, desc=f"{label2} intervals)", unit="tok",
                        unit_scale=True)
     for part in parts:
         two.part(part(), bar)
