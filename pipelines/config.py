@@ -166,6 +166,7 @@ class SaeConfig:
     target_l0: float = 0.0  # l1, l1-unit: calibrate λ so L0 ≈ this (0: keep l1_coefficient)
     aux_k: int = 256  # topk: dead features that reconstruct the residual (AuxK)
     aux_coefficient: float = 0.03125  # topk: α = 1/32, on OpenAI's normalised scale
+    aux_one_sided: bool = True  # topk: AuxK only raises dead features (false: OpenAI's form, which also buries them)
     dead_window: int = 100_000  # a feature that has not fired in this many tokens is dead
     resample_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # l1-unit: fractions of training at which dead features are resampled ([] = never)
     lr: float = 1e-3

@@ -10,7 +10,8 @@ transposed-CSR @ dense products, so a step costs about one dense matmul plus a t
 Recipes (DESIGN.md, "Facts from the field"):
 - `topk` (OpenAI 2024): keep the k largest pre-activations, ReLU them; loss = MSE + α·AuxK,
   where AuxK reconstructs the residual error from the top `aux_k` *dead* features so they get
-  gradient and come back (normalised by the residual's size, as OpenAI does). Decoder rows
+  gradient and come back (normalised by the residual's size, as OpenAI does; one-sided by
+  default: it never pushes a dead feature further down, see `_aux_grads`). Decoder rows
   unit norm (gradient projected, renormalised each step).
 - `l1-unit` (Towards Monosemanticity 2023): ReLU; loss = MSE + λ·Σf; unit-norm decoder rows;
   dead features resampled (inputs drawn ∝ squared reconstruction error, Adam state reset).
@@ -150,12 +151,13 @@ DENSE_ABOVE = 0.2  # share of active entries above which DenseCodes is the faste
 class SparseAutoencoder:
     def __init__(self, d_in: int, d_sae: int, recipe: str, *, k: int = 0, lr: float = 1e-3,
                  l1_coefficient: float = 0.0, aux_k: int = 256, aux_coefficient: float = 1 / 32,
-                 aux_batch_fraction: float = 0.25, dead_window: int = 200_000, grad_clip: float = 1.0,
-                 b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu",
+                 aux_batch_fraction: float = 0.25, aux_one_sided: bool = True, dead_window: int = 200_000,
+                 grad_clip: float = 1.0, b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu",
                  bias_lr_scale: float | None = None):
         self.d_in, self.d_sae, self.recipe, self.k = d_in, d_sae, recipe, k
         self.l1_coefficient, self.aux_k, self.aux_coefficient = l1_coefficient, aux_k, aux_coefficient
         self.aux_batch_fraction, self.dead_window, self.grad_clip = aux_batch_fraction, dead_window, grad_clip
+        self.aux_one_sided = aux_one_sided
         self.unit_norm = recipe in ("topk", "l1-unit")
         gen = torch.Generator().manual_seed(seed)
         W_dec = torch.randn(d_sae, d_in, generator=gen)
@@ -263,10 +265,17 @@ class SparseAutoencoder:
         auxiliary one by ‖e‖². In our units (the main loss is the plain squared error) that is
         α · ‖ê − e‖² · mean‖x − b_dec‖² / mean‖e‖², the ratio held constant. Without the ratio
         the auxiliary gradient shrinks with the residual: at FVU 0.05 it is 20× weaker, and a
-        well-fit TopK SAE left ~45% of an overcomplete dictionary dead (issue 16). Open question:
-        on the planted benchmark at k 10 (1,024 directions, 2,048 rows, where the residual is
-        the k cap and no row can take it) this AuxK leaves 22.4% dead and no AuxK 1.2%
-        (README, "Recovery of a known dictionary"); on the tiny activations it leaves 0.4%."""
+        well-fit TopK SAE left ~45% of an overcomplete dictionary dead (issue 16).
+
+        One-sided (`aux_one_sided`, the default): the auxiliary loss may raise a dead feature's
+        pre-activation but never lower it. Where the residual is something no row can take (on
+        planted data at k = its L0 it is the k cap's leftovers and noise), the loss is smallest
+        with the dead features silent, so OpenAI's two-sided gradient pushes every dead feature
+        that still fires in the aux top-k further below threshold; a feature that lost a
+        top-k race for one window is then buried for good. Measured on the planted benchmark
+        (1,024 directions, 2,048 rows, k 10; README, "Recovery of a known dictionary"): dead
+        22.4% two-sided, 1.2% with no AuxK, 0.6% one-sided. The decoder still turns toward
+        the residual, which is what revives a feature when there is signal left for it."""
         sub = max(1, int(pre.shape[0] * self.aux_batch_fraction))
         k_aux = min(self.aux_k, n_dead)
         codes = SparseCodes.topk(pre[:sub].masked_fill(~dead, float("-inf")), k_aux)
@@ -282,6 +291,8 @@ class SparseAutoencoder:
         loss = float((diff * diff).sum()) / sub * weight
         g = diff * (2.0 * weight / sub)
         g_pre = codes.sampled(g, self.W_dec.T) * (codes.vals > 0)
+        if self.aux_one_sided:  # descent moves pre by −g_pre: keep only the raising part
+            g_pre = g_pre.clamp_max(0)
         dW_dec += codes.transpose_times(codes.vals, g)
         dW_enc += codes.transpose_times(g_pre, xc[:sub])
         g_pre_sum = codes.column_sums(g_pre)

@@ -63,8 +63,9 @@ def test_search_moves_lambda_toward_the_target_only_in_its_window():
     assert search.update(10, 2.0, 10.0) == pytest.approx(2.0)
 
 
-def auxk_loss_autograd(sae: SparseAutoencoder, x: torch.Tensor) -> list[torch.Tensor]:
-    """MSE + α·‖ê − e‖²·mean‖x − b_dec‖²/mean‖e‖² (the ratio held constant), on the aux sub-batch."""
+def auxk_loss_autograd(sae: SparseAutoencoder, x: torch.Tensor, one_sided: bool) -> list[torch.Tensor]:
+    """MSE + α·‖ê − e‖²·mean‖x − b_dec‖²/mean‖e‖² (the ratio held constant), on the aux sub-batch;
+    one-sided: the aux codes' gradient is cut to the part that raises them."""
     params = [p.detach().clone().requires_grad_(True) for p in sae.params]
     W_enc, b_enc, W_dec, b_dec = params
     pre = (x - b_dec) @ W_enc.T + b_enc
@@ -75,6 +76,8 @@ def auxk_loss_autograd(sae: SparseAutoencoder, x: torch.Tensor) -> list[torch.Te
     sub = int(len(x) * sae.aux_batch_fraction)
     e = (x - x_hat)[:sub].detach()
     aux_vals, aux_idx = pre[:sub].topk(sae.aux_k, dim=1)  # every feature is dead here
+    if one_sided:
+        aux_vals.register_hook(lambda g: g.clamp_max(0))
     f_aux = torch.zeros_like(pre[:sub]).scatter(1, aux_idx, aux_vals.relu())
     ratio = float(((x[:sub] - b_dec.detach()) ** 2).sum(1).mean()) / float((e ** 2).sum(1).mean())
     loss = loss + sae.aux_coefficient * ratio * ((f_aux @ W_dec - e) ** 2).sum(1).mean()
@@ -85,16 +88,38 @@ def auxk_loss_autograd(sae: SparseAutoencoder, x: torch.Tensor) -> list[torch.Te
     return grads
 
 
-def test_auxk_gradient_equals_autograd_of_the_normalised_loss():
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_auxk_gradient_equals_autograd_of_the_normalised_loss(one_sided):
     data = PlantedData(SMALL, 512)
     x = data.batch("train", 0) * data.input_scale()
-    sae = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0), seed=1)
+    sae = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0), seed=1,
+                            aux_one_sided=one_sided)
     sae.b_enc.data += 0.3  # dead features need positive pre-activations to get aux gradient
-    expected = auxk_loss_autograd(sae, x)
+    expected = auxk_loss_autograd(sae, x, one_sided)
     stats = sae.step(x, lr=0.0)
     assert stats.n_dead == 96 and stats.aux > 0
     for name, param, want in zip(("W_enc", "b_enc", "W_dec", "b_dec"), sae.params, expected):
         torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_one_sided_auxk_never_pushes_a_dead_feature_down():
+    """A residual no dead row can explain: OpenAI's AuxK lowers every dead feature's bias
+    (the aux loss is smallest with them silent); the one-sided form leaves them where they are."""
+    data = PlantedData(SMALL, 512)
+    x = data.batch("train", 0) * data.input_scale()
+    shifts = {}
+    for one_sided in (False, True):
+        sae = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0),
+                                seed=1, aux_one_sided=one_sided)
+        sae.b_enc.data += 0.3
+        without = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0),
+                                    seed=1, aux_coefficient=0.0)
+        without.b_enc.data += 0.3
+        sae.step(x, lr=0.0)
+        without.step(x, lr=0.0)
+        shifts[one_sided] = sae.b_enc.grad - without.b_enc.grad  # the aux part; descent moves b_enc by −grad
+    assert float(shifts[False].max()) > 0  # two-sided: some dead feature pushed down
+    assert float(shifts[True].max()) <= 0 and float(shifts[True].min()) < 0  # one-sided: only raised
 
 
 def test_planted_frequencies_and_determinism():
