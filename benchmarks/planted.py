@@ -13,7 +13,7 @@ planted directions recovered at cosine ≥ 0.9, FVU, L0 and dead share on held-o
 Each `--run` is a comma-separated list of `sae.*` overrides on top of SaeConfig's defaults
 (plus lr/batch from the command line); without `--run`, every recipe at its defaults with the
 sparsity matched to the planted L0 where the recipe has such a knob, plus topk at k = 32, and
-TopK without AuxK (its dead share with and without).
+TopK without AuxK and with OpenAI's two-sided AuxK (its dead share each way).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main() -> None:
     k = max(1, round(args.active))
     runs = [parse_run(r) for r in args.run] if args.run else [
         {"recipe": "topk", "k": k}, {"recipe": "topk", "k": k, "aux_coefficient": 0.0},  # with and without AuxK
+        {"recipe": "topk", "k": k, "aux_one_sided": False},  # OpenAI's two-sided AuxK
         {"recipe": "topk", "k": 32}, {"recipe": "l1-unit"}, {"recipe": "l1"},
         {"recipe": "l1-unit", "target_l0": float(k)}, {"recipe": "l1", "target_l0": float(k)}]
     base = SaeConfig(dict_sizes=(args.dict,), batch_size=args.batch, buffer_tokens=max(args.batch, 262_144),
