@@ -28,7 +28,7 @@ def train_planted(spec: PlantedSpec, steps: int, batch: int = 1024, **sae):
     def reconstruct(x):
         _, _, codes = sae.encode_codes(x * scale)
         return (codes.times(sae.W_dec) + sae.b_dec) / scale, torch.sparse_csr_tensor(
-            codes.crow, codes.cols, codes.vals, codes.shape).to_dense()
+            codes.crow, codes.cols, codes.vals, codes.shape, check_invariants=False).to_dense()
 
     return sae, info, score(data, sae.W_dec.detach(), reconstruct, eval_batches=8)
 
