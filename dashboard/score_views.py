@@ -23,7 +23,8 @@ does the scale of logit weights: a rater could read the source off "[2.41, 2.68)
 the score is saved every activation the page prints (interval bounds, the drawn token's
 value, every token's hover value) is a share of the unit's max activation, the intervals
 read "[0.36, 0.45) of max" for every unit, the legend prints no max, a value at or below 0
-reads 0 (a negative one would name a neuron), and logit weights, in the tables and the
+reads 0 (a negative one would name a neuron), a token's hover has no Δ log p (an effect in
+nats has a scale of its own), and logit weights, in the tables and the
 histogram, are shares of the unit's largest |logit weight|: ranking and relative sizes are
 what the rubric judges, not the scale. The shading is unchanged (it was relative already).
 Once revealed, when editing, and on a named (not blind) unit the page prints absolute

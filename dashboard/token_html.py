@@ -26,7 +26,10 @@ the logit tables print each weight as a share of the largest |weight| (the `scal
 features and neurons, before and after a LayerNorm, SoLU and GeLU, so a blind rater could
 read the source off absolute values; shares in 0–1 say the same about the unit's own shape.
 An activation at or below 0 reads 0 there, as an inactive ReLU feature's does (a negative
-value would name a neuron). The defaults print absolute values, unchanged.
+value would name a neuron), and a token's hover leaves out its Δ log p(next): ablating a
+neuron and ablating a feature move log-probabilities by amounts typical of each, in nats, so
+the hover would name the source too (the blind page shows no ablation shading either). The
+defaults print absolute values, unchanged.
 """
 
 from __future__ import annotations
@@ -178,8 +181,11 @@ def example_html(example: Example, mode: Mode, scale: float,
             background = ablation_background(delta, scale)
         else:
             background = activation_background(act, scale)
-        delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
-        title = f"act {shown(act):.3f}{of} · Δ log p(next) {delta_text}"
+        if relative_to is None:
+            delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
+            title = f"act {shown(act):.3f} · Δ log p(next) {delta_text}"
+        else:  # blind: an effect in nats has a scale of its own (module docstring)
+            title = f"act {shown(act):.3f}{of}"
         spans.append(token_span(example.tokens[t], background, title, t == example.center))
     return (f'<div class="ex"><span class="ex-act" title="{margin_help}">'
             f'{shown(example.act):.2f}</span>{("<wbr>" if wrap else "").join(spans)}</div>')

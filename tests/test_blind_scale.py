@@ -205,6 +205,7 @@ def test_blind_page_sends_no_absolute_value(scores, store, unit):
         "activations</div>" for k in range(n, 0, -1)]
     bodies = html_bodies(at)
     assert "numbers are activation / max (0–1)" in bodies
+    assert "log p(next)" not in bodies  # no ablation effect in nats (token_html's docstring)
     assert not re.search(r"max activation \d", bodies)
     for example in (big.top_examples[0], *big.intervals[0].examples):
         assert (f'as a share of the max">{relative_act(example.act, big.max_act):.2f}</span>'
@@ -293,6 +294,8 @@ def test_relative_token_html_escapes_and_hides_the_sign():
     assert re.findall(r'title="act ([^ ]*) of max', markup)[:5] == [
         "0.000", "0.000", "0.483", "1.000", "0.241"]
     assert '">1.00</span>' in markup
+    assert "log p" not in markup  # an effect in nats would have a scale of its own
+    assert "log p(next) +0.000" in token_html.examples_html([shown], "activation", 7.25)
     for value in ("0.173", "0.17", "3.500", "7.250", "7.25", "1.750"):
         assert value not in markup
     entries = [LogitEntry(token, i, 2.5 - i) for i, token in enumerate(HOSTILE)]
