@@ -150,21 +150,38 @@ def chart_numbers(at) -> list[np.ndarray]:
     return arrays
 
 
+def printed_numbers(text: str) -> set[str]:
+    """Every unsigned number the text could be read as printing: each run of digits and dots
+    that no digit or dot precedes, cut wherever no digit follows ("4817.293." holds 4817 and
+    4817.293, not 4817.29). One pass, instead of a regex search per spelling."""
+    found = set()
+    for run in re.findall(r"(?<![\d.])[\d.]+", text):
+        found.update(run[:i] for i in range(1, len(run) + 1) if i == len(run) or run[i] == ".")
+    return found
+
+
 def leaks(at, record: FeatureRecord) -> list[str]:
     """The record's absolute values (|v| >= 10, which no share in [-1, 1] can spell) found
-    in what the page sent, as text or in its charts' data."""
-    text = sent(at)
+    in what the page sent, as text (either sign) or in its charts' data."""
+    printed = printed_numbers(sent(at))
     found = []
     for value in absolute_values(record):
         if abs(value) < 10:
             continue
         for spelled in spellings(value):
-            if re.search(rf"(?<![\d.]){re.escape(spelled)}(?!\d)", text):
+            if spelled.lstrip("-") in printed:
                 found.append(spelled)
         if any(np.isclose(array.astype(float), value, rtol=1e-6, atol=0).any()
                for array in chart_numbers(at)):
             found.append(f"chart value {value!r}")
     return found
+
+
+def test_printed_numbers_finds_a_value_where_a_page_would_print_it():
+    text = 'max 4817.293. then <td>-613.847</td> and 14817.2931 and 4817.2937'
+    printed = printed_numbers(text)
+    assert {"4817.293", "4817", "613.847"} <= printed
+    assert "4817.29" not in printed and "817.293" not in printed  # inside a longer number
 
 
 def blind_page(scores: Path, unit: tuple[str, int], rater: str = "eve"):
