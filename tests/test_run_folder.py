@@ -119,7 +119,9 @@ def test_sigkill_during_training_then_rerun_resumes(tmp_path):
     assert "model" not in Manifest(run_dir).entries
 
     cfg_file.write_text(cfg_file.read_text().replace("5000000", "20000"))
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # the resume is what is under test: stop after the stage that was killed
+    done = subprocess.run(cmd + ["--until", "model"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert "removed" in done.stdout and "model.incomplete" in done.stdout
     assert "corpus: up to date, skipped" in done.stdout
