@@ -168,11 +168,18 @@ def example_html(example: Example, mode: Mode, scale: float,
     if relative_to is None:
         def shown(act: float) -> float:
             return act
-        of, margin_help = "", "activation at the outlined token"
+
+        def hover(act: float, delta: float) -> str:
+            delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
+            return f"act {act:.3f} · Δ log p(next) {delta_text}"
+        margin_help = "activation at the outlined token"
     else:
         def shown(act: float) -> float:
             return relative_act(act, relative_to)
-        of, margin_help = " of max", "activation at the outlined token, as a share of the max"
+
+        def hover(act: float, delta: float) -> str:  # no Δ: nats have a scale of their own
+            return f"act {shown(act):.3f} of max"
+        margin_help = "activation at the outlined token, as a share of the max"
     spans = []
     for t in _window(example, context):
         act = example.acts[t]
@@ -181,11 +188,7 @@ def example_html(example: Example, mode: Mode, scale: float,
             background = ablation_background(delta, scale)
         else:
             background = activation_background(act, scale)
-        if relative_to is None:
-            delta_text = f"{delta:+.3f}" if math.isfinite(delta) else "n/a (no next token)"
-            title = f"act {shown(act):.3f} · Δ log p(next) {delta_text}"
-        else:  # blind: an effect in nats has a scale of its own (module docstring)
-            title = f"act {shown(act):.3f}{of}"
+        title = hover(act, delta)
         spans.append(token_span(example.tokens[t], background, title, t == example.center))
     return (f'<div class="ex"><span class="ex-act" title="{margin_help}">'
             f'{shown(example.act):.2f}</span>{("<wbr>" if wrap else "").join(spans)}</div>')

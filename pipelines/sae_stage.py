@@ -57,7 +57,8 @@ def make_sae(cfg: SaeConfig, d_in: int, size: int, index: int, b_dec_init: torch
         d_in, size, cfg.recipe, k=cfg.k, lr=cfg.lr,
         l1_coefficient=cfg.l1_coefficient if l1_coefficient is None else l1_coefficient,
         aux_k=cfg.aux_k, aux_coefficient=cfg.aux_coefficient, aux_one_sided=cfg.aux_one_sided,
-        dead_window=cfg.dead_window, grad_clip=cfg.grad_clip, b_dec_init=b_dec_init, seed=cfg.seed + index, device=device)
+        dead_window=cfg.dead_window, grad_clip=cfg.grad_clip, b_dec_init=b_dec_init,
+        seed=cfg.seed + index, device=device)
 
 
 def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterable], total: int, scale: float,

@@ -107,17 +107,17 @@ def test_one_sided_auxk_never_pushes_a_dead_feature_down():
     (the aux loss is smallest with them silent); the one-sided form leaves them where they are."""
     data = PlantedData(SMALL, 512)
     x = data.batch("train", 0) * data.input_scale()
-    shifts = {}
-    for one_sided in (False, True):
+
+    def b_enc_grad(**aux) -> torch.Tensor:
         sae = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0),
-                                seed=1, aux_one_sided=one_sided)
+                                seed=1, **aux)
         sae.b_enc.data += 0.3
-        without = SparseAutoencoder(SMALL.d, 96, "topk", k=4, aux_k=12, dead_window=0, b_dec_init=x.mean(0),
-                                    seed=1, aux_coefficient=0.0)
-        without.b_enc.data += 0.3
         sae.step(x, lr=0.0)
-        without.step(x, lr=0.0)
-        shifts[one_sided] = sae.b_enc.grad - without.b_enc.grad  # the aux part; descent moves b_enc by −grad
+        return sae.b_enc.grad
+
+    without = b_enc_grad(aux_coefficient=0.0)
+    # the aux part of the gradient; descent moves b_enc by −grad
+    shifts = {one_sided: b_enc_grad(aux_one_sided=one_sided) - without for one_sided in (False, True)}
     assert float(shifts[False].max()) > 0  # two-sided: some dead feature pushed down
     assert float(shifts[True].max()) <= 0 and float(shifts[True].min()) < 0  # one-sided: only raised
 
