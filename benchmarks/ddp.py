@@ -3,7 +3,7 @@ dictionary feature costs (where one device stops and feature sharding would star
 
     python benchmarks/ddp.py [--run-dir runs/tiny] [--size 2048] [--steps 30] [--batch 4096]
 
-Both runs train the same SAE on the same global batches through `pipelines.sae_stage.
+Both runs train the same SAE on the same global batches through `pipelines.sae.stage.
 train_saes` (the sae stage's loop); the 2-process run is `torch.distributed.run --standalone
 --nproc_per_node 2` with gloo, each process on 1 thread, the 1-process run on 2 threads. On
 one 2-core CPU box the ratio measures the cost of the all-reduce and of splitting the matmuls,
@@ -30,7 +30,7 @@ def _data(run_dir: Path | None, rows: int):
     """[rows, d] float32: the run's cached training activations, else Gaussian (d 512)."""
     import numpy as np
 
-    from pipelines.activation_shards import read_shard, shard_paths
+    from pipelines.activations.shards import read_shard, shard_paths
 
     folder = run_dir / "activations" if run_dir else None
     if folder is not None and folder.is_dir():
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from pipelines import distributed
     from pipelines.config import SaeConfig
-    from pipelines.sae_stage import train_saes
+    from pipelines.sae.stage import train_saes
 
     x, _ = _data(None if args.gaussian else Path(args.run_dir), args.batch * 8)
     d = x.shape[1]

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from feature_store.transformer_files import load_transformer
-from pipelines import interp
-from pipelines.ablation import model_readout
-from pipelines.activation_shards import sequence_batches
+from pipelines.interp import stage as interp
+from pipelines.stats.ablation import model_readout
+from pipelines.activations.shards import sequence_batches
 from pipelines.config import build_config
-from pipelines.dictionaries import load_dictionaries
+from pipelines.stats.dictionaries import load_dictionaries
 from pipelines.runner import saved_config
 
 TARGET_S = 90.0

@@ -1,8 +1,8 @@
 """Do the SAE recipes recover a dictionary that is known to be there?
 
-Generates activations from a planted dictionary (pipelines/planted.py: unit-norm directions,
+Generates activations from a planted dictionary (pipelines/sae/planted.py: unit-norm directions,
 sparse non-negative coefficients, noise, optional Zipf frequencies), trains every requested
-recipe with the sae stage's own training loop (`pipelines.sae_stage.train_saes`: same input
+recipe with the sae stage's own training loop (`pipelines.sae.stage.train_saes`: same input
 scaling, lr schedule, λ warm-up, resampling, λ calibration), and scores each: MMCS, share of
 planted directions recovered at cosine ≥ 0.9, FVU, L0 and dead share on held-out samples.
 
@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipelines.config import SaeConfig  # noqa: E402
-from pipelines.planted import PlantedData, PlantedSpec, score  # noqa: E402
-from pipelines.sae_stage import train_saes  # noqa: E402
+from pipelines.sae.planted import PlantedData, PlantedSpec, score  # noqa: E402
+from pipelines.sae.stage import train_saes  # noqa: E402
 
 
 def parse_run(text: str) -> dict:

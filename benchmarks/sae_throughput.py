@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.sae_training import SparseAutoencoder  # noqa: E402
+from pipelines.sae.autoencoder import SparseAutoencoder  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -49,7 +49,7 @@ def dense_rate(batch: int, d_in: int, d_sae: int, device: str, repeats: int = 5)
 def inputs(run_dir: Path, batch: int, n_batches: int, d_in: int) -> tuple[torch.Tensor, str]:
     shards = sorted((run_dir / "activations").glob("train-*.parquet"))
     if shards:
-        from pipelines.activation_shards import read_shard
+        from pipelines.activations.shards import read_shard
 
         x = torch.from_numpy(read_shard(shards[0])["acts"][: batch * n_batches])
         source = f"{shards[0]}"

@@ -1,12 +1,12 @@
 """Head to head with SAELens at full training length: same data, order, scale, size, batch and lr.
 
 Two data sets: the tiny run's cached activations (`--run-dir`, 2M activations = two shuffled
-epochs of its 1M training tokens) and planted activations (pipelines/planted.py, the issue-16
+epochs of its 1M training tokens) and planted activations (pipelines/sae/planted.py, the issue-16
 setting: d 512, 1,024 directions, planted L0 10, noise 0.05), where the truth is known and MMCS
 can be scored. Both sides read their batches from benchmarks/peers/same_data.py, so they see
 identical numbers in identical order; each times only its optimizer steps.
 
-Ours is the sae stage's training loop (`pipelines.sae_stage.train_saes`) at SaeConfig's
+Ours is the sae stage's training loop (`pipelines.sae.stage.train_saes`) at SaeConfig's
 defaults (lr decay over the last 20%, AuxK, for l1 the λ warm-up); SAELens' TopK and standard
 (ReLU + L1) SAEs with its trainer at its defaults run in benchmarks/peers/.venv (it needs
 TransformerLens < 4) through benchmarks/peers/saelens_train.py, with the same constant lr, and
@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipelines.config import SaeConfig  # noqa: E402
-from pipelines.sae_stage import train_saes  # noqa: E402
+from pipelines.sae.stage import train_saes  # noqa: E402
 
 PEER_PYTHON = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"
 PLANTED = {"d": 512, "n_features": 1024, "mean_active": 10.0, "noise": 0.05, "seed": 0}
@@ -61,7 +61,7 @@ def ours(job: dict) -> dict:
         return torch.sparse_csr_tensor(codes.crow, codes.cols, codes.vals, codes.shape).to_dense()
 
     scores = data.evaluate(encode, lambda f: f @ sae.W_dec + sae.b_dec, sae.W_dec.detach())
-    return {"peer": f"ours {job['recipe']} (pipelines/sae_training.py)", "d_sae": job["d_sae"], "steps": data.steps,
+    return {"peer": f"ours {job['recipe']} (pipelines/sae/autoencoder.py)", "d_sae": job["d_sae"], "steps": data.steps,
             "batch": data.batch,
             "activations_per_s": data.steps * data.batch / (info["train_seconds"] - data.data_seconds), **scores}
 

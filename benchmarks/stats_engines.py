@@ -1,6 +1,6 @@
 """The stats stage on Ray (`stats.engine = "ray"`) against the in-process engine, same run.
 
-Reruns only the stats stage (`pipelines.stats.run`) of a run folder, into scratch stores,
+Reruns only the stats stage (`pipelines.stats.stage.run`) of a run folder, into scratch stores,
 once per engine, and prints each one's tokens/s and the ratio ray / local, after checking
 the two stores are byte-identical (the engine's contract). Ray is started once before the
 timed run, with one CPU per worker (its start-up, several seconds, is printed apart). The
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from pipelines import stats
+    from pipelines.stats import stage as stats
     from pipelines.config import StatsConfig, build_config
 
     run_dir = Path(args.run_dir)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.probe import matmul_gflops  # noqa: E402
 from feature_store import study_store  # noqa: E402
-from pipelines import universality  # noqa: E402
-from pipelines.study import RUNS, STUDY_FILE  # noqa: E402
-from pipelines.study_config import UniversalityConfig  # noqa: E402
+from pipelines.universality import stage as universality  # noqa: E402
+from pipelines.study.runner import RUNS, STUDY_FILE  # noqa: E402
+from pipelines.study.config import UniversalityConfig  # noqa: E402
 
 TARGET_S = 30.0
 

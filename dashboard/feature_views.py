@@ -192,7 +192,7 @@ DECODER_COSINE = "decoder cosine: the same direction in the MLP's activations"
 
 def related_lists(record: FeatureRecord) -> list[RelatedList]:
     """The page's lists of nearby units, own dictionary first, then the other SAEs, then the
-    neurons. How the stats stage measures each (pipelines/stats.py, directions.py):
+    neurons. How the stats stage measures each (pipelines/stats/stage.py, directions.py):
 
     - SAE to SAE: cosine of decoder directions in the MLP's activation space (d_mlp).
     - SAE feature to neurons, two different numbers, hence two lists: "made of" is the same

@@ -27,8 +27,8 @@ ROOT = APP.parent.parent
 # What the pages import, torch-free (the prompt explorer's `prompt_views` loads the model).
 PAGE_MODULES = ("plotly.io", "dashboard.browser_views", "dashboard.charts",
                 "dashboard.compare_views", "dashboard.feature_views", "dashboard.light_plotly",
-                "dashboard.results_views", "dashboard.run_views", "dashboard.score_views",
-                "dashboard.splitting_views", "dashboard.study_views", "dashboard.url_state")
+                "dashboard.results_views", "dashboard.overview_views", "dashboard.score_views",
+                "dashboard.splitting_views", "dashboard.universality_views", "dashboard.url_state")
 
 
 def warm() -> str:

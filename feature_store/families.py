@@ -1,6 +1,6 @@
 """Feature families: the connected groups that split edges join across dictionary sizes.
 
-Which edges exist is the stats stage's decision (`pipelines/splitting.py`); this module only
+Which edges exist is the stats stage's decision (`pipelines/stats/splitting.py`); this module only
 groups them, so every store derives families the same way from whatever edges it holds.
 Nodes are global ids (a dictionary's offset in dictionary order plus the feature index), so
 sorting nodes sorts by dictionary, then index.

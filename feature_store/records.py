@@ -2,7 +2,7 @@
 
 This is the contract between the stats stage (which fills it through `StoreWriter`) and the
 dashboard (which reads it through `FeatureStore`). Text fields hold the tokenizer's display
-form (spaces as `·`, newlines as `↵`, see `pipelines/tokenizer.py`) and are *unescaped*
+form (spaces as `·`, newlines as `↵`, see `pipelines/data/tokenizer.py`) and are *unescaped*
 corpus text: the dashboard escapes them at the last step before HTML.
 
 Sign conventions:

@@ -70,7 +70,7 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     `decoder_cosine`, `containment` (share of b's activation energy Σ b² on tokens where a
     fires), `family_id` (the connected group the edge belongs to). Each feature of the larger
     dictionary has at most one edge to the next smaller size (its parent), so families are
-    trees; `pipelines/splitting.py` says when an edge is drawn.
+    trees; `pipelines/stats/splitting.py` says when an edge is drawn.
 
 `families.parquet` — members of each family (a connected group of split edges)
     `family_id`, `dictionary`, `index`; sorted by family, then dictionary order, then index.
@@ -149,7 +149,7 @@ store/
 
 Explanations (issue 13), `store/explanations/`, written by the interp stage after the rest
 ------------------------------------------------------------------------------------------
-The interp stage (`pipelines/interp.py`) explains every unit from *training-split* examples
+The interp stage (`pipelines/interp/stage.py`) explains every unit from *training-split* examples
 and scores the explanation on *held-out validation* examples; it writes into the store
 folder afterwards, so the folder is absent until interp has run (the reader then returns
 None) and is removed whenever the stats stage rebuilds the store:
@@ -180,7 +180,7 @@ store/explanations/
     `n_detection_neighbour`, `n_logit_tokens`; controls, float32: `shuffled_sim_top_random`,
     `shuffled_detection`, `shuffled_logits` (the unit scored with another unit's
     explanation), `single_token` string and `single_token_sim_top_random`,
-    `single_token_detection` (its best single-token explanation). `pipelines/interp_scoring.py`
+    `single_token_detection` (its best single-token explanation). `pipelines/interp/scoring.py`
     defines every score.
 """
 

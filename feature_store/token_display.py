@@ -10,7 +10,7 @@ break the line like a newline) is written as its Python escape (`\\x00`, `\\u202
 invisible. The categories come from `unicodedata`, not from a hand list, so a character added
 by a later Unicode version is covered when Python's tables are.
 
-`pipelines.tokenizer` writes display forms with this rule (spaces as `·`); the dashboard applies
+`pipelines.data.tokenizer` writes display forms with this rule (spaces as `·`); the dashboard applies
 it again to whatever a store holds (`dashboard/token_html.py`), so a store written before the
 rule, or by other code, still shows nothing raw.
 """

@@ -1,8 +1,11 @@
-"""Offline pipelines: corpus -> tokenizer -> tokens -> model -> activations -> sae -> stats.
+"""Offline pipelines: corpus -> tokenizer -> tokens -> model -> activations -> sae -> stats -> interp.
 
-Each stage is a module with `run(cfg, run_dir, out)` that reads earlier stages' outputs from
-the run folder and writes its own through `pipelines.run_folder`; `pipelines.runner` holds
-the stage graph and the skip/resume rules, `python -m pipelines --help` the command line.
-The stats stage writes the feature store through `feature_store.writer` (its parts:
-`sampling`, `ablation`, `splitting`, `directions`; see `pipelines/stats.py`).
+The tree is the data flow: `data/` (corpus, tokenizer, tokens), then one package per later
+stage, each with its entry in `stage.py`: `model/`, `activations/`, `sae/`, `stats/`,
+`interp/`; a study adds `universality/` over several runs (`study/`). A stage exposes
+`run(cfg, run_dir, out)`, reads earlier stages' outputs from the run folder and writes only
+into `out`. The small core beside the packages: `runner` (the stage graph and the
+skip/resume rules), `run_folder` (manifest, staging, locks), `config` (one frozen config per
+stage), `cli` (`python -m pipelines --help`), `devices`, `distributed`, `progress`, `errors`.
+The stats stage writes the feature store through `feature_store.writer`.
 """

@@ -18,9 +18,9 @@ from pipelines.config import load_config
 from pipelines.errors import PipelineError
 from pipelines.run_folder import Manifest
 from pipelines.runner import STAGE_NAMES, run_pipeline, stage_table
-from pipelines.sae_stage import metrics_table
-from pipelines.study import STUDY_STAGES, is_study, run_study, study_status
-from pipelines.study_config import load_study
+from pipelines.sae.stage import metrics_table
+from pipelines.study.runner import STUDY_STAGES, is_study, run_study, study_status
+from pipelines.study.config import load_study
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
 
     study = sub.add_parser("study", help="several variants on the same tokens, and universality "
-                                         "between them (pipelines/study.py)")
+                                         "between them (pipelines/study/runner.py)")
     config_args(study)
     study.add_argument("--study-dir", help="the study folder (default: runs/<preset>-study)")
     study.add_argument("--force", action="append", default=[],

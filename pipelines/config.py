@@ -156,11 +156,11 @@ class SaeConfig:
     per token (‖d_i‖ = 1 for l1-unit, so both L1 recipes read λ the same way). Because the
     inputs are normalised, a λ does not depend on the activations' units; it still trades
     reconstruction for sparsity differently on different data, so `target_l0` asks for a
-    sparsity instead: λ is then calibrated during training (pipelines/sae_calibration.py).
+    sparsity instead: λ is then calibrated during training (pipelines/sae/calibration.py).
     """
 
     dict_sizes: tuple[int, ...] = (512, 1024, 2048)
-    recipe: str = "topk"  # topk | l1 | l1-unit (see pipelines/sae_training.py)
+    recipe: str = "topk"  # topk | l1 | l1-unit (see pipelines/sae/autoencoder.py)
     k: int = 24  # topk: active features per token
     l1_coefficient: float = 5.0  # l1, l1-unit: λ (Anthropic 2024's value on this scale)
     target_l0: float = 0.0  # l1, l1-unit: calibrate λ so L0 ≈ this (0: keep l1_coefficient)
@@ -210,7 +210,7 @@ class SaeConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """The statistics pass behind the feature store (see `pipelines/stats.py` and the modules
+    """The statistics pass behind the feature store (see `pipelines/stats/stage.py` and the modules
     it names).
 
     Defaults follow Towards Monosemanticity's dashboards: 11 intervals (fixed by the store
@@ -231,7 +231,7 @@ class StatsConfig:
     n_neighbours: int = 10  # nearest features (same dictionary) and counterparts (others)
     n_aligned_neurons: int = 5
     split_candidates: int = 3  # decoder-cosine candidates per feature for splitting edges
-    # A splitting edge parent -> child needs all three (pipelines/splitting.py says why):
+    # A splitting edge parent -> child needs all three (pipelines/stats/splitting.py says why):
     split_min_decoder_cosine: float = 0.5  # cosine of the two decoder directions
     split_min_containment: float = 0.7  # share of the child's Σ act² where the parent fires
     split_min_activation_cosine: float = 0.4  # activation cosine over the child's tokens
@@ -240,7 +240,7 @@ class StatsConfig:
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"
     seed: int = 0
-    # Where passes 1-3 run (pipelines/stats_ray.py; README "Statistics on Ray"): "local" in
+    # Where passes 1-3 run (pipelines/stats/ray_engine.py; README "Statistics on Ray"): "local" in
     # this process, or "ray": one Ray worker per CPU over the activation shards, same store.
     # how the pass runs, not what it computes (the engines write identical stores): left out
     # of the stage's config hash, so switching engine does not make the store stale
@@ -275,7 +275,7 @@ class StatsConfig:
 
 @dataclass(frozen=True)
 class InterpConfig:
-    """Automated interpretability (issue 13; `pipelines/interp.py`): explain every unit from
+    """Automated interpretability (issue 13; `pipelines/interp/stage.py`): explain every unit from
     training-split examples, score the explanation on held-out validation examples.
 
     Defaults: the explain pass reads ~131k training tokens (it is most of the stage's time;
@@ -284,7 +284,7 @@ class InterpConfig:
     explainer its base rates and the random-only simulation score its data.
     """
 
-    explainer: str = "token-patterns"  # token-patterns (offline) | llm (pipelines/interp_llm.py)
+    explainer: str = "token-patterns"  # token-patterns (offline) | llm (pipelines/interp/llm.py)
     explain_tokens: int = 131_072  # training tokens the explain pass covers (whole sequences)
     batch_tokens: int = 8192
     top_k: int = 20  # top training windows per unit to explain from
@@ -351,7 +351,7 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in fields(RunConfig)}  # type: ignore[misc]
-# Read only by `python -m pipelines study` (pipelines/study_config.py); a plain run ignores them,
+# Read only by `python -m pipelines study` (pipelines/study/config.py); a plain run ignores them,
 # so one preset serves both.
 STUDY_SECTIONS = ("variants", "universality")
 

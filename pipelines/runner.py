@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feature_store.errors import StoreError
-from pipelines import (activations, corpus, distributed, interp, model_training, sae_stage, stats,
-                       tokenizer, tokens)
+from pipelines import distributed
+from pipelines.activations import stage as activations
+from pipelines.data import corpus, tokenizer, tokens
+from pipelines.interp import stage as interp
+from pipelines.model import stage as model
+from pipelines.sae import stage as sae
+from pipelines.stats import stage as stats
 from pipelines.config import RunConfig, build_config, config_hash
 from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.run_folder import (Manifest, ManifestEntry, clean_leftovers, hash_folder,
@@ -69,9 +74,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("corpus", (), corpus),
     Stage("tokenizer", ("corpus",), tokenizer),
     Stage("tokens", ("corpus", "tokenizer"), tokens),
-    Stage("model", ("tokenizer", "tokens"), model_training),
+    Stage("model", ("tokenizer", "tokens"), model),
     Stage("activations", ("tokens", "model"), activations),
-    Stage("sae", ("activations",), sae_stage),
+    Stage("sae", ("activations",), sae),
     Stage("stats", ("tokenizer", "tokens", "model", "activations", "sae"), stats, folder="store"),
     # Writes store/explanations/ inside the stats stage's folder: a stats rebuild replaces the
     # store (and so removes it), and interp, downstream of stats, is rebuilt after it.

@@ -52,8 +52,8 @@ def study_raw(**variants: dict) -> dict:
 @pytest.fixture(scope="session")
 def mini_study(tmp_path_factory) -> tuple[Path, list[str]]:
     """A complete two-run mini study folder and its log; tests must not modify it."""
-    from pipelines.study import run_study
-    from pipelines.study_config import build_study
+    from pipelines.study.runner import run_study
+    from pipelines.study.config import build_study
 
     study_dir = tmp_path_factory.mktemp("study") / "s"
     lines: list[str] = []

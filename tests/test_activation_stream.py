@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from pipelines.activation_shards import ActivationStream, read_shard, shard_paths
+from pipelines.activations.shards import ActivationStream, read_shard, shard_paths
 
 
 def test_each_row_once_per_epoch_as_stored(mini_run):

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import CorpusConfig
-from pipelines.corpus import collect, normalise
+from pipelines.data.corpus import collect, normalise
 from pipelines.errors import InputError
 
 LONG = "x" * 100
@@ -63,7 +63,7 @@ def test_normalise():
     ("missing", None, "does not exist"),
 ])
 def test_bad_corpus_is_a_clear_error(tmp_path: Path, name, content, fragment):
-    from pipelines.corpus import run
+    from pipelines.data.corpus import run
 
     path = tmp_path if name is None else tmp_path / name
     if content is not None:

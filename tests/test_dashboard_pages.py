@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import compare_views, feature_views, light_plotly, run_views
+from dashboard import compare_views, feature_views, light_plotly, overview_views
 from feature_store import FeatureStore
 from feature_store.records import N_INTERVALS, Neighbour
 from feature_store.synthetic import build_synthetic_store
@@ -62,11 +62,11 @@ def test_overview(app):
 def test_overview_table_formats_escapes_and_skips_missing_columns():
     table = pd.DataFrame({"dictionary": ["<b>x</b>"], "n_features": [16384], "fvu": [float("nan")],
                           "ce_loss_recovered": [0.9751], "recipe": ["topk"]})
-    shown = run_views.metrics_table_html(table)
+    shown = overview_views.metrics_table_html(table)
     assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>" not in shown
     assert ">16,384<" in shown and ">97.5%<" in shown and ">–<" in shown  # NaN FVU
     assert "L0" not in shown and "KL" not in shown  # columns this store lacks
-    counts = run_views.metrics_table_html(table.assign(n_ultralow=[3], n_dense=[1]))
+    counts = overview_views.metrics_table_html(table.assign(n_ultralow=[3], n_dense=[1]))
     assert 'title="features with density below 1e-5"' in counts  # from schema's thresholds
     assert 'title="features with density above 0.1"' in counts
 

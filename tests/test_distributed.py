@@ -62,7 +62,7 @@ def _sae_config(recipe: str) -> SaeConfig:
 
 
 def _train(recipe: str) -> dict[str, torch.Tensor]:
-    from pipelines import sae_stage
+    from pipelines.sae import stage as sae_stage
 
     make = sae_stage.make_sae
 
@@ -108,14 +108,15 @@ def test_two_ranks_train_an_sae_to_one_process_weights(recipe, tmp_path):
 
 
 def _fresh_decoder(recipe: str) -> torch.Tensor:
-    from pipelines.sae_stage import make_sae
+    from pipelines.sae.stage import make_sae
 
     return make_sae(_sae_config(recipe), D_IN, 48, 0, torch.zeros(D_IN), "cpu").W_dec.detach()
 
 
 def _model_worker(rank: int, size: int, port: int, run_dir: str, out: str) -> None:
     _join(rank, size, port)
-    from pipelines import distributed, model_training
+    from pipelines import distributed
+    from pipelines.model import stage as model_training
 
     try:
         Path(out).mkdir(exist_ok=True)
@@ -129,7 +130,7 @@ def _model_cfg():
 
 
 def test_two_ranks_train_the_model_to_one_process_weights(mini_run, tmp_path):
-    from pipelines import model_training
+    from pipelines.model import stage as model_training
 
     _spawn(_model_worker, str(mini_run), str(tmp_path / "ddp"))
     (tmp_path / "one").mkdir()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from feature_store import schema
-from pipelines.activation_shards import count_rows, read_shard, shard_paths
+from pipelines.activations.shards import count_rows, read_shard, shard_paths
 
 PER_DICTIONARY = (schema.FEATURES, schema.EXAMPLES, schema.LOGITS, schema.NEIGHBOURS)
 

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from pipelines.interp_explainer import RANDOM, Windows
-from pipelines.interp_llm import (AnswerCache, LlmClient, LlmError, ask_all, parse_answer,
+from pipelines.interp.explainer import RANDOM, Windows
+from pipelines.interp.llm import (AnswerCache, LlmClient, LlmError, ask_all, parse_answer,
                                   patterns_from_answers, unit_prompts)
 
 ANSWER = {"explanation": "the token def", "tokens": ["def"], "after": ["·"], "next": ["("]}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.interp_explainer import (NEIGHBOUR, RANDOM, Windows, describe, fit_patterns,
+from pipelines.interp.explainer import (NEIGHBOUR, RANDOM, Windows, describe, fit_patterns,
                                         pearson_by_unit, simulate, single_token)
-from pipelines.interp_scoring import derangement, logit_auc, score
+from pipelines.interp.scoring import derangement, logit_auc, score
 
 V, W = 50, 9  # vocab, window width
 CENTRE = 6

@@ -10,16 +10,16 @@ import pytest
 from feature_store import schema
 from feature_store.store import FeatureStore
 from pipelines.config import InterpConfig
-from pipelines.interp_sets import check_disjoint, explain_windows, score_windows
-from pipelines.tokens import read_sequences
+from pipelines.interp.sets import check_disjoint, explain_windows, score_windows
+from pipelines.data.tokens import read_sequences
 
 
 @pytest.fixture(scope="module")
 def sets(mini_run):
     """Both window sets of the miniature run, built the way the stage builds them."""
     from feature_store.transformer_files import load_transformer
-    from pipelines.ablation import model_readout
-    from pipelines.dictionaries import load_dictionaries
+    from pipelines.stats.ablation import model_readout
+    from pipelines.stats.dictionaries import load_dictionaries
 
     model = load_transformer(mini_run / "model", device="cpu")
     n_ctx = int(model.cfg.n_ctx)
@@ -56,7 +56,7 @@ def test_explain_and_score_windows_are_disjoint(sets, mini_run):
 
 def test_disjointness_check_catches_a_shared_sequence(sets):
     from pipelines.errors import InputError
-    from pipelines.interp_explainer import Windows
+    from pipelines.interp.explainer import Windows
 
     train, val, explain, held_out, _ = sets
     name = next(iter(explain))

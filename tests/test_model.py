@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from feature_store.transformer_files import HOOK_POST, load_transformer
-from pipelines.model_training import lr_at, unigram_loss
+from pipelines.model.stage import lr_at, unigram_loss
 from pipelines.config import ModelConfig
 from pipelines.runner import run_pipeline
-from pipelines.tokens import read_sequences
+from pipelines.data.tokens import read_sequences
 from tests.conftest import mini_config
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import pipelines.tokens
+import pipelines.data.tokens
 from pipelines.run_folder import Manifest
 from pipelines.runner import run_pipeline
 from tests.conftest import MINI, mini_config
@@ -65,13 +65,13 @@ def test_a_corpus_edit_reruns_from_the_corpus(tmp_path):
 
 def test_crash_mid_write_leaves_no_output_that_looks_complete(tmp_path, monkeypatch):
     run_dir = tmp_path / "r"
-    real = pipelines.tokens.run
+    real = pipelines.data.tokens.run
 
     def crash(cfg, run_dir, out):
         (out / "train.parquet").write_bytes(b"PAR1 half a file")
         raise KeyboardInterrupt  # what a Ctrl-C or a kill mid-write looks like to the stage
 
-    monkeypatch.setattr(pipelines.tokens, "run", crash)
+    monkeypatch.setattr(pipelines.data.tokens, "run", crash)
     with pytest.raises(KeyboardInterrupt):
         _run(mini_config(), run_dir)
     assert not (run_dir / "tokens").exists()
@@ -79,7 +79,7 @@ def test_crash_mid_write_leaves_no_output_that_looks_complete(tmp_path, monkeypa
     assert "tokens" not in Manifest(run_dir).entries
     assert {"corpus", "tokenizer"} <= set(Manifest(run_dir).entries)
 
-    monkeypatch.setattr(pipelines.tokens, "run", real)
+    monkeypatch.setattr(pipelines.data.tokens, "run", real)
     lines = _run(mini_config(), run_dir)
     assert lines[:2] == [l for l in lines[:2] if "up to date" in l]
     assert lines[2] == "tokens: running (never completed)"

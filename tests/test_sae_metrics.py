@@ -8,9 +8,9 @@ import torch
 
 from feature_store.sae_files import decode, encode, load_sae
 from feature_store.transformer_files import HOOK_POST, load_transformer
-from pipelines.activation_shards import read_shard, shard_paths
-from pipelines.sae_metrics import loss_metrics, reconstruction_metrics
-from pipelines.tokens import read_sequences
+from pipelines.activations.shards import read_shard, shard_paths
+from pipelines.sae.metrics import loss_metrics, reconstruction_metrics
+from pipelines.data.tokens import read_sequences
 
 
 def saes(run):

@@ -1,4 +1,4 @@
-"""The recipes on planted data (pipelines/planted.py): the L1 recipes recover a known dictionary,
+"""The recipes on planted data (pipelines/sae/planted.py): the L1 recipes recover a known dictionary,
 `target_l0` lands where it is asked to, AuxK's gradient is the loss it documents, and the
 generator is what it says (frequencies, determinism, split disjointness)."""
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipelines.config import ConfigError, SaeConfig, build_config
-from pipelines.planted import PlantedData, PlantedSpec, direction_match, score
-from pipelines.sae_calibration import L0Search
-from pipelines.sae_stage import train_saes
-from pipelines.sae_training import SparseAutoencoder
+from pipelines.sae.planted import PlantedData, PlantedSpec, direction_match, score
+from pipelines.sae.calibration import L0Search
+from pipelines.sae.stage import train_saes
+from pipelines.sae.autoencoder import SparseAutoencoder
 
 SMALL = PlantedSpec(d=64, n_features=128, mean_active=5.0, noise=0.05, seed=3)
 
@@ -35,7 +35,7 @@ def train_planted(spec: PlantedSpec, steps: int, batch: int = 1024, **sae):
 
 @pytest.mark.parametrize("recipe", ["l1", "l1-unit"])
 def test_target_l0_calibrates_lambda_to_the_asked_sparsity(recipe):
-    target = SMALL.mean_active  # (at twice the planted L0 the same run lands 11% under: see sae_calibration)
+    target = SMALL.mean_active  # (at twice the planted L0 the same run lands 11% under: see pipelines/sae/calibration.py)
     _, info, s = train_planted(SMALL, steps=300, recipe=recipe, target_l0=target)
     assert abs(s.l0 - target) <= 0.1 * target, (recipe, target, s.l0, info["l1_coefficients"])
     assert info["l1_coefficients"][2 * SMALL.n_features] != pytest.approx(0.25 * (SMALL.d / target) ** 0.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.sae_training import SparseAutoencoder
+from pipelines.sae.autoencoder import SparseAutoencoder
 
 
 def planted(n: int, d: int, m: int, active: int, noise: float, seed: int):
@@ -45,7 +45,7 @@ def autograd_grads(sae: SparseAutoencoder, x: torch.Tensor, l1: float):
 @pytest.mark.parametrize("dense_above", [2.0, 0.0])  # CSR products always / dense codes always
 @pytest.mark.parametrize("recipe", ["topk", "l1", "l1-unit"])
 def test_sparse_gradients_equal_autograd(recipe, dense_above, monkeypatch):
-    monkeypatch.setattr("pipelines.sae_training.DENSE_ABOVE", dense_above)
+    monkeypatch.setattr("pipelines.sae.autoencoder.DENSE_ABOVE", dense_above)
     x, _ = planted(512, 32, 48, 3, 0.05, 0)
     sae = SparseAutoencoder(32, 96, recipe, k=6, l1_coefficient=0.3, dead_window=10**9,
                             grad_clip=1e9, b_dec_init=x.mean(0), seed=1)

@@ -1,4 +1,4 @@
-"""Feature-splitting edges (`pipelines/splitting.py`): each measure against brute force, and
+"""Feature-splitting edges (`pipelines/stats/splitting.py`): each measure against brute force, and
 the criterion on a synthetic dictionary with planted splits.
 
 Codes go through the real statistics pass (identity "encoders" over the concatenated codes of
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pipelines.config import StatsConfig
-from pipelines.dictionaries import Dictionary
-from pipelines.directions import normalized_rows
-from pipelines.splitting import SplitCriterion, split_edges
+from pipelines.stats.dictionaries import Dictionary
+from pipelines.stats.directions import normalized_rows
+from pipelines.stats.splitting import SplitCriterion, split_edges
 from tests.test_stats import _codes, _run
 
 ANY = SplitCriterion(min_activation_cosine=0.0, min_decoder_cosine=-1.0, min_containment=0.0)

@@ -14,11 +14,12 @@ import torch
 from feature_store.records import N_INTERVALS
 from feature_store.sae_files import SaeSpec, active_entries, encode
 from feature_store.transformer_files import HOOK_POST, build_transformer, transformer_spec
-from pipelines import ablation, sampling, stats
-from pipelines.activation_shards import SequenceBatch
+from pipelines.stats import ablation, sampling
+from pipelines.stats import stage as stats
+from pipelines.activations.shards import SequenceBatch
 from pipelines.config import StatsConfig
-from pipelines.dictionaries import Dictionary
-from pipelines.directions import nearest, normalized_rows
+from pipelines.stats.dictionaries import Dictionary
+from pipelines.stats.directions import nearest, normalized_rows
 
 N_CTX = 9  # 8 cached positions per sequence
 

@@ -1,4 +1,4 @@
-"""The Ray statistics engine (`stats.engine = "ray"`, `pipelines/stats_ray.py`) writes the
+"""The Ray statistics engine (`stats.engine = "ray"`, `pipelines/stats/ray_engine.py`) writes the
 same store as the local engine: every Parquet table byte for byte and the manifest but
 `created_at`.
 
@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines import sampling, stats
-from pipelines.activation_shards import sequence_batches, shard_paths
+from pipelines.stats import sampling
+from pipelines.stats import stage as stats
+from pipelines.activations.shards import sequence_batches, shard_paths
 from pipelines.config import StatsConfig, build_config
-from pipelines.stats_shards import part_batches, split_parts
+from pipelines.stats.parts import part_batches, split_parts
 from tests.conftest import mini_config
 
 N_CTX = 32  # the mini run's
@@ -164,7 +165,7 @@ def test_engine_setting_and_lazy_import():
     with pytest.raises(ValueError, match="stats.engine"):
         build_config({"stats": {"engine": "spark"}}, "test")
     import subprocess
-    code = "import sys, pipelines.runner, pipelines.stats; print('ray' in sys.modules)"
+    code = "import sys, pipelines.runner, pipelines.stats.stage; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "False"

@@ -20,8 +20,8 @@ from feature_store.records import NEURONS, NEURONS_PRE_LN
 from feature_store.sae_files import encode, load_sae
 from feature_store.store import FeatureStore
 from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN, load_transformer
-from pipelines.activation_shards import read_shard, shard_paths
-from pipelines.tokens import read_sequences
+from pipelines.activations.shards import read_shard, shard_paths
+from pipelines.data.tokens import read_sequences
 
 FEATURES_PER_DICTIONARY = 6  # the busiest ones: many examples, many active window cells
 

@@ -11,15 +11,15 @@ import torch
 
 from feature_store.study_store import StudyStore, is_study_store
 from feature_store.transformer_files import load_transformer
-from pipelines.ablation import logit_weights, model_readout
-from pipelines.activation_shards import read_shard, shard_paths
+from pipelines.stats.ablation import logit_weights, model_readout
+from pipelines.activations.shards import read_shard, shard_paths
 from pipelines.config import build_config
-from pipelines.dictionaries import load_dictionaries
+from pipelines.stats.dictionaries import load_dictionaries
 from pipelines.errors import ConfigError, InputError
 from pipelines.run_folder import Manifest
-from pipelines.study import run_study, study_status
-from pipelines.study_config import build_study
-from pipelines.universality import check_same_tokens
+from pipelines.study.runner import run_study, study_status
+from pipelines.study.config import build_study
+from pipelines.universality.stage import check_same_tokens
 from tests.conftest import MINI, study_raw
 
 
@@ -95,7 +95,7 @@ def test_best_matches_equal_brute_force_corrcoef(mini_study):
     study = StudyStore.open(study_dir)
     assert is_study_store(study_dir) and study.variants() == ["solu", "gelu"]
     # the matches below came from the sae stage's kept held-out codes, not a re-encoding
-    from pipelines.universality import _Variant
+    from pipelines.universality.stage import _Variant
     assert set(_Variant("solu", study_dir / "runs" / "solu", "cpu").cached) == {"sae_64", "sae_128"}
     solu, gelu = dense_codes(study_dir / "runs" / "solu"), dense_codes(study_dir / "runs" / "gelu")
     for name in ("neurons", "sae_64", "sae_128"):

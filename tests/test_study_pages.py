@@ -84,7 +84,7 @@ def test_universality_bad_urls(study_app, params, message):
 
 
 def test_universality_on_a_single_run_says_how_to_build_a_study(mini_run, monkeypatch, tmp_path):
-    from pipelines.stats import run as _  # noqa: F401 - the mini run has a store
+    from pipelines.stats.stage import run as _  # noqa: F401 - the mini run has a store
     monkeypatch.setenv("FEATURE_STORE", str(mini_run / "store"))
     at = open_page(links.UNIVERSALITY)
     assert "python -m pipelines study" in "\n".join(c.value for c in at.code)

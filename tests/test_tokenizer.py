@@ -1,5 +1,5 @@
 from pipelines.config import TokenizerConfig
-from pipelines.tokenizer import BOS, EOT, display_form, piece_bytes, train, vocab_table
+from pipelines.data.tokenizer import BOS, EOT, display_form, piece_bytes, train, vocab_table
 
 
 def test_display_form_shows_whitespace_and_bad_bytes():

@@ -8,7 +8,7 @@ import pytest
 from pipelines.config import TokensConfig
 from pipelines.errors import ConfigError
 from pipelines.runner import run_pipeline
-from pipelines.tokens import (choose_held_out, hash_position, is_validation, pack,
+from pipelines.data.tokens import (choose_held_out, hash_position, is_validation, pack,
                              read_sequences, split_documents)
 from tests.conftest import mini_config
 

@@ -1,11 +1,11 @@
 """The data both sides of the SAELens head-to-head train on: same rows, same order, same scale.
 
 Loaded by path from both virtualenvs (ours and benchmarks/peers/.venv, which has SAELens and
-TransformerLens < 4), so it imports only numpy, pyarrow and torch, and pipelines/planted.py by
+TransformerLens < 4), so it imports only numpy, pyarrow and torch, and pipelines/sae/planted.py by
 path (that file imports only torch).
 
 A job is a dict (JSON on the command line of the peer script):
-    data     "run" (a run folder's cached activations) or "planted" (pipelines/planted.py)
+    data     "run" (a run folder's cached activations) or "planted" (pipelines/sae/planted.py)
     run_dir  for "run"
     spec     for "planted": PlantedSpec fields
     samples  training activations (whole batches; "run" data repeats in fresh permutations

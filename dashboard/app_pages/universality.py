@@ -3,12 +3,12 @@
 Only a study has it (several runs on the same tokens); a single run's server says how to
 build one."""
 
-from dashboard import study_views, url_state
+from dashboard import universality_views, url_state
 
-root = study_views.study()
+root = universality_views.study()
 if root is None:
     url_state.require_store()
-    study_views.not_a_study()
+    universality_views.not_a_study()
 else:
     url_state.require_store()
-    study_views.universality_page(root, url_state.chosen_run(root))
+    universality_views.universality_page(root, url_state.chosen_run(root))

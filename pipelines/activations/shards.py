@@ -1,0 +1,195 @@
+"""Reading the activation cache: `activations/{train,val}-NNNNN.parquet` (written by the
+activations stage; layout in `pipelines/activations/stage.py`).
+
+Two readers over one decoder (`_acts_matrix`), because their callers want opposite orders:
+- `ActivationStream`: shuffled batches of single tokens across shards, for SAE training;
+- `sequence_batches`: whole sequences in stored order, for the statistics pass, which needs
+  each token's sequence id and position (example windows, ablation) and must see the same
+  batches on every pass.
+Any unreadable shard is an `InputError` naming the file and the stage that rebuilds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipelines.errors import InputError
+
+_REBUILD = "rerun with --force activations"
+
+
+def shard_paths(folder: Path, split: str) -> list[Path]:
+    paths = sorted(folder.glob(f"{split}-*.parquet"))
+    if not paths:
+        raise InputError(f"{folder}: no {split} activation shards; {_REBUILD}")
+    return paths
+
+
+def count_rows(folder: Path, split: str) -> int:
+    """Cached tokens of a split, from the shards' footers (no data read)."""
+    total = 0
+    for path in shard_paths(folder, split):
+        try:
+            total += pq.read_metadata(path).num_rows
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+    return total
+
+
+PRE_LN = "acts_pre_ln"  # the optional second activation column (see pipelines/activations/stage.py)
+
+
+def has_pre_ln(folder: Path, split: str) -> bool:
+    """Every shard of the split holds `acts_pre_ln` (from its footer; no data read)."""
+    for path in shard_paths(folder, split):
+        try:
+            if PRE_LN not in pq.read_schema(path).names:
+                return False
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+    return True
+
+
+def _acts_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarray:
+    """The fixed-size-list `acts` column as [rows, d_mlp] (stored float16, cast to `dtype`)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    d = column.type.list_size
+    parts = [c.flatten().to_numpy().reshape(-1, d) for c in chunks]
+    out = np.concatenate(parts) if parts else np.zeros((0, d), np.float16)
+    return out.astype(dtype, copy=False)
+
+
+def read_shard(path: Path, columns=("acts",), acts_dtype=np.float32) -> dict[str, np.ndarray]:
+    """Columns of one shard as numpy; `acts` (and `acts_pre_ln`) as [rows, d_mlp] in
+    `acts_dtype` (float32 unless a caller wants the stored float16)."""
+    try:
+        table = pq.read_table(path, columns=list(columns))
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+    return {name: (_acts_matrix(table.column(name), acts_dtype) if name in ("acts", PRE_LN)
+                   else table.column(name).to_numpy()) for name in columns}
+
+
+class ActivationStream:
+    """Shuffled float32 batches across shards; memory bounded by `buffer_tokens`, not the cache.
+
+    Shards are visited in a seeded random order; rows enter a buffer, which is shuffled, and
+    the first half is emitted while the second half stays to mix with the next shards. The
+    buffer stays in the stored float16 (its concatenations and shuffles move half the bytes;
+    they were 17% of the tiny preset's SAE training time in float32); each batch is converted
+    to float32 as it leaves."""
+
+    def __init__(self, folder: Path, split: str, batch_size: int, buffer_tokens: int, seed: int):
+        self.paths = shard_paths(folder, split)
+        self.batch_size, self.buffer_tokens, self.seed = batch_size, buffer_tokens, seed
+
+    def epoch(self, epoch: int = 0) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        buffer = np.zeros((0, 0), np.float16)
+        for path in (self.paths[i] for i in rng.permutation(len(self.paths))):
+            acts = read_shard(path, acts_dtype=np.float16)["acts"]
+            buffer = acts if buffer.size == 0 else np.concatenate([buffer, acts])
+            if len(buffer) < self.buffer_tokens:
+                continue
+            buffer = buffer[rng.permutation(len(buffer))]
+            emit = (len(buffer) // 2 // self.batch_size) * self.batch_size
+            for i in range(0, emit, self.batch_size):
+                yield buffer[i: i + self.batch_size].astype(np.float32)
+            buffer = buffer[emit:]
+        buffer = buffer[rng.permutation(len(buffer))]
+        for i in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
+            yield buffer[i: i + self.batch_size].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Whole sequences of cached activations, in stored order."""
+
+    seq_ids: torch.Tensor  # [S] int64, rows of tokens/<split>.parquet
+    x: torch.Tensor  # [S * (n_ctx - 1), d_mlp] float32, positions 1..n_ctx-1 of each sequence
+    pre_ln: torch.Tensor | None = None  # the same tokens' `acts_pre_ln`, when asked for
+
+    def acts(self, column: str) -> torch.Tensor:
+        """The batch's values of one shard column: `acts` or `acts_pre_ln`."""
+        if column == "acts":
+            return self.x
+        if column == PRE_LN and self.pre_ln is not None:
+            return self.pre_ln
+        raise ValueError(f"this batch was read without {column!r}")
+
+
+def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
+                     max_tokens: int, device: str,
+                     pre_ln: bool = False) -> Iterator[SequenceBatch]:
+    """Whole sequences in shard order, `batch_tokens // (n_ctx-1)` sequences at a time,
+    stopping after `max_tokens` tokens (whole sequences; 0 = all); with `pre_ln`, each batch
+    also carries `acts_pre_ln`."""
+    per_seq = n_ctx - 1
+    max_seqs = max(1, max_tokens // per_seq) if max_tokens > 0 else None
+    done = 0
+    for path in shard_paths(act_dir, split):
+        for batch in shard_batches(path, n_ctx, batch_tokens, device, max_seqs, done, pre_ln):
+            done += len(batch.seq_ids)
+            yield batch
+        if max_seqs is not None and done >= max_seqs:
+            return
+
+
+def shard_batches(path: Path, n_ctx: int, batch_tokens: int, device: str,
+                  max_seqs: int | None = None, done: int = 0,
+                  pre_ln: bool = False) -> Iterator[SequenceBatch]:
+    """One shard's part of `sequence_batches`: its whole sequences in stored order, stopping
+    once `done` sequences before it plus those read reach `max_seqs` (None = no limit)."""
+    per_seq = n_ctx - 1
+    seqs_per_batch = max(1, batch_tokens // per_seq)
+    try:
+        pf = pq.ParquetFile(path)
+        pending: list[pa.RecordBatch] = []
+        for rb in pf.iter_batches(batch_size=seqs_per_batch * per_seq,
+                                  columns=["seq_id", "position", "acts"]
+                                  + ([PRE_LN] if pre_ln else [])):
+            pending.append(rb)
+            rows = sum(b.num_rows for b in pending)
+            if rows < seqs_per_batch * per_seq:
+                continue
+            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
+            done += rows // per_seq
+            pending = []
+            if max_seqs is not None and done >= max_seqs:
+                return
+        if pending:
+            yield from _whole_sequences(pending, path, per_seq, device, max_seqs, done)
+    except (OSError, ValueError) as err:  # pyarrow's errors are ValueErrors too
+        raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+
+
+def _whole_sequences(pending: list[pa.RecordBatch], path: Path, per_seq: int, device: str,
+                     max_seqs: int | None, done: int) -> Iterator[SequenceBatch]:
+    seq_id = np.concatenate([b.column("seq_id").to_numpy() for b in pending]).astype(np.int64)
+    position = np.concatenate([b.column("position").to_numpy() for b in pending])
+    acts = np.concatenate([_acts_matrix(b.column("acts"), np.float16) for b in pending])
+    pre = (np.concatenate([_acts_matrix(b.column(PRE_LN), np.float16) for b in pending])
+           if PRE_LN in pending[0].schema.names else None)
+    if seq_id.size % per_seq or not (
+            np.all(seq_id.reshape(-1, per_seq) == seq_id[::per_seq, None])
+            and np.all(position.reshape(-1, per_seq) == np.arange(1, per_seq + 1))):
+        raise InputError(f"{path}: rows are not whole sequences of positions 1..{per_seq}; "
+                         f"{_REBUILD}")
+    seq_ids = seq_id[::per_seq]
+    if max_seqs is not None:
+        keep = max(0, min(len(seq_ids), max_seqs - done))
+        seq_ids, acts = seq_ids[:keep], acts[: keep * per_seq]
+        pre = pre[: keep * per_seq] if pre is not None else None
+    if len(seq_ids):
+        x = torch.from_numpy(acts.astype(np.float32)).to(device)
+        x_pre = torch.from_numpy(pre.astype(np.float32)).to(device) if pre is not None else None
+        if not torch.isfinite(x).all() or (x_pre is not None and not torch.isfinite(x_pre).all()):
+            raise InputError(f"{path}: activation is NaN or Inf; {_REBUILD}")
+        yield SequenceBatch(torch.from_numpy(seq_ids).to(device), x, x_pre)

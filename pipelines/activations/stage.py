@@ -1,0 +1,114 @@
+"""activations stage: cache `blocks.0.mlp.hook_post` for every non-BOS token.
+
+Files: `activations/{train,val}-NNNNN.parquet`, each at most `shard_tokens` rows, columns
+`seq_id` (int32, row of tokens/<split>.parquet), `position` (int16, 1..n_ctx-1), `token_id`
+(int32) and `acts` (fixed-size list of d_mlp float16: half the bytes of float32, and the SAE
+loss is insensitive to the ~1e-3 relative rounding). BOS (position 0) is skipped: its
+activation is the same constant in every sequence and would dominate any dictionary.
+
+The training split is a seeded random subset of training sequences of at most `max_tokens`
+tokens; validation is cached whole, for honest held-out SAE metrics and feature statistics.
+For a model whose MLP normalises before W_out (SoLU's `solu_ln`), validation shards have one
+more column, `acts_pre_ln` (same layout, `blocks.0.mlp.ln.hook_in`: the SoLU output before
+that LayerNorm), from the same forward pass: the statistics pass summarises it as the
+`neurons_pre_ln` dictionary. Training shards never hold it (nothing trains on it).
+`pipelines/activations/shards.py` reads the shards back.
+
+Under torchrun, rank r caches shards r, r+N, ... of each split into the one staging folder
+(same names, same contents as one process would write).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from feature_store.transformer_files import (HOOK_POST, HOOK_PRE_LN, capture_many,
+                                              has_mid_ln, load_transformer)
+from pipelines import distributed, progress
+from pipelines.config import ActivationsConfig
+from pipelines.errors import InputError
+from pipelines.devices import pick_device
+from pipelines.data.tokens import read_sequences
+
+_WRITE = dict(use_dictionary=False, write_statistics=False, compression="none")
+
+
+def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id: np.ndarray,
+                 acts: dict[str, np.ndarray]) -> None:
+    """`acts`: column name -> [rows, d_mlp] values (`acts`, and `acts_pre_ln` when cached)."""
+    columns = {"seq_id": pa.array(seq_id.astype(np.int32)),
+               "position": pa.array(position.astype(np.int16)),
+               "token_id": pa.array(token_id.astype(np.int32))}
+    for name, values in acts.items():
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).any(axis=1).argmax())
+            raise InputError(f"{path.name}: {name} is NaN or Inf at sequence "
+                             f"{int(seq_id[bad])}, position {int(position[bad])}; the model is "
+                             f"broken, retrain it (--force model)")
+        columns[name] = pa.FixedSizeListArray.from_arrays(
+            pa.array(values.astype(np.float16).reshape(-1)), values.shape[1])
+    pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
+
+
+@torch.no_grad()
+def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
+                cfg: ActivationsConfig, device: str, pre_ln: bool = False) -> int:
+    """Writes the split's shards (under torchrun, this rank's share of them); with `pre_ln`,
+    each also holds `acts_pre_ln`. Returns the split's token count (all shards)."""
+    world = distributed.world()
+    n_ctx = seqs.shape[1]
+    hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
+    per_shard = max(1, cfg.shard_tokens // (n_ctx - 1))
+    starts = list(range(0, len(seqs), per_shard))
+    mine = [s for s in range(len(starts)) if s % world.size == world.rank]
+    bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
+                       * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
+                       unit_scale=True, disable=not world.is_main)
+    for shard in mine:
+        lo = starts[shard]
+        chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
+        for i in range(0, len(chunk), cfg.batch_size):
+            batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
+            got = capture_many(model, batch, hooks.values())
+            for name, hook in hooks.items():
+                parts[name].append(got[hook][:, 1:].float().cpu().numpy())
+            bar.update(batch.shape[0] * (n_ctx - 1))
+        acts = {name: np.concatenate(p).reshape(-1, p[0].shape[-1]) for name, p in parts.items()}
+        positions = np.tile(np.arange(1, n_ctx), len(chunk))
+        _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
+                     positions, chunk[:, 1:].reshape(-1), acts)
+    bar.close()
+    return len(seqs) * (n_ctx - 1)
+
+
+def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
+    start = time.perf_counter()
+    device = pick_device(cfg.device, "activations")
+    model = load_transformer(run_dir / "model", device=device)
+    counts = {}
+    pre_ln = has_mid_ln(model)
+    for split in ("train", "val"):
+        seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
+        ids = np.arange(len(seqs))
+        if split == "train" and cfg.max_tokens > 0:
+            keep = min(len(seqs), max(1, cfg.max_tokens // (seqs.shape[1] - 1)))
+            ids = np.sort(np.random.default_rng(cfg.seed).permutation(len(seqs))[:keep])
+        counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
+                                    pre_ln=pre_ln and split == "val")
+    seconds = time.perf_counter() - start
+    if not distributed.world().is_main:
+        return "", {}
+    total = counts["train"] + counts["val"]
+    summary = (f"activations: {counts['train']:,} train + {counts['val']:,} validation tokens of "
+               f"{HOOK_POST} (float16{', validation also before the LayerNorm' if pre_ln else ''}), "
+               f"{total / seconds:,.0f} tok/s, {seconds:.0f} s")
+    return summary, {"train_tokens": counts["train"], "val_tokens": counts["val"],
+                     "val_pre_ln": pre_ln,
+                     "d_mlp": int(model.cfg.d_mlp), "tokens_per_second": round(total / seconds, 1)}

@@ -1,0 +1,130 @@
+"""The dictionaries the statistics pass summarises: every SAE of the run, and the neurons.
+
+A dictionary is a set of units with an activation and an output direction in activation
+space. SAE feature i has activation f_i(x) (`feature_store.sae_files.encode`) and direction
+W_dec[i] / input_scale: the SAE works on inputs scaled by input_scale, so this is its
+contribution per unit activation to the *unscaled* hook_post. `neurons` is the identity
+dictionary: activation = the raw hook_post value, direction = the basis vector. "Active"
+means > 0 throughout (for GeLU neurons negative values are inactive, as in `records`).
+
+`neurons_pre_ln` (SoLU models, when the validation shards hold `acts_pre_ln`): the same
+neurons read before the mid-MLP LayerNorm. It has activations but no direction: the
+LayerNorm divides by a norm over all neurons at each token, so one unit of this value has
+no fixed effect on W_out's input, the residual stream or the logits. What needs a direction
+(logit weights, neighbours, counterparts, UMAP) does not apply, and the store says so
+(`NOT_APPLICABLE`, in the manifest); its ablation effect is exact all the same
+(`pipelines/stats/ablation.py` recomputes the LayerNorm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feature_store import schema
+from feature_store.records import NEURONS, NEURONS_PRE_LN
+from feature_store.sae_files import active_entries, encode, load_sae
+from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN
+from pipelines.errors import InputError
+
+# x [B, d_mlp] -> dense codes [B, n] and the active entries (row, feature, value)
+Entries = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """One dictionary being summarised: how its activations come from hook_post, and where
+    its units point."""
+
+    name: str
+    n: int
+    encode: Callable[[torch.Tensor], torch.Tensor]  # [B, d_mlp] -> [B, n]
+    direction: torch.Tensor | None  # [n, d_mlp]: contribution to hook_post per unit activation
+    out_dir: torch.Tensor | None  # [n, d_model] = direction · W_out
+    info: dict[str, Any] = field(default_factory=dict)  # manifest facts (recipe, k, hook_name)
+    sparse_entries: Entries | None = None  # the active entries without a dense scan (topk)
+    source: str = "acts"  # the activation shards' column it encodes (`acts_pre_ln`: pre-LN)
+    kind: str = "sae"  # the store's dictionary kind; "neurons" for both identity dictionaries
+
+    def entries(self, x: torch.Tensor):
+        """Dense codes [B, n] and the active (> 0) entries as (row, feature, value)."""
+        if self.sparse_entries is not None:
+            return self.sparse_entries(x)
+        codes = self.encode(x)
+        row, feat = (codes > 0).nonzero(as_tuple=True)
+        return codes, row, feat, codes[row, feat]
+
+    @property
+    def has_direction(self) -> bool:
+        """False for `neurons_pre_ln`: see the module docstring."""
+        return self.direction is not None
+
+    @property
+    def k(self) -> int:
+        """Active units per token when fixed (topk SAEs), else 0."""
+        return int(self.info.get("k") or 0) if self.sparse_entries is not None else 0
+
+
+def neuron_dictionary(W_out: torch.Tensor) -> Dictionary:
+    d_mlp = W_out.shape[0]
+    return Dictionary(NEURONS, d_mlp, lambda x: x, torch.eye(d_mlp, device=W_out.device),
+                      W_out.clone(), {"hook_name": HOOK_POST}, kind="neurons")
+
+
+NO_DIRECTION = ("the mid-MLP LayerNorm lies between this value and W_out and divides by a "
+                "norm taken over all neurons at each token, so a unit of it has no fixed "
+                "direction")
+NOT_APPLICABLE = {  # statistic -> why it does not apply to neurons_pre_ln (the manifest's words)
+    "logits": f"No direct logit weights: {NO_DIRECTION} and no fixed effect on the logits. "
+              "Its ablation effects on the examples are exact (the LayerNorm is recomputed "
+              "without it); the same neuron after the LayerNorm has logit weights.",
+    "neighbours": f"No nearest units by direction: {NO_DIRECTION}. See the same neuron after "
+                  "the LayerNorm for its neighbours by output.",
+    "umap": f"Not in the UMAP: {NO_DIRECTION} to embed.",
+    "explanations": "No automated explanation: the interp stage fits explanations on "
+                    "training-split activations, and only the validation split caches the "
+                    "values before the LayerNorm. The same neuron after the LayerNorm has one.",
+}
+
+
+def pre_ln_dictionary(d_mlp: int) -> Dictionary:
+    """The neurons before the mid-MLP LayerNorm: identity over the `acts_pre_ln` column."""
+    return Dictionary(NEURONS_PRE_LN, d_mlp, lambda x: x, None, None,
+                      {"hook_name": HOOK_PRE_LN, "same_units_as": NEURONS,
+                       "not_applicable": NOT_APPLICABLE}, source="acts_pre_ln", kind="neurons")
+
+
+def load_dictionaries(run_dir: Path, W_out: torch.Tensor, device: str,
+                      pre_ln: bool = False) -> list[Dictionary]:
+    """neurons (and with `pre_ln`, neurons_pre_ln), then every SAE under sae/, in the store's
+    dictionary order."""
+    d_mlp = W_out.shape[0]
+    sae_dir = run_dir / "sae"
+    sizes = sorted(int(p.name) for p in sae_dir.iterdir()
+                   if p.is_dir() and p.name.isdigit() and (p / "sae.safetensors").exists()) \
+        if sae_dir.is_dir() else []
+    if not sizes:
+        raise InputError(f"{sae_dir}: no trained SAE; rerun with --force sae")
+    out = [neuron_dictionary(W_out)]
+    if pre_ln:
+        out[0].info["same_units_as"] = NEURONS_PRE_LN
+        out.append(pre_ln_dictionary(d_mlp))
+    for size in sizes:
+        folder = sae_dir / str(size)
+        spec, tensors = load_sae(folder, device=device)
+        if spec.d_in != d_mlp:
+            raise InputError(f"{folder}: d_in {spec.d_in} != d_mlp {d_mlp}")
+        direction = tensors["W_dec"] / spec.input_scale
+        out.append(Dictionary(
+            schema.dictionary_name(spec.d_sae), spec.d_sae,
+            lambda x, spec=spec, t=tensors: encode(spec, t, x),
+            direction, direction @ W_out,
+            {"recipe": spec.recipe, "k": spec.k, "d_in": spec.d_in,
+             "input_scale": spec.input_scale, "hook_name": spec.hook_name},
+            (lambda x, spec=spec, t=tensors: active_entries(spec, t, x))
+            if spec.recipe == "topk" else None))
+    return sorted(out, key=lambda d: schema.dictionary_sort_key(d.name, d.kind, d.n))

@@ -1,0 +1,1 @@
+"""universality (a study stage, `stage.py`): each unit's best match in every other variant."""
