@@ -29,7 +29,7 @@ from feature_store import schema
 from feature_store.errors import FeatureNotFound, StoreError
 from feature_store.records import ExplanationRecord
 
-_FLOAT_COLUMNS = [f.name for f in schema.EXPLANATIONS_SCHEMA if pa.types.is_floating(f.type)]
+FLOAT_COLUMNS = [f.name for f in schema.EXPLANATIONS_SCHEMA if pa.types.is_floating(f.type)]
 _INT_COLUMNS = [f.name for f in schema.EXPLANATIONS_SCHEMA if pa.types.is_integer(f.type)]
 _HINT = "rerun the interp stage (python -m pipelines run --run-dir <run> --force interp)"
 
@@ -200,46 +200,3 @@ def _padded(column: pa.ChunkedArray, fill: Any, dtype) -> np.ndarray:
     cols = np.arange(values.size) - np.repeat(offsets[:-1] - offsets[0], widths)
     out[rows, cols] = values
     return out
-
-
-# -- a synthetic table, for dashboard tests and screenshots of synthetic stores --------------
-
-def write_synthetic_explanations(store: Path, seed: int = 0) -> Path:
-    """Random explanations and scores for every unit of the store at `store`, written through
-    `write_explanations`. Unit 0 of each dictionary is explained with the store's first vocab
-    tokens after the BOS (the synthetic store's hostile ones: markup, format characters), so a
-    page that forgets to escape explanation text fails its XSS test."""
-    from feature_store.store import FeatureStore
-
-    fs = FeatureStore.open(store)
-    display = fs.vocab()["display"].tolist()
-    rng = np.random.default_rng(seed)
-    columns = {}
-    for name in fs.dictionaries():
-        n = fs.n_features(name)
-        toks = rng.integers(1, len(display), size=(n, 2))
-        toks[0] = (1, 2)
-        text = [f'"{display[a]}" 1.00 · after "{display[b]}" 0.{rng.integers(10, 99)}'
-                for a, b in toks]
-        sim = np.clip(rng.normal(0.45 if name != "neurons" else 0.3, 0.2, n), -0.2, 1)
-        cols: dict[str, Any] = {"index": np.arange(n, dtype=np.int32),
-                                "explainer": ["token-patterns"] * n, "explanation": text,
-                                "sim_top_random": sim, "sim_random": sim - 0.2,
-                                "detection": np.clip(0.5 + sim / 2, 0, 1),
-                                "detection_neighbours": np.clip(0.45 + sim / 2, 0, 1),
-                                "logits": rng.uniform(0.4, 0.8, n),
-                                "shuffled_sim_top_random": rng.normal(0, 0.05, n),
-                                "shuffled_detection": rng.normal(0.5, 0.03, n),
-                                "shuffled_logits": rng.normal(0.5, 0.03, n),
-                                "single_token": [f'"{display[a]}"' for a, _ in toks],
-                                "single_token_sim_top_random": sim * 0.7,
-                                "single_token_detection": np.clip(0.5 + sim / 3, 0, 1)}
-        for c, v in zip(schema.EXPLANATION_COUNTS, (75, 75, 128, 70, 120, 9, 10)):
-            cols[c] = np.full(n, v, np.int32)
-        for c in _FLOAT_COLUMNS:
-            cols[c] = np.asarray(cols[c], np.float32)
-        columns[name] = cols
-    write_explanations(folder(store), columns, {"explainer": "token-patterns",
-                                                "explain_split": "train", "score_split": "val",
-                                                "synthetic": True})
-    return folder(store)

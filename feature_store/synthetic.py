@@ -13,6 +13,9 @@ adjacent Hebrew tokens, and feature 0 of every dictionary shows them, in that or
 examples and top logits: a page that forgets to escape token text fails the dashboard's XSS
 test, and one that lets a token reorder its neighbours fails the browser's bidi test.
 
+`write_synthetic_explanations` adds the interp stage's explanations table to such a store (or
+any other), random too, unit 0 of each dictionary explained with the hostile tokens.
+
     python -m feature_store.synthetic OUT_DIR [--sizes 512,1024,2048] [--d-mlp 512]
 """
 
@@ -22,12 +25,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from feature_store import schema
+from feature_store import explanations, schema
 from feature_store.records import N_INTERVALS, NEURONS
+from feature_store.store import FeatureStore
 from feature_store.writer import StoreWriter
 
 MARKUP_TOKENS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'",
@@ -269,6 +273,48 @@ def _write_splits(writer: StoreWriter, saes: list[tuple[str, int]],
                                rng.uniform(0.5, 0.97, keep.sum()),
                                rng.uniform(0.7, 1.0, keep.sum()))
         parents = np.unique(index_b[keep])
+
+
+# -- explanations for a store: the interp stage's table, made of random numbers --------------
+
+def write_synthetic_explanations(store: Path, seed: int = 0) -> Path:
+    """Random explanations and scores for every unit of the store at `store`, written through
+    `write_explanations`. Unit 0 of each dictionary is explained with the store's first vocab
+    tokens after the BOS (the synthetic store's hostile ones: markup, format characters), so a
+    page that forgets to escape explanation text fails its XSS test."""
+    fs = FeatureStore.open(store)
+    display = fs.vocab()["display"].tolist()
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for name in fs.dictionaries():
+        n = fs.n_features(name)
+        toks = rng.integers(1, len(display), size=(n, 2))
+        toks[0] = (1, 2)
+        text = [f'"{display[a]}" 1.00 · after "{display[b]}" 0.{rng.integers(10, 99)}'
+                for a, b in toks]
+        sim = np.clip(rng.normal(0.45 if name != "neurons" else 0.3, 0.2, n), -0.2, 1)
+        cols: dict[str, Any] = {"index": np.arange(n, dtype=np.int32),
+                                "explainer": ["token-patterns"] * n, "explanation": text,
+                                "sim_top_random": sim, "sim_random": sim - 0.2,
+                                "detection": np.clip(0.5 + sim / 2, 0, 1),
+                                "detection_neighbours": np.clip(0.45 + sim / 2, 0, 1),
+                                "logits": rng.uniform(0.4, 0.8, n),
+                                "shuffled_sim_top_random": rng.normal(0, 0.05, n),
+                                "shuffled_detection": rng.normal(0.5, 0.03, n),
+                                "shuffled_logits": rng.normal(0.5, 0.03, n),
+                                "single_token": [f'"{display[a]}"' for a, _ in toks],
+                                "single_token_sim_top_random": sim * 0.7,
+                                "single_token_detection": np.clip(0.5 + sim / 3, 0, 1)}
+        for c, v in zip(schema.EXPLANATION_COUNTS, (75, 75, 128, 70, 120, 9, 10)):
+            cols[c] = np.full(n, v, np.int32)
+        for c in explanations.FLOAT_COLUMNS:
+            cols[c] = np.asarray(cols[c], np.float32)
+        columns[name] = cols
+    out = explanations.folder(store)
+    explanations.write_explanations(out, columns, {"explainer": "token-patterns",
+                                                   "explain_split": "train", "score_split": "val",
+                                                   "synthetic": True})
+    return out
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:

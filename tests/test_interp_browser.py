@@ -14,8 +14,7 @@ SETTLED = '[data-test-script-state="notRunning"]'
 
 @pytest.fixture(scope="module")
 def interp_server(tmp_path_factory):
-    from feature_store.explanations import write_synthetic_explanations
-    from feature_store.synthetic import build_synthetic_store
+    from feature_store.synthetic import build_synthetic_store, write_synthetic_explanations
 
     store = tmp_path_factory.mktemp("interp_browser") / "store"
     build_synthetic_store(store, n_features=(64,), d_mlp=32, n_tokens=100_000, d_vocab=128)

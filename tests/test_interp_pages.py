@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_store.explanations import write_synthetic_explanations
-from feature_store.synthetic import build_synthetic_store
+from feature_store.synthetic import build_synthetic_store, write_synthetic_explanations
 from tests.app_helpers import chart_figures, open_page
 
 SIZES = (32, 64)
