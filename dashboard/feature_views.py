@@ -15,7 +15,7 @@ import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
 from feature_store import schema
-from feature_store.records import NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour
+from feature_store.records import NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour, is_neurons
 
 N_NEIGHBOUR_LINKS = 6  # per list: enough to see a split, few enough to scan
 N_CHIP_TOKENS = 4  # top tokens beside each listed unit: what it is, at a glance
@@ -204,8 +204,8 @@ def related_lists(record: FeatureRecord) -> list[RelatedList]:
     - Neuron to neurons: their axes are orthogonal, so only their W_out rows can differ.
     - Neuron to SAE features: each feature's "made of" weight on this neuron."""
     units = {other: listed(found) for other, found in record.counterparts}
-    if record.dictionary == NEURONS:
-        out = [RelatedList(NEURONS, "Nearest neurons by output",
+    if is_neurons(record.dictionary):
+        out = [RelatedList(record.dictionary, "Nearest neurons by output",
                            "cosine of W_out rows (what each writes to the residual stream); "
                            "their own axes are orthogonal, so this is the cosine that varies",
                            listed(record.neighbours))]

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from feature_store.records import NEURON_DICTIONARIES
+from feature_store.records import is_neurons
 
 OVERVIEW = "app_pages/overview.py"
 BROWSER = "app_pages/browser.py"
@@ -35,7 +35,7 @@ URL_PATHS = {OVERVIEW: "overview", BROWSER: "browser", FEATURE: "feature",
 def splitting_label(dictionary: str) -> str:
     """The label of a link to the splitting page: for a neuron it says up front that neurons
     have no family (the page explains why), so the link does not promise a graph."""
-    return ("Splitting (neurons are not in families)" if dictionary in NEURON_DICTIONARIES
+    return ("Splitting (neurons are not in families)" if is_neurons(dictionary)
             else "Splitting")
 
 

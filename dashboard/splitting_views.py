@@ -17,7 +17,7 @@ import streamlit as st
 
 from dashboard import charts, links, store_access, token_html
 from dashboard.feature_views import finite_or_dash
-from feature_store.records import NEURON_DICTIONARIES, Family, FeatureRecord, SplitEdge
+from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
 
 EDGE_TOKENS = 5  # top tokens per parent / child in the edge table
 # (header, hover help) of the edge table's columns, in order
@@ -54,7 +54,7 @@ def default_feature(path: str) -> tuple[str, int] | None:
 
 def no_family_text(record: FeatureRecord) -> str:
     """Why this unit has no family: neurons never have one; an SAE feature may not."""
-    if record.dictionary in NEURON_DICTIONARIES:
+    if is_neurons(record.dictionary):
         return (f"Neurons are not in families: feature splitting relates the features of SAEs "
                 f"of adjacent sizes, and the raw MLP neurons are the baseline those SAEs are "
                 f"compared with, not a dictionary that splits. Open an SAE feature (e.g. from "

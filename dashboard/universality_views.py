@@ -21,7 +21,7 @@ import streamlit as st
 
 from dashboard import charts, feature_views, light_plotly, links, overview_views, store_access, url_state
 from feature_store.errors import FeatureNotFound, StoreError
-from feature_store.records import NEURONS, FeatureRecord
+from feature_store.records import NEURONS, FeatureRecord, dictionary_order_key
 
 PAPER = "Towards Monosemanticity (two seeds of one model): median 0.72 for features, 0.46 for neurons"
 STUDY_COMMAND = "python -m pipelines study --preset tiny --study-dir runs/tiny-study"
@@ -51,8 +51,8 @@ def runs_table(root: str) -> pd.DataFrame:
     """One row per (dictionary, run): the figures that say which run's units reconstruct
     and matter, with each run's model beside them. Dictionaries grouped, so the runs of one
     dictionary read as adjacent rows."""
-    rows = []
-    for run in store_access.study_variants(root):
+    rows, keys = [], []
+    for k, run in enumerate(store_access.study_variants(root)):
         path = store_access.variant_store(root, run)
         info = store_access.run_info(path)
         metrics = store_access.metrics(path)
@@ -62,17 +62,11 @@ def runs_table(root: str) -> pd.DataFrame:
             for key, label, _ in COMPARE_COLUMNS:
                 row[label] = m.get(key)
             rows.append(row)
+            keys.append((dictionary_order_key(m["dictionary"], m["n_features"]), k))
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    runs = {r: i for i, r in enumerate(store_access.study_variants(root))}
-    key = [((d != NEURONS, _size(d), d), runs[r]) for d, r in zip(table["dictionary"], table["run"])]
-    return table.iloc[sorted(range(len(table)), key=key.__getitem__)].reset_index(drop=True)
-
-
-def _size(name: str) -> int:
-    digits = "".join(ch for ch in name if ch.isdigit())
-    return int(digits) if digits else 0
+    return table.iloc[sorted(range(len(table)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 def runs_table_html(table: pd.DataFrame) -> str:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feature_store.schema import DENSITY_CLASSES  # noqa: F401 - re-exported: beside its rule
+# Re-exported, defined in schema.py beside the rules they belong to (density classes; the
+# dictionary names, kinds and order), so pages and stages can import every name from here.
+from feature_store.schema import (  # noqa: F401
+    DENSITY_CLASSES, NEURON_DICTIONARIES, NEURONS, NEURONS_PRE_LN, dictionary_order_key,
+    is_neurons,
+)
 
 N_INTERVALS = 11  # Towards Monosemanticity: 11 equal-width intervals over (0, max activation]
-NEURONS = "neurons"  # the identity "dictionary" over the d_mlp raw MLP neurons
-NEURONS_PRE_LN = "neurons_pre_ln"  # SoLU models: the same neurons before the mid-MLP LayerNorm
-NEURON_DICTIONARIES = (NEURONS, NEURONS_PRE_LN)  # identity dictionaries: no decoder, no families
 
 
 @dataclass(frozen=True, slots=True)

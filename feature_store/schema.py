@@ -210,7 +210,13 @@ PER_DICTIONARY_TABLES = (FEATURES, EXAMPLES, LOGITS, NEIGHBOURS)
 KIND_TOP = -1  # examples.kind for top-k examples; 0..N_INTERVALS-1 for interval samples
 LOGIT_SIDES = ("top", "bottom")
 RELATIONS = ("neighbour", "aligned_neuron", "counterpart")  # the sort order in neighbours
-DICTIONARY_KINDS = ("neurons", "sae")
+# Dictionary names and kinds (the manifest's `kind`). The neuron dictionaries are identity
+# dictionaries over the raw MLP neurons: no decoder of their own, never in families.
+NEURONS = "neurons"  # the d_mlp raw MLP neurons, `blocks.0.mlp.hook_post`
+NEURONS_PRE_LN = "neurons_pre_ln"  # SoLU models: the same neurons before the mid-MLP LayerNorm
+NEURON_DICTIONARIES = (NEURONS, NEURONS_PRE_LN)
+NEURON_KIND, SAE_KIND = "neurons", "sae"
+DICTIONARY_KINDS = (NEURON_KIND, SAE_KIND)
 
 # One feature page reads one row group: bounded features per group keep that read small
 # (tens of kilobytes) however large the dictionary; benchmarks/store_read.py measures it.
@@ -307,10 +313,26 @@ def density_classes(density: np.ndarray) -> np.ndarray:
     return np.asarray(DENSITY_CLASSES, dtype=object)[codes]
 
 
+def is_neurons(name: str) -> bool:
+    """Whether `name` is a neuron dictionary (`neurons`, `neurons_pre_ln`), not an SAE."""
+    return name in NEURON_DICTIONARIES
+
+
+def dictionary_kind(name: str) -> str:
+    """The manifest `kind` a dictionary of this name has: "neurons" or "sae"."""
+    return NEURON_KIND if is_neurons(name) else SAE_KIND
+
+
 def dictionary_sort_key(name: str, kind: str, n_features: int) -> tuple:
     """Neurons first, then SAEs by size ascending, then name: the order pages list
     dictionaries in and the order of dictionaries in the manifest and the tables."""
-    return (kind != "neurons", int(n_features), name)
+    return (kind != NEURON_KIND, int(n_features), name)
+
+
+def dictionary_order_key(name: str, n_features: int) -> tuple:
+    """`dictionary_sort_key` where only the name and size are known (the kind follows from
+    the name): a study's tables, the dashboard's lists."""
+    return dictionary_sort_key(name, dictionary_kind(name), n_features)
 
 
 def dictionary_name(n_features: int) -> str:

@@ -55,10 +55,8 @@ def write_study_store(out: Path, variants: list[dict[str, str]], records: list[d
     order = {v["name"]: i for i, v in enumerate(variants)}
 
     def sort_key(rec):
-        kind = "neurons" if rec["dictionary"] == "neurons" else "sae"
-        n = len(rec["best_match"])
         return (order[rec["variant"]], order[rec["other"]],
-                schema.dictionary_sort_key(rec["dictionary"], kind, n))
+                schema.dictionary_order_key(rec["dictionary"], len(rec["best_match"])))
 
     records = sorted(records, key=sort_key)
     columns: dict[str, list] = {f.name: [] for f in schema.UNIVERSALITY_SCHEMA}

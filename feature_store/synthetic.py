@@ -292,7 +292,7 @@ def write_synthetic_explanations(store: Path, seed: int = 0) -> Path:
         toks[0] = (1, 2)
         text = [f'"{display[a]}" 1.00 · after "{display[b]}" 0.{rng.integers(10, 99)}'
                 for a, b in toks]
-        sim = np.clip(rng.normal(0.45 if name != "neurons" else 0.3, 0.2, n), -0.2, 1)
+        sim = np.clip(rng.normal(0.3 if schema.is_neurons(name) else 0.45, 0.2, n), -0.2, 1)
         cols: dict[str, Any] = {"index": np.arange(n, dtype=np.int32),
                                 "explainer": ["token-patterns"] * n, "explanation": text,
                                 "sim_top_random": sim, "sim_random": sim - 0.2,

@@ -110,14 +110,15 @@ class StoreWriter:
 
     def add_dictionary(self, name: str, n_features: int, *, kind: str | None = None,
                        **info: Any) -> None:
-        """Declare a dictionary. `kind` defaults to "neurons" for `neurons`, else "sae";
+        """Declare a dictionary. `kind` defaults to the name's (`schema.dictionary_kind`:
+        "neurons" for `neurons` and `neurons_pre_ln`, else "sae");
         `info` (e.g. recipe, d_in, l1_coefficient) goes into the manifest as is (JSON-able)."""
         self._check_open()
         if not schema.DICTIONARY_NAME.fullmatch(name):
             raise ValueError(f"dictionary name {name!r} must match {schema.DICTIONARY_NAME.pattern}")
         if name in self._dicts:
             raise ValueError(f"dictionary {name!r} declared twice")
-        kind = kind or ("neurons" if name == NEURONS else "sae")
+        kind = kind or schema.dictionary_kind(name)
         if kind not in schema.DICTIONARY_KINDS:
             raise ValueError(f"{name}: kind must be one of {schema.DICTIONARY_KINDS}, got {kind!r}")
         if n_features < 1:

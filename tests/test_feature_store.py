@@ -305,6 +305,34 @@ def test_dictionary_sort_key_orders_neurons_then_sizes_then_names():
     assert [e[0] for e in ordered] == ["neurons", "sae_32", "sae_a", "sae_b", "sae_2048"]
 
 
+def test_neuron_dictionaries_sort_first_by_name_alone():
+    """`neurons_pre_ln` is a neuron dictionary: with the neurons, before every SAE, even one
+    of the same size whose name sorts before it."""
+    assert [schema.is_neurons(n) for n in ("neurons", "neurons_pre_ln", "sae_64")] == \
+        [True, True, False]
+    sizes = {"sae_128": 128, "sae_64": 64, "neurons_pre_ln": 64, "neurons": 64, "sae_32": 32}
+    ordered = sorted(sizes, key=lambda n: schema.dictionary_order_key(n, sizes[n]))
+    assert ordered == ["neurons", "neurons_pre_ln", "sae_32", "sae_64", "sae_128"]
+
+
+def test_study_store_rows_in_dictionary_order(tmp_path):
+    from feature_store.study_store import StudyStore, write_study_store
+
+    def record(dictionary: str, n: int) -> dict:
+        units = np.zeros(n)
+        return {"variant": "a", "other": "b", "dictionary": dictionary, "n_active": units,
+                "best_match": units, "best_corr": units, "second_match": units,
+                "second_corr": units, "logit_corr": units, "decoder_cosine": units,
+                "directions_comparable": False, "n_tokens": 10}
+
+    records = [record("sae_128", 128), record("sae_32", 32), record("neurons_pre_ln", 64),
+               record("neurons", 64)]
+    write_study_store(tmp_path, [{"name": "a", "store": "a"}, {"name": "b", "store": "b"}],
+                      records, n_tokens=10)
+    summary = StudyStore.open(tmp_path).summary()
+    assert list(summary["dictionary"]) == ["neurons", "neurons_pre_ln", "sae_32", "sae_128"]
+
+
 def test_density_classes_at_the_thresholds():
     lo, hi = schema.ULTRALOW_DENSITY, schema.DENSE_DENSITY
     density = [0.0, lo / 2, lo, hi, np.nextafter(hi, 1), 1.0]

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import compare_views, feature_views, links, url_state
-from feature_store.records import NEURON_DICTIONARIES
+from feature_store.records import is_neurons
 
 path = url_state.require_store()
 record = url_state.chosen_feature(path)
@@ -13,6 +13,6 @@ st.caption("Its nearest feature (decoder cosine) in every other dictionary, most
            "first. Names open the feature page.")
 links.feature_link(record.dictionary, record.index,
                    "Splitting graph for this feature"
-                   if record.dictionary not in NEURON_DICTIONARIES
+                   if not is_neurons(record.dictionary)
                    else links.splitting_label(record.dictionary), links.SPLITTING)
 compare_views.columns(path, record)
