@@ -21,7 +21,7 @@ import streamlit as st
 
 from dashboard import charts, feature_views, light_plotly, links, overview_views, store_access, url_state
 from feature_store.errors import FeatureNotFound, StoreError
-from feature_store.records import NEURONS, FeatureRecord, dictionary_order_key
+from feature_store.records import NEURONS, FeatureRecord, dictionary_order_key, is_neurons
 
 PAPER = "Towards Monosemanticity (two seeds of one model): median 0.72 for features, 0.46 for neurons"
 STUDY_COMMAND = "python -m pipelines study --preset tiny --study-dir runs/tiny-study"
@@ -164,6 +164,20 @@ def units_table(root: str, run: str, other: str, dictionary: str) -> pd.DataFram
     return rows
 
 
+def compared_dictionaries(summary: pd.DataFrame, run: str) -> list[str]:
+    """The dictionaries `run` is matched on, in dictionary order (sizes from `n_units`)."""
+    rows = summary[summary["variant"] == run]
+    sizes = dict(zip(rows["dictionary"], rows["n_units"]))
+    return sorted(sizes, key=lambda name: dictionary_order_key(name, sizes[name]))
+
+
+def default_dictionary(dictionaries: list[str]) -> str:
+    """The page opens on the largest SAE (the neurons are drawn alongside it); on the
+    neurons when the runs share no SAE."""
+    saes = [name for name in dictionaries if not is_neurons(name)]
+    return saes[-1] if saes else (dictionaries[0] if dictionaries else NEURONS)
+
+
 def chosen_pair(root: str, run: str) -> tuple[str, str] | None:
     """(other run, dictionary) from the URL, checked against the study; None when the study
     has only one run."""
@@ -171,14 +185,12 @@ def chosen_pair(root: str, run: str) -> tuple[str, str] | None:
     others = [v for v in variants if v != run]
     if not others:
         return None
-    summary = store_access.study_summary(root)
-    dictionaries = list(dict.fromkeys(summary[summary["variant"] == run]["dictionary"]))
+    dictionaries = compared_dictionaries(store_access.study_summary(root), run)
     other = st.query_params.get("other") or others[0]
     if other not in others:
         url_state.stop_with(f"Unknown run {other!r} to match against; the other runs are "
                             f"{', '.join(others)}.", build_hint=False)
-    default = next((d for d in dictionaries if d != NEURONS), dictionaries[0] if dictionaries else NEURONS)
-    dictionary = st.query_params.get("dictionary") or default
+    dictionary = st.query_params.get("dictionary") or default_dictionary(dictionaries)
     if dictionary not in dictionaries:
         url_state.stop_with(f"Unknown dictionary {dictionary!r} for universality; the runs share "
                             f"{', '.join(dictionaries)}.", build_hint=False)

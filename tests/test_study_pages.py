@@ -70,6 +70,41 @@ def test_universality_page(study_app, params):
     assert at.dataframe and len(at.dataframe[0].value) > 0
     if params:
         assert at.query_params["feature"] == "5" and at.query_params["run"] == "gelu"
+    else:  # opens on the largest SAE, the neurons beside it
+        assert at.query_params["dictionary"] == "sae_128"
+
+
+def test_universality_opens_on_the_largest_sae_not_neurons_pre_ln(mini_run, tmp_path,
+                                                                   monkeypatch):
+    """Two SoLU runs also compare neurons_pre_ln (d_mlp units, as many as the smallest SAE's
+    features here): the page still opens on the largest SAE. A study over the mini run's
+    store twice, with made-up matches, is enough for the page."""
+    from feature_store.store import FeatureStore
+    from feature_store.study_store import write_study_store
+
+    store = FeatureStore.open(mini_run / "store")
+    assert "neurons_pre_ln" in store.dictionaries()
+    records = []
+    for variant, other in (("a", "b"), ("b", "a")):
+        for name in store.dictionaries():
+            n = store.n_features(name)
+            records.append({
+                "variant": variant, "other": other, "dictionary": name,
+                "n_active": np.ones(n), "best_match": np.arange(n), "best_corr": np.full(n, 0.9),
+                "second_match": np.zeros(n), "second_corr": np.full(n, 0.1),
+                "logit_corr": np.full(n, np.nan), "decoder_cosine": np.full(n, np.nan),
+                "directions_comparable": False, "n_tokens": 100})
+    study = tmp_path / "study" / "store"
+    study.mkdir(parents=True)
+    variants = [{"name": v, "store": str(mini_run / "store")} for v in ("a", "b")]
+    write_study_store(study, variants, records, n_tokens=100)
+    monkeypatch.setenv("FEATURE_STORE", str(study.parent))
+    at = open_page(links.UNIVERSALITY)
+    largest = max((n for n in store.dictionaries() if n.startswith("sae_")),
+                  key=store.n_features)
+    assert at.query_params["dictionary"] == largest
+    names = " ".join(t["name"] for t in chart_figures(at)[0]["data"])
+    assert largest in names and "neurons (" in names
 
 
 @pytest.mark.parametrize("params, message", [
