@@ -25,7 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from feature_store.records import NEURONS, Family, FeatureRecord, SplitEdge
+from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
 
 INTERVAL_COLOURS = sample_colorscale("Oranges", list(np.linspace(0.25, 1.0, 11)))
 MARGIN = dict(l=10, r=10, t=36, b=10)
@@ -85,9 +85,10 @@ def density_histograms_figure(hist: pd.DataFrame, order: Sequence[str]) -> go.Fi
 
 
 def ce_recovered_figure(metrics: pd.DataFrame, order: Sequence[str]) -> go.Figure:
-    """CE loss recovered against dictionary size (SAEs only: the neurons are the identity)."""
+    """CE loss recovered against dictionary size (SAEs only: the neuron dictionaries are the
+    identity, 100% by definition)."""
     colours = dictionary_colours(order)
-    saes = metrics[metrics["dictionary"] != NEURONS].copy()
+    saes = metrics[~metrics["dictionary"].map(is_neurons).astype(bool)].copy()
     saes = saes[pd.to_numeric(saes["ce_loss_recovered"], errors="coerce").notna()]
     saes = saes.sort_values("n_features")
     fig = go.Figure(go.Scatter(

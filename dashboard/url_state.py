@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import store_access
 from feature_store.errors import FeatureNotFound, StoreError
-from feature_store.records import NEURONS, FeatureRecord
+from feature_store.records import FeatureRecord, is_neurons
 
 
 def stop_with(problem: str, *, build_hint: bool = True) -> NoReturn:
@@ -101,10 +101,15 @@ def current_run() -> str | None:
         store_access.store_path()) else None
 
 
+def first_sae(names: list[str]) -> str:
+    """The smallest SAE of `names` (in dictionary order): the first that is not a neuron
+    dictionary; the first name when there is no SAE."""
+    return next((n for n in names if not is_neurons(n)), names[0])
+
+
 def default_dictionary(path: str) -> str:
-    """The smallest SAE: the first dictionary that is not the raw neurons, if any."""
-    names = store_access.dictionaries(path)
-    return next((n for n in names if n != NEURONS), names[0])
+    """The dictionary a page opens on when the URL names none: the store's smallest SAE."""
+    return first_sae(store_access.dictionaries(path))
 
 
 def chosen_dictionary(path: str, default: str | None = None) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from feature_store import FeatureStore
 from feature_store.records import NEURONS, NEURONS_PRE_LN
-from tests.app_helpers import open_page
+from tests.app_helpers import chart_figures, open_page
 
 
 @pytest.fixture
@@ -70,3 +70,15 @@ def test_overview_and_browser_list_the_pre_ln_neurons(app):
     assert f"<td>{NEURONS_PRE_LN}</td>" in table
     at = app("app_pages/browser.py", dictionary=NEURONS_PRE_LN)
     assert not at.error
+
+
+def test_neurons_pre_ln_is_not_taken_for_an_sae(app, mini_run):
+    """A page with no dictionary in the URL opens on the smallest SAE, and the overview's CE
+    curve over SAE sizes has no point for either neuron dictionary (100% by definition)."""
+    saes = [n for n in FeatureStore.open(mini_run / "store").dictionaries()
+            if n.startswith("sae_")]
+    at = app("app_pages/browser.py")
+    assert at.query_params["dictionary"] == saes[0]
+    ce = next(f for f in chart_figures(app("app_pages/overview.py"))
+              if f["layout"]["title"]["text"] == "CE loss recovered vs size")
+    assert list(ce["data"][0]["customdata"]) == saes

@@ -22,7 +22,7 @@ except StoreError as err:
 st.subheader("Prompt explorer")
 url = {key: st.query_params[key] for key in st.query_params}  # the last view, before rewriting
 names = live.dictionaries()
-default_dictionary = names[1] if len(names) > 1 else names[0]
+default_dictionary = url_state.first_sae(names)
 asked = url.get("dictionary", default_dictionary)
 if asked not in names:
     url_state.stop_with(f"Unknown dictionary {asked!r}; this run has {', '.join(names)}.", build_hint=False)
