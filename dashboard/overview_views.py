@@ -45,32 +45,38 @@ def model_summary(path: str) -> None:
     ]))
 
 
-# (column, header, format, hover help); a column the store lacks is left out.
-METRIC_COLUMNS = (
-    ("dictionary", "dictionary", "", ""),
-    ("n_features", "features", ",.0f", ""),
-    ("l0", "L0", ".1f", "mean active features per token"),
-    ("fvu", "FVU", ".3f", "fraction of variance unexplained"),
-    ("ce_loss_recovered", "CE recovered", ".1%",
-     "(CE zero-ablation − CE with dictionary) / (CE zero-ablation − CE clean)"),
-    ("ce_loss_recovered_mean_ablation", "CE rec. vs mean abl.", ".1%",
-     "the same against mean ablation, a stricter baseline than zero ablation"),
-    ("kl_div", "KL", ".3f", "KL(clean next-token distribution ‖ with the dictionary), nats"),
-    ("dead_fraction", "dead", ".1%", "never fired on the evaluation tokens (next column)"),
-    ("dead_eval_tokens", "tokens checked", ",.0f",
-     "a feature is dead if it never fired on this many evaluation tokens"),
-    ("n_ultralow", "ultralow", ",.0f",
-     f"features with density below {threshold_text(schema.ULTRALOW_DENSITY)}"),
-    ("n_dense", "dense", ",.0f",
-     f"features with density above {threshold_text(schema.DENSE_DENSITY)}"),
-    ("recipe", "recipe", "", "training recipe (topk, l1, identity for the raw neurons)"),
-)
+# How pages show a column of metrics.parquet (`schema.METRIC_COLUMNS`): (header, number
+# format or "" for text, hover help). `mse` is not shown: FVU is the same error, normalised.
+METRIC_DISPLAY = {
+    "dictionary": ("dictionary", "", ""),
+    "n_features": ("features", ",.0f", ""),
+    "l0": ("L0", ".1f", "mean active features per token"),
+    "fvu": ("FVU", ".3f", "fraction of variance unexplained"),
+    "ce_loss_recovered": ("CE recovered", ".1%",
+                          "(CE zero-ablation − CE with dictionary) / (CE zero-ablation − CE clean)"),
+    "ce_loss_recovered_mean_ablation": (
+        "CE rec. vs mean abl.", ".1%",
+        "the same against mean ablation, a stricter baseline than zero ablation"),
+    "kl_div": ("KL", ".3f", "KL(clean next-token distribution ‖ with the dictionary), nats"),
+    "dead_fraction": ("dead", ".1%", "never fired on the evaluation tokens (next column)"),
+    "dead_eval_tokens": ("tokens checked", ",.0f",
+                         "a feature is dead if it never fired on this many evaluation tokens"),
+    "n_ultralow": ("ultralow", ",.0f",
+                   f"features with density below {threshold_text(schema.ULTRALOW_DENSITY)}"),
+    "n_dense": ("dense", ",.0f",
+                f"features with density above {threshold_text(schema.DENSE_DENSITY)}"),
+    "recipe": ("recipe", "", "training recipe (topk, l1, identity for the raw neurons)"),
+}
+# The overview table's columns, (column, header, format, hover help), in the schema's order;
+# a column the store lacks is left out.
+METRIC_TABLE_COLUMNS = tuple((column, *METRIC_DISPLAY[column])
+                             for column in schema.METRIC_COLUMNS if column in METRIC_DISPLAY)
 
 
 def metrics_table_html(table: pd.DataFrame) -> str:
     """The per-dictionary table as plain HTML (a handful of rows needs no data grid, whose
     code is 1.2 MB of JavaScript on a first visit). Pure, so it is testable."""
-    return table_html(table, [c for c in METRIC_COLUMNS if c[0] in table])
+    return table_html(table, [c for c in METRIC_TABLE_COLUMNS if c[0] in table])
 
 
 def table_html(table: pd.DataFrame, columns) -> str:

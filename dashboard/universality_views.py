@@ -43,8 +43,10 @@ def not_a_study() -> None:
 
 # -- overview ------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = (("l0", "L0", ".1f"), ("fvu", "FVU", ".3f"),
-                   ("ce_loss_recovered", "CE recovered", ".1%"), ("dead_fraction", "dead", ".1%"))
+# metrics.parquet columns beside each other across runs: (column, header, format) as the
+# overview's table shows them (`overview_views.METRIC_DISPLAY`)
+COMPARE_COLUMNS = tuple((column, *overview_views.METRIC_DISPLAY[column][:2])
+                        for column in ("l0", "fvu", "ce_loss_recovered", "dead_fraction"))
 
 
 def runs_table(root: str) -> pd.DataFrame:

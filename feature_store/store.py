@@ -206,8 +206,8 @@ class FeatureStore:
         return json.loads(json.dumps(self._manifest.get("run", {})))
 
     def metrics(self) -> pd.DataFrame:
-        """One row per dictionary: dictionary, n_features, l0, mse, fvu, ce_loss_recovered,
-        dead_fraction, ... and any extra columns the stats stage wrote."""
+        """One row per dictionary: `schema.METRIC_COLUMNS` (dictionary, n_features, l0, ...),
+        then any extra columns the stats stage wrote."""
         return self._metrics.copy()
 
     def density_histograms(self) -> pd.DataFrame:

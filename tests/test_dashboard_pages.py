@@ -71,6 +71,14 @@ def test_overview_table_formats_escapes_and_skips_missing_columns():
     assert 'title="features with density above 0.1"' in counts
 
 
+def test_overview_table_shows_schema_metric_columns_in_schema_order():
+    from feature_store import schema
+
+    shown = [c[0] for c in overview_views.METRIC_TABLE_COLUMNS]
+    assert set(overview_views.METRIC_DISPLAY) <= set(schema.METRIC_COLUMNS)
+    assert shown == [c for c in schema.METRIC_COLUMNS if c != "mse"]
+
+
 @pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
 def test_browser(app, store, params):
     at = app("app_pages/browser.py", **params)
