@@ -23,18 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative, sample_colorscale
 
+from dashboard.colours import (DICTIONARY_PALETTE, INTERVAL_COLOURS, LOWER_RGB, RAISE_RGB,
+                               UNLISTED_DICTIONARY, hex_colour)
 from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
 
-INTERVAL_COLOURS = sample_colorscale("Oranges", list(np.linspace(0.25, 1.0, 11)))
 MARGIN = dict(l=10, r=10, t=36, b=10)
 
-
-# One palette for every page: the n-th dictionary in store order gets the n-th colour.
-# Plotly's qualitative set minus its orange (#FFA15A), which the token shading uses for
-# activations, so a dictionary's colour never reads as "this token fired".
-DICTIONARY_PALETTE = tuple(c for c in qualitative.Plotly if c != "#FFA15A")
 # Marker shapes in the same order, so dictionaries stay apart where colours overlap (UMAP).
 DICTIONARY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x",
                       "triangle-down", "star", "hexagon", "pentagon")
@@ -94,7 +89,8 @@ def ce_recovered_figure(metrics: pd.DataFrame, order: Sequence[str]) -> go.Figur
     fig = go.Figure(go.Scatter(
         x=saes["n_features"], y=saes["ce_loss_recovered"], mode="lines+markers+text",
         text=[f"{v:.1%}" for v in saes["ce_loss_recovered"]], textposition="top center",
-        marker=dict(size=10, color=[colours.get(n, "#444") for n in saes["dictionary"]]),
+        marker=dict(size=10, color=[colours.get(n, UNLISTED_DICTIONARY)
+                                    for n in saes["dictionary"]]),
         line=dict(color="#999"), customdata=saes["dictionary"],
         hovertemplate="%{customdata}: %{y:.1%} of the MLP's loss recovered<extra></extra>"))
     fig.update_layout(title="CE loss recovered vs size", height=320, margin=MARGIN,
@@ -151,7 +147,8 @@ def logit_histogram_figure(record: FeatureRecord, relative_to: float | None = No
         centres = (edges[:-1] + edges[1:]) / 2
         weight = "weight / largest |weight|" if relative else "weight"
         fig.add_trace(go.Bar(x=centres, y=counts, width=np.diff(edges),
-                             marker=dict(color=np.where(centres >= 0, "#1f77b4", "#d62728"),
+                             marker=dict(color=np.where(centres >= 0, hex_colour(RAISE_RGB),
+                                                        hex_colour(LOWER_RGB)),
                                          line=dict(width=0)),
                              hovertemplate=f"{weight} %{{x:.3f}}<br>%{{y}} tokens"
                                            "<extra></extra>"))
@@ -208,7 +205,7 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
         mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="top center",
         customdata=[[k[0], k[1], hover_text((top_tokens or {}).get(k, ""))] for k in keys],
         marker=dict(size=[22 if k == tuple(chosen) else 15 for k in keys],
-                    color=[colours.get(k[0], "#444") for k in keys],
+                    color=[colours.get(k[0], UNLISTED_DICTIONARY) for k in keys],
                     line=dict(width=[3 if k == tuple(chosen) else 1 for k in keys],
                               color="black")),
         hovertemplate="%{customdata[0]} #%{customdata[1]}<br>top tokens: %{customdata[2]}"
@@ -289,7 +286,8 @@ def umap_figure(points: pd.DataFrame, order: Sequence[str],
                          for d, i in zip(points["dictionary"], points["index"])]]
         fig.add_trace(go.Scatter(
             x=marked["x"], y=marked["y"], mode="markers", name="this family",
-            marker=dict(size=12, color=[colours.get(d, "#444") for d in marked["dictionary"]],
+            marker=dict(size=12, color=[colours.get(d, UNLISTED_DICTIONARY)
+                                        for d in marked["dictionary"]],
                         symbol=[symbols.get(d, "circle") for d in marked["dictionary"]],
                         line=dict(width=2, color="black")),
             customdata=_point_data(marked), hovertemplate=hover))

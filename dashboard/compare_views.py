@@ -12,6 +12,7 @@ import html
 import streamlit as st
 
 from dashboard import charts, feature_views, store_access
+from dashboard.colours import UNLISTED_DICTIONARY
 from feature_store.records import NEURONS_PRE_LN, FeatureRecord, Neighbour
 
 
@@ -51,11 +52,11 @@ def columns(path: str, record: FeatureRecord) -> None:
     colours = charts.dictionary_colours(store_access.dictionaries(path))
     cols = st.columns(1 + (twin is not None) + len(counterparts), gap="small")
     with cols[0]:
-        st.html(colour_bar_html(colours.get(record.dictionary, "#444")))
+        st.html(colour_bar_html(colours.get(record.dictionary, UNLISTED_DICTIONARY)))
         feature_views.compact_column(record, "the feature asked about")
     if twin is not None:
         with cols[1]:
-            st.html(colour_bar_html(colours.get(twin.dictionary, "#444")))
+            st.html(colour_bar_html(colours.get(twin.dictionary, UNLISTED_DICTIONARY)))
             feature_views.compact_column(twin, "the same neuron "
                                          + ("before" if twin.dictionary == NEURONS_PRE_LN
                                             else "after") + " the mid-MLP LayerNorm")
@@ -63,7 +64,7 @@ def columns(path: str, record: FeatureRecord) -> None:
     for col, (other, nearest, rest) in zip(cols[1:], counterparts):
         with col:
             found = store_access.feature(path, other, nearest.index)
-            st.html(colour_bar_html(colours.get(other, "#444")))
+            st.html(colour_bar_html(colours.get(other, UNLISTED_DICTIONARY)))
             feature_views.compact_column(found, counterpart_caption(other, nearest, rest))
 
 

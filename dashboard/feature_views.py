@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from dashboard import charts, light_plotly, links, store_access, token_html
+from dashboard.colours import UNLISTED_DICTIONARY
 from feature_store import schema
 from feature_store.records import NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour, is_neurons
 
@@ -276,7 +277,7 @@ def related_html(lists: list[RelatedList], tokens: dict[tuple[str, int], list[st
         rows = "".join(related_row_html(group.dictionary, n,
                                         tokens.get((group.dictionary, n.index), []), view)
                        for n in group.units[:N_NEIGHBOUR_LINKS])
-        chip = charts.colour_chip_html(colours.get(group.dictionary, "#444"))
+        chip = charts.colour_chip_html(colours.get(group.dictionary, UNLISTED_DICTIONARY))
         parts.append(f'<div class="related" style="margin:0.7rem 0 0">'
                      f'<b>{chip}{html.escape(group.title)}</b>'
                      f'<div class="legend">{html.escape(group.measure)}</div>'

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, links, store_access, token_html
+from dashboard.colours import UNLISTED_DICTIONARY
 from dashboard.feature_views import finite_or_dash
 from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
 
@@ -104,7 +105,7 @@ def _member_cell(dictionary: str, index: int, colours: dict[str, str]) -> str:
     """A member as a link to its feature page, with its dictionary's colour chip. Names and
     numbers only (dictionary names are a safe alphabet), escaped anyway."""
     url = html.escape(links.feature_url(dictionary, index), quote=True)
-    return (f'<td>{charts.colour_chip_html(colours.get(dictionary, "#444"))}'
+    return (f'<td>{charts.colour_chip_html(colours.get(dictionary, UNLISTED_DICTIONARY))}'
             f'<a href="{url}" target="_self">{html.escape(dictionary)} #{index}</a></td>')
 
 
@@ -140,7 +141,7 @@ def members(by_dictionary: dict[str, list[int]], summaries: dict[str, pd.DataFra
     cols = st.columns(max(1, len(by_dictionary)))
     for col, (dictionary, indices) in zip(cols, by_dictionary.items()):
         with col:
-            st.html(f"<b>{charts.colour_chip_html(colours.get(dictionary, '#444'))}"
+            st.html(f"<b>{charts.colour_chip_html(colours.get(dictionary, UNLISTED_DICTIONARY))}"
                     f"{html.escape(dictionary)}</b>")
             for index in indices:
                 row = summaries[dictionary].loc[index]

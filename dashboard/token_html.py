@@ -41,14 +41,12 @@ from typing import Literal
 
 import numpy as np
 
+from dashboard.colours import ACTIVATION_RGB, LOWER_RGB, RAISE_RGB, rgba
 from feature_store import token_display
 from feature_store.records import Example, LogitEntry
 
 Mode = Literal["activation", "ablation"]
 
-ACT_RGB = (255, 127, 14)  # orange: plotly's second colour, readable under black text
-RAISE_RGB = (31, 119, 180)  # blue: feature raised log p(next token)
-LOWER_RGB = (214, 39, 40)  # red: feature lowered it
 # Tokens shown before / after the drawn one in a full-width example window, on the feature
 # and the score pages alike, so a rater judges the same evidence a feature page shows.
 EXAMPLE_CONTEXT = (16, 6)
@@ -114,13 +112,9 @@ def _text(token: str) -> str:
     return html.escape(token_display.visible(token), quote=True)
 
 
-def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
-    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f})"
-
-
 def activation_background(act: float, scale: float) -> str:
     alpha = min(max(act / scale, 0.0), 1.0) if scale > 0 and math.isfinite(act) else 0.0
-    return _rgba(ACT_RGB, alpha) if alpha >= 0.01 else "transparent"
+    return rgba(ACTIVATION_RGB, alpha) if alpha >= 0.01 else "transparent"
 
 
 def ablation_background(delta: float, scale: float) -> str:
@@ -128,7 +122,7 @@ def ablation_background(delta: float, scale: float) -> str:
     if not math.isfinite(delta) or scale <= 0 or delta == 0:
         return "transparent"
     alpha = min(abs(delta) / scale, 1.0)
-    return _rgba(RAISE_RGB if delta < 0 else LOWER_RGB, alpha) if alpha >= 0.01 else "transparent"
+    return rgba(RAISE_RGB if delta < 0 else LOWER_RGB, alpha) if alpha >= 0.01 else "transparent"
 
 
 def token_span(text: str, background: str, title: str, centre: bool = False) -> str:
@@ -236,8 +230,8 @@ def ablation_scale_text(scale: float, magnitudes: Sequence[float]) -> str:
 
 def ablation_key_html(scale: float) -> str:
     """A small diverging colour bar from −scale (blue) through 0 to +scale (red)."""
-    bar = (f"background:linear-gradient(to right,{_rgba(RAISE_RGB, 1.0)},transparent,"
-           f"{_rgba(LOWER_RGB, 1.0)})")
+    bar = (f"background:linear-gradient(to right,{rgba(RAISE_RGB, 1.0)},transparent,"
+           f"{rgba(LOWER_RGB, 1.0)})")
     return (f'<span style="white-space:nowrap">{-scale:+.3f} <span style="display:inline-block;'
             f'width:7em;height:0.8em;vertical-align:middle;border:1px solid #ccc;{bar}"></span> '
             f'{scale:+.3f}</span>')
@@ -248,18 +242,18 @@ def legend_html(mode: Mode, scale: float, scale_text: str = "", relative: bool =
     full colour starts, so a reader can read a shade as a number. `relative` (activation
     mode): no number, the numbers shown are activation / max."""
     if mode == "activation" and relative:
-        body = (f'<span class="tok" style="background:{_rgba(ACT_RGB, 1.0)}">full orange</span>'
+        body = (f'<span class="tok" style="background:{rgba(ACTIVATION_RGB, 1.0)}">full orange</span>'
                 " = the unit's max activation; numbers are activation / max (0–1); outlined ="
                 " the drawn token; hover for values")
     elif mode == "ablation":
-        body = (f'<span class="tok" style="background:{_rgba(RAISE_RGB, 0.8)}">blue</span> '
+        body = (f'<span class="tok" style="background:{rgba(RAISE_RGB, 0.8)}">blue</span> '
                 f'the feature raised log p(next token) (Δ &lt; 0 when removed), '
-                f'<span class="tok" style="background:{_rgba(LOWER_RGB, 0.8)}">red</span> '
+                f'<span class="tok" style="background:{rgba(LOWER_RGB, 0.8)}">red</span> '
                 f'lowered it. Δ log p: {ablation_key_html(scale)}, '
                 f'{html.escape(scale_text or f"full colour at |Δ| {scale:.3f}")}; '
                 'hover for values')
     else:
-        body = (f'<span class="tok" style="background:{_rgba(ACT_RGB, 1.0)}">full orange</span>'
+        body = (f'<span class="tok" style="background:{rgba(ACTIVATION_RGB, 1.0)}">full orange</span>'
                 f' = max activation {scale:.3f}; outlined = the drawn token; hover for values')
     return f'<div class="tokens legend">{body}</div>'
 
@@ -272,7 +266,7 @@ def logit_table_html(entries: Sequence[LogitEntry], scale: float, raises: bool,
     rows = []
     for entry in entries:
         alpha = min(abs(entry.value) / scale, 1.0) if scale > 0 else 0.0
-        shade = _rgba(rgb, alpha * 0.7)
+        shade = rgba(rgb, alpha * 0.7)
         value = (entry.value / scale if scale > 0 else 0.0) if relative else entry.value
         rows.append(f'<tr><td><span class="tok" style="{ISOLATE};background:{shade}" '
                     f'title="token id {int(entry.token_id)}">{_text(entry.token)}</span></td>'
