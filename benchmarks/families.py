@@ -1,4 +1,4 @@
-"""The feature-family figures the README states, read from a built store.
+"""The feature-family figures docs/results.md states, read from a built store.
 
 Share of SAE features in a family, family sizes, the median decoder cosine, activation cosine
 and containment of the kept edges, and, for scale, how close each feature of a larger SAE comes

@@ -23,7 +23,7 @@ import torch
 
 from feature_store.transformer_files import load_transformer
 from pipelines.interp import stage as interp
-from pipelines.stats.ablation import model_readout
+from pipelines.model.readout import model_readout
 from pipelines.activations.shards import sequence_batches
 from pipelines.config import build_config
 from pipelines.stats.dictionaries import load_dictionaries

@@ -72,7 +72,7 @@ def train_and_score(data: PlantedData, cfg: SaeConfig, steps: int, eval_batches:
     s = score(data, sae.W_dec.detach(), reconstruct, eval_batches)
     return {**s.as_dict(), "d_sae": size, "seconds": round(seconds, 1),
             "activations_per_s": round(info["activations_per_second"]),
-            "l1_coefficient": info["l1_coefficients"][size] if cfg.recipe != "topk" else None}
+            "l1_coefficient": info["l1_coefficients"][size] if cfg.recipe_spec.l1 else None}
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""This machine's dense fp32 matmul speed, now: the yardstick every timing in the README is
+"""This machine's dense fp32 matmul speed, now: the yardstick every timing in the docs is
 stated against (machines differ by 1.5x and a busy one halves it).
 
     python benchmarks/probe.py

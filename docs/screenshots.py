@@ -1,4 +1,4 @@
-"""Screenshots of every dashboard page for the README:
+"""Screenshots of every dashboard page for the README and docs/dashboard.md:
 `python docs/screenshots.py [STORE] [--only overview,feature,...]`.
 
 Serves the app on a free localhost port against STORE (default runs/tiny/store), drives

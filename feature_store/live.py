@@ -126,8 +126,10 @@ class LiveRun:
 
         if dictionary == NEURONS:
             return torch.nn.functional.one_hot(torch.tensor(feature), int(self.model.cfg.d_mlp)).float()
+        from feature_store.sae_files import decoder_directions
+
         spec, tensors = self.saes[dictionary]
-        return tensors["W_dec"][feature] / spec.input_scale
+        return decoder_directions(spec, tensors, feature)
 
     def activations(self, text: str, dictionary: str) -> PromptActivations:
         import torch

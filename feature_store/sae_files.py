@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.errors import StoreError
+from feature_store.recipes import Recipe, recipe
 from feature_store.transformer_files import HOOK_POST
 
 TENSOR_SHAPES = {"W_enc": ("d_sae", "d_in"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
@@ -35,6 +36,10 @@ class SaeSpec:
     k: int  # active features per token for topk; 0 otherwise
     input_scale: float
     hook_name: str = HOOK_POST
+
+    @property
+    def recipe_spec(self) -> Recipe:
+        return recipe(self.recipe)
 
 
 def save_sae(folder: Path, spec: SaeSpec, tensors: dict[str, Any], extra: dict | None = None) -> None:
@@ -57,7 +62,8 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))
         spec = SaeSpec(**{f.name: raw[f.name] for f in fields(SaeSpec) if f.name in raw})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        spec.recipe_spec  # noqa: B018 - an unknown recipe is a bad file, said here
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
         raise StoreError(f"{config}: unreadable SAE config ({err}); {hint}") from None
     weights = folder / "sae.safetensors"
     try:
@@ -85,7 +91,7 @@ def encode(spec: SaeSpec, tensors: dict[str, Any], x):
     import torch
 
     pre = pre_activation(spec, tensors, x)
-    if spec.recipe == "topk":
+    if spec.recipe_spec.top_k:
         vals, idx = pre.topk(spec.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
     return pre.relu()
@@ -98,24 +104,38 @@ def topk_codes(spec: SaeSpec, tensors: dict[str, Any], x):
     return vals.relu(), idx
 
 
-def active_entries(spec: SaeSpec, tensors: dict[str, Any], x):
-    """`encode` for x [B, d_in] plus its active (> 0) entries as (row, feature, value).
+@dataclass(frozen=True)
+class ActiveCodes:
+    """A batch's codes: dense [B, d_sae], and the active (> 0) entries listed, aligned."""
+
+    dense: Any  # torch.Tensor [B, d_sae]
+    row: Any  # [E] int64: the entry's row in the batch
+    feature: Any  # [E] int64
+    value: Any  # [E] float32, > 0
+
+    @classmethod
+    def of_dense(cls, codes) -> ActiveCodes:
+        """List the active entries of dense codes (a scan of the whole matrix)."""
+        row, feat = (codes > 0).nonzero(as_tuple=True)
+        return cls(codes, row, feat, codes[row, feat])
+
+
+def active_entries(spec: SaeSpec, tensors: dict[str, Any], x) -> ActiveCodes:
+    """`encode` for x [B, d_in] plus its active (> 0) entries.
 
     For topk the entries come from the top-k itself, with no scan of the dense [B, d_sae]
     codes (a scan costs as much as the encoding on wide dictionaries)."""
     import torch
 
-    if spec.recipe != "topk":
-        codes = encode(spec, tensors, x)
-        row, feat = (codes > 0).nonzero(as_tuple=True)
-        return codes, row, feat, codes[row, feat]
+    if not spec.recipe_spec.top_k:
+        return ActiveCodes.of_dense(encode(spec, tensors, x))
     pre = pre_activation(spec, tensors, x)
     vals, idx = pre.topk(spec.k, dim=-1)
     vals = vals.relu()
     codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
     active = vals > 0
     row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[active]
-    return codes, row, idx[active], vals[active]
+    return ActiveCodes(codes, row, idx[active], vals[active])
 
 
 def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):
@@ -132,9 +152,16 @@ def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):
 
 def reconstruct(spec: SaeSpec, tensors: dict[str, Any], x):
     """decode(encode(x)), sparse for topk."""
-    if spec.recipe != "topk":
+    if not spec.recipe_spec.top_k:
         return decode(spec, tensors, encode(spec, tensors, x))
     return decode_topk(spec, tensors, *topk_codes(spec, tensors, x))
+
+
+def decoder_directions(spec: SaeSpec, tensors: dict[str, Any], rows: Any = slice(None)):
+    """Decoder rows in the unscaled activation space, W_dec[rows] / input_scale: a feature's
+    contribution to hook_post per unit of its activation (the SAE reconstructs s·x, so one
+    unit of f_i adds d_i / s to x)."""
+    return tensors["W_dec"][rows] / spec.input_scale
 
 
 def decode(spec: SaeSpec, tensors: dict[str, Any], f):

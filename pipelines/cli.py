@@ -1,4 +1,4 @@
-"""`python -m pipelines run|study|status`: the command line.
+"""`python -m pipelines run|study|status|config`: the command line.
 
 Bad input (config, corpus, run folder) prints one line to stderr and exits 2; anything else
 that escapes is a bug and keeps its traceback.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pipelines import distributed
-from pipelines.config import load_config
+from pipelines.config import load_config, to_toml
 from pipelines.errors import PipelineError
 from pipelines.run_folder import Manifest
 from pipelines.runner import STAGE_NAMES, run_pipeline, stage_table
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what each stage produced and whether it is up to date")
     status.add_argument("run_dir", help="a run folder or a study folder")
     config_args(status)
+
+    show = sub.add_parser("config", help="print the resolved config, every key of every stage "
+                                         "(presets state only what differs from the defaults)")
+    config_args(show)
     return parser
 
 
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "study":
             return _study(args)
+        if args.command == "config":
+            print(to_toml(load_config(args.preset, args.config, args.set).to_dict()), end="")
+            return 0
         if is_study(Path(args.run_dir)):
             return _study_status(Path(args.run_dir))
         return _status(args)

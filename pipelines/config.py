@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from feature_store.recipes import RECIPES, Recipe, recipe
+from pipelines.devices import check_device
 from pipelines.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -125,8 +127,7 @@ class ModelConfig:
         _require(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, "must be >= 0")
         _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
         _require(self.grad_clip > 0, "model.grad_clip", self.grad_clip, "must be positive")
-        _require(self.device in ("auto", "cpu", "cuda"), "model.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("model.device", self.device)
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,7 @@ class ActivationsConfig:
         _require(self.max_tokens >= 0, "activations.max_tokens", self.max_tokens, "must be >= 0")
         for key in ("shard_tokens", "batch_size"):
             _require(getattr(self, key) > 0, f"activations.{key}", getattr(self, key), "must be positive")
-        _require(self.device in ("auto", "cpu", "cuda"), "activations.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("activations.device", self.device)
 
 
 @dataclass(frozen=True)
@@ -180,15 +180,21 @@ class SaeConfig:
     device: str = "auto"
     seed: int = 0
 
+    @property
+    def recipe_spec(self) -> Recipe:
+        """What the recipe is (`feature_store/recipes.py`): every recipe-dependent choice
+        reads a flag of this record, never the name."""
+        return recipe(self.recipe)
+
     def __post_init__(self) -> None:
         _require(bool(self.dict_sizes) and min(self.dict_sizes) > 0, "sae.dict_sizes",
                  self.dict_sizes, "must be a non-empty list of positive sizes")
         _require(len(set(self.dict_sizes)) == len(self.dict_sizes), "sae.dict_sizes",
                  self.dict_sizes, "sizes must be distinct")
-        _require(self.recipe in ("topk", "l1", "l1-unit"), "sae.recipe", self.recipe,
-                 "must be topk, l1 or l1-unit")
-        _require(self.recipe != "topk" or 0 < self.k <= min(self.dict_sizes), "sae.k", self.k,
-                 "must be in [1, smallest dictionary size]")
+        _require(self.recipe in RECIPES, "sae.recipe", self.recipe,
+                 f"must be one of {', '.join(RECIPES)}")
+        _require(not self.recipe_spec.top_k or 0 < self.k <= min(self.dict_sizes), "sae.k",
+                 self.k, "must be in [1, smallest dictionary size]")
         _require(all(0 < f < 1 for f in self.resample_at), "sae.resample_at", self.resample_at,
                  "fractions must be in (0, 1)")
         for key in ("lr", "batch_size", "epochs", "buffer_tokens", "eval_sequences", "dead_window"):
@@ -204,8 +210,7 @@ class SaeConfig:
                  self.l1_warmup_fraction, "must end before the lr decay starts (1 - sae.lr_decay_fraction)")
         _require(self.buffer_tokens >= self.batch_size, "sae.buffer_tokens", self.buffer_tokens,
                  "must be at least sae.batch_size")
-        _require(self.device in ("auto", "cpu", "cuda"), "sae.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("sae.device", self.device)
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ class StatsConfig:
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"
     seed: int = 0
-    # Where passes 1-3 run (pipelines/stats/ray_engine.py; README "Statistics on Ray"): "local" in
+    # Where passes 1-3 run (pipelines/stats/ray_engine.py; docs/scaling.md "Statistics on Ray"): "local" in
     # this process, or "ray": one Ray worker per CPU over the activation shards, same store.
     # how the pass runs, not what it computes (the engines write identical stores): left out
     # of the stage's config hash, so switching engine does not make the store stale
@@ -269,8 +274,7 @@ class StatsConfig:
                     "split_min_activation_cosine"):
             _require(0.0 <= getattr(self, key) <= 1.0, f"stats.{key}", getattr(self, key),
                      "must be in [0, 1]")
-        _require(self.device in ("auto", "cpu", "cuda"), "stats.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("stats.device", self.device)
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,7 @@ class InterpConfig:
 
     Defaults: the explain pass reads ~131k training tokens (it is most of the stage's time;
     on the tiny run twice as many changed no dictionary's median score by more than 0.02);
-    windows as the dashboard's; 128 random windows (most do not fire) give both the
+    windows of the store's shape; 128 random windows (most do not fire) give both the
     explainer its base rates and the random-only simulation score its data.
     """
 
@@ -289,8 +293,8 @@ class InterpConfig:
     batch_tokens: int = 8192
     top_k: int = 20  # top training windows per unit to explain from
     examples_per_interval: int = 5  # plus this many from each of the 11 intervals
-    window_before: int = 12
-    window_after: int = 4
+    # (windows have the store's shape, stats.window_before/after: the explain and the
+    # held-out score windows must look alike; pipelines/activations/windows.py)
     random_windows: int = 128  # random windows, training (explain) and validation (score)
     neighbours: int = 3  # nearest units whose top windows give detection's hard negatives
     neighbour_windows: int = 4  # top windows taken from each neighbour
@@ -319,15 +323,11 @@ class InterpConfig:
                     "llm_max_retries"):
             _require(getattr(self, key) > 0, f"interp.{key}", getattr(self, key),
                      "must be positive")
-        for key in ("window_before", "window_after"):
-            _require(0 <= getattr(self, key) <= 1024, f"interp.{key}", getattr(self, key),
-                     "must be in [0, 1024]")
         _require(0 < self.fire_fraction <= 1, "interp.fire_fraction", self.fire_fraction,
                  "must be in (0, 1]")
         _require(self.llm_timeout_s > 0, "interp.llm_timeout_s", self.llm_timeout_s,
                  "must be positive")
-        _require(self.device in ("auto", "cpu", "cuda"), "interp.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("interp.device", self.device)
 
 
 @dataclass(frozen=True)
@@ -354,6 +354,24 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in fiel
 # Read only by `python -m pipelines study` (pipelines/study/config.py); a plain run ignores them,
 # so one preset serves both.
 STUDY_SECTIONS = ("variants", "universality")
+
+
+def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """A resolved config as TOML that `--config` reads back to the same config."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, str):
+            return json.dumps(v)  # a TOML basic string: the same escapes
+        return repr(v)
+
+    blocks = []
+    for name, body in sections.items():
+        lines = [f"[{name}]"] + [f"{k} = {value(v)}" for k, v in body.items()]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def config_hash(section: Any) -> str:

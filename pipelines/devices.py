@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from pipelines.errors import ConfigError
 
+DEVICES = ("auto", "cpu", "cuda")  # what every stage's `device` key accepts
+
+
+def check_device(key: str, value: str) -> None:
+    """A config's `device` must be one of DEVICES (checked at load, before any stage runs)."""
+    if value not in DEVICES:
+        raise ConfigError(f"{key}={value!r}: must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}",
+                          key=key)
+
 
 def pick_device(requested: str, section: str) -> str:
     """`auto` takes CUDA when present; `cuda` without a card is the user's config error."""

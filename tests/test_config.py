@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import PRESET_DIR, ConfigError, build_config, load_config, parse_override
+from pipelines.config import (PRESET_DIR, SECTIONS, ConfigError, RunConfig, _coerce, build_config,
+                              load_config, parse_override, read_config_file)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
@@ -103,3 +104,28 @@ def test_stats_engine_is_not_part_of_the_stats_hash():
     other = load_config("tiny", None, ["stats.n_neighbours=3"]).stats
     assert config_hash(ray) == config_hash(base)
     assert config_hash(other) != config_hash(base)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+def test_presets_state_only_what_differs_from_the_defaults(preset):
+    """A preset restating a default hides which settings are the preset's own (and goes stale
+    when the default moves): every key in a preset file must differ from its default."""
+    raw, path = read_config_file(preset, None)
+    defaults = RunConfig()
+    same = [f"{section}.{key}" for section, body in raw.items() if section in SECTIONS
+            for key, value in body.items()
+            if _coerce(SECTIONS[section], section, key, value, str(path))
+            == getattr(defaults.section(section), key)]
+    assert not same, f"{path} restates defaults: {same}"
+
+
+def test_config_command_prints_every_key_and_reads_back(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["config", "--preset", "paper", "--set", "sae.k=16"]) == 0
+    text = capsys.readouterr().out
+    for section in SECTIONS:
+        assert f"[{section}]" in text
+    saved = tmp_path / "full.toml"
+    saved.write_text(text)
+    assert load_config(None, str(saved), []) == load_config("paper", None, ["sae.k=16"])

@@ -125,8 +125,9 @@ def test_unreachable_endpoint_is_a_clear_error():
 def _windows(display):
     tokens = np.array([[1, 2, 3], [2, 3, 1], [1, 1, 1]], np.int32)
     acts = np.array([[0, 2.0, 0], [1.0, 0, 0], [0, 0, 0]], np.float32)
-    return Windows(np.array([0, 1, 0]), tokens, acts, np.array([-1, -1, RANDOM], np.int8),
-                   np.arange(3), np.arange(3), "train")
+    return Windows(unit=np.array([0, 1, 0]), tokens=tokens, acts=acts,
+                   kind=np.array([-1, -1, RANDOM], np.int8), seq_id=np.arange(3),
+                   position=np.arange(3), split="train")
 
 
 def test_cache_hit_on_rerun_costs_no_request(tmp_path):

@@ -49,8 +49,9 @@ def _windows(tokens, acts, split, rng, n_top=20, n_random=40, n_units=3):
     _, lo = starts(seq, pos)
     cols = lo[:, None] + np.arange(W)[None, :]
     before = np.where(lo > 0, tokens[seq, np.maximum(lo - 1, 0)], -1).astype(np.int32)
-    return Windows(unit, tokens[seq[:, None], cols], acts[seq[:, None], cols, unit[:, None]],
-                   kind, seq, pos, split, before)
+    return Windows(unit=unit, tokens=tokens[seq[:, None], cols],
+                   acts=acts[seq[:, None], cols, unit[:, None]], kind=kind, seq_id=seq,
+                   position=pos, split=split, before=before)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +125,10 @@ def test_neighbour_negatives_are_counted_apart_from_random_ones(planted):
     p = fit_patterns(explain, 3, V)
     # Neighbour windows for unit 0: unit 1's top windows, on which unit 0 is mostly silent.
     nb = held_out.select(held_out.unit == 1)
-    nb = Windows(np.zeros_like(nb.unit), nb.tokens, np.where(nb.tokens == 7, 3.0, 0.0)
-                 .astype(np.float32), np.full(nb.unit.size, NEIGHBOUR, np.int8), nb.seq_id,
-                 nb.position, "val")
+    nb = Windows(unit=np.zeros_like(nb.unit), tokens=nb.tokens,
+                 acts=np.where(nb.tokens == 7, 3.0, 0.0).astype(np.float32),
+                 kind=np.full(nb.unit.size, NEIGHBOUR, np.int8), seq_id=nb.seq_id,
+                 position=nb.position, split="val")
     both = Windows.concat([held_out, nb])
     sim = simulate(p, both)
     s = score(p, sim, both, np.full(3, 0.3), np.zeros((3, 1), np.int32),

@@ -17,21 +17,22 @@ from pipelines.data.tokens import read_sequences
 @pytest.fixture(scope="module")
 def sets(mini_run):
     """Both window sets of the miniature run, built the way the stage builds them."""
-    from feature_store.transformer_files import load_transformer
-    from pipelines.stats.ablation import model_readout
-    from pipelines.stats.dictionaries import load_dictionaries
+    from pipelines.activations.windows import WindowSpan
+    from pipelines.stats.dictionaries import load_run_units
 
-    model = load_transformer(mini_run / "model", device="cpu")
-    n_ctx = int(model.cfg.n_ctx)
-    W_out, _ = model_readout(model)
-    dictionaries = load_dictionaries(mini_run, W_out, "cpu")
+    units = load_run_units(mini_run, "cpu")
+    n_ctx, dictionaries = units.n_ctx, units.dictionaries
     store = FeatureStore.open(mini_run / "store")
     cfg = InterpConfig(explain_tokens=8192, random_windows=16)
     train = read_sequences(mini_run / "tokens" / "train.parquet")
     val = read_sequences(mini_run / "tokens" / "val.parquet")
-    explain = explain_windows(mini_run / "activations", train, dictionaries, cfg, n_ctx, "cpu")
-    held_out = score_windows({d.name: store.example_windows(d.name) for d in dictionaries},
-                             mini_run / "activations", val, dictionaries, cfg, n_ctx, "cpu")
+    examples = {d.name: store.example_windows(d.name) for d in dictionaries}
+    span = WindowSpan.of_examples(examples["neurons"].center,
+                                  examples["neurons"].token_ids.shape[1], "store")
+    explain = explain_windows(mini_run / "activations", train, dictionaries, cfg, span, n_ctx,
+                              "cpu")
+    held_out = score_windows(examples, mini_run / "activations", val, dictionaries, cfg, span,
+                             n_ctx, "cpu")
     return train, val, explain, held_out, n_ctx
 
 

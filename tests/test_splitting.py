@@ -28,8 +28,9 @@ def _pair(codes_a: np.ndarray, codes_b: np.ndarray, dir_a: torch.Tensor, dir_b: 
     ub = Dictionary("b", nb, lambda x: x[:, na:], dir_b, torch.zeros(nb, 8))
     passes = _run(np.concatenate([codes_a, codes_b], 1),
                   StatsConfig(split_candidates=c, umap=False), [ua, ub], [("a", "b")])
-    out = split_edges(passes.split_candidates, passes.stats, [ua, ub], passes.n_tokens,
-                      criterion)
+    out = split_edges(passes.split_candidates, {k: s.sumsq for k, s in passes.stats.items()},
+                      {k: s.n_active for k, s in passes.stats.items()}, [ua, ub],
+                      passes.n_tokens, criterion)
     return out[0] if out else None
 
 
@@ -130,7 +131,7 @@ def _precision_recall(edges, truth) -> tuple[float, float]:
 
 def test_planted_splits_are_recovered_and_impostors_rejected():
     small, large, dir_s, dir_l, truth = _planted()
-    edges = _pair(small, large, dir_s, dir_l, SplitCriterion())
+    edges = _pair(small, large, dir_s, dir_l, SplitCriterion.from_config(StatsConfig()))
     precision, recall = _precision_recall(edges, truth)
     assert precision >= 0.9 and recall >= 0.9, (precision, recall)
 

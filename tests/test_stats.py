@@ -14,6 +14,7 @@ import torch
 from feature_store.records import N_INTERVALS
 from feature_store.sae_files import SaeSpec, active_entries, encode
 from feature_store.transformer_files import HOOK_POST, build_transformer, transformer_spec
+from pipelines.model import readout
 from pipelines.stats import ablation, sampling
 from pipelines.stats import stage as stats
 from pipelines.activations.shards import SequenceBatch
@@ -163,7 +164,8 @@ def test_active_entries_equal_encode(recipe, k):
     t = {"W_enc": torch.randn(20, 12, generator=g), "b_enc": torch.randn(20, generator=g),
          "W_dec": torch.randn(20, 12, generator=g), "b_dec": torch.randn(12, generator=g)}
     x = torch.randn(50, 12, generator=g)
-    codes, row, feat, val = active_entries(spec, t, x)
+    got = active_entries(spec, t, x)
+    codes, row, feat, val = got.dense, got.row, got.feature, got.value
     torch.testing.assert_close(codes, encode(spec, t, x))
     dense = torch.zeros_like(codes)
     dense[row, feat] = val
@@ -188,7 +190,7 @@ def test_fill_ablation_matches_a_real_splice(model):
     """The production pass 3: remove a·d from hook_post at one token of an example window,
     rerun the model: Δ log p(next) agrees at that token; inactive cells are 0, and the
     window's last token (no next token shown) and cells outside the sequence are NaN."""
-    W_out, ro = ablation.model_readout(model)
+    W_out, ro = readout.model_readout(model)
     g = torch.Generator().manual_seed(2)
     seqs = torch.randint(0, 50, (3, 16), generator=g)
     direction = torch.randn(64, generator=g) / 3  # e.g. W_dec[i] / input_scale
@@ -203,7 +205,7 @@ def test_fill_ablation_matches_a_real_splice(model):
         rank=np.arange(len(cases)), seq_id=np.array([b for b, _, _ in cases]),
         position=np.array([t for _, t, _ in cases]), act=acts[:, cfg.window_before].copy(),
         acts=acts)
-    weights = {"d": ablation.logit_weights(d.out_dir, ro)}
+    weights = {"d": readout.logit_weights(d.out_dir, ro)}
     n = ablation.fill_ablation(model, seqs.numpy(), [d], {"d": ex}, weights, ro, cfg, 16, "cpu")
     assert n == 4  # position 15 is the sequence's last token: nothing to predict
     with torch.no_grad():
@@ -240,11 +242,11 @@ def test_logit_weights_are_the_direct_effect_at_fixed_ln_scale(model):
     """w = (v - mean v)·diag(γ)·W_U is the direct effect at LN_final's scale held fixed: adding
     ε·v to the final residual changes the logits by ε·(w − (c·v_c)·z/(d·σ²))/σ to first order
     (z = c·diag(γ)·W_U; the second term is LN's scale reacting), checked on the real model."""
-    W_out, ro = ablation.model_readout(model)
+    W_out, ro = readout.model_readout(model)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 50, (1, 16), generator=g)
     v = torch.randn(32, generator=g)
-    w = ablation.logit_weights(v[None], ro)[0]
+    w = readout.logit_weights(v[None], ro)[0]
     eps, t = 1e-3, 7
     with torch.no_grad():
         resid = ablation.final_residual(model, tokens)[0, t]

@@ -11,7 +11,7 @@ import torch
 
 from feature_store.study_store import StudyStore, is_study_store
 from feature_store.transformer_files import load_transformer
-from pipelines.stats.ablation import logit_weights, model_readout
+from pipelines.model.readout import logit_weights, model_readout
 from pipelines.activations.shards import read_shard, shard_paths
 from pipelines.config import build_config
 from pipelines.stats.dictionaries import load_dictionaries

@@ -125,14 +125,26 @@ class SequenceBatch:
         raise ValueError(f"this batch was read without {column!r}")
 
 
+def sequence_cap(max_tokens: int, n_ctx: int) -> int | None:
+    """The whole sequences a token cap allows (at least one), None for 0 (no cap). Every
+    stage caps whole sequences of n_ctx - 1 activations (BOS has none) the same way, so two
+    stages given the same cap read the same tokens."""
+    return max(1, max_tokens // (n_ctx - 1)) if max_tokens > 0 else None
+
+
+def capped_tokens(available: int, n_ctx: int, max_tokens: int) -> int:
+    """How many of `available` tokens a read capped at `max_tokens` covers (0 = no cap)."""
+    cap = sequence_cap(max_tokens, n_ctx)
+    return available if cap is None else min(available, cap * (n_ctx - 1))
+
+
 def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
                      max_tokens: int, device: str,
                      pre_ln: bool = False) -> Iterator[SequenceBatch]:
     """Whole sequences in shard order, `batch_tokens // (n_ctx-1)` sequences at a time,
     stopping after `max_tokens` tokens (whole sequences; 0 = all); with `pre_ln`, each batch
     also carries `acts_pre_ln`."""
-    per_seq = n_ctx - 1
-    max_seqs = max(1, max_tokens // per_seq) if max_tokens > 0 else None
+    max_seqs = sequence_cap(max_tokens, n_ctx)
     done = 0
     for path in shard_paths(act_dir, split):
         for batch in shard_batches(path, n_ctx, batch_tokens, device, max_seqs, done, pre_ln):

@@ -31,6 +31,7 @@ import torch
 from feature_store.transformer_files import (HOOK_POST, HOOK_PRE_LN, capture_many,
                                               has_mid_ln, load_transformer)
 from pipelines import distributed, progress
+from pipelines.activations.shards import sequence_cap
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
 from pipelines.devices import pick_device
@@ -98,7 +99,7 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
         ids = np.arange(len(seqs))
         if split == "train" and cfg.max_tokens > 0:
-            keep = min(len(seqs), max(1, cfg.max_tokens // (seqs.shape[1] - 1)))
+            keep = min(len(seqs), sequence_cap(cfg.max_tokens, seqs.shape[1]))
             ids = np.sort(np.random.default_rng(cfg.seed).permutation(len(seqs))[:keep])
         counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
                                     pre_ln=pre_ln and split == "val")

@@ -38,7 +38,7 @@ CUR, PREV, NEXT = 0, 1, 2  # pattern kinds
 KIND_WORDS = {CUR: "", PREV: "after ", NEXT: "then "}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Windows:
     """Context windows for many units at once, one row per (unit, window).
 
@@ -63,9 +63,10 @@ class Windows:
                              f"acts {self.acts.shape} disagree")
 
     def select(self, keep: np.ndarray) -> "Windows":
-        return Windows(self.unit[keep], self.tokens[keep], self.acts[keep], self.kind[keep],
-                       self.seq_id[keep], self.position[keep], self.split,
-                       self.before_tokens()[keep])
+        return Windows(unit=self.unit[keep], tokens=self.tokens[keep], acts=self.acts[keep],
+                       kind=self.kind[keep], seq_id=self.seq_id[keep],
+                       position=self.position[keep], split=self.split,
+                       before=self.before_tokens()[keep])
 
     def before_tokens(self) -> np.ndarray:
         return (self.before if self.before is not None
@@ -82,13 +83,13 @@ class Windows:
             raise ValueError(f"windows from different splits {sorted(splits)} in one set")
         w = max(p.tokens.shape[1] for p in parts)
         pad = lambda a, fill: np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=fill)  # noqa: E731
-        return Windows(np.concatenate([p.unit for p in parts]),
-                       np.concatenate([pad(p.tokens, -1) for p in parts]),
-                       np.concatenate([pad(p.acts, 0.0) for p in parts]),
-                       np.concatenate([p.kind for p in parts]),
-                       np.concatenate([p.seq_id for p in parts]),
-                       np.concatenate([p.position for p in parts]), splits.pop(),
-                       np.concatenate([p.before_tokens() for p in parts]))
+        return Windows(unit=np.concatenate([p.unit for p in parts]),
+                       tokens=np.concatenate([pad(p.tokens, -1) for p in parts]),
+                       acts=np.concatenate([pad(p.acts, 0.0) for p in parts]),
+                       kind=np.concatenate([p.kind for p in parts]),
+                       seq_id=np.concatenate([p.seq_id for p in parts]),
+                       position=np.concatenate([p.position for p in parts]), split=splits.pop(),
+                       before=np.concatenate([p.before_tokens() for p in parts]))
 
 
 RANDOM = -2  # Windows.kind of a random window (most do not fire)

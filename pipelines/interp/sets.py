@@ -33,7 +33,9 @@ import torch
 from feature_store import schema
 from feature_store.explanations import ExampleWindows
 from feature_store.records import NEURONS
-from pipelines.activations.shards import SequenceBatch, count_rows, sequence_batches, shard_paths
+from pipelines.activations.shards import (SequenceBatch, capped_tokens, count_rows,
+                                          sequence_batches, shard_paths)
+from pipelines.activations.windows import WindowSpan
 from pipelines.config import InterpConfig, StatsConfig
 from pipelines.stats.dictionaries import Dictionary
 from pipelines.stats.directions import nearest, normalized_rows
@@ -51,74 +53,75 @@ def _before(seqs: np.ndarray, seq_id: np.ndarray, first_pos: np.ndarray) -> np.n
 
 
 def explain_windows(act_dir: Path, seqs: np.ndarray, dictionaries: list[Dictionary],
-                    cfg: InterpConfig, n_ctx: int, device: str) -> dict[str, Windows]:
-    """Top and interval windows of every unit from the train shards, plus random ones."""
+                    cfg: InterpConfig, span: WindowSpan, n_ctx: int, device: str
+                    ) -> dict[str, Windows]:
+    """Top and interval windows of every unit from the train shards, plus random ones, in
+    `span`: the shape of the store's (held-out) example windows."""
     stats_cfg = StatsConfig(split="train", max_tokens=cfg.explain_tokens,
                             batch_tokens=cfg.batch_tokens, top_k=cfg.top_k,
                             examples_per_interval=cfg.examples_per_interval,
-                            window_before=cfg.window_before, window_after=cfg.window_after,
+                            window_before=span.before, window_after=span.after,
                             umap=False, device=device, seed=cfg.seed)
 
     def batches() -> Iterator[SequenceBatch]:
         return sequence_batches(act_dir, "train", n_ctx, cfg.batch_tokens, cfg.explain_tokens,
                                 device)
 
-    total = min(count_rows(act_dir, "train"),
-                max(1, cfg.explain_tokens // (n_ctx - 1)) * (n_ctx - 1))
+    total = capped_tokens(count_rows(act_dir, "train"), n_ctx, cfg.explain_tokens)
     print("interp: explain set from the train shards (the stats passes 1-2 below)",
           file=sys.stderr, flush=True)
     passes = statistics(batches, dictionaries, stats_cfg, n_ctx, device, (), total,
                         label="interp (sampling 1/2", label2="interp (sampling 2/2")
     rng = np.random.default_rng([cfg.seed, 1])
-    random = random_windows(ShardIndex(act_dir, "train", n_ctx), seqs, dictionaries, cfg, n_ctx,
-                            device, rng)
+    random = random_windows(ShardIndex(act_dir, "train", n_ctx), seqs, dictionaries, cfg, span,
+                            n_ctx, device, rng)
     out = {}
     for d in dictionaries:
         ex = collect_examples(passes.stats[d.name])
         pos, valid = window_layout(ex, stats_cfg, n_ctx)
         tokens = np.where(valid, seqs[ex.seq_id[:, None], np.clip(pos, 0, n_ctx - 1)], -1)
-        own = Windows(ex.feature.astype(np.int64), tokens.astype(np.int32),
-                      np.where(valid, ex.acts, 0.0).astype(np.float32), ex.kind.astype(np.int8),
-                      ex.seq_id.astype(np.int64), ex.position.astype(np.int64), "train",
-                      _before(seqs, ex.seq_id, pos[:, 0]))
+        own = Windows(unit=ex.feature.astype(np.int64), tokens=tokens.astype(np.int32),
+                      acts=np.where(valid, ex.acts, 0.0).astype(np.float32),
+                      kind=ex.kind.astype(np.int8), seq_id=ex.seq_id.astype(np.int64),
+                      position=ex.position.astype(np.int64), split="train",
+                      before=_before(seqs, ex.seq_id, pos[:, 0]))
         out[d.name] = Windows.concat([own, random[d.name]])
     return out
 
 
 def score_windows(store_examples: dict[str, ExampleWindows], act_dir: Path, seqs: np.ndarray,
-                  dictionaries: list[Dictionary], cfg: InterpConfig, n_ctx: int, device: str
-                  ) -> dict[str, Windows]:
+                  dictionaries: list[Dictionary], cfg: InterpConfig, span: WindowSpan,
+                  n_ctx: int, device: str) -> dict[str, Windows]:
     """Held-out windows of every unit: the store's examples, random and neighbour windows."""
     rng = np.random.default_rng([cfg.seed, 2])
     index = ShardIndex(act_dir, "val", n_ctx)
-    random = random_windows(index, seqs, dictionaries, cfg, n_ctx, device, rng)
+    random = random_windows(index, seqs, dictionaries, cfg, span, n_ctx, device, rng)
     out = {}
     for d in dictionaries:
         ex = store_examples[d.name]
         first = ex.position.astype(np.int64) - ex.center.astype(np.int64)
-        own = Windows(ex.feature.astype(np.int64), ex.token_ids.astype(np.int32),
-                      ex.acts.astype(np.float32), ex.kind.astype(np.int8),
-                      ex.seq_id.astype(np.int64), ex.position.astype(np.int64), "val",
-                      _before(seqs, ex.seq_id, first))
+        own = Windows(unit=ex.feature.astype(np.int64), tokens=ex.token_ids.astype(np.int32),
+                      acts=ex.acts.astype(np.float32), kind=ex.kind.astype(np.int8),
+                      seq_id=ex.seq_id.astype(np.int64), position=ex.position.astype(np.int64),
+                      split="val", before=_before(seqs, ex.seq_id, first))
         nb = neighbour_windows(ex, d, index, seqs, cfg, n_ctx, device)
         out[d.name] = Windows.concat([own, random[d.name], nb])
     return out
 
 
 def random_windows(index: ShardIndex, seqs: np.ndarray, dictionaries: list[Dictionary],
-                   cfg: InterpConfig, n_ctx: int, device: str, rng: np.random.Generator
-                   ) -> dict[str, Windows]:
+                   cfg: InterpConfig, span: WindowSpan, n_ctx: int, device: str,
+                   rng: np.random.Generator) -> dict[str, Windows]:
     """`cfg.random_windows` windows at random positions of cached sequences (of the first
     shard: the cache is already a random subset), with every unit's activation on them; one
     copy per unit (row `unit`)."""
     split = index.split
     cached = index.sequences(0)
-    w = cfg.window_before + cfg.window_after + 1
+    w = span.width
     R = cfg.random_windows
     seq_id = rng.choice(cached, size=R, replace=len(cached) < R).astype(np.int64)
     centre = rng.integers(1, n_ctx, size=R)
-    pos = centre[:, None] + np.arange(-cfg.window_before, cfg.window_after + 1)[None, :]
-    valid = (pos >= 1) & (pos <= n_ctx - 1)
+    pos, valid = span.layout(centre, n_ctx)
     x = index.gather(seq_id, pos, valid)  # [R * w, d_mlp]
     tokens = np.where(valid, seqs[seq_id[:, None], np.clip(pos, 0, n_ctx - 1)], -1)
     before = _before(seqs, seq_id, pos[:, 0])
@@ -128,11 +131,12 @@ def random_windows(index: ShardIndex, seqs: np.ndarray, dictionaries: list[Dicti
             codes = d.encode(torch.from_numpy(x).to(device)).cpu().numpy().reshape(R, w, d.n)
         codes = np.where(valid[:, :, None], codes, 0.0)
         unit = np.repeat(np.arange(d.n), R)
-        out[d.name] = Windows(unit, np.tile(tokens, (d.n, 1)).astype(np.int32),
-                              codes.transpose(2, 0, 1).reshape(d.n * R, w).astype(np.float32),
-                              np.full(d.n * R, RANDOM, np.int8), np.tile(seq_id, d.n),
-                              np.tile(centre, d.n).astype(np.int64), split,
-                              np.tile(before, d.n))
+        out[d.name] = Windows(
+            unit=unit, tokens=np.tile(tokens, (d.n, 1)).astype(np.int32),
+            acts=codes.transpose(2, 0, 1).reshape(d.n * R, w).astype(np.float32),
+            kind=np.full(d.n * R, RANDOM, np.int8), seq_id=np.tile(seq_id, d.n),
+            position=np.tile(centre, d.n).astype(np.int64), split=split,
+            before=np.tile(before, d.n))
     return out
 
 
@@ -170,10 +174,11 @@ def neighbour_windows(ex: ExampleWindows, d: Dictionary, index: ShardIndex, seqs
         local = np.searchsorted(part, req_row[sel])
         got = codes[torch.from_numpy(local), :, torch.from_numpy(req_unit[sel])].cpu().numpy()
         acts[sel] = np.where(valid[local], got, 0.0)
-    return Windows(req_unit, ex.token_ids[req_row].astype(np.int32), acts,
-                   np.full(req_row.size, NEIGHBOUR, np.int8), ex.seq_id[req_row].astype(np.int64),
-                   ex.position[req_row].astype(np.int64), "val",
-                   _before(seqs, ex.seq_id[req_row], first[req_row]))
+    return Windows(unit=req_unit, tokens=ex.token_ids[req_row].astype(np.int32), acts=acts,
+                   kind=np.full(req_row.size, NEIGHBOUR, np.int8),
+                   seq_id=ex.seq_id[req_row].astype(np.int64),
+                   position=ex.position[req_row].astype(np.int64), split="val",
+                   before=_before(seqs, ex.seq_id[req_row], first[req_row]))
 
 
 class ShardIndex:

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from feature_store.explanations import write_explanations
+from feature_store.records import NEURONS
 from feature_store.store import FeatureStore
-from feature_store.transformer_files import load_transformer
 from pipelines import progress
-from pipelines.stats.ablation import logit_weights, model_readout
+from pipelines.activations.windows import WindowSpan
+from pipelines.model.readout import logit_weights
 from pipelines.config import InterpConfig
 from pipelines.devices import pick_device
-from pipelines.stats.dictionaries import load_dictionaries
+from pipelines.stats.dictionaries import load_run_units
 from pipelines.errors import InputError
 from pipelines.interp.explainer import (Patterns, Windows, describe, fit_patterns, simulate,
                                         single_token)
@@ -49,10 +50,9 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     if split != "val":
         raise InputError(f"{run_dir / 'store'}: its examples come from the {split!r} split; "
                          f"interp scores on held-out examples, so it needs stats.split=val")
-    model = load_transformer(run_dir / "model", device=device)
-    n_ctx, d_vocab = int(model.cfg.n_ctx), int(model.cfg.d_vocab)
-    W_out, ro = model_readout(model)
-    dictionaries = load_dictionaries(run_dir, W_out, device)
+    units = load_run_units(run_dir, device)
+    n_ctx, d_vocab, ro = units.n_ctx, int(units.model.cfg.d_vocab), units.readout
+    dictionaries = units.dictionaries
     train = read_sequences(run_dir / "tokens" / "train.parquet")
     val = read_sequences(run_dir / "tokens" / "val.parquet")
     act_dir = run_dir / "activations"
@@ -60,12 +60,16 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        explain = explain_windows(act_dir, train, dictionaries, cfg, n_ctx, device)
+        store_examples = {d.name: store.example_windows(d.name) for d in dictionaries}
+        span = WindowSpan.of_examples(store_examples[NEURONS].center,
+                                      store_examples[NEURONS].token_ids.shape[1],
+                                      str(run_dir / "store"))
+        explain = explain_windows(act_dir, train, dictionaries, cfg, span, n_ctx, device)
         t_explain_set = time.perf_counter() - t0
         t0 = time.perf_counter()
         with progress.heartbeat("interp (held-out windows)"):
-            held_out = score_windows({d.name: store.example_windows(d.name) for d in dictionaries},
-                                     act_dir, val, dictionaries, cfg, n_ctx, device)
+            held_out = score_windows(store_examples, act_dir, val, dictionaries, cfg, span,
+                                     n_ctx, device)
         t_score_set = time.perf_counter() - t0
         n_compared = sum(check_disjoint(train, val, explain[d.name], held_out[d.name])
                          for d in dictionaries)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from feature_store.recipes import recipe as recipe_of
 from pipelines import distributed
 
 
@@ -158,23 +159,25 @@ class SparseAutoencoder:
         self.l1_coefficient, self.aux_k, self.aux_coefficient = l1_coefficient, aux_k, aux_coefficient
         self.aux_batch_fraction, self.dead_window, self.grad_clip = aux_batch_fraction, dead_window, grad_clip
         self.aux_one_sided = aux_one_sided
-        self.unit_norm = recipe in ("topk", "l1-unit")
+        self.rules = rules = recipe_of(recipe)
+        self.unit_norm = rules.unit_norm_decoder
         gen = torch.Generator().manual_seed(seed)
         W_dec = torch.randn(d_sae, d_in, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        if recipe == "l1":
-            W_dec *= 0.1  # Anthropic 2024: small decoder norms at init, encoder = decoder^T
+        if rules.decoder_init_norm != 1.0:
+            W_dec *= rules.decoder_init_norm  # l1 (Anthropic 2024): small norms, encoder = decoder^T
         # Tied init: features start aligned. The L1 recipes start the encoder at norm 0.1
         # (Anthropic 2024; l1-unit keeps its decoder at norm 1 and scales only the encoder): codes
         # start small, so the L1 term prunes a few strong features up instead of shrinking
         # thousands of half-active ones down, which in a short run never finishes.
-        self.W_enc = (W_dec * (0.1 if recipe == "l1-unit" else 1.0)).to(device).requires_grad_(True)
+        self.W_enc = (W_dec * rules.encoder_init_scale).to(device).requires_grad_(True)
         self.W_dec = W_dec.to(device).requires_grad_(True)
         self.b_enc = torch.zeros(d_sae, device=device).requires_grad_(True)
         init = b_dec_init if b_dec_init is not None else torch.zeros(d_in)
         self.b_dec = init.clone().float().to(device).requires_grad_(True)
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
-        self.bias_lr_scale = bias_lr_scale if bias_lr_scale is not None else (1.0 if recipe == "topk" else d_in ** 0.5)
+        self.bias_lr_scale = (bias_lr_scale if bias_lr_scale is not None
+                              else d_in ** 0.5 if rules.l1 else 1.0)
         self.optimizer = torch.optim.Adam(
             [{"params": [self.W_enc, self.W_dec, self.b_dec], "lr_scale": 1.0},
              {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999))
@@ -186,7 +189,7 @@ class SparseAutoencoder:
                      ) -> tuple[torch.Tensor, torch.Tensor, SparseCodes | DenseCodes]:
         xc = x - self.b_dec
         pre = torch.addmm(self.b_enc, xc, self.W_enc.T)
-        if self.recipe == "topk":
+        if self.rules.top_k:
             return xc, pre, SparseCodes.topk(pre, self.k)
         if allow_dense and int((pre > 0).sum()) > DENSE_ABOVE * pre.numel():
             return xc, pre, DenseCodes(pre.clamp_min(0))
@@ -210,9 +213,9 @@ class SparseAutoencoder:
         g_codes = codes.sampled(err, W_dec.T).mul_(c)  # d loss / d f at active entries
         active = codes.vals > 0
         grad_dec_extra = None
-        if self.recipe == "l1-unit":
+        if self.rules.l1 and not self.rules.l1_times_decoder_norm:
             g_codes = g_codes + self.l1_coefficient * l1_scale / batch
-        elif self.recipe == "l1":
+        elif self.rules.l1_times_decoder_norm:
             norms = W_dec.norm(dim=1)
             g_codes = g_codes + (self.l1_coefficient * l1_scale / batch) * codes.per_entry(norms)
             coeff = codes.column_sums(codes.vals) * (self.l1_coefficient * l1_scale / batch)
@@ -235,7 +238,7 @@ class SparseAutoencoder:
         aux = 0.0
         dead = self.dead_mask()
         n_dead = int(dead.sum())
-        if self.recipe == "topk" and n_dead > 0 and self.aux_coefficient > 0:
+        if self.rules.aux_k and n_dead > 0 and self.aux_coefficient > 0:
             aux = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
 
         if self.world.distributed:  # the global batch's gradient, and its mean statistics
@@ -248,7 +251,7 @@ class SparseAutoencoder:
             dW_dec -= (dW_dec * W_dec).sum(1, keepdim=True) * W_dec
         for param, grad in zip(self.params, (dW_enc, db_enc, dW_dec, db_dec)):
             param.grad = grad
-        if self.recipe == "l1":
+        if self.rules.clips_grad:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -273,7 +276,7 @@ class SparseAutoencoder:
         with the dead features silent, so OpenAI's two-sided gradient pushes every dead feature
         that still fires in the aux top-k further below threshold; a feature that lost a
         top-k race for one window is then buried for good. Measured on the planted benchmark
-        (1,024 directions, 2,048 rows, k 10; README, "Recovery of a known dictionary"): dead
+        (1,024 directions, 2,048 rows, k 10; docs/sae-recipes.md, "Recovery of a known dictionary"): dead
         22.4% two-sided, 1.2% with no AuxK, 0.6% one-sided. The decoder still turns toward
         the residual, which is what revives a feature when there is signal left for it."""
         sub = max(1, int(pre.shape[0] * self.aux_batch_fraction))

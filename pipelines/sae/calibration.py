@@ -57,7 +57,7 @@ class L0Search:
 
 def search_for(cfg, total_steps: int, d_in: int) -> L0Search | None:
     """The search a config asks for (None for topk, or when target_l0 is 0)."""
-    if cfg.recipe == "topk" or cfg.target_l0 <= 0:
+    if not cfg.recipe_spec.l1 or cfg.target_l0 <= 0:
         return None
     start = max(1, math.ceil(cfg.l1_warmup_fraction * total_steps))
     stop = max(start + 1, total_steps)

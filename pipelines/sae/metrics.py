@@ -52,7 +52,7 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
     kept = {}
     if codes_dir is not None:
         for size, (spec, _) in specs.items():
-            if spec.recipe == "topk":
+            if spec.recipe_spec.top_k:
                 folder = codes_dir / str(size)
                 kept[size] = (
                     np.lib.format.open_memmap(folder / VAL_CODE_IDX, "w+", np.int32, (n, spec.k)),
@@ -63,7 +63,7 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
         for i in range(0, len(x_all), 8192):
             x = x_all[i: i + 8192]
             for size, (spec, tensors) in specs.items():
-                if spec.recipe == "topk":  # encode once, decode the k active rows only
+                if spec.recipe_spec.top_k:  # encode once, decode the k active rows only
                     vals, idx = topk_codes(spec, tensors, x)
                     if size in kept:
                         kept[size][0][row: row + len(x)] = idx.cpu().numpy()

@@ -76,7 +76,8 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
                            b_dec_init, device, l1.get(size)) for i, size in enumerate(sizes)}
     # Resampling is Towards Monosemanticity's cure (l1-unit); Anthropic's 2024 init and
     # TopK's AuxK keep features alive without it.
-    resample_steps = {int(f * total) for f in cfg.resample_at} if cfg.recipe == "l1-unit" else set()
+    resample_steps = ({int(f * total) for f in cfg.resample_at} if cfg.recipe_spec.resamples
+                      else set())
     searches = {size: search_for(cfg, total, d_in) for size in saes}
     for size, search in searches.items():
         if search is not None:
@@ -124,7 +125,7 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
     info = {"steps": step, "train_seconds": round(seconds, 2),
             "activations_per_second": round(step * cfg.batch_size / seconds, 1),
             "resampled": resampled, "curves": curves}
-    if cfg.recipe != "topk":
+    if cfg.recipe_spec.l1:
         info["l1_coefficients"] = {size: sae.l1_coefficient for size, sae in saes.items()}
     return saes, info
 
@@ -152,7 +153,7 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     curves = info.pop("curves")
     pq.write_table(pa.table(curves), out / "curves.parquet")
     for size, sae in saes.items():
-        spec = SaeSpec(d_in=d_in, d_sae=size, recipe=cfg.recipe, k=cfg.k if cfg.recipe == "topk" else 0,
+        spec = SaeSpec(d_in=d_in, d_sae=size, recipe=cfg.recipe, k=cfg.k if cfg.recipe_spec.top_k else 0,
                        input_scale=scale)
         save_sae(out / str(size), spec, sae.tensors())
     specs = {size: load_sae(out / str(size), device=device) for size in saes}  # evaluate what was saved
@@ -179,10 +180,6 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     summary = (f"sae: {cfg.recipe}, {len(rows)} dictionaries at {info['activations_per_second']:,.0f} "
                f"act/s ({parts}), {seconds:.0f} s")
     return summary, {**info, "input_scale": scale, "metrics": rows}
-
-
-METRIC_COLUMNS = ("dictionary", "l0", "fvu", "ce_loss_recovered", "ce_loss_recovered_mean_ablation",
-                  "kl_div", "dead_fraction", "dead_eval_tokens", "n_ultralow", "n_dense")
 
 
 def metrics_table(rows: list[dict]) -> str:

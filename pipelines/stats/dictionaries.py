@@ -27,12 +27,14 @@ import torch
 
 from feature_store import schema
 from feature_store.records import NEURONS, NEURONS_PRE_LN
-from feature_store.sae_files import active_entries, encode, load_sae
-from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN
+from feature_store.sae_files import (ActiveCodes, active_entries, decoder_directions, encode,
+                                     load_sae)
+from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN, load_transformer
 from pipelines.errors import InputError
+from pipelines.model.readout import Readout, model_readout
 
-# x [B, d_mlp] -> dense codes [B, n] and the active entries (row, feature, value)
-Entries = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+# x [B, d_mlp] -> dense codes [B, n] and the active entries
+Entries = Callable[[torch.Tensor], ActiveCodes]
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,11 @@ class Dictionary:
     source: str = "acts"  # the activation shards' column it encodes (`acts_pre_ln`: pre-LN)
     kind: str = "sae"  # the store's dictionary kind; "neurons" for both identity dictionaries
 
-    def entries(self, x: torch.Tensor):
-        """Dense codes [B, n] and the active (> 0) entries as (row, feature, value)."""
+    def entries(self, x: torch.Tensor) -> ActiveCodes:
+        """Dense codes [B, n] and the active (> 0) entries."""
         if self.sparse_entries is not None:
             return self.sparse_entries(x)
-        codes = self.encode(x)
-        row, feat = (codes > 0).nonzero(as_tuple=True)
-        return codes, row, feat, codes[row, feat]
+        return ActiveCodes.of_dense(self.encode(x))
 
     @property
     def has_direction(self) -> bool:
@@ -118,7 +118,7 @@ def load_dictionaries(run_dir: Path, W_out: torch.Tensor, device: str,
         spec, tensors = load_sae(folder, device=device)
         if spec.d_in != d_mlp:
             raise InputError(f"{folder}: d_in {spec.d_in} != d_mlp {d_mlp}")
-        direction = tensors["W_dec"] / spec.input_scale
+        direction = decoder_directions(spec, tensors)
         out.append(Dictionary(
             schema.dictionary_name(spec.d_sae), spec.d_sae,
             lambda x, spec=spec, t=tensors: encode(spec, t, x),
@@ -126,5 +126,25 @@ def load_dictionaries(run_dir: Path, W_out: torch.Tensor, device: str,
             {"recipe": spec.recipe, "k": spec.k, "d_in": spec.d_in,
              "input_scale": spec.input_scale, "hook_name": spec.hook_name},
             (lambda x, spec=spec, t=tensors: active_entries(spec, t, x))
-            if spec.recipe == "topk" else None))
+            if spec.recipe_spec.top_k else None))
     return sorted(out, key=lambda d: schema.dictionary_sort_key(d.name, d.kind, d.n))
+
+
+@dataclass(frozen=True)
+class RunUnits:
+    """A run's model with everything its units are read through: the stats stage, its Ray
+    workers, interp and universality all start from this, so they load one way."""
+
+    model: Any  # the TransformerBridge, in eval mode on `device`
+    n_ctx: int
+    W_out: torch.Tensor  # [d_mlp, d_model]
+    readout: Readout
+    dictionaries: list[Dictionary]  # in the store's dictionary order
+
+
+def load_run_units(run_dir: Path, device: str, pre_ln: bool = False) -> RunUnits:
+    """The model under run_dir/model and every dictionary (`load_dictionaries`)."""
+    model = load_transformer(run_dir / "model", device=device)  # StoreError: the runner says
+    W_out, readout = model_readout(model)
+    return RunUnits(model, int(model.cfg.n_ctx), W_out, readout,
+                    load_dictionaries(run_dir, W_out, device, pre_ln=pre_ln))

@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.activations.shards import _REBUILD, SequenceBatch, shard_batches, shard_paths
+from pipelines.activations.shards import (_REBUILD, SequenceBatch, sequence_cap, shard_batches,
+                                          shard_paths)
 from pipelines.errors import InputError
 
 
@@ -35,7 +36,7 @@ def split_parts(act_dir: Path, split: str, n_ctx: int, max_tokens: int) -> list[
     """The shards of a split in order, each with its share of `max_tokens` (from the
     footers; shards past the cut are left out)."""
     per_seq = n_ctx - 1
-    budget = max(1, max_tokens // per_seq) if max_tokens > 0 else None
+    budget = sequence_cap(max_tokens, n_ctx)
     parts, done = [], 0
     for i, path in enumerate(shard_paths(act_dir, split)):
         if budget is not None and done >= budget:

@@ -33,25 +33,34 @@ and float results are not reproducible across BLAS builds and instruction sets a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
-from feature_store.transformer_files import load_transformer
 from pipelines import progress
-from pipelines.stats.ablation import (ablation_chunks, ablation_plan, apply_ablation, logit_weights,
-                                model_readout)
+from pipelines.model.readout import logit_weights
+from pipelines.stats.ablation import ablation_chunks, ablation_plan, apply_ablation
 from pipelines.config import StatsConfig
 from pipelines.devices import pick_device
-from pipelines.stats.dictionaries import Dictionary, load_dictionaries
-from pipelines.stats.sampling import (BottomM, Examples, PassOne, PassResult, PassTwo, add_sums,
-                                candidate_pairs, filled_candidates, finish, pass_two_inputs,
-                                summarize)
+from pipelines.stats.dictionaries import Dictionary, load_run_units
+from pipelines.stats.sampling import (BottomM, Examples, PartSums, PassOne, PassResult, PassTwo,
+                                      PassTwoCounts, add_sums, candidate_pairs,
+                                      filled_candidates, finish, pass_two_inputs, summarize)
 from pipelines.stats.splitting import SplitCandidates
 from pipelines.stats.parts import ShardPart, part_batches
 from pipelines.data.tokens import read_sequences
+
+
+@dataclass(frozen=True)
+class WorkerPassOne:
+    """One worker's pass 1: each of its shards' sums (by shard index, so the driver adds
+    them in shard order) and the running top-k over all of them."""
+
+    shard_sums: dict[int, PartSums]
+    tops: dict[str, BottomM]
 
 
 @ray.remote(num_cpus=1)
@@ -64,37 +73,30 @@ class StatsWorker:
         torch.set_num_threads(threads)  # the driver's: some CPU kernels round by thread count
         self.run_dir, self.cfg, self.pre_ln, self.n_ctx = Path(run_dir), cfg, pre_ln, n_ctx
         self.device = pick_device(cfg.device, "stats")
-        self.model = load_transformer(self.run_dir / "model", device=self.device)
-        W_out, self.ro = model_readout(self.model)
-        self.dictionaries = load_dictionaries(self.run_dir, W_out, self.device, pre_ln=pre_ln)
+        units = load_run_units(self.run_dir, self.device, pre_ln=pre_ln)
+        self.model, self.ro, self.dictionaries = units.model, units.readout, units.dictionaries
         self.one: PassOne | None = None
 
     def _batches(self, part: ShardPart):
         return part_batches(part, self.n_ctx, self.cfg.batch_tokens, self.device, self.pre_ln)
 
     @torch.no_grad()
-    def pass_one(self, parts: list[ShardPart], partners: list[tuple[str, str, torch.Tensor]],
-                 expected_tokens: int):
-        """Every shard's PartSums (with its index) and the top-k over all of them."""
-        cands = []
-        for anchor, other, partner in partners:
-            z = torch.zeros(partner.shape, dtype=torch.float64, device=self.device)
-            cands.append(SplitCandidates(anchor, other, partner.to(self.device), z, z.clone(),
-                                         z.clone()))
+    def pass_one(self, parts: list[ShardPart], cands: list[SplitCandidates],
+                 expected_tokens: int) -> WorkerPassOne:
+        """Every shard's PartSums and the top-k over all of them."""
+        cands = [c.to(self.device) for c in cands]
         self.one = PassOne(self.dictionaries, self.cfg, self.n_ctx, self.device, cands,
                            expected_tokens)
-        sums = [(p.index, self.one.part(self._batches(p)).to("cpu")) for p in parts]
-        return sums, {name: t.to("cpu") for name, t in self.one.tops.items()}
+        sums = {p.index: self.one.part(self._batches(p)).to("cpu") for p in parts}
+        return WorkerPassOne(sums, {name: t.to("cpu") for name, t in self.one.tops.items()})
 
     @torch.no_grad()
-    def pass_two(self, parts: list[ShardPart], inputs: dict):
+    def pass_two(self, parts: list[ShardPart], inputs: dict) -> PassTwoCounts:
         two = PassTwo(self.dictionaries, self.cfg, self.n_ctx, self.device, inputs,
                       self.one.cached)
         for p in parts:
             two.part(self._batches(p))
-        hist, intervals, res = two.results()
-        return ({k: v.cpu() for k, v in hist.items()}, {k: v.cpu() for k, v in intervals.items()},
-                {k: v.to("cpu") for k, v in res.items()})
+        return two.results().to("cpu")
 
     @torch.no_grad()
     def ablation(self, plan, chunk_ids: list[int]):
@@ -136,16 +138,18 @@ class RayEngine:
                                                torch.get_num_threads()) for _ in range(W)]
         assign = [parts[i::W] for i in range(W)]  # round-robin over the shards
         cands = candidate_pairs(dictionaries, cfg, pairs, device)
-        partners = [(c.anchor, c.other, c.partner.cpu()) for c in cands]
+        sent = [c.to("cpu") for c in cands]
         with progress.heartbeat(f"stats (1/3 max, top-k; {len(parts)} shards on {W} workers)"):
-            got = ray.get([w.pass_one.remote(a, partners, total * len(a) // len(parts) + 1)
-                           for w, a in zip(self.workers, assign)])
+            got: list[WorkerPassOne] = ray.get(
+                [w.pass_one.remote(a, sent, total * len(a) // len(parts) + 1)
+                 for w, a in zip(self.workers, assign)])
+        by_shard = {i: s for g in got for i, s in g.shard_sums.items()}
         sums = None
-        for _, part in sorted((s for g in got for s in g[0]), key=lambda s: s[0]):
-            sums = add_sums(sums, part.to(device))  # in shard order: the same float64 sums
-        tops: dict[str, BottomM] = {k: v.to(device) for k, v in got[0][1].items()}
+        for i in sorted(by_shard):  # in shard order: the same float64 sums as the local engine
+            sums = add_sums(sums, by_shard[i].to(device))
+        tops: dict[str, BottomM] = {k: v.to(device) for k, v in got[0].tops.items()}
         for g in got[1:]:
-            for name, t in g[1].items():
+            for name, t in g.tops.items():
                 tops[name].merge(t)
         st = summarize(dictionaries, cfg, sums, tops)
         inputs = ray.put({name: (mx.cpu(), edges)
@@ -153,8 +157,8 @@ class RayEngine:
         with progress.heartbeat("stats (2/3 intervals on the workers)"):
             got2 = ray.get([w.pass_two.remote(a, inputs) for w, a in zip(self.workers, assign)])
         two = PassTwo(dictionaries, cfg, n_ctx, device, pass_two_inputs(st), {})
-        for hist, intervals, res in got2:
-            two.merge(hist, intervals, res)
+        for counts in got2:
+            two.merge(counts)
         finish(st, two)
         return PassResult(st, filled_candidates(cands, sums), sums.n_tokens)
 

@@ -41,10 +41,11 @@ from feature_store import schema
 from feature_store.records import N_INTERVALS
 from pipelines import progress
 from pipelines.activations.shards import SequenceBatch
+from pipelines.activations.windows import WindowSpan
 from pipelines.config import StatsConfig
 from pipelines.stats.dictionaries import Dictionary
 from pipelines.errors import InputError
-from pipelines.stats.splitting import SplitCandidates, accumulate, split_candidates
+from pipelines.stats.splitting import PairSums, SplitCandidates, accumulate, split_candidates
 
 
 @dataclass
@@ -82,11 +83,6 @@ class PassResult:
 # A part of the split: a callable giving its batches (one activation shard, or, for callers
 # that pass a single callable, the whole split). Every pass iterates the parts in one order.
 Part = Callable[[], Iterator[SequenceBatch]]
-
-
-def window_offsets(cfg: StatsConfig, device: str) -> torch.Tensor:
-    """Offsets of a window's tokens from the example token: -window_before..window_after."""
-    return torch.arange(-cfg.window_before, cfg.window_after + 1, device=device)
 
 
 def window_activations(codes: torch.Tensor, row: torch.Tensor, feat: torch.Tensor, n_ctx: int,
@@ -149,13 +145,14 @@ class PartSums:
     sumsq: dict[str, torch.Tensor]
     max_act: dict[str, torch.Tensor]
     min_pos: dict[str, float]
-    split: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per candidate: Σab, Σaa, Σbb
+    split: list[PairSums]  # per splitting candidate set, in `candidate_pairs` order
 
     def to(self, device: str) -> PartSums:
         mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return PartSums(self.n_tokens, mv(self.n_active), mv(self.sum_act), mv(self.sumsq),
-                        mv(self.max_act), dict(self.min_pos),
-                        [tuple(t.to(device) for t in s) for s in self.split])
+        return PartSums(n_tokens=self.n_tokens, n_active=mv(self.n_active),
+                        sum_act=mv(self.sum_act), sumsq=mv(self.sumsq),
+                        max_act=mv(self.max_act), min_pos=dict(self.min_pos),
+                        split=[s.to(device) for s in self.split])
 
 
 def add_sums(total: PartSums | None, part: PartSums) -> PartSums:
@@ -170,8 +167,7 @@ def add_sums(total: PartSums | None, part: PartSums) -> PartSums:
         torch.maximum(total.max_act[name], part.max_act[name], out=total.max_act[name])
         total.min_pos[name] = min(total.min_pos[name], part.min_pos[name])
     for acc, add in zip(total.split, part.split):
-        for a, b in zip(acc, add):
-            a += b
+        acc.add_(add)
     return total
 
 
@@ -186,8 +182,8 @@ class PassOne:
                  device: str, cands: list[SplitCandidates], expected_tokens: int) -> None:
         self.dictionaries, self.cfg, self.n_ctx, self.device = dictionaries, cfg, n_ctx, device
         self.cands = cands
-        w = cfg.window_before + cfg.window_after + 1
-        self.offs = window_offsets(cfg, device)
+        span = WindowSpan.of(cfg)
+        w, self.offs = span.width, span.offsets_on(device)
         self.tops = {dic.name: BottomM(dic.n, cfg.top_k, w, device) for dic in dictionaries}
         sparse_k = sum(dic.k for dic in dictionaries)
         self.cached: dict[str, list] = (
@@ -199,19 +195,19 @@ class PassOne:
         z = lambda n, dt: torch.zeros(n, dtype=dt, device=dev)  # noqa: E731
         names = [dic.name for dic in self.dictionaries]
         sums = PartSums(
-            0, {d.name: z(d.n, torch.int64) for d in self.dictionaries},
-            {d.name: z(d.n, torch.float64) for d in self.dictionaries},
-            {d.name: z(d.n, torch.float64) for d in self.dictionaries},
-            {d.name: z(d.n, torch.float32) for d in self.dictionaries},
-            dict.fromkeys(names, float("inf")), [])
-        cands = [SplitCandidates(c.anchor, c.other, c.partner,
-                                 *(torch.zeros_like(c.ab) for _ in range(3))) for c in self.cands]
+            n_tokens=0, n_active={d.name: z(d.n, torch.int64) for d in self.dictionaries},
+            sum_act={d.name: z(d.n, torch.float64) for d in self.dictionaries},
+            sumsq={d.name: z(d.n, torch.float64) for d in self.dictionaries},
+            max_act={d.name: z(d.n, torch.float32) for d in self.dictionaries},
+            min_pos=dict.fromkeys(names, float("inf")), split=[])
+        cands = [c.fresh() for c in self.cands]
         for batch in batches:
             B = batch.x.shape[0]
             sums.n_tokens += B
             codes = {}
             for dic in self.dictionaries:
-                c, row, feat, val = dic.entries(batch.acts(dic.source))
+                got = dic.entries(batch.acts(dic.source))
+                c, row, feat, val = got.dense, got.row, got.feature, got.value
                 codes[dic.name] = c
                 if dic.name in self.cached:
                     self.cached[dic.name].append((row.to(torch.int32), feat.to(torch.int32), val))
@@ -230,7 +226,7 @@ class PassOne:
                 accumulate(cand, codes[cand.anchor], codes[cand.other])
             if bar is not None:
                 bar.update(B)
-        sums.split = [(c.ab, c.aa_masked, c.bb_masked) for c in cands]
+        sums.split = [c.sums for c in cands]
         return sums
 
 
@@ -258,8 +254,22 @@ def summarize(dictionaries: list[Dictionary], cfg: StatsConfig, total: PartSums 
 
 
 def filled_candidates(cands: list[SplitCandidates], total: PartSums) -> list[SplitCandidates]:
-    return [SplitCandidates(c.anchor, c.other, c.partner, *sums)
-            for c, sums in zip(cands, total.split)]
+    return [c.with_sums(sums) for c, sums in zip(cands, total.split)]
+
+
+@dataclass(frozen=True)
+class PassTwoCounts:
+    """Pass 2's state of one process, by dictionary name: integer counts and the interval
+    reservoirs, all of which merge exactly in any order."""
+
+    hist_counts: dict[str, torch.Tensor]  # [n * act_hist_bins] int64
+    interval_counts: dict[str, torch.Tensor]  # [n * 11] int64
+    reservoirs: dict[str, BottomM]  # [n * 11, examples_per_interval]
+
+    def to(self, device: str) -> PassTwoCounts:
+        return PassTwoCounts({k: v.to(device) for k, v in self.hist_counts.items()},
+                             {k: v.to(device) for k, v in self.interval_counts.items()},
+                             {k: v.to(device) for k, v in self.reservoirs.items()})
 
 
 class PassTwo:
@@ -273,8 +283,8 @@ class PassTwo:
                  cached: dict[str, list]) -> None:
         self.dictionaries, self.cfg, self.n_ctx, self.device = dictionaries, cfg, n_ctx, device
         self.cached = cached
-        w = cfg.window_before + cfg.window_after + 1
-        self.offs = window_offsets(cfg, device)
+        span = WindowSpan.of(cfg)
+        w, self.offs = span.width, span.offsets_on(device)
         self.max_act = {name: mx.to(device) for name, (mx, _) in inputs.items()}
         self.edges = {name: torch.from_numpy(e).to(device) for name, (_, e) in inputs.items()}
         self.hist_counts = {d.name: torch.zeros(d.n * cfg.act_hist_bins, dtype=torch.int64,
@@ -296,7 +306,8 @@ class PassTwo:
                     c = torch.zeros(batch.x.shape[0], dic.n, device=dev)
                     c[row, feat] = val
                 else:
-                    c, row, feat, val = dic.entries(batch.acts(dic.source))
+                    got = dic.entries(batch.acts(dic.source))
+                    c, row, feat, val = got.dense, got.row, got.feature, got.value
                 if val.numel() == 0:
                     continue
                 v64 = val.double()
@@ -315,16 +326,16 @@ class PassTwo:
             if bar is not None:
                 bar.update(batch.x.shape[0])
 
-    def results(self) -> tuple[dict, dict, dict]:
-        """(histogram counts, interval counts, reservoirs) by dictionary, for `merge`."""
-        return self.hist_counts, self.interval_counts, self.res
+    def results(self) -> PassTwoCounts:
+        """What another process's `merge` adds, by dictionary name."""
+        return PassTwoCounts(self.hist_counts, self.interval_counts, self.res)
 
-    def merge(self, hist_counts: dict, interval_counts: dict, res: dict[str, BottomM]) -> None:
+    def merge(self, other: PassTwoCounts) -> None:
         """Add another process's `results()` (integer counts; order-free reservoirs)."""
         for name in self.res:
-            self.hist_counts[name] += hist_counts[name].to(self.device)
-            self.interval_counts[name] += interval_counts[name].to(self.device)
-            self.res[name].merge(res[name])
+            self.hist_counts[name] += other.hist_counts[name].to(self.device)
+            self.interval_counts[name] += other.interval_counts[name].to(self.device)
+            self.res[name].merge(other.reservoirs[name])
 
 
 def pass_two_inputs(st: dict[str, DictionaryStats]) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
@@ -515,7 +526,5 @@ def collect_examples(s: DictionaryStats) -> Examples:
 
 
 def window_layout(ex: Examples, cfg: StatsConfig, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions [m, w] of each window column, and which are inside the sequence."""
-    offs = np.arange(-cfg.window_before, cfg.window_after + 1)
-    pos = ex.position[:, None] + offs[None, :]
-    return pos, (pos >= 1) & (pos <= n_ctx - 1)
+    """Positions [m, w] of each example's window columns, and which are inside the sequence."""
+    return WindowSpan.of(cfg).layout(ex.position, n_ctx)

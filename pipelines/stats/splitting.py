@@ -32,6 +32,7 @@ give every measure above whichever side anchored. Features with density <
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,19 +44,53 @@ from pipelines.stats.dictionaries import Dictionary
 from pipelines.stats.directions import normalized_rows
 
 if TYPE_CHECKING:
-    from pipelines.stats.sampling import DictionaryStats
+    from pipelines.config import StatsConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitCriterion:
+    """When a candidate pair is a splitting edge (the module docstring says why each).
+
+    No defaults here: the thresholds' one home is `StatsConfig` (`stats.split_min_*`), read
+    by `from_config`, and keyword-only fields mean no caller can pass them in the wrong
+    order."""
+
+    min_activation_cosine: float
+    min_decoder_cosine: float
+    min_containment: float
+
+    @classmethod
+    def from_config(cls, cfg: StatsConfig) -> SplitCriterion:
+        return cls(min_activation_cosine=cfg.split_min_activation_cosine,
+                   min_decoder_cosine=cfg.split_min_decoder_cosine,
+                   min_containment=cfg.split_min_containment)
 
 
 @dataclass(frozen=True)
-class SplitCriterion:
-    """When a candidate pair is a splitting edge (the module docstring says why each)."""
+class PairSums:
+    """The sums one candidate set accumulates ([n_anchor, c] float64 each), over the tokens
+    where the anchor fires. Float sums depend on the order they are added in: engines add
+    parts in part order (`pipelines/stats/sampling.py`, `add_sums`)."""
 
-    min_activation_cosine: float = 0.4
-    min_decoder_cosine: float = 0.5
-    min_containment: float = 0.7
+    ab: torch.Tensor  # Σ a·b
+    aa_masked: torch.Tensor  # Σ anchor² where the partner fires
+    bb_masked: torch.Tensor  # Σ partner² where the anchor fires
+
+    @classmethod
+    def zeros(cls, partner: torch.Tensor) -> PairSums:
+        z = torch.zeros(partner.shape, dtype=torch.float64, device=partner.device)
+        return cls(z, z.clone(), z.clone())
+
+    def to(self, device: str) -> PairSums:
+        return PairSums(self.ab.to(device), self.aa_masked.to(device), self.bb_masked.to(device))
+
+    def add_(self, other: PairSums) -> None:
+        self.ab.add_(other.ab)
+        self.aa_masked.add_(other.aa_masked)
+        self.bb_masked.add_(other.bb_masked)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitCandidates:
     """Masked-cosine accumulators for candidate pairs anchored on one dictionary's features:
     pair (anchor f, partner[f, j]) accumulates over the tokens where the anchor fires."""
@@ -63,9 +98,19 @@ class SplitCandidates:
     anchor: str
     other: str
     partner: torch.Tensor  # [n_anchor, c] indices into `other`
-    ab: torch.Tensor  # [n_anchor, c] Σ a·b
-    aa_masked: torch.Tensor  # Σ anchor² where the partner fires
-    bb_masked: torch.Tensor  # Σ partner² where the anchor fires
+    sums: PairSums
+
+    def fresh(self) -> SplitCandidates:
+        """The same pairs with zero sums (one per part)."""
+        return SplitCandidates(self.anchor, self.other, self.partner,
+                               PairSums.zeros(self.partner))
+
+    def to(self, device: str) -> SplitCandidates:
+        return SplitCandidates(self.anchor, self.other, self.partner.to(device),
+                               self.sums.to(device))
+
+    def with_sums(self, sums: PairSums) -> SplitCandidates:
+        return SplitCandidates(self.anchor, self.other, self.partner, sums)
 
 
 @dataclass(frozen=True)
@@ -98,9 +143,8 @@ class _Measures:
 def split_candidates(anchor: Dictionary, other: Dictionary, c: int,
                      device: str) -> SplitCandidates:
     cos = normalized_rows(anchor.direction) @ normalized_rows(other.direction).T
-    partner = cos.topk(min(c, other.n), dim=1).indices
-    z = torch.zeros(partner.shape, dtype=torch.float64, device=device)
-    return SplitCandidates(anchor.name, other.name, partner, z, z.clone(), z.clone())
+    partner = cos.topk(min(c, other.n), dim=1).indices.to(device)
+    return SplitCandidates(anchor.name, other.name, partner, PairSums.zeros(partner))
 
 
 def accumulate(cand: SplitCandidates, a_codes: torch.Tensor, b_codes: torch.Tensor) -> None:
@@ -113,9 +157,10 @@ def accumulate(cand: SplitCandidates, a_codes: torch.Tensor, b_codes: torch.Tens
     b = b_codes[row[:, None], partners].clamp(min=0).double()  # [E, c]
     n_c = partners.shape[1]
     pid = (feat[:, None] * n_c + torch.arange(n_c, device=row.device)).reshape(-1)
-    cand.ab.view(-1).index_add_(0, pid, (a * b).reshape(-1))
-    cand.aa_masked.view(-1).index_add_(0, pid, (a * a * (b > 0)).reshape(-1))
-    cand.bb_masked.view(-1).index_add_(0, pid, (b * b).reshape(-1))
+    s = cand.sums
+    s.ab.view(-1).index_add_(0, pid, (a * b).reshape(-1))
+    s.aa_masked.view(-1).index_add_(0, pid, (a * a * (b > 0)).reshape(-1))
+    s.bb_masked.view(-1).index_add_(0, pid, (b * b).reshape(-1))
 
 
 def measures(cand: SplitCandidates, anchor_sumsq: torch.Tensor, other_sumsq: torch.Tensor,
@@ -129,29 +174,32 @@ def measures(cand: SplitCandidates, anchor_sumsq: torch.Tensor, other_sumsq: tor
     if anchor_is_parent:
         parent, child = anchor_idx, cand.partner
         child_sumsq = other_sumsq[cand.partner]
-        child_in_parent, parent_in_child = cand.bb_masked, cand.aa_masked
+        child_in_parent, parent_in_child = cand.sums.bb_masked, cand.sums.aa_masked
     else:
         parent, child = cand.partner, anchor_idx
         child_sumsq = anchor_sumsq[:, None].expand_as(cand.partner)
-        child_in_parent, parent_in_child = cand.aa_masked, cand.bb_masked
-    act_cos = torch.nan_to_num(cand.ab / (parent_in_child * child_sumsq).sqrt(), nan=0.0)
+        child_in_parent, parent_in_child = cand.sums.aa_masked, cand.sums.bb_masked
+    act_cos = torch.nan_to_num(cand.sums.ab / (parent_in_child * child_sumsq).sqrt(), nan=0.0)
     containment = torch.nan_to_num(child_in_parent / child_sumsq, nan=0.0)
     return _Measures(parent.reshape(-1), child.reshape(-1), act_cos.reshape(-1),
                      containment.reshape(-1))
 
 
-def split_edges(cands: list[SplitCandidates], stats: dict[str, DictionaryStats],
-                dictionaries: list[Dictionary], n_tokens: int,
-                criterion: SplitCriterion) -> list[SplitEdges]:
+def split_edges(cands: list[SplitCandidates], sumsq: Mapping[str, torch.Tensor],
+                n_active: Mapping[str, torch.Tensor], dictionaries: list[Dictionary],
+                n_tokens: int, criterion: SplitCriterion) -> list[SplitEdges]:
     """Per adjacent pair (small, large): for each feature of the larger dictionary, its best
-    parent in the smaller one among the candidates that meet `criterion`."""
+    parent in the smaller one among the candidates that meet `criterion`.
+
+    `sumsq` (Σ a² per feature) and `n_active` (tokens where it fired) come from pass 1, by
+    dictionary name: the only two summaries the measures need."""
     by_name = {d.name: d for d in dictionaries}
     grouped: dict[tuple[str, str], list[_Measures]] = {}
     for cand in cands:
         parent_side = by_name[cand.anchor].n <= by_name[cand.other].n
         key = (cand.anchor, cand.other) if parent_side else (cand.other, cand.anchor)
         grouped.setdefault(key, []).append(measures(
-            cand, stats[cand.anchor].sumsq, stats[cand.other].sumsq, parent_side))
+            cand, sumsq[cand.anchor], sumsq[cand.other], parent_side))
     out = []
     for (small, large), parts in grouped.items():
         ia = torch.cat([p.parent for p in parts])
@@ -164,8 +212,8 @@ def split_edges(cands: list[SplitCandidates], stats: dict[str, DictionaryStats],
         ia, ib, act, cont = ia[first], ib[first], act[first], cont[first]
         dec = (normalized_rows(by_name[small].direction)[ia] *
                normalized_rows(by_name[large].direction)[ib]).sum(1).double()
-        dens_a = stats[small].n_active[ia].double() / n_tokens
-        dens_b = stats[large].n_active[ib].double() / n_tokens
+        dens_a = n_active[small][ia].double() / n_tokens
+        dens_b = n_active[large][ib].double() / n_tokens
         low = schema.ULTRALOW_DENSITY
         keep = ((dens_a >= low) & (dens_b >= low) & (dec >= criterion.min_decoder_cosine) &
                 (cont >= criterion.min_containment) &

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +35,19 @@ import pyarrow.parquet as pq
 import torch
 
 from feature_store.records import N_INTERVALS, NEURONS
-from feature_store.transformer_files import load_transformer
 from feature_store.writer import StoreWriter
 from pipelines import progress
-from pipelines.stats.ablation import fill_ablation, logit_weights, model_readout
-from pipelines.activations.shards import has_pre_ln
+from pipelines.activations.shards import capped_tokens, has_pre_ln
 from pipelines.config import StatsConfig
 from pipelines.devices import pick_device
-from pipelines.stats.dictionaries import Dictionary, load_dictionaries
-from pipelines.stats.directions import joint_umap, nearest, normalized_rows
 from pipelines.errors import InputError
-from pipelines.stats.sampling import DictionaryStats, Examples, collect_examples, statistics, window_layout
+from pipelines.model.readout import logit_weights
+from pipelines.stats.dictionaries import Dictionary, load_run_units
+from pipelines.stats.directions import joint_umap, nearest, normalized_rows
+from pipelines.stats.local_engine import LocalEngine
+from pipelines.stats.parts import split_parts
+from pipelines.stats.sampling import DictionaryStats, Examples, collect_examples, window_layout
 from pipelines.stats.splitting import SplitCriterion, split_edges
-from pipelines.stats.parts import part_batches, split_parts
 from pipelines.data.tokens import read_sequences
 
 
@@ -56,53 +55,39 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device, "stats")
-    model = load_transformer(run_dir / "model", device=device)  # StoreError: see the runner
-    n_ctx = int(model.cfg.n_ctx)
-    W_out, ro = model_readout(model)
     act_dir = run_dir / "activations"
     pre_ln = has_pre_ln(act_dir, cfg.split)  # SoLU: the neurons before the LayerNorm too
-    dictionaries = load_dictionaries(run_dir, W_out, device, pre_ln=pre_ln)
+    units = load_run_units(run_dir, device, pre_ln=pre_ln)  # StoreError: see the runner
+    model, n_ctx, dictionaries = units.model, units.n_ctx, units.dictionaries
     seqs = read_sequences(run_dir / "tokens" / f"{cfg.split}.parquet")
     if seqs.shape[1] != n_ctx:
         raise InputError(f"{run_dir / 'tokens'}: n_ctx {seqs.shape[1]} != model n_ctx {n_ctx}")
-    total = seqs.shape[0] * (n_ctx - 1)
-    if cfg.max_tokens:
-        total = min(total, max(1, cfg.max_tokens // (n_ctx - 1)) * (n_ctx - 1))
+    total = capped_tokens(seqs.shape[0] * (n_ctx - 1), n_ctx, cfg.max_tokens)
 
     parts = split_parts(act_dir, cfg.split, n_ctx, cfg.max_tokens)  # one per shard
     sae_names = [d.name for d in dictionaries if d.kind == "sae"]
     pairs = list(zip(sae_names, sae_names[1:]))
     directed = [d for d in dictionaries if d.has_direction]
-    engine = None
+    weights = {d.name: logit_weights(d.out_dir, units.readout) for d in directed}
     if cfg.engine == "ray":  # imported only here: a local run never loads Ray
         from pipelines.stats.ray_engine import RayEngine
         engine = RayEngine(cfg, run_dir, pre_ln, n_ctx)
+    else:
+        engine = LocalEngine(cfg, model, seqs, units.readout, weights, pre_ln, n_ctx, device)
     try:
         with torch.no_grad():
-            if engine is None:
-                passes = statistics(
-                    [partial(part_batches, p, n_ctx, cfg.batch_tokens, device, pre_ln)
-                     for p in parts], dictionaries, cfg, n_ctx, device, pairs, total)
-            else:
-                passes = engine.statistics(parts, dictionaries, pairs, total, device)
+            passes = engine.statistics(parts, dictionaries, pairs, total, device)
             st, n_tokens = passes.stats, passes.n_tokens
             examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
-            weights = {d.name: logit_weights(d.out_dir, ro) for d in directed}
             t_abl = time.perf_counter()
-            if engine is None:
-                n_pairs = fill_ablation(model, seqs, dictionaries, examples, weights, ro, cfg,
-                                        n_ctx, device)
-            else:
-                n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
+            n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
             t_abl = time.perf_counter() - t_abl
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
     with torch.no_grad():
-        edges = split_edges(passes.split_candidates, st, dictionaries, n_tokens,
-                            SplitCriterion(cfg.split_min_activation_cosine,
-                                           cfg.split_min_decoder_cosine,
-                                           cfg.split_min_containment))
+        edges = split_edges(passes.split_candidates, {k: s.sumsq for k, s in st.items()},
+                            {k: s.n_active for k, s in st.items()}, dictionaries, n_tokens,
+                            SplitCriterion.from_config(cfg))
     with progress.heartbeat("stats (umap)"):
         umap_xy, umap_s = (joint_umap([d.direction for d in directed], cfg.umap_neighbours,
                                       cfg.seed) if cfg.umap else (None, 0.0))
@@ -140,7 +125,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                f"{' (after and before the LayerNorm)' if pre_ln else ''}, {_short(n_tokens)} tokens, "
                f"{n_tokens / seconds:,.0f} tok/s, {seconds:.0f} s (ablation {n_pairs:,} "
                f"pairs {t_abl:.0f} s, umap {'off' if not cfg.umap else f'{umap_s:.0f} s'}, "
-               f"{n_edges} split edges{engine.describe() if engine else ''})")
+               f"{n_edges} split edges{engine.describe()})")
     return summary, {"n_tokens": n_tokens, "dictionaries": [d.name for d in dictionaries],
                      "seconds": round(seconds, 2), "tokens_per_second": round(n_tokens / seconds, 1),
                      "ablation_pairs": n_pairs, "ablation_seconds": round(t_abl, 2),

@@ -32,6 +32,7 @@ from typing import Any
 
 from pipelines.config import (RunConfig, _coerce, _require, build_config, parse_override,
                               read_config_file)
+from pipelines.devices import check_device
 from pipelines.errors import ConfigError
 
 SHARED_SECTIONS = ("corpus", "tokenizer", "tokens")  # built once per study
@@ -56,8 +57,7 @@ class UniversalityConfig:
             _require(getattr(self, key) > 0, f"universality.{key}", getattr(self, key),
                      "must be positive")
         _require(self.max_tokens >= 0, "universality.max_tokens", self.max_tokens, "must be >= 0")
-        _require(self.device in ("auto", "cpu", "cuda"), "universality.device", self.device,
-                 "must be auto, cpu or cuda")
+        check_device("universality.device", self.device)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def default_parallel(n_variants: int) -> int:
     """How many variants to build at once: every variant when the machine has a core for
     each. A one-layer model's matmuls are too small to keep two cores busy (d_model 128), so
     on 2 cores two variants side by side, one thread each, finish sooner than one after the
-    other with two threads each (see the README's study timings)."""
+    other with two threads each (docs/results.md, "The tiny study")."""
     return max(1, min(n_variants, os.cpu_count() or 1))
 
 
@@ -204,14 +204,14 @@ def link_shared(shared_dir: Path, run_dir: Path) -> None:
 def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: bool,
                       log: Callable[[str], None]) -> None:
     """The study-level stage, with a run's skip rules: its config, and the output hashes of
-    every variant's tokens, model, activations and sae (what it reads; a stats rebuild alone
-    does not rerun it)."""
+    the stages it reads in every variant (`universality.READS`; a stats rebuild alone does
+    not rerun it)."""
     manifest = Manifest(study_dir)
     runs = {name: variant_dir(study_dir, name) for name in cfg.names}
     parts = []
     for name, vdir in runs.items():
         m = Manifest(vdir)
-        for stage in ("tokens", "model", "activations", "sae", "stats"):
+        for stage in universality.REQUIRES:
             entry = m.get(stage)
             if entry is None and partial:
                 log(f"universality: skipped, variant {name} is not built yet (run the study "
@@ -219,7 +219,7 @@ def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: 
                 return
             if entry is None:
                 raise InputError(f"{vdir}: stage {stage} has not completed; rerun the study")
-            if stage != "stats":  # built first (the pages need it) but never read here
+            if stage in universality.READS:
                 parts.append(f"{name}/{stage}:{entry.output_hash}")
     inputs = hash_strings(*parts)
     chash = config_hash(cfg.universality)

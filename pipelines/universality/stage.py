@@ -38,12 +38,13 @@ import torch
 
 from feature_store import study_store
 from feature_store.records import NEURONS_PRE_LN
-from feature_store.transformer_files import load_transformer
+from feature_store.sae_files import ActiveCodes
 from pipelines import progress
-from pipelines.stats.ablation import logit_weights, model_readout
-from pipelines.activations.shards import SequenceBatch, count_rows, has_pre_ln, sequence_batches
+from pipelines.model.readout import logit_weights
+from pipelines.activations.shards import (SequenceBatch, capped_tokens, count_rows, has_pre_ln,
+                                          sequence_batches)
 from pipelines.devices import pick_device
-from pipelines.stats.dictionaries import Dictionary, load_dictionaries
+from pipelines.stats.dictionaries import Dictionary, load_run_units
 from pipelines.errors import InputError
 from pipelines.run_folder import Manifest, ManifestEntry, hash_folder, staged_dir
 from pipelines.sae.metrics import VAL_CODE_IDX, VAL_CODE_VALS
@@ -51,6 +52,11 @@ from pipelines.study.config import UniversalityConfig
 
 STORE_FOLDER = "store"
 SPLIT = "val"
+# The run stages this stage reads in every variant (their output hashes are its inputs), and
+# those that must be built too though it reads nothing of them (the pages need each
+# variant's own store).
+READS = ("tokens", "model", "activations", "sae")
+REQUIRES = (*READS, "stats")
 
 
 @dataclass
@@ -118,12 +124,10 @@ class _Variant:
 
     def __init__(self, name: str, run_dir: Path, device: str) -> None:
         self.name, self.run_dir = name, run_dir
-        self.model = load_transformer(run_dir / "model", device=device)
-        self.n_ctx = int(self.model.cfg.n_ctx)
-        W_out, self.readout = model_readout(self.model)
         self.pre_ln = has_pre_ln(run_dir / "activations", SPLIT)  # SoLU: neurons_pre_ln too
-        self.dictionaries = {d.name: d for d in load_dictionaries(run_dir, W_out, device,
-                                                                  pre_ln=self.pre_ln)}
+        units = load_run_units(run_dir, device, pre_ln=self.pre_ln)
+        self.model, self.n_ctx, self.readout = units.model, units.n_ctx, units.readout
+        self.dictionaries = {d.name: d for d in units.dictionaries}
         self.model_hash = Manifest(run_dir).get("model").output_hash
         self.device = device
         n_val = count_rows(run_dir / "activations", SPLIT)
@@ -137,8 +141,9 @@ class _Variant:
             if idx.shape == vals.shape and idx.shape[0] == n_val:
                 self.cached[d.name] = (idx, vals)
 
-    def codes(self, d: Dictionary, batch: SequenceBatch, offset: int):
-        """(dense codes, sparse (row, feat, val) or None for a dense dictionary) of the rows
+    def codes(self, d: Dictionary, batch: SequenceBatch, offset: int
+              ) -> tuple[torch.Tensor, ActiveCodes | None]:
+        """(dense codes, their active entries or None for a dense dictionary) of the rows
         `offset`.. of the validation split: the sae stage's kept codes when it kept them
         (topk: the same encoding, read instead of recomputed), else encoded here."""
         x = batch.acts(d.source)
@@ -152,9 +157,9 @@ class _Variant:
             codes = torch.zeros(x.shape[0], d.n, device=self.device).scatter_(1, idx, vals)
             active = vals > 0
             row = torch.arange(x.shape[0], device=self.device)[:, None].expand_as(idx)[active]
-            return codes, (row, idx[active], vals[active])
-        codes, row, feat, val = d.entries(x)
-        return codes, (row, feat, val)
+            return codes, ActiveCodes(codes, row, idx[active], vals[active])
+        got = d.entries(x)
+        return got.dense, got
 
 
 def check_same_tokens(runs: dict[str, Path]) -> None:
@@ -208,10 +213,8 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
             raise InputError(f"universality: {v.name} has n_ctx {v.n_ctx}, {variants[0].name} "
                              f"{n_ctx}; units can only be matched over the same tokens")
     passes = _plan(variants, cfg.max_matrix_mb * 2**20)
-    per_seq = n_ctx - 1
-    total = count_rows(variants[0].run_dir / "activations", SPLIT)
-    if cfg.max_tokens:
-        total = min(total, max(1, cfg.max_tokens // per_seq) * per_seq)
+    total = capped_tokens(count_rows(variants[0].run_dir / "activations", SPLIT), n_ctx,
+                          cfg.max_tokens)
     sides: dict[tuple[str, str], _Side] = {}
     corr: dict[tuple[str, str, str], torch.Tensor] = {}
     bar = progress.bar(total=total * len(passes), desc="universality", unit="tok",
@@ -264,7 +267,7 @@ def variants_by(variants: list[_Variant], name: str) -> _Variant:
     return next(v for v in variants if v.name == name)
 
 
-def _accumulate_side(sides, key, dense: torch.Tensor, sparse) -> None:
+def _accumulate_side(sides, key, dense: torch.Tensor, sparse: ActiveCodes | None) -> None:
     if key not in sides:
         n = dense.shape[1]
         shift = dense.mean(0) if sparse is None else None
@@ -278,7 +281,7 @@ def _accumulate_side(sides, key, dense: torch.Tensor, sparse) -> None:
         s.squares += (centred * centred).sum(0, dtype=torch.float64)
         s.n_active += (dense > 0).sum(0)
     else:
-        row, feat, val = sparse
+        feat, val = sparse.feature, sparse.value
         s.total.index_add_(0, feat, val.double())
         s.squares.index_add_(0, feat, (val * val).double())
         s.n_active += torch.bincount(feat, minlength=s.n_active.shape[0])
@@ -292,7 +295,7 @@ def _accumulate_cross(cross: torch.Tensor, job: _Job, codes, sides) -> None:
         b = dense_b[:, job.lo: job.hi] - sides[(job.b, job.kind)].shift[job.lo: job.hi]
         cross += (a.T @ b).double()
         return
-    row, feat, val = sparse_a
+    row, feat, val = sparse_a.row, sparse_a.feature, sparse_a.value
     at = torch.sparse_coo_tensor(torch.stack([feat, row]), val,
                                  (dense_a.shape[1], dense_a.shape[0]),
                                  check_invariants=False).coalesce()
