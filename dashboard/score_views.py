@@ -50,6 +50,7 @@ import streamlit as st
 from dashboard import (charts, feature_views, interp_views, light_plotly, links, store_access,
                        token_html)
 from feature_store.records import FeatureRecord
+from feature_store import rubric as rubric_items
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
     unit_key,
@@ -57,14 +58,10 @@ from feature_store.scores import (
 from feature_store.scores_results import source_label
 
 DEFAULT_SAMPLE = 20
-QUESTIONS = {  # DESIGN.md's rubric, in its order and words
-    "confidence": "2 · Confidence in the interpretation",
-    "activation_consistency": "3 · Consistency of the high-activation tokens with it",
-    "logit_consistency": "4 · Consistency of the positive logits with it",
-    "separation": "5 · If some logits were inconsistent: clear separation in effect size "
-                  "between consistent and inconsistent ones? (0 if not applicable)",
-    "specificity": "6 · Specificity of the interpretation",
-}
+INTERPRETATION = rubric_items.INTERPRETATION
+QUESTIONS = {  # the form's labels: DESIGN.md's rubric, numbered in its order (1: interpretation)
+    name: f"{number} · {question}"
+    for number, (name, question) in enumerate(rubric_items.QUESTIONS.items(), start=1)}
 _FLASH = "score_flash"  # session key: (position key, message) shown once after a save
 
 
@@ -270,9 +267,9 @@ def rubric(key: str, initial: Score | None) -> dict[str, Any]:
     """The six rubric items with bounded widgets (out-of-range values cannot be entered) and
     the live total; returns the picked values (None where not yet picked)."""
     st.markdown("**Rubric**")
-    values: dict[str, Any] = {"interpretation": st.text_area(
-        "1 · Your interpretation", value=initial.rubric.interpretation if initial else "",
-        height=80, key=f"{key}_interpretation",
+    values: dict[str, Any] = {INTERPRETATION: st.text_area(
+        QUESTIONS[INTERPRETATION], value=initial.rubric.interpretation if initial else "",
+        height=80, key=f"{key}_{INTERPRETATION}",
         placeholder="What does this unit respond to, and what does it do?")}
     for item, (lo, hi) in RUBRIC.items():
         options = list(range(lo, hi + 1))
@@ -282,8 +279,8 @@ def rubric(key: str, initial: Score | None) -> dict[str, Any]:
                                 key=f"{key}_{item}")
     total = sum(v for item, v in values.items() if item in RUBRIC and v is not None)
     missing = [QUESTIONS[i].split(" · ")[0] for i in RUBRIC if values[i] is None]
-    if not values["interpretation"].strip():
-        missing.insert(0, "1")
+    if not values[INTERPRETATION].strip():
+        missing.insert(0, QUESTIONS[INTERPRETATION].split(" · ")[0])
     note = f"still to answer: {', '.join(missing)}" if missing else "all items answered"
     st.metric("Total", f"{total} / {MAX_TOTAL}", help=f"Above {QUITE_INTERPRETABLE} reads as "
               "'quite interpretable'.", delta=note, delta_color="off", delta_arrow="off")

@@ -1,54 +1,46 @@
 """The hand-scoring rubric (Towards Monosemanticity) and the records a score is made of.
 
 Plain data and its validation, no storage: `scores.py` keeps these in SQLite, `score_files.py`
-reads and writes them as CSV or Parquet, the dashboard builds its forms from `RUBRIC`. Every
-check lives here, so a submission, an import and the database refuse the same things.
+reads and writes them as CSV or Parquet, the dashboard builds its forms from `RUBRIC` and
+`QUESTIONS`. Every check lives here, so a submission, an import and the database refuse the
+same things. The rubric's items are written once, as `Rubric`'s fields (name, range,
+question); everything else that names them derives from those.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from feature_store.records import N_INTERVALS
 
-# The rubric (DESIGN.md, from Towards Monosemanticity): item -> (lowest, highest).
-RUBRIC: dict[str, tuple[int, int]] = {
-    "confidence": (0, 3),  # in the interpretation
-    "activation_consistency": (0, 5),  # of the high-activation tokens with it
-    "logit_consistency": (0, 3),  # of the positive logits with it
-    "separation": (0, 1),  # clear gap between consistent and inconsistent logits; 0 if n/a
-    "specificity": (0, 3),  # of the interpretation
-}
-# DESIGN.md calls the total "0-14", but the item ranges it lists (the ones above) add up to
-# 15. The items are what a rater sees and what is stored, so they win, and the total's top
-# follows them; if the ranges are ever corrected (e.g. logits 0-2), only RUBRIC changes
-# (`scores._schema_sql` builds the database's CHECKs from it; a database made before keeps its
-# own, so widening a range needs SCHEMA_VERSION bumped).
-MAX_TOTAL = sum(hi for _, hi in RUBRIC.values())
-INTERVAL_SCALE = (0, 5)  # per-interval consistency, the same scale as activation_consistency
-QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
-
-
 class ScoreError(ValueError):
     """A score, queue or import file that cannot be stored; the message says which item and
     why. Nothing was written."""
 
 
+def _item(question: str, lo: int | None = None, hi: int | None = None) -> Any:
+    """A rubric field: the question a rater answers and, for a scored item, its range."""
+    return field(metadata={"question": question} | ({} if lo is None else {"range": (lo, hi)}))
+
+
 @dataclass(frozen=True, slots=True)
 class Rubric:
-    """One rater's judgement of one unit (validated on construction)."""
+    """One rater's judgement of one unit (validated on construction). Its fields are the
+    rubric (DESIGN.md, from Towards Monosemanticity) in its order and words: the
+    interpretation (free text), then the scored items, each a whole number in its range."""
 
-    interpretation: str
-    confidence: int
-    activation_consistency: int
-    logit_consistency: int
-    separation: int
-    specificity: int
+    interpretation: str = _item("Your interpretation")
+    confidence: int = _item("Confidence in the interpretation", 0, 3)
+    activation_consistency: int = _item("Consistency of the high-activation tokens with it", 0, 5)
+    logit_consistency: int = _item("Consistency of the positive logits with it", 0, 3)
+    separation: int = _item("If some logits were inconsistent: clear separation in effect size "
+                            "between consistent and inconsistent ones? (0 if not applicable)", 0, 1)
+    specificity: int = _item("Specificity of the interpretation", 0, 3)
 
     def __post_init__(self) -> None:
         if not isinstance(self.interpretation, str) or not self.interpretation.strip():
@@ -73,6 +65,22 @@ class Rubric:
         if missing:
             raise ScoreError(f"missing rubric item(s): {', '.join(missing)}")
         return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+# Derived from `Rubric`'s fields, the one place the items are written:
+RUBRIC_FIELDS = tuple(f.name for f in fields(Rubric))  # the interpretation, then the items
+INTERPRETATION = RUBRIC_FIELDS[0]  # the free-text item (a column of the book and its files)
+RUBRIC: dict[str, tuple[int, int]] = {  # scored item -> (lowest, highest), in rubric order
+    f.name: f.metadata["range"] for f in fields(Rubric) if "range" in f.metadata}
+QUESTIONS: dict[str, str] = {f.name: f.metadata["question"] for f in fields(Rubric)}
+# DESIGN.md calls the total "0-14", but the item ranges it lists (the ones above) add up to
+# 15. The items are what a rater sees and what is stored, so they win, and the total's top
+# follows them; if the ranges are ever corrected (e.g. logits 0-2), only `Rubric` changes
+# (`scores._schema_sql` builds the database's CHECKs from RUBRIC; a database made before keeps
+# its own, so widening a range needs SCHEMA_VERSION bumped).
+MAX_TOTAL = sum(hi for _, hi in RUBRIC.values())
+INTERVAL_SCALE = (0, 5)  # per-interval consistency, the same scale as activation_consistency
+QUITE_INTERPRETABLE = 8  # totals above this read as "quite interpretable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,21 +21,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.rubric import (RUBRIC, Rubric, Score, ScoreError, check_dictionary, check_index,
-                                  check_intervals, check_rater, whole_number)
+from feature_store.rubric import (INTERPRETATION, RUBRIC, RUBRIC_FIELDS, Rubric, Score, ScoreError,
+                                  check_dictionary, check_index, check_intervals, check_rater,
+                                  whole_number)
 
-COLUMNS = ("score_id", "rater", "run", "dictionary", "unit_index", "interpretation",
-            *RUBRIC, "total", "interval_scores", "blind", "created_at")
-OPTIONAL = {"run": ""}  # columns an older export may lack, and what their absence means
-
-
+# Every field of a stored score, in order, with its type in a Parquet export; `COLUMNS` (the
+# CSV header, the database's column list) follows it.
 ARROW_SCHEMA = pa.schema([("score_id", pa.string()), ("rater", pa.string()),
-                    ("run", pa.string()),
-                    ("dictionary", pa.string()), ("unit_index", pa.int64()),
-                    ("interpretation", pa.string()),
-                    *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
-                    ("interval_scores", pa.string()), ("blind", pa.int64()),
-                    ("created_at", pa.string())])
+                          ("run", pa.string()),
+                          ("dictionary", pa.string()), ("unit_index", pa.int64()),
+                          (INTERPRETATION, pa.string()),
+                          *[(item, pa.int64()) for item in RUBRIC], ("total", pa.int64()),
+                          ("interval_scores", pa.string()), ("blind", pa.int64()),
+                          ("created_at", pa.string())])
+COLUMNS = tuple(ARROW_SCHEMA.names)
+INTEGER_COLUMNS = (*RUBRIC, "unit_index", "total", "blind")  # whole numbers, checked in this order
+OPTIONAL = {"run": ""}  # columns an older export may lack, and what their absence means
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ def score_from_row(row: Sequence[Any]) -> StoredScore:
     intervals = values["interval_scores"]
     return StoredScore(score_id=values["score_id"], rater=values["rater"],
                        dictionary=values["dictionary"], unit_index=int(values["unit_index"]),
-                       rubric=Rubric(**{k: values[k] for k in ("interpretation", *RUBRIC)}),
+                       rubric=Rubric(**{k: values[k] for k in RUBRIC_FIELDS}),
                        interval_scores=(None if intervals is None
                                         else tuple(json.loads(intervals))),
                        blind=bool(values["blind"]), created_at=values["created_at"],
@@ -86,8 +87,8 @@ def record_score(record: Mapping[str, Any], name: str, line: int) -> StoredScore
         missing = [c for c in COLUMNS if c not in record and c not in OPTIONAL]
         if missing:
             raise ScoreError(f"missing column(s) {', '.join(missing)}")
-        ints = {c: whole_number(record[c], c) for c in (*RUBRIC, "unit_index", "total", "blind")}
-        rubric = Rubric(interpretation=record["interpretation"],
+        ints = {c: whole_number(record[c], c) for c in INTEGER_COLUMNS}
+        rubric = Rubric(**{INTERPRETATION: record[INTERPRETATION]},
                         **{item: ints[item] for item in RUBRIC})
         if ints["total"] != rubric.total:
             raise ScoreError(f"total {ints['total']} is not the sum of the items "

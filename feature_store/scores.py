@@ -50,11 +50,11 @@ import numpy as np
 import pandas as pd
 
 from feature_store.records import N_INTERVALS
-from feature_store.rubric import (INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue,
-                                  Rubric, Score, ScoreError, check_dictionary, check_index,
-                                  check_intervals, check_rater)
-from feature_store.score_files import (COLUMNS, StoredScore, check_run, read_scores,
-                                       score_from_row, score_row, to_csv, to_parquet)
+from feature_store.rubric import (INTERPRETATION, INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE,
+                                  RUBRIC, Queue, Rubric, Score, ScoreError, check_dictionary,
+                                  check_index, check_intervals, check_rater)
+from feature_store.score_files import (COLUMNS, INTEGER_COLUMNS, StoredScore, check_run,
+                                       read_scores, score_from_row, score_row, to_csv, to_parquet)
 
 SCORES_FILE = "scores.sqlite"
 Source = str | tuple[str, str]  # a dictionary, or a study's (run, dictionary)
@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS scores (
     run TEXT NOT NULL DEFAULT '',           -- a study's variant; '' in a single run's book
     dictionary TEXT NOT NULL,               -- 'neurons' or 'sae_<n>'
     unit_index INTEGER NOT NULL CHECK (unit_index >= 0),
-    interpretation TEXT NOT NULL CHECK (length(trim(interpretation)) > 0),
+    {INTERPRETATION} TEXT NOT NULL CHECK (length(trim({INTERPRETATION})) > 0),
 {items}
     total INTEGER NOT NULL CHECK (total BETWEEN {total_lo} AND {total_hi}),
     interval_scores TEXT,                   -- JSON list of {N_INTERVALS} ints 0-5 or null; or NULL
@@ -224,7 +224,7 @@ class ScoreBook:
         rows = self._read(f"SELECT {', '.join(COLUMNS)} FROM scores "
                           "ORDER BY created_at, score_id")
         frame = pd.DataFrame(rows, columns=list(COLUMNS))
-        return frame.astype({c: "int64" for c in (*RUBRIC, "unit_index", "total", "blind")})
+        return frame.astype({c: "int64" for c in INTEGER_COLUMNS})
 
     def latest_table(self, blind_only: bool = False) -> pd.DataFrame:
         """One row per (rater, unit): the latest. `blind_only` first drops scores given while
