@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -49,10 +49,11 @@ _BROWSE_COLUMNS = ["index", "density", "n_active", "mean_act", "max_act", "densi
                    "top_tokens", "top_logits"]
 _EXAMPLE_COLUMNS = ["kind", "rank", "seq_id", "position", "center", "act", "token_ids",
                     "acts", "ablation"]
+_SPLIT_EDGE_FIELDS = tuple(f.name for f in fields(SplitEdge))  # splits columns, less family_id
 
 
 @dataclass(frozen=True)
-class _Dictionary:
+class _FeatureTable:
     """One dictionary's features table, read whole, as read-only arrays, and where its
     examples are."""
 
@@ -374,19 +375,17 @@ class FeatureStore:
             members.setdefault(fid, []).append((name, idx))
             of[(name, idx)] = fid
         rank = {n: k for k, n in enumerate(self._order)}
-        spl = _read(self.path, schema.SPLITS, self._footers).to_pydict()
         edges: dict[int, list[SplitEdge]] = {}
-        for row in zip(spl["dictionary_a"], spl["index_a"], spl["dictionary_b"], spl["index_b"],
-                       spl["masked_cosine"], spl["decoder_cosine"], spl["containment"],
-                       spl["family_id"]):
-            edges.setdefault(row[7], []).append(SplitEdge(*row[:7]))
+        for row in _read(self.path, schema.SPLITS, self._footers).to_pylist():
+            edges.setdefault(row["family_id"], []).append(
+                SplitEdge(**{name: row[name] for name in _SPLIT_EDGE_FIELDS}))
         return _FamilyLookup(
             family_of=of,
             members={f: tuple(sorted(m, key=lambda x: (rank.get(x[0], 1 << 30), x[1])))
                      for f, m in members.items()},
             edges={f: tuple(edges.get(f, ())) for f in members})
 
-    def _examples(self, d: _Dictionary, i: int) -> tuple[list[Example], list[list[Example]]]:
+    def _examples(self, d: _FeatureTable, i: int) -> tuple[list[Example], list[list[Example]]]:
         top: list[Example] = []
         by_interval: list[list[Example]] = [[] for _ in range(N_INTERVALS)]
         start, count = int(d.examples_offset[i]), int(d.n_examples[i])
@@ -439,7 +438,7 @@ class FeatureStore:
         counterparts = tuple((n, tuple(other[n])) for n in self._order if n in other)
         return tuple(aligned), tuple(same), counterparts
 
-    def _dictionary(self, name: str) -> _Dictionary:
+    def _dictionary(self, name: str) -> _FeatureTable:
         self._check_dictionary(name)
         return self._cached(("dictionary", name), lambda: self._load_dictionary(name))
 
@@ -448,7 +447,7 @@ class FeatureStore:
         self._check_dictionary(name)
         return _Sized(name, int(self._info[name]["n_features"]))
 
-    def _load_dictionary(self, name: str) -> _Dictionary:
+    def _load_dictionary(self, name: str) -> _FeatureTable:
         info = self._info[name]
         n = int(info["n_features"])
         hint = _rebuild_hint(self.path)
@@ -473,7 +472,7 @@ class FeatureStore:
         if matrix["interval_counts"].shape[1] != N_INTERVALS:
             raise StoreError(f"{self.path / feat_rel}: interval_counts must hold {N_INTERVALS} "
                              f"values per feature; {hint}")
-        return _Dictionary(
+        return _FeatureTable(
             name=name, n_features=n,
             act_hist_edges=tuple(float(e) for e in info["act_hist_edges"]),
             browse=browse, density_class=density_class, **matrix,
@@ -547,7 +546,7 @@ def _ordered(dictionaries: list[dict[str, Any]]) -> list[str]:
         d["name"], d["kind"], d["n_features"]))]
 
 
-def _top_example_tokens(d: _Dictionary, store: Path) -> pd.DataFrame:
+def _top_example_tokens(d: _FeatureTable, store: Path) -> pd.DataFrame:
     """`FeatureStore.top_example_tokens`, read in batches that keep only their top-k rows:
     memory holds one batch of windows, never the whole examples file."""
     columns = ["kind", "feature", "rank", "center", "act", "token_ids"]

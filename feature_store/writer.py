@@ -39,7 +39,7 @@ from feature_store.records import N_INTERVALS, NEURONS
 _TOP_TEXT_ITEMS = 5  # tokens shown in the `top_tokens` / `top_logits` browsing columns
 
 @dataclass
-class _Dictionary:
+class _PendingDictionary:
     """What the writer holds for one dictionary until close(): per-feature rows, not examples."""
 
     name: str
@@ -87,7 +87,7 @@ class StoreWriter:
         self._tmp.mkdir(parents=True)
         self._n_tokens = int(n_tokens)
         self._run_info: dict[str, Any] = dict(run_info or {})
-        self._dicts: dict[str, _Dictionary] = {}
+        self._dicts: dict[str, _PendingDictionary] = {}
         self._vocab: list[str] | None = None
         self._splits: list[dict[str, np.ndarray]] = []
         self._umap: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -127,7 +127,7 @@ class StoreWriter:
         if reserved:
             raise ValueError(f"{name}: info may not set {sorted(reserved)}")
         json.dumps(info)  # fail now, not at close(), on something the manifest cannot hold
-        self._dicts[name] = _Dictionary(name, kind, int(n_features), dict(info))
+        self._dicts[name] = _PendingDictionary(name, kind, int(n_features), dict(info))
 
     def set_vocab(self, display: Sequence[str]) -> None:
         """The display form of every token id, in id order."""
@@ -498,7 +498,7 @@ class StoreWriter:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _finish_dictionary(self, d: _Dictionary, vocab: np.ndarray,
+    def _finish_dictionary(self, d: _PendingDictionary, vocab: np.ndarray,
                            order: list[str]) -> dict[str, int]:
         n = d.n_features
         tables: dict[str, int] = {}
@@ -543,7 +543,7 @@ class StoreWriter:
         tables[schema.partition_path(schema.FEATURES, d.name)] = n
         return tables
 
-    def _top_tokens_text(self, d: _Dictionary, vocab: np.ndarray) -> list[str]:
+    def _top_tokens_text(self, d: _PendingDictionary, vocab: np.ndarray) -> list[str]:
         """The first distinct centre tokens of each feature's top examples, by rank."""
         out = [""] * d.n_features
         if not d.top_centres:
@@ -580,7 +580,7 @@ class StoreWriter:
             "index": index[keep], "cosine": cosine[keep]})
         d.neighbour_keys.add((relation, target))
 
-    def _write_neighbours(self, d: _Dictionary, order: list[str]) -> int:
+    def _write_neighbours(self, d: _PendingDictionary, order: list[str]) -> int:
         path = self._partition(schema.NEIGHBOURS, d.name)
         if not d.neighbour_parts:
             pq.write_table(schema.NEIGHBOURS_SCHEMA.empty_table(), path)
@@ -716,7 +716,7 @@ class StoreWriter:
         return sorted(self._dicts, key=lambda n: schema.dictionary_sort_key(
             n, self._dicts[n].kind, self._dicts[n].n_features))
 
-    def _dictionary(self, name: str) -> _Dictionary:
+    def _dictionary(self, name: str) -> _PendingDictionary:
         self._check_open()
         if name not in self._dicts:
             raise ValueError(f"dictionary {name!r} not declared; call add_dictionary first")
