@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 
 from dashboard.colours import (DICTIONARY_PALETTE, INTERVAL_COLOURS, LOWER_RGB, RAISE_RGB,
                                UNLISTED_DICTIONARY, hex_colour)
-from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
+from feature_store.records import Family, FeatureRecord, SplitEdge, Unit, is_neurons
 
 MARGIN = dict(l=10, r=10, t=36, b=10)
 
@@ -162,22 +162,23 @@ def logit_histogram_figure(record: FeatureRecord, relative_to: float | None = No
 MAX_EDGE_LABELS = 40  # beyond this the labels overlap; the page's edge table has them all
 
 
-def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str, int],
-                        top_tokens: dict[tuple[str, int], str] | None = None) -> go.Figure:
+def family_graph_figure(family: Family, order: Sequence[str], chosen: Unit,
+                        top_tokens: dict[Unit, str] | None = None) -> go.Figure:
     """Members laid out in columns by size, edges drawn with width and opacity by masked
     cosine and labelled with it and the decoder cosine (readable without hovering); node
     hover shows the member and its top activating tokens (escaped)."""
-    layers = [name for name in order if any(m[0] == name for m in family.members)]
+    chosen = Unit(*chosen)
+    layers = [name for name in order if any(d == name for d, _ in family.members)]
     members_by_layer = family_layer_order(family, layers)
-    position: dict[tuple[str, int], tuple[float, float]] = {}
+    position: dict[Unit, tuple[float, float]] = {}
     for x, name in enumerate(layers):
         column = members_by_layer[name]
         for rank, index in enumerate(column):
-            position[(name, index)] = (x, (len(column) - 1) / 2 - rank)  # first on top
+            position[Unit(name, index)] = (x, (len(column) - 1) / 2 - rank)  # first on top
     fig = go.Figure()
     mids_x, mids_y, mids_label, mids_hover = [], [], [], []
     for edge in family.edges:
-        a, b = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
+        a, b = split_ends(edge)
         if a not in position or b not in position:
             continue
         (xa, ya), (xb, yb) = position[a], position[b]
@@ -202,11 +203,12 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
     keys = list(position)
     fig.add_trace(go.Scatter(
         x=[position[k][0] for k in keys], y=[position[k][1] for k in keys],
-        mode="markers+text", text=[f"#{k[1]}" for k in keys], textposition="top center",
-        customdata=[[k[0], k[1], hover_text((top_tokens or {}).get(k, ""))] for k in keys],
-        marker=dict(size=[22 if k == tuple(chosen) else 15 for k in keys],
-                    color=[colours.get(k[0], UNLISTED_DICTIONARY) for k in keys],
-                    line=dict(width=[3 if k == tuple(chosen) else 1 for k in keys],
+        mode="markers+text", text=[f"#{k.index}" for k in keys], textposition="top center",
+        customdata=[[k.dictionary, k.index, hover_text((top_tokens or {}).get(k, ""))]
+                    for k in keys],
+        marker=dict(size=[22 if k == chosen else 15 for k in keys],
+                    color=[colours.get(k.dictionary, UNLISTED_DICTIONARY) for k in keys],
+                    line=dict(width=[3 if k == chosen else 1 for k in keys],
                               color="black")),
         hovertemplate="%{customdata[0]} #%{customdata[1]}<br>top tokens: %{customdata[2]}"
                       "<br>click to open<extra></extra>",
@@ -224,26 +226,31 @@ def family_graph_figure(family: Family, order: Sequence[str], chosen: tuple[str,
     return fig
 
 
+def split_ends(edge: SplitEdge) -> tuple[Unit, Unit]:
+    """(parent, child): the edge's unit in the smaller dictionary, then in the larger."""
+    return Unit(edge.dictionary_a, edge.index_a), Unit(edge.dictionary_b, edge.index_b)
+
+
 def family_layer_order(family: Family, layers: list[str]) -> dict[str, list[int]]:
     """Each layer's members sorted under their strongest parent in the layer before (then by
     index): a family is a tree of best parents, so its edges never cross."""
     depth = {name: i for i, name in enumerate(layers)}
-    parent: dict[tuple[str, int], tuple[float, tuple[str, int]]] = {}
+    parent: dict[Unit, tuple[float, Unit]] = {}
     for edge in family.edges:
-        a, b = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
+        a, b = split_ends(edge)
         if a[0] in depth and b[0] in depth and depth[b[0]] < depth[a[0]]:
             a, b = b, a
         if a[0] in depth and b[0] in depth and depth[b[0]] == depth[a[0]] + 1:
             if b not in parent or edge.decoder_cosine > parent[b][0]:
                 parent[b] = (edge.decoder_cosine, a)
     out: dict[str, list[int]] = {}
-    rank: dict[tuple[str, int], int] = {}
+    rank: dict[Unit, int] = {}
     for name in layers:
         members = [i for d, i in family.members if d == name]
-        members.sort(key=lambda i: (rank.get(parent[(name, i)][1], len(rank))
-                                    if (name, i) in parent else -1, i))
+        members.sort(key=lambda i: (rank.get(parent[Unit(name, i)][1], len(rank))
+                                    if Unit(name, i) in parent else -1, i))
         out[name] = members
-        rank.update({(name, i): r for r, i in enumerate(members)})
+        rank.update({Unit(name, i): r for r, i in enumerate(members)})
     return out
 
 
@@ -263,7 +270,7 @@ def _point_data(rows: pd.DataFrame) -> np.ndarray | None:
 
 
 def umap_figure(points: pd.DataFrame, order: Sequence[str],
-                highlight: Sequence[tuple[str, int]] = ()) -> go.Figure:
+                highlight: Sequence[Unit] = ()) -> go.Figure:
     """All dictionaries' decoder directions in one 2-D map, each dictionary its own colour
     and marker shape (the shared palette), hover naming the unit and its top tokens
     (`points` may carry a `top_tokens` column); the highlighted features (a family) drawn
@@ -299,9 +306,9 @@ def umap_figure(points: pd.DataFrame, order: Sequence[str],
     return fig
 
 
-def picked_feature(event: Any) -> tuple[str, int] | None:
-    """The (dictionary, index) of the first selected point that carries one: its customdata's
-    first two fields (points may carry more, e.g. hover text)."""
+def picked_feature(event: Any) -> Unit | None:
+    """The unit of the first selected point that carries one: its customdata's first two
+    fields, dictionary and index (points may carry more, e.g. hover text)."""
     try:
         points = event.selection.points
     except AttributeError:
@@ -310,7 +317,7 @@ def picked_feature(event: Any) -> tuple[str, int] | None:
         data = point.get("customdata")
         if isinstance(data, (list, tuple)) and len(data) >= 2:
             try:
-                return str(data[0]), int(data[1])
+                return Unit(str(data[0]), int(data[1]))
             except (TypeError, ValueError):
                 continue
     return None

@@ -16,7 +16,8 @@ import streamlit as st
 from dashboard import charts, light_plotly, links, store_access, token_html
 from dashboard.colours import UNLISTED_DICTIONARY
 from feature_store import schema
-from feature_store.records import NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour, is_neurons
+from feature_store.records import (NEURONS, NEURONS_PRE_LN, FeatureRecord, Neighbour, Unit,
+                                    is_neurons)
 
 N_NEIGHBOUR_LINKS = 6  # per list: enough to see a split, few enough to scan
 N_CHIP_TOKENS = 4  # top tokens beside each listed unit: what it is, at a glance
@@ -238,8 +239,7 @@ def listed(units: tuple[Neighbour, ...]) -> tuple[Neighbour, ...]:
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def top_tokens_of(path: str,
-                  units: tuple[tuple[str, int], ...]) -> dict[tuple[str, int], list[str]]:
+def top_tokens_of(path: str, units: tuple[Unit, ...]) -> dict[Unit, list[str]]:
     """Each unit's top tokens (the browse table's `top_tokens`: its top examples' first
     distinct drawn tokens), so a listed neighbour says what it is, not only its number.
     Cached per feature page: the store copies a whole features table per dictionary asked."""
@@ -247,12 +247,12 @@ def top_tokens_of(path: str,
     wanted: dict[str, list[int]] = {}
     for dictionary, index in units:
         wanted.setdefault(dictionary, []).append(index)
-    out: dict[tuple[str, int], list[str]] = {}
+    out: dict[Unit, list[str]] = {}
     for dictionary, indices in wanted.items():
         text = store.features(dictionary)["top_tokens"]  # rows are indices 0..n-1
         for index in indices:  # `.iat`: a whole column to numpy costs ~4 ms per 16k rows
             shown = str(text.iat[index] or "") if 0 <= index < len(text) else ""
-            out[(dictionary, index)] = [t for t in shown.split(" ") if t]
+            out[Unit(dictionary, index)] = [t for t in shown.split(" ") if t]
     return out
 
 
@@ -268,14 +268,14 @@ def related_row_html(dictionary: str, unit: Neighbour, tokens: list[str],
             f'font-variant-numeric:tabular-nums">{unit.cosine:+.2f}</td><td>{chips}</td></tr>')
 
 
-def related_html(lists: list[RelatedList], tokens: dict[tuple[str, int], list[str]],
+def related_html(lists: list[RelatedList], tokens: dict[Unit, list[str]],
                  colours: dict[str, str], view: dict[str, str]) -> str:
     """Every list as one HTML block (one element draws faster than dozens of links):
     title with its dictionary's colour, what the cosine measures, then the units."""
     parts = []
     for group in lists:
         rows = "".join(related_row_html(group.dictionary, n,
-                                        tokens.get((group.dictionary, n.index), []), view)
+                                        tokens.get(Unit(group.dictionary, n.index), []), view)
                        for n in group.units[:N_NEIGHBOUR_LINKS])
         chip = charts.colour_chip_html(colours.get(group.dictionary, UNLISTED_DICTIONARY))
         parts.append(f'<div class="related" style="margin:0.7rem 0 0">'
@@ -295,7 +295,7 @@ def related(path: str, record: FeatureRecord, not_applicable: str | None = None)
     lists = related_lists(record)
     if not lists:
         return
-    units = tuple(dict.fromkeys((g.dictionary, n.index) for g in lists
+    units = tuple(dict.fromkeys(Unit(g.dictionary, n.index) for g in lists
                                 for n in g.units[:N_NEIGHBOUR_LINKS]))
     colours = charts.dictionary_colours(store_access.dictionaries(path))
     st.html(related_html(lists, top_tokens_of(path, units), colours, kept_view()))

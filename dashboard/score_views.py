@@ -49,7 +49,7 @@ import streamlit as st
 
 from dashboard import (charts, feature_views, interp_views, light_plotly, links, store_access,
                        token_html)
-from feature_store.records import FeatureRecord
+from feature_store.records import FeatureRecord, Unit
 from feature_store import rubric as rubric_items
 from feature_store.scores import (
     INTERVAL_SCALE, MAX_TOTAL, QUITE_INTERPRETABLE, RUBRIC, Queue, Score, ScoreBook, ScoreError,
@@ -288,7 +288,7 @@ def rubric(key: str, initial: Score | None) -> dict[str, Any]:
     return values
 
 
-def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[str, Any],
+def submit_row(book: ScoreBook, rater: str, unit: Unit, values: dict[str, Any],
                intervals: list[int | None] | None, blind: bool, key: str,
                cancel: Callable[[], None] | None = None, run: str = "") -> None:
     """Submit (disabled until every item is answered; validated again by the ScoreBook).
@@ -302,7 +302,8 @@ def submit_row(book: ScoreBook, rater: str, unit: tuple[str, int], values: dict[
         return
     rubric_values = {k: v for k, v in values.items() if not k.startswith("_")}
     try:
-        saved = book.submit(rater, unit[0], unit[1], rubric_values, interval_scores=intervals,
+        saved = book.submit(rater, unit.dictionary, unit.index, rubric_values,
+                            interval_scores=intervals,
                             blind=blind, run=run)
     except ScoreError as err:
         st.error(f"Not saved: {err}")
@@ -373,5 +374,5 @@ def score_unit(book: ScoreBook, rater: str, record: FeatureRecord, key: str,
                 st.session_state.pop(editing_key, None)
                 st.rerun()
 
-        submit_row(book, rater, (record.dictionary, record.index), values, intervals, blind,
+        submit_row(book, rater, Unit(record.dictionary, record.index), values, intervals, blind,
                    key, cancel, run=run)

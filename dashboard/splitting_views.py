@@ -18,7 +18,7 @@ import streamlit as st
 from dashboard import charts, links, store_access, token_html
 from dashboard.colours import UNLISTED_DICTIONARY
 from dashboard.feature_views import finite_or_dash
-from feature_store.records import Family, FeatureRecord, SplitEdge, is_neurons
+from feature_store.records import Family, FeatureRecord, SplitEdge, Unit, is_neurons
 
 EDGE_TOKENS = 5  # top tokens per parent / child in the edge table
 # (header, hover help) of the edge table's columns, in order
@@ -39,7 +39,7 @@ EDGE_COLUMNS = (
 NUMERIC_FROM = 4  # columns from here on are numbers (right-aligned)
 
 
-def default_feature(path: str) -> tuple[str, int] | None:
+def default_feature(path: str) -> Unit | None:
     """With no feature in the URL, start at the parent with the most children (ties: the
     closest directions): a page that opens on a real split shows what the page is for, where
     a single strongest edge is often a feature that merely persists across sizes."""
@@ -50,7 +50,7 @@ def default_feature(path: str) -> tuple[str, int] | None:
         children=("index_b", "size"), closeness=("decoder_cosine", "mean"))
     best = per_parent.sort_values(["children", "closeness"], ascending=False,
                                   kind="stable").index[0]
-    return str(best[0]), int(best[1])
+    return Unit(str(best[0]), int(best[1]))
 
 
 def no_family_text(record: FeatureRecord) -> str:
@@ -74,14 +74,14 @@ def family_graph(path: str, record: FeatureRecord) -> Family | None:
         return None
     order = store_access.dictionaries(path)
     summaries = {d: store_access.features(path, d).set_index("index")
-                 for d in {m[0] for m in family.members}}
-    top = {(d, i): str(summaries[d].at[i, "top_tokens"]) for d, i in family.members}
+                 for d in {d for d, _ in family.members}}
+    top = {Unit(d, i): str(summaries[d].at[i, "top_tokens"]) for d, i in family.members}
     event = st.plotly_chart(
-        charts.family_graph_figure(family, order, (record.dictionary, record.index), top),
+        charts.family_graph_figure(family, order, Unit(record.dictionary, record.index), top),
         on_select="rerun", selection_mode="points", key="family_graph",
         config={"displayModeBar": False})
     _follow(event)
-    layers = [d for d in order if any(m[0] == d for m in family.members)]
+    layers = [d for d in order if any(name == d for name, _ in family.members)]
     by_dictionary = charts.family_layer_order(family, layers)  # listed in the graph's order
     st.markdown("**Edges**, parent → child in the graph's order")
     st.html(edge_table_html(family, by_dictionary, top, charts.dictionary_colours(order)))
@@ -92,11 +92,11 @@ def family_graph(path: str, record: FeatureRecord) -> Family | None:
 def ordered_edges(family: Family, by_dictionary: dict[str, list[int]]) -> list[SplitEdge]:
     """Edges top to bottom as drawn: by the parent's layer and row, then the child's row."""
     depth = {name: k for k, name in enumerate(by_dictionary)}
-    row = {(d, i): r for d, indices in by_dictionary.items() for r, i in enumerate(indices)}
+    row = {Unit(d, i): r for d, indices in by_dictionary.items() for r, i in enumerate(indices)}
 
     def key(edge: SplitEdge) -> tuple[int, int, int]:
-        parent, child = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
-        return (depth.get(parent[0], len(depth)), row.get(parent, 0), row.get(child, 0))
+        parent, child = charts.split_ends(edge)
+        return (depth.get(parent.dictionary, len(depth)), row.get(parent, 0), row.get(child, 0))
 
     return sorted(family.edges, key=key)
 
@@ -114,7 +114,7 @@ def _tokens_cell(tokens: str) -> str:
 
 
 def edge_table_html(family: Family, by_dictionary: dict[str, list[int]],
-                    top: dict[tuple[str, int], str], colours: dict[str, str]) -> str:
+                    top: dict[Unit, str], colours: dict[str, str]) -> str:
     """One row per edge with both cosines and the containment, written out so no number
     needs a hover. Pure (no Streamlit), so it is testable; token text escaped by
     `token_html`."""
@@ -124,7 +124,7 @@ def edge_table_html(family: Family, by_dictionary: dict[str, list[int]],
         for k, (label, help_text) in enumerate(EDGE_COLUMNS))
     rows = []
     for edge in ordered_edges(family, by_dictionary):
-        parent, child = (edge.dictionary_a, edge.index_a), (edge.dictionary_b, edge.index_b)
+        parent, child = charts.split_ends(edge)
         numbers = (finite_or_dash(float(edge.masked_cosine), ".2f"),
                    finite_or_dash(float(edge.decoder_cosine), ".2f"),
                    finite_or_dash(float(edge.containment), ".0%"))
@@ -136,7 +136,7 @@ def edge_table_html(family: Family, by_dictionary: dict[str, list[int]],
 
 
 def members(by_dictionary: dict[str, list[int]], summaries: dict[str, pd.DataFrame],
-            top: dict[tuple[str, int], str], colours: dict[str, str]) -> None:
+            top: dict[Unit, str], colours: dict[str, str]) -> None:
     """Each layer's members in the graph's order: link, top tokens, density, max act."""
     cols = st.columns(max(1, len(by_dictionary)))
     for col, (dictionary, indices) in zip(cols, by_dictionary.items()):
@@ -146,7 +146,7 @@ def members(by_dictionary: dict[str, list[int]], summaries: dict[str, pd.DataFra
             for index in indices:
                 row = summaries[dictionary].loc[index]
                 links.feature_link(dictionary, index, f"#{index}")
-                st.html(token_html.inline_tokens_html(top[(dictionary, index)].split()) +
+                st.html(token_html.inline_tokens_html(top[Unit(dictionary, index)].split()) +
                         f'<div class="legend">density {row["density"]:.1e} · '
                         f'max act {row["max_act"]:.2f}</div>')
 
@@ -166,7 +166,7 @@ def joint_umap(path: str, record: FeatureRecord, family: Family | None) -> None:
     if points.empty:
         st.info("The store holds no UMAP.")
         return
-    highlight = list(family.members) if family else [(record.dictionary, record.index)]
+    highlight = list(family.members) if family else [Unit(record.dictionary, record.index)]
     event = st.plotly_chart(
         charts.umap_figure(points, store_access.dictionaries(path), highlight),
         on_select="rerun", selection_mode="points", key="umap")

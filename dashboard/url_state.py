@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import store_access
 from feature_store.errors import FeatureNotFound, StoreError
-from feature_store.records import FeatureRecord, is_neurons
+from feature_store.records import FeatureRecord, Unit, is_neurons
 
 
 def stop_with(problem: str, *, build_hint: bool = True) -> NoReturn:
@@ -139,10 +139,10 @@ def chosen_index(path: str, dictionary: str, default: int = 0) -> int:
     return index
 
 
-def chosen_feature(path: str, default: tuple[str, int] | None = None) -> FeatureRecord:
+def chosen_feature(path: str, default: Unit | None = None) -> FeatureRecord:
     """The feature the URL names (or `default`), loaded; the URL is rewritten to name it."""
-    dictionary = chosen_dictionary(path, default[0] if default else None)
-    fallback = default[1] if default and default[0] == dictionary else 0
+    dictionary = chosen_dictionary(path, default.dictionary if default else None)
+    fallback = default.index if default and default.dictionary == dictionary else 0
     index = chosen_index(path, dictionary, fallback)
     try:
         record = store_access.feature(path, dictionary, index)

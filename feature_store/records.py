@@ -20,6 +20,7 @@ Sign conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Re-exported, defined in schema.py beside the rules they belong to (density classes; the
 # dictionary names, kinds and order), so pages and stages can import every name from here.
@@ -29,6 +30,18 @@ from feature_store.schema import (  # noqa: F401
 )
 
 N_INTERVALS = 11  # Towards Monosemanticity: 11 equal-width intervals over (0, max activation]
+
+
+class Unit(NamedTuple):
+    """One unit of a store: feature (or neuron) `index` of `dictionary`.
+
+    A NamedTuple rather than a frozen dataclass, on purpose: it is equal to, hashes like and
+    sorts like the plain `(dictionary, index)` tuple, so it works as a dict key looked up with
+    either, unpacks (`dictionary, index = unit`, `links.open_feature(*unit)`), and is hashed
+    by `st.cache_data` as the tuple it replaces (streamlit hashes any tuple by its items)."""
+
+    dictionary: str
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +129,7 @@ class Family:
     """A connected group of split edges across sizes, containing the feature asked about."""
 
     family_id: int
-    members: tuple[tuple[str, int], ...]  # (dictionary, index), smallest dictionary first
+    members: tuple[Unit, ...]  # smallest dictionary first, then index
     edges: tuple[SplitEdge, ...]
 
 

@@ -109,7 +109,9 @@ class Queue:
     sources: tuple[str, ...]
     sample_size: int
     seed: int
-    units: tuple[tuple[str, int], ...]
+    # (dictionary, index) in a single run's book, (run, dictionary, index) in a study's: plain
+    # tuples, as stored; `scores.unit_key` reads either
+    units: tuple[tuple[str, int] | tuple[str, str, int], ...]
     position: int  # 0-based; len(units) means finished
     created_at: str
 

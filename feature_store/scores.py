@@ -344,7 +344,7 @@ def balanced_sample(population: Mapping[Source, Sequence[int]], sample_size: int
     sources = list(population)
     share = np.full(len(sources), sample_size // len(sources))
     share[rng.permutation(len(sources))[:sample_size % len(sources)]] += 1
-    units: list[tuple[str, int]] = []
+    units: list[tuple] = []  # (dictionary, index) or (run, dictionary, index), as `Queue.units`
     for source, n in zip(sources, share.tolist()):
         candidates = np.unique(np.asarray(population[source], dtype=np.int64))
         picked = rng.choice(candidates, size=min(n, candidates.size), replace=False)

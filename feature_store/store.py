@@ -32,7 +32,7 @@ from feature_store import explanations, schema
 from feature_store.errors import FeatureNotFound, StoreError
 from feature_store.records import (
     N_INTERVALS, Example, ExplanationRecord, FeatureRecord, Family, Histogram, Interval, LogitEntry, Neighbour,
-    SplitEdge,
+    SplitEdge, Unit,
 )
 
 T = TypeVar("T")
@@ -81,8 +81,8 @@ class _FeatureTable:
 class _FamilyLookup:
     """Every family, indexed for `FeatureStore.family`: read once from families and splits."""
 
-    family_of: dict[tuple[str, int], int]  # (dictionary, index) -> family_id
-    members: dict[int, tuple[tuple[str, int], ...]]  # in dictionary order, then index
+    family_of: dict[Unit, int]  # unit -> family_id
+    members: dict[int, tuple[Unit, ...]]  # in dictionary order, then index
     edges: dict[int, tuple[SplitEdge, ...]]  # as in splits.parquet
 
 
@@ -298,7 +298,7 @@ class FeatureStore:
         d = self._dictionary_info_checked(dictionary)
         i = self._check_index(d, index)
         lookup = self._cached("family_lookup", self._family_lookup)
-        family_id = lookup.family_of.get((dictionary, i))
+        family_id = lookup.family_of.get(Unit(dictionary, i))
         if family_id is None:
             return None
         return Family(family_id=family_id, members=lookup.members[family_id],
@@ -369,11 +369,11 @@ class FeatureStore:
 
     def _family_lookup(self) -> _FamilyLookup:
         fam = _read(self.path, schema.FAMILIES, self._footers).to_pydict()
-        members: dict[int, list[tuple[str, int]]] = {}
-        of: dict[tuple[str, int], int] = {}
+        members: dict[int, list[Unit]] = {}
+        of: dict[Unit, int] = {}
         for fid, name, idx in zip(fam["family_id"], fam["dictionary"], fam["index"]):
-            members.setdefault(fid, []).append((name, idx))
-            of[(name, idx)] = fid
+            members.setdefault(fid, []).append(Unit(name, idx))
+            of[Unit(name, idx)] = fid
         rank = {n: k for k, n in enumerate(self._order)}
         edges: dict[int, list[SplitEdge]] = {}
         for row in _read(self.path, schema.SPLITS, self._footers).to_pylist():
@@ -381,7 +381,7 @@ class FeatureStore:
                 SplitEdge(**{name: row[name] for name in _SPLIT_EDGE_FIELDS}))
         return _FamilyLookup(
             family_of=of,
-            members={f: tuple(sorted(m, key=lambda x: (rank.get(x[0], 1 << 30), x[1])))
+            members={f: tuple(sorted(m, key=lambda u: (rank.get(u.dictionary, 1 << 30), u.index)))
                      for f, m in members.items()},
             edges={f: tuple(edges.get(f, ())) for f in members})
 
