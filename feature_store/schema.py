@@ -9,7 +9,9 @@ at once with a `dictionary` column, and one dictionary's file can be read alone.
 Each table's columns and Arrow types below are, in code, its `*_SCHEMA` in this module
 (`TABLE_SCHEMAS`): the writer writes with them and the reader requires those columns with
 those types. metrics.parquet, whose types follow the values, has `METRIC_COLUMNS` instead,
-required by name. "Dictionary order" is `dictionary_sort_key`'s.
+required by name. "Dictionary order" is `dictionary_sort_key`'s. tests/test_schema_doc.py
+checks that every column and manifest key the writers write is named below, with its type
+where one is given.
 
 ```
 store/
@@ -43,9 +45,10 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     dictionary (log10-spaced); optional info keys: `hook_name` (what its activations read),
     `not_applicable` ({statistic: why}, statistics among `logits`, `neighbours` (which
     covers counterparts and aligned neurons), `umap`, `explanations`), `same_units_as` (the
-    dictionary whose unit i is this one's unit i at another hook: neurons ↔ neurons_pre_ln); `run`: free-form run info (model `act_fn`, `n_params`,
-    `val_loss`, `unigram_val_loss`, `metrics` per dictionary, ...); `tables`: every table's
-    relative path with its row count, which the reader checks.
+    dictionary whose unit i is this one's unit i at another hook: neurons ↔ neurons_pre_ln);
+    `run`: free-form run info (model `act_fn`, `n_params`, `val_loss`, `unigram_val_loss`,
+    ...) and `metrics`, the metrics table's rows by dictionary (the writer adds it; NaN as
+    null); `tables`: every table's relative path with its row count, which the reader checks.
 
 `vocab.parquet` — one row per token id
     `token_id` int32, `display` string.
@@ -60,23 +63,26 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
 
 `density_histograms.parquet` — the log10 feature-density histogram of each dictionary
     `dictionary`, `bin_lo`, `bin_hi` (log10 of the share of tokens a feature fires on),
-    `count` (features in [bin_lo, bin_hi)). Dead features (density 0) are in no bin. When
-    the stats stage gives none, the writer bins the features' densities in 0.25-wide bins
-    from log10(1 / n_tokens) to 0.
+    `count` (features in [bin_lo, bin_hi)), in dictionary order. Dead features (density 0)
+    are in no bin. When the stats stage gives none, the writer bins the features' densities
+    in 0.25-wide bins from ⌊log10(1 / n_tokens)⌋ to 0 (a density outside them counts in the
+    nearest end bin).
 
 `splits.parquet` — feature-splitting edges between features of adjacent sizes
     `dictionary_a`, `index_a`, `dictionary_b`, `index_b` (a is the smaller dictionary),
     `masked_cosine` (activation cosine over the tokens where the child b fires),
     `decoder_cosine`, `containment` (share of b's activation energy Σ b² on tokens where a
-    fires), `family_id` (the connected group the edge belongs to). Each feature of the larger
-    dictionary has at most one edge to the next smaller size (its parent), so families are
-    trees; `pipelines/stats/splitting.py` says when an edge is drawn.
+    fires), `family_id` (the connected group the edge belongs to); sorted by family, then
+    a (dictionary order, index), then b. Each feature of the larger dictionary has at most
+    one edge to the next smaller size (its parent), so families are trees;
+    `pipelines/stats/splitting.py` says when an edge is drawn.
 
 `families.parquet` — members of each family (a connected group of split edges)
     `family_id`, `dictionary`, `index`; sorted by family, then dictionary order, then index.
 
 `umap.parquet` — joint 2-D UMAP of all dictionaries' decoder directions
-    `dictionary`, `index`, `x`, `y`, `density` (copied from the features table, for colour).
+    `dictionary`, `index`, `x`, `y`, `density` (copied from the features table, for colour);
+    in dictionary order. A dictionary may have no rows or only some of its units.
 
 `features/dictionary=<name>/part-0.parquet` — one row per feature, sorted by `index`
     `index` int32; `n_active` int64 (tokens with activation > 0); `density` float64
@@ -85,10 +91,12 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     `act_hist_counts` list<int64> (counts per `act_hist_edges` bin of the manifest);
     `interval_counts` list<int64> (11: active activations in each of the equal-width
     intervals over (0, max_act]; the last is closed); `logit_hist_edges` list<float32>,
-    `logit_hist_counts` list<int64> (histogram of all d_vocab logit weights);
-    `top_tokens` string (display forms of the top examples' centre tokens, for search);
-    `top_logits` string (display forms of the largest logit weights); `examples_offset`
-    int64 and `n_examples` int32 (the feature's row range in its examples table).
+    `logit_hist_counts` list<int64> (histogram of all d_vocab logit weights; empty lists
+    when the dictionary has no logits); `top_tokens` string (for search and browsing: up to
+    5 distinct centre tokens of its 10 highest top examples, display forms joined by
+    spaces); `top_logits` string (the tokens of up to 5 of its largest logit weights, the
+    same way); `examples_offset` int64 and `n_examples` int32 (the feature's row range in
+    its examples table).
 
 `examples/dictionary=<name>/part-0.parquet` — example windows, sorted by
     (`feature`, `kind`, `rank`), row groups holding at most `EXAMPLE_FEATURES_PER_ROW_GROUP`
@@ -96,10 +104,11 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     `feature` int32; `kind` int8 (`KIND_TOP` = −1 for top-k, 0..10 for the interval the
     example was drawn from uniformly); `rank` int16 (0 = highest for top-k; draw order for
     intervals); `seq_id` int64 (row of the tokens table); `position` int32 (of the drawn
-    token in its sequence); `center` int16 (index of that token in the window); `act`
-    float32; `token_ids` list<int32>, `acts` list<float32> (the feature's activation at each
-    window token), `ablation` list<float32> (Δ log p(next token) when the feature is
-    removed; 0 where inactive, NaN at the last position; see `records`).
+    token in its sequence); `center` int16 (index of that token in the window: a window cut
+    off by the start of its sequence is shorter, and its `center` smaller); `act` float32;
+    `token_ids` list<int32>, `acts` list<float32> (the feature's activation at each window
+    token), `ablation` list<float32> (Δ log p(next token) when the feature is removed; 0
+    where inactive, NaN at the last position; see `records`).
 
 `logits/dictionary=<name>/part-0.parquet` — top and bottom logit weights d_i·W_out·W_U
     `feature` int32, `side` string (`top` largest first, `bottom` most negative first),
