@@ -31,16 +31,16 @@ class WindowSpan:
 
     @classmethod
     def of_examples(cls, center: np.ndarray, width: int, where: str) -> WindowSpan:
-        """The span the store's example windows were written with (every row's `center` is
-        the same: the stats stage writes one span per store)."""
+        """The span the store's example windows were written with: `width` columns, the
+        example token at `center` (smaller where a window was cut at the sequence start, so
+        the full span's is the largest)."""
         if center.size == 0:
             raise InputError(f"{where}: the store holds no example windows; rerun with "
                              f"--force stats")
-        before = int(center[0])
-        if not (center == before).all() or not 0 <= before < width:
-            raise InputError(f"{where}: example windows of mixed shape (centre "
-                             f"{sorted(set(center.tolist()))[:4]}, width {width}); rerun "
-                             f"with --force stats")
+        before = int(center.max())
+        if not 0 <= before < width:
+            raise InputError(f"{where}: example windows {width} wide centred at {before}; "
+                             f"rerun with --force stats")
         return cls(before, width - 1 - before)
 
     @property
