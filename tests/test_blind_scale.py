@@ -35,27 +35,23 @@ from dashboard.token_html import relative_act
 from feature_store.records import Example, FeatureRecord, Histogram
 from feature_store.scores import ScoreBook
 from feature_store.store import FeatureStore
-from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import chart_figures, fresh_scores, open_page
-from tests.test_scoring_pages import ITEMS, button, fill_rubric, ok, sent
+from tests.helpers.app import chart_figures, fresh_scores, open_page
+from tests.helpers.scoring import ITEMS, SCORE, button, fill_rubric, ok, sent
 
-SCORE, FEATURE = "app_pages/score.py", "app_pages/feature.py"
+FEATURE = "app_pages/feature.py"
 MAX_ACT, MAX_LOGIT = 4817.293127, 613.847291  # distinctive: printed by no page by chance
 NEURON, FEATURE_UNIT = ("neurons", 5), ("sae_96", 5)
 SCALES: dict[tuple[str, int], tuple[float, float]] = {}  # unit -> (activation, logit) factor
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("blind_scale") / "store"
-    build_synthetic_store(path, n_features=(96, 160), d_mlp=48, n_tokens=100_000)
-    return path
-
-
 @pytest.fixture
-def scores(store, tmp_path, monkeypatch) -> Path:
-    """A fresh scores database; the store's reader scales the units in `SCALES`."""
-    path = fresh_scores(store, tmp_path, monkeypatch)
+def scores(scoring_store, tmp_path, monkeypatch) -> Path:
+    """A fresh scores database (these tests save scores); the store's reader scales the
+    units in `SCALES`. The store is the session's, shared with test_scoring_pages.py:
+    scaling reaches no other test, as it is a patch of the reader undone after each test
+    (monkeypatch), and the one cache that holds records read under it
+    (`store_access.feature`) is emptied before and after (`set_scales`)."""
+    path = fresh_scores(scoring_store, tmp_path, monkeypatch)
     read = FeatureStore.feature
 
     def feature(self, dictionary: str, index: int) -> FeatureRecord:
@@ -199,8 +195,8 @@ def html_bodies(at) -> str:
 
 
 @pytest.mark.parametrize("unit", [NEURON, FEATURE_UNIT])
-def test_blind_page_sends_no_absolute_value(scores, store, unit):
-    record = original(store, unit)
+def test_blind_page_sends_no_absolute_value(scores, scoring_store, unit):
+    record = original(scoring_store, unit)
     set_scales({unit: to(record, MAX_ACT, MAX_LOGIT)})
     big = scaled(record, *SCALES[unit])
     assert big.max_act == pytest.approx(MAX_ACT) and largest_logit(big) == pytest.approx(MAX_LOGIT)
@@ -232,9 +228,9 @@ def test_blind_page_sends_no_absolute_value(scores, store, unit):
         assert f"{entry.value / MAX_LOGIT:+.3f}</td>" in bodies
 
 
-def test_feature_page_and_reveal_show_absolute_values(scores, store):
+def test_feature_page_and_reveal_show_absolute_values(scores, scoring_store):
     unit = FEATURE_UNIT
-    record = original(store, unit)
+    record = original(scoring_store, unit)
     set_scales({unit: to(record, MAX_ACT, MAX_LOGIT)})
     big = scaled(record, *SCALES[unit])
     absolute = [f"max activation {big.max_act:.3f}",
@@ -255,7 +251,7 @@ def test_feature_page_and_reveal_show_absolute_values(scores, store):
     assert not any("of max" in h for h in headings(at))
 
 
-def test_blind_page_does_not_depend_on_the_scale(scores, store):
+def test_blind_page_does_not_depend_on_the_scale(scores, scoring_store):
     """Powers of two: a share of a scaled value is bit-identical to the unscaled share, so
     a page that prints only shares is byte-identical at every scale."""
     pages = []
@@ -277,10 +273,10 @@ NUMBER_FORMATS = {  # what each number on a blind page looks like, for every uni
 }
 
 
-def test_units_of_different_dictionaries_print_the_same_formats(scores, store):
+def test_units_of_different_dictionaries_print_the_same_formats(scores, scoring_store):
     """A neuron scaled up and a feature scaled down (max activation 1,000x apart, logit
     weights 100x): the same headings, and every number in the same format."""
-    neuron, feature = original(store, NEURON), original(store, FEATURE_UNIT)
+    neuron, feature = original(scoring_store, NEURON), original(scoring_store, FEATURE_UNIT)
     set_scales({NEURON: to(neuron, 97.25, 41.5), FEATURE_UNIT: to(feature, 0.09725, 0.415)})
     seen = []
     for rater, unit in (("ann", NEURON), ("bob", FEATURE_UNIT)):
@@ -300,7 +296,7 @@ def test_relative_token_html_escapes_and_hides_the_sign():
     show an activation at or below 0 as 0 (a negative one would name a neuron)."""
     from dashboard import token_html
     from feature_store.records import LogitEntry
-    from tests.test_token_html import HOSTILE, assert_safe
+    from tests.helpers.html import HOSTILE, assert_safe
 
     acts = (-0.1734, 0.0, 3.5, 7.25, 1.75, *[0.0] * (len(HOSTILE) - 5))
     shown = Example(seq_id=0, position=3, center=3, act=7.25, tokens=HOSTILE,

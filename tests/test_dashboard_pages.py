@@ -14,23 +14,17 @@ from dashboard import compare_views, feature_views, light_plotly, overview_views
 from feature_store import FeatureStore
 from feature_store.records import N_INTERVALS, Neighbour
 from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import APP, chart_figures, open_page
+from tests.helpers import stores
+from tests.helpers.app import APP, chart_figures, open_page
 
 HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
-SIZES = (64, 128, 256)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dash") / "store"
-    build_synthetic_store(path, n_features=SIZES, d_mlp=64, n_tokens=200_000)
-    return path
+SIZES = stores.PAGES.n_features
 
 
 @pytest.fixture
-def app(store, monkeypatch):
+def app(pages_store, monkeypatch):
     """A function: page, query params -> the AppTest after running that page."""
-    monkeypatch.setenv("FEATURE_STORE", str(store))
+    monkeypatch.setenv("FEATURE_STORE", str(pages_store))
 
     return open_page
 
@@ -80,12 +74,12 @@ def test_overview_table_shows_schema_metric_columns_in_schema_order():
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "neurons"}, {"dictionary": "sae_128"}])
-def test_browser(app, store, params):
+def test_browser(app, pages_store, params):
     at = app("app_pages/browser.py", **params)
     assert not at.error
     table = at.dataframe[0].value
     dictionary = params.get("dictionary", "sae_64")  # no parameter: the smallest SAE
-    features = FeatureStore.open(store).features(dictionary)
+    features = FeatureStore.open(pages_store).features(dictionary)
     alive = features[features["density_class"] != "dead"]  # the default filter drops dead ones
     assert len(alive) > 0 and list(table["feature"]) == list(alive["index"])
     assert {"open", "feature", "density", "max act", "top tokens", "top logits"} <= set(table)
@@ -125,8 +119,8 @@ CAVEATS = {"dead": "Dead: never fired", "ultralow": "Ultralow density",
 
 
 @pytest.mark.parametrize("density_class", ["dead", "ultralow", "dense", "normal"])
-def test_feature_page_says_what_its_density_class_means(app, store, density_class):
-    table = FeatureStore.open(store).features("sae_64")
+def test_feature_page_says_what_its_density_class_means(app, pages_store, density_class):
+    table = FeatureStore.open(pages_store).features("sae_64")
     index = int(table[table.density_class == density_class]["index"].iloc[0])
     shown = texts(app("app_pages/feature.py", dictionary="sae_64", feature=str(index)))
     said = [caveat for caveat in CAVEATS.values() if caveat in shown]
@@ -210,7 +204,7 @@ def test_counterpart_caption_labels_weak_matches(cosine, weak):
 
 
 @pytest.mark.parametrize("params", [{}, {"dictionary": "sae_64", "feature": "0"}])
-def test_splitting(app, store, params):
+def test_splitting(app, pages_store, params):
     at = app("app_pages/splitting.py", **params)
     assert not at.error
     figures = chart_figures(at)
@@ -237,7 +231,7 @@ def test_splitting(app, store, params):
         assert not any("<script" in b or "<img" in b for b in bodies)
         # every edge's numbers are on the page without hovering: a table row and a label
         dictionary, index = at.title[0].value.split(" · ")[1].split(" #")
-        family = FeatureStore.open(store).family(dictionary, int(index))
+        family = FeatureStore.open(pages_store).family(dictionary, int(index))
         (table,) = [b for b in bodies if "edge-table" in b]
         assert table.count("<tr>") == 1 + len(family.edges)
         for edge in family.edges:
@@ -328,15 +322,12 @@ def test_bad_url_gives_a_clear_error(app, page, params, message):
                                   "app_pages/compare.py", "app_pages/splitting.py"])
 def test_missing_store_says_how_to_build_one(tmp_path, monkeypatch, page):
     monkeypatch.setenv("FEATURE_STORE", str(tmp_path / "nowhere"))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception
+    at = open_page(page)  # no exception either
     assert at.error and "No usable feature store" in at.error[0].value
     assert "make demo" in at.code[0].value
 
 
-def test_no_page_imports_torch(store):
+def test_no_page_imports_torch(pages_store):
     """Pages load in a fresh interpreter without torch (or pipelines/) being imported."""
     import os
     import subprocess
@@ -351,7 +342,7 @@ def test_no_page_imports_torch(store):
         "    assert not at.exception, page\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pipelines')))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "FEATURE_STORE": str(store)}, timeout=120,
+                         env={**os.environ, "FEATURE_STORE": str(pages_store)}, timeout=120,
                          cwd=Path(APP).parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

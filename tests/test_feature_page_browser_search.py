@@ -16,20 +16,12 @@ import pytest
 
 from dashboard import browser_views
 from feature_store import FeatureStore
-from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import open_page
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("search") / "store"
-    build_synthetic_store(path, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
-    return path
+from tests.helpers.app import open_page
 
 
 @pytest.fixture
-def browse(store, monkeypatch):
-    monkeypatch.setenv("FEATURE_STORE", str(store))
+def browse(synthetic_store, monkeypatch):
+    monkeypatch.setenv("FEATURE_STORE", str(synthetic_store))
     return lambda **params: open_page("app_pages/browser.py", **params)
 
 
@@ -39,10 +31,11 @@ def records(store: Path, dictionary: str):
 
 
 @pytest.mark.parametrize("dictionary", ["neurons", "sae_64"])
-def test_top_example_tokens_are_the_top_examples_drawn_tokens(store, dictionary):
-    got = FeatureStore.open(store).top_example_tokens(dictionary)
+def test_top_example_tokens_are_the_top_examples_drawn_tokens(synthetic_store, dictionary):
+    got = FeatureStore.open(synthetic_store).top_example_tokens(dictionary)
     want = [(r.index, rank, e.token_ids[e.center], e.act)
-            for r in records(store, dictionary) for rank, e in enumerate(r.top_examples)]
+            for r in records(synthetic_store, dictionary)
+            for rank, e in enumerate(r.top_examples)]
     assert list(got.columns) == ["feature", "rank", "token_id", "act"]
     assert len(got) == len(want) > 0
     np.testing.assert_array_equal(got[["feature", "rank", "token_id"]].to_numpy(),
@@ -50,10 +43,11 @@ def test_top_example_tokens_are_the_top_examples_drawn_tokens(store, dictionary)
     np.testing.assert_allclose(got["act"].to_numpy(), [w[3] for w in want], rtol=1e-6)
 
 
-def test_top_logit_tokens_are_each_units_raised_logits(store):
-    got = FeatureStore.open(store).top_logit_tokens("sae_128")
+def test_top_logit_tokens_are_each_units_raised_logits(synthetic_store):
+    got = FeatureStore.open(synthetic_store).top_logit_tokens("sae_128")
     want = [(r.index, rank, e.token_id, e.value)
-            for r in records(store, "sae_128") for rank, e in enumerate(r.top_logits)]
+            for r in records(synthetic_store, "sae_128")
+            for rank, e in enumerate(r.top_logits)]
     np.testing.assert_array_equal(got[["feature", "rank", "token_id"]].to_numpy(),
                                   np.array([w[:3] for w in want]))
     np.testing.assert_allclose(got["value"].to_numpy(), [w[3] for w in want], rtol=1e-6)
@@ -99,13 +93,13 @@ def brute_force(store: Path, dictionary: str, token_ids: set[int], where: str) -
 
 
 @pytest.mark.parametrize("where", ["tokens", "logits"])
-def test_search_ranks_units_by_their_response_to_the_token(browse, store, where):
+def test_search_ranks_units_by_their_response_to_the_token(browse, synthetic_store, where):
     at = browse(dictionary="sae_128", q="zi", **({"in": where} if where == "logits" else {}),
                 **{"class": "dead,ultralow,normal,dense"})
     table = at.dataframe[0].value
-    vocab = FeatureStore.open(store).vocab()
+    vocab = FeatureStore.open(synthetic_store).vocab()
     ids = set(vocab[vocab["display"].str.casefold().str.contains("zi")]["token_id"])
-    want = brute_force(store, "sae_128", ids, where)
+    want = brute_force(synthetic_store, "sae_128", ids, where)
     assert sorted(table["feature"]) == sorted(want)
     assert len(table) > 3
     np.testing.assert_allclose(table["strength"], [want[i] for i in table["feature"]], rtol=1e-6)
@@ -141,10 +135,10 @@ def test_a_query_matching_no_token_says_so(browse):
     assert "No vocabulary token is ' qqqq' or '·qqqq'" in " ".join(c.value for c in at.caption)
 
 
-def test_the_table_shows_format_characters_escaped(browse, store):
+def test_the_table_shows_format_characters_escaped(browse, synthetic_store):
     """The grid draws on a canvas, where a raw U+202E would reverse the cell: the table shows
     the escape, as token HTML does."""
-    raw = FeatureStore.open(store).features("sae_64")
+    raw = FeatureStore.open(synthetic_store).features("sae_64")
     assert raw["top_tokens"].str.contains("\u202e").any()  # the hostile store holds it raw
     every_class = {"class": "dead,ultralow,normal,dense"}
     table = browse(dictionary="sae_64", **every_class).dataframe[0].value

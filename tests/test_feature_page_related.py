@@ -16,20 +16,12 @@ import pytest
 from dashboard import feature_views, token_html
 from feature_store import FeatureStore, token_display
 from feature_store.records import NEURONS, Example
-from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import chart_figures, open_page
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("feature_page") / "store"
-    build_synthetic_store(path, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
-    return path
+from tests.helpers.app import chart_figures, open_page
 
 
 @pytest.fixture
-def feature_page(store, monkeypatch):
-    monkeypatch.setenv("FEATURE_STORE", str(store))
+def feature_page(synthetic_store, monkeypatch):
+    monkeypatch.setenv("FEATURE_STORE", str(synthetic_store))
     return lambda **params: open_page("app_pages/feature.py", **params)
 
 
@@ -49,11 +41,12 @@ def related_rows(block: str) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("dictionary, index", [("sae_64", 3), (NEURONS, 3)])
-def test_every_listed_unit_shows_its_top_tokens(feature_page, store, dictionary, index):
+def test_every_listed_unit_shows_its_top_tokens(feature_page, synthetic_store, dictionary,
+                                                index):
     block = related_block(feature_page(dictionary=dictionary, feature=str(index)))
     rows = related_rows(block)
     assert len(rows) >= 10
-    opened = FeatureStore.open(store)
+    opened = FeatureStore.open(synthetic_store)
     for href, _, chips in rows:
         name = re.search(r"dictionary=(\w+)", href).group(1)
         unit = int(re.search(r"feature=(\d+)", href).group(1))
@@ -69,8 +62,8 @@ def test_hostile_top_tokens_in_the_lists_are_text(feature_page):
     assert "<script" not in block and "<img" not in block
 
 
-def test_each_list_says_what_its_cosine_measures(feature_page, store):
-    record = FeatureStore.open(store).feature("sae_64", 3)
+def test_each_list_says_what_its_cosine_measures(feature_page, synthetic_store):
+    record = FeatureStore.open(synthetic_store).feature("sae_64", 3)
     lists = {r.title: r for r in feature_views.related_lists(record)}
     assert list(lists) == ["Nearest in sae_64", "Nearest in sae_128", "Neurons it is made of",
                            "Neurons with the same output"]
@@ -81,7 +74,7 @@ def test_each_list_says_what_its_cosine_measures(feature_page, store):
                            ("Neurons with the same output", "W_out")):
         assert html.escape(title) in block and html.escape(measure) in block
     neuron = {r.title for r in feature_views.related_lists(
-        FeatureStore.open(store).feature(NEURONS, 3))}
+        FeatureStore.open(synthetic_store).feature(NEURONS, 3))}
     assert neuron == {"Nearest neurons by output", "sae_64 features made of it",
                       "sae_128 features made of it"}
 
@@ -101,9 +94,9 @@ def test_ablation_scale_is_a_percentile_an_outlier_cannot_wash_out():
     assert "1.000" in text and "301 shown tokens" in text and "largest 25.000" in text
 
 
-def test_the_page_prints_the_scale_it_shades_with(feature_page, store):
+def test_the_page_prints_the_scale_it_shades_with(feature_page, synthetic_store):
     at = feature_page(dictionary="sae_64", feature="3", shade="ablation")
-    record = FeatureStore.open(store).feature("sae_64", 3)
+    record = FeatureStore.open(synthetic_store).feature("sae_64", 3)
     shown = [*record.top_examples, *(e for i in record.intervals for e in i.examples)]
     magnitudes = [abs(d) for e in shown for d in e.ablation if math.isfinite(d) and d != 0]
     want = float(np.percentile(magnitudes, token_html.ABLATION_PERCENTILE, method="higher"))
@@ -129,8 +122,8 @@ def test_previous_next_and_neighbour_links_keep_the_shading(feature_page, shade)
     assert all(("shade=ablation" in href) == shade for href in hrefs)
 
 
-def test_a_dead_unit_is_one_block(feature_page, store):
-    table = FeatureStore.open(store).features("sae_64")
+def test_a_dead_unit_is_one_block(feature_page, synthetic_store):
+    table = FeatureStore.open(synthetic_store).features("sae_64")
     dead = int(table[table.density_class == "dead"]["index"].iloc[0])
     at = feature_page(dictionary="sae_64", feature=str(dead), shade="ablation")
     shown = "".join(html_bodies(at))

@@ -8,24 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from feature_store.synthetic import build_synthetic_store, write_synthetic_explanations
-from tests.app_helpers import chart_figures, open_page
-
-SIZES = (32, 64)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("interp_pages") / "store"
-    build_synthetic_store(path, n_features=SIZES, d_mlp=32, n_tokens=50_000, d_vocab=128)
-    write_synthetic_explanations(path)
-    return path
+from tests.helpers.app import chart_figures, fresh_scores, open_page
 
 
 @pytest.fixture
-def app(store, monkeypatch):
-    monkeypatch.setenv("FEATURE_STORE", str(store))
-    monkeypatch.setenv("FEATURE_SCORES", str(store.parent / "scores.sqlite"))
+def scores(interp_store, tmp_path, monkeypatch) -> Path:
+    """FEATURE_STORE: the session's store with explanations (`stores.INTERP`); FEATURE_SCORES:
+    a book of this test's own, as the Score page test saves a score, which would otherwise
+    show on the pages of the tests after it (a score column in the browser)."""
+    return fresh_scores(interp_store, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def app(scores):
     return open_page
 
 
@@ -71,14 +66,14 @@ def test_overview_shows_score_distributions_with_controls(app):
         assert {"sae_32", "sae_32, shuffled", "neurons"} <= names
 
 
-def test_score_page_hides_the_explanation_until_the_score_is_saved(app, store):
+def test_score_page_hides_the_explanation_until_the_score_is_saved(app, scores):
     from feature_store.rubric import Rubric
     from feature_store.scores import ScoreBook
 
     at = app("app_pages/score.py", dictionary="sae_32", feature="0", rater="ann")
     assert "Automated explanation" not in bodies(at)
     assert "interp-block" not in bodies(at)
-    book = ScoreBook(store.parent / "scores.sqlite")
+    book = ScoreBook(scores)
     book.submit("ann", "sae_32", 0, Rubric("tokens", 2, 3, 2, 0, 2), blind=False)
     at = app("app_pages/score.py", dictionary="sae_32", feature="0", rater="ann")
     assert "interp-block" in bodies(at)

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import light_plotly
-from tests.test_token_html import HOSTILE
+from tests.helpers.html import HOSTILE
 
 
 class Elements(HTMLParser):

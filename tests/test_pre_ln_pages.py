@@ -8,7 +8,7 @@ import pytest
 
 from feature_store import FeatureStore
 from feature_store.records import NEURONS, NEURONS_PRE_LN
-from tests.app_helpers import chart_figures, open_page
+from tests.helpers.app import chart_figures, open_page
 
 
 @pytest.fixture

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+from dashboard import links
+from tests.helpers.app import open_page
 
 
 def _page(store: Path, monkeypatch, **params: str) -> AppTest:
+    """The prompt explorer on `store` (its first run loads the model: a longer timeout)."""
     monkeypatch.setenv("FEATURE_STORE", str(store))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.switch_page("app_pages/prompt.py").run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
+    return open_page(links.PROMPT, timeout=120, **params)
 
 
 def _strips(at: AppTest) -> list[dict]:

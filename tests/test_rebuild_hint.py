@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from feature_store import FeatureStore
 from feature_store.errors import StoreError
-from tests.app_helpers import APP
+from tests.helpers.app import APP
 
 
 def _run_folder(root: Path) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dashboard import links
-from tests.app_helpers import chart_figures, open_page
+from tests.helpers.app import chart_figures, open_page
 
 
 @pytest.fixture()

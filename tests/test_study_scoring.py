@@ -11,6 +11,7 @@ show. A score book from before studies (schema 1, no run column) still opens.
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -21,37 +22,22 @@ import pytest
 from dashboard import light_plotly, links, score_views
 from feature_store.scores import ScoreBook
 from feature_store.scores_results import results
-from feature_store.study_store import write_study_store
-from feature_store.synthetic import build_synthetic_store
-from tests.app_helpers import fresh_scores, open_page
-from tests.test_scoring_pages import (ITEMS, assert_blind, button, fill_rubric, ok, rendered,
-                                      sent, widget)
+from tests.helpers.app import chart_figures, fresh_scores, open_page
+from tests.helpers.scoring import (ITEMS, RESULTS, SCORE, assert_blind, button, fill_rubric, ok,
+                                   rendered, sent, widget)
+from tests.helpers.stores import STUDY_RUNS as RUNS
 
-SCORE, RESULTS = "app_pages/score.py", "app_pages/results.py"
-RUNS = {"wjbx": (96, 160), "yfcw": (96,)}  # run -> SAE sizes (both also have neurons)
 FIRST, SECOND = RUNS
 NAMES = ("neurons", "sae_96", "sae_160", *RUNS)
 SOURCES = [f"{FIRST} · neurons", f"{FIRST} · sae_96", f"{FIRST} · sae_160",
            f"{SECOND} · neurons", f"{SECOND} · sae_96"]
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A study folder as `pipelines study` lays it out: runs/<name>/store and store/."""
-    root = tmp_path_factory.mktemp("study_scoring") / "study"
-    for seed, (run, sizes) in enumerate(RUNS.items()):
-        build_synthetic_store(root / "runs" / run / "store", n_features=sizes, d_mlp=48,
-                              n_tokens=100_000, seed=seed + 1)
-    (root / "store").mkdir(parents=True)
-    write_study_store(root / "store", [{"name": r, "store": f"../runs/{r}/store"} for r in RUNS],
-                      records=[], n_tokens=0)
-    return root
-
-
 @pytest.fixture
-def scores(study, tmp_path, monkeypatch) -> Path:
-    """A fresh study book per test (`FEATURE_SCORES`); FEATURE_STORE names the study."""
-    path = fresh_scores(study, tmp_path, monkeypatch)
+def scores(synthetic_study, tmp_path, monkeypatch) -> Path:
+    """A fresh study book per test (`FEATURE_SCORES`); FEATURE_STORE names the session's
+    synthetic study (two runs: `stores.STUDY_RUNS`)."""
+    path = fresh_scores(synthetic_study, tmp_path, monkeypatch)
     return path
 
 
@@ -123,7 +109,7 @@ def test_blind_study_page_never_spells_the_index(scores):
         assert not found, (unit, text[max(0, found.start() - 200): found.end() + 200])
 
 
-def test_each_slot_shows_its_own_runs_unit(scores, study):
+def test_each_slot_shows_its_own_runs_unit(scores, synthetic_study):
     """Neuron 43 of the two runs are two units: each slot shows its run's record (the runs'
     stores differ), and a score of one is not a score of the other."""
     from dashboard import token_html
@@ -134,7 +120,8 @@ def test_each_slot_shows_its_own_runs_unit(scores, study):
     queue = book.make_queue("fay", {(r, d): [i] for r, d, i in units}, 2, 0)
 
     def logit_table(run: str) -> str:  # as the blind page prints it: weights / the largest
-        record = FeatureStore.open(study / "runs" / run / "store").feature("neurons", 43)
+        run_store = FeatureStore.open(synthetic_study / "runs" / run / "store")
+        record = run_store.feature("neurons", 43)
         scale = max(abs(e.value) for e in record.top_logits + record.bottom_logits)
         return token_html.logit_columns_html(record.top_logits, record.bottom_logits, scale,
                                              relative=True)
@@ -209,21 +196,21 @@ def test_named_scoring_in_a_study_records_the_run(scores):
     assert second.loc[second["feature"] == 5, "score"].item() == 12
 
 
-def test_the_study_book_lives_in_the_study_folder(study, monkeypatch):
+def test_the_study_book_lives_in_the_study_folder(synthetic_study, tmp_path, monkeypatch):
+    # Its own copy of the study: with no FEATURE_SCORES the score is saved in the study's
+    # folder, which the session's study must not keep for the tests after this one.
+    study = tmp_path / "study"
+    shutil.copytree(synthetic_study, study, symlinks=True)
     monkeypatch.setenv("FEATURE_STORE", str(study))
     monkeypatch.delenv("FEATURE_SCORES", raising=False)
     book = study / "scores.sqlite"
-    try:
-        at = open_page(SCORE, run=FIRST, dictionary="neurons", feature="1", rater="gus")
-        fill_rubric(at, "x", ITEMS)
-        ok(at.run())
-        ok(button(at, "Submit score").click().run())
-        assert ScoreBook(book).latest("gus", "neurons", 1, run=FIRST) is not None
-        assert not (study / "runs" / FIRST / "scores.sqlite").exists()
-        assert f"scores: `{book}`" in rendered(open_page(RESULTS))
-    finally:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{book}{suffix}").unlink(missing_ok=True)
+    at = open_page(SCORE, run=FIRST, dictionary="neurons", feature="1", rater="gus")
+    fill_rubric(at, "x", ITEMS)
+    ok(at.run())
+    ok(button(at, "Submit score").click().run())
+    assert ScoreBook(book).latest("gus", "neurons", 1, run=FIRST) is not None
+    assert not (study / "runs" / FIRST / "scores.sqlite").exists()
+    assert f"scores: `{book}`" in rendered(open_page(RESULTS))
 
 
 SCHEMA_1 = """
@@ -245,13 +232,14 @@ INSERT INTO queues VALUES ('ann', '["neurons", "sae_96"]', 2, 0, '[["sae_96", 4]
 """
 
 
-def test_a_single_run_book_from_before_studies_still_opens(study, tmp_path, monkeypatch):
+def test_a_single_run_book_from_before_studies_still_opens(synthetic_study, tmp_path,
+                                                             monkeypatch):
     """A schema-1 book (no run column) on a single run's store: the Results page counts its
     row, the Score page resumes its queue, and a new score joins the old one."""
     path = tmp_path / "scores.sqlite"
     with closing(sqlite3.connect(path)) as conn:
         conn.executescript(SCHEMA_1)
-    monkeypatch.setenv("FEATURE_STORE", str(study / "runs" / FIRST / "store"))
+    monkeypatch.setenv("FEATURE_STORE", str(synthetic_study / "runs" / FIRST / "store"))
     monkeypatch.setenv("FEATURE_SCORES", str(path))
     res = open_page(RESULTS)
     assert "1 rating by 1 rater" in rendered(res)
@@ -281,7 +269,6 @@ def _rubric(total: int) -> dict:
 
 
 def _figures(at) -> list[dict]:
-    from tests.app_helpers import chart_figures
     return chart_figures(at)
 
 

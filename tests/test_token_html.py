@@ -10,35 +10,7 @@ import pytest
 
 from dashboard import token_html
 from feature_store.records import Example, LogitEntry
-
-HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '"', "'", "&amp;", "<",
-           "a\nb", '" onmouseover="alert(1)')
-ALLOWED_TAGS = {"div", "span", "table", "tr", "td", "b"}
-ALLOWED_ATTRS = {"class", "style", "title"}
-
-
-class Collect(HTMLParser):
-    """Tags, attributes and the text as a browser would show it."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend(attrs)
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def parse(markup: str) -> Collect:
-    parser = Collect()
-    parser.feed(markup)
-    parser.close()
-    return parser
+from tests.helpers.html import HOSTILE, assert_safe, parse
 
 
 def example(tokens: tuple[str, ...]) -> Example:
@@ -46,19 +18,6 @@ def example(tokens: tuple[str, ...]) -> Example:
     return Example(seq_id=0, position=n // 2, center=n // 2, act=2.0, tokens=tokens,
                    token_ids=tuple(range(n)), acts=tuple(float(i) for i in range(n)),
                    ablation=tuple([-0.5, 0.3] * (n // 2) + [0.0] * (n % 2))[:n - 1] + (math.nan,))
-
-
-def assert_safe(markup: str, expected_text: tuple[str, ...]) -> None:
-    parsed = parse(markup)
-    assert set(parsed.tags) <= ALLOWED_TAGS, parsed.tags
-    names = {name for name, _ in parsed.attrs}
-    assert names <= ALLOWED_ATTRS, names
-    assert not any(name.startswith("on") for name in names)
-    for _, value in parsed.attrs:
-        assert "alert" not in (value or "")
-    shown = "".join(parsed.text)
-    for token in expected_text:
-        assert token.replace("\n", "↵") in shown
 
 
 @pytest.mark.parametrize("mode", ["activation", "ablation"])
