@@ -1,7 +1,6 @@
 """Format characters and right-to-left text in tokens, in a real browser (Debian's chromium
-driven by Playwright, launched as in test_dashboard_browser.py, whose server and page
-fixtures this reuses) on the synthetic store, whose feature 0 shows every hostile token in
-a row (`feature_store.synthetic.HOSTILE_TOKENS`).
+driven by Playwright; the session's `page` and `synthetic_server`) on the synthetic store,
+whose feature 0 shows every hostile token in a row (`feature_store.synthetic.HOSTILE_TOKENS`).
 
 What only a browser can check: each token's text as displayed (`innerText`) is its display
 form, with every format character as an escape, and on screen the tokens stand left to right
@@ -12,15 +11,11 @@ the next token's) reorders its neighbours.
 from __future__ import annotations
 
 import unicodedata
-from pathlib import Path
-
-import pytest
 
 from feature_store.synthetic import FORMAT_TOKENS, MARKUP_TOKENS
-from tests.test_dashboard_browser import CHROMIUM, page, server  # noqa: F401 (fixtures)
+from tests.helpers.browser import requires_chromium, shows
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+pytestmark = requires_chromium
 
 # What a reader must see for feature 0's hostile run, written out by hand (not computed by
 # the code under test): markup as text, format characters as Python escapes.
@@ -39,11 +34,12 @@ def _holds_run(texts: list[str]) -> bool:
     return any(texts[i:i + len(SHOWN)] == list(SHOWN) for i in range(len(texts)))
 
 
-def test_format_characters_show_as_escapes_and_keep_token_order(server, page, tmp_path):
+def test_format_characters_show_as_escapes_and_keep_token_order(synthetic_server, page,
+                                                                tmp_path):
     assert len(SHOWN) == len(MARKUP_TOKENS) + len(FORMAT_TOKENS)
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=0")
-    page.wait_for_selector("text=Interval 1", timeout=60_000)
-    page.wait_for_selector(".tokens .ex >> text=override", timeout=30_000)
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=0")
+    shows(page, "text=Interval 1", "Interval 1", 60_000)
+    shows(page, ".tokens .ex >> text=override", "override")
     windows = page.evaluate(WINDOWS)
     page.screenshot(path=str(tmp_path / "hostile.png"), full_page=True)
     assert len(windows) > 10  # top examples and interval samples

@@ -1,79 +1,28 @@
 """The splitting graph and the prompt explorer in a real browser (Debian's chromium driven by
-Playwright, as in test_dashboard_browser.py, whose launch arguments this reuses): what only
-a browser can check, a click on a plotly node or a token, and a prompt edit that moves the
-explorer's position to where the feature fires.
+Playwright; the session's `page` and servers, tests/conftest.py): what only a browser can
+check, a click on a plotly node or a token, and a prompt edit that moves the explorer's
+position to where the feature fires.
 
 Each test leaves a screenshot in its tmp folder for a human to look at.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import urlencode, urlparse
 
 import numpy as np
 import pytest
 
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, serving
+from tests.helpers.browser import click_point, query, requires_chromium, settled, shows
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
-
-
-@pytest.fixture(scope="module")
-def synthetic_server(tmp_path_factory) -> Iterator[str]:
-    from feature_store.synthetic import build_synthetic_store
-
-    store = tmp_path_factory.mktemp("split") / "store"
-    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
-    with serving(store, tmp_path_factory.mktemp("split_log")) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def mini_server(mini_run, tmp_path_factory) -> Iterator[str]:
-    """The miniature run's store: the prompt explorer needs its model and SAEs."""
-    with serving(mini_run / "store", tmp_path_factory.mktemp("prompt_log")) as base:
-        yield base
-
-
-@pytest.fixture
-def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1500, "height": 1100})
-        finally:
-            browser.close()
-
-
-def settled(page, timeout: int = 60_000) -> None:
-    """Wait until Streamlit has finished the current run (nothing half-drawn is read)."""
-    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=timeout)
-
-
-def query(page) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
-
-
-def click_point(page, point) -> None:
-    """Click a plotly point where it is drawn: plotly hit-tests the mouse position on its
-    drag layer, so the point's own SVG element never receives the click."""
-    page.evaluate("window.scrollTo(0, 0)")
-    box = point.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x, y)
-    page.wait_for_timeout(200)  # the hover that plotly's click handler expects first
-    page.mouse.click(x, y)
+pytestmark = [requires_chromium, pytest.mark.viewport(1500, 1100)]
 
 
 def test_a_click_on_a_family_node_opens_its_feature_page(synthetic_server, page, tmp_path):
     page.goto(f"{synthetic_server}/splitting")
-    page.wait_for_selector("text=Family", timeout=60_000)
+    shows(page, "text=/Family/", "Family", 60_000)  # the graph's title (case-sensitive)
     graph = page.locator(".js-plotly-plot").first
-    graph.wait_for(timeout=60_000)
+    shows(page, graph, timeout=60_000)
     settled(page)
     page.screenshot(path=str(tmp_path / "splitting.png"), full_page=True)
     # the node trace is the graph's last; its points are drawn in data order
@@ -84,14 +33,14 @@ def test_a_click_on_a_family_node_opens_its_feature_page(synthetic_server, page,
                   if (d, str(i)) != (chosen["dictionary"], chosen["feature"]))
     dictionary, index, _ = nodes[target]
     click_point(page, graph.locator(".scatterlayer .trace").last.locator("path.point").nth(target))
-    page.wait_for_selector(f"text={dictionary} · feature {index}", timeout=30_000)
+    shows(page, f"text={dictionary} · feature {index}", f"{dictionary} · feature {index}")
     page.wait_for_function("location.pathname.endsWith('/feature')", timeout=10_000)
     assert query(page) == {"dictionary": dictionary, "feature": str(index)}
     # back returns to the splitting page (Streamlit's history entry carries the clicked
     # node, a member of the same family) and the old selection does not bounce the reader
     # straight to a feature page again
     page.go_back()
-    page.wait_for_selector("text=Splitting ·", timeout=30_000)
+    shows(page, "text=Splitting ·", "Splitting ·")
     settled(page)
     page.wait_for_timeout(1_500)
     assert urlparse(page.url).path.endswith("/splitting")
@@ -113,7 +62,7 @@ def test_a_prompt_edit_moves_the_position_and_a_token_click_picks_it(mini_run, m
     peak_b = 1 + int(np.argmax(b[1:, feature]))
     params = {"dictionary": "sae_64", "text": TEXT_A, "feature": str(feature), "pos": "1"}
     page.goto(f"{mini_server}/prompt?{urlencode(params)}")
-    page.wait_for_selector(".prompt-strip .tok", timeout=90_000)
+    shows(page, ".prompt-strip .tok", timeout=90_000)
     settled(page, timeout=90_000)
     assert query(page)["pos"] == "1"
 
@@ -123,8 +72,8 @@ def test_a_prompt_edit_moves_the_position_and_a_token_click_picks_it(mini_run, m
     page.wait_for_function(f"new URLSearchParams(location.search).get('pos') === '{peak_b}'",
                            timeout=60_000)
     settled(page)
-    assert query(page) | {"text": TEXT_B} == query(page)  # the URL names the new prompt
-    assert query(page)["feature"] == str(feature)
+    assert query(page)["text"] == TEXT_B  # the URL names the new prompt...
+    assert query(page)["pos"] == str(peak_b) and query(page)["feature"] == str(feature)
     strip = page.locator(".prompt-strip").first
     assert strip.locator(".tok").count() == len(b)
     assert strip.locator(".tok.c").count() == 1  # the position outlined
@@ -135,6 +84,7 @@ def test_a_prompt_edit_moves_the_position_and_a_token_click_picks_it(mini_run, m
     page.wait_for_function(f"new URLSearchParams(location.search).get('pos') === '{target}'",
                            timeout=60_000)
     settled(page)
+    assert query(page)["pos"] == str(target)
     assert page.locator("text=Next token after position " + str(target)).count() == 1
 
 
@@ -143,7 +93,7 @@ def test_compare_columns_keep_every_firing_token_in_view(synthetic_server, page,
     and every outlined (firing) token and activation lies inside its column."""
     page.set_viewport_size({"width": 900, "height": 1400})
     page.goto(f"{synthetic_server}/compare?dictionary=sae_64&feature=5")
-    page.wait_for_selector("text=decoder cosine", timeout=60_000)
+    shows(page, "text=decoder cosine", "decoder cosine", 60_000)
     settled(page)
     page.wait_for_function("document.querySelectorAll('.tokens .ex').length >= 8",
                            timeout=60_000)  # every column's example lines drawn

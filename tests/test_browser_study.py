@@ -3,22 +3,11 @@ into the other run's feature page, and from there the link back into the first r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.test_browser_splitting_prompt import page, query, settled  # noqa: F401 - page: fixture
-from tests.test_dashboard_browser import CHROMIUM, serving
+from tests.helpers.browser import query, requires_chromium, settled, shows
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
-
-
-@pytest.fixture(scope="module")
-def study_server(mini_study, tmp_path_factory) -> Iterator[str]:
-    with serving(mini_study[0], tmp_path_factory.mktemp("study_log")) as base:
-        yield base
+pytestmark = [requires_chromium, pytest.mark.viewport(1500, 1100)]
 
 
 def test_match_link_crosses_runs_and_back(study_server, mini_study, page, tmp_path):
@@ -32,13 +21,13 @@ def test_match_link_crosses_runs_and_back(study_server, mini_study, page, tmp_pa
 
     page.goto(f"{study_server}/universality?run=solu&other=gelu&dictionary=neurons&feature={unit}")
     settled(page)
-    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    shows(page, ".js-plotly-plot", timeout=60_000)
     page.screenshot(path=str(tmp_path / "universality.png"), full_page=True)
     page.get_by_role("link", name=f"open gelu neurons #{match}").click()
     page.wait_for_url(lambda url: "/feature?" in url, timeout=60_000)
     settled(page)
     assert query(page) == {"dictionary": "neurons", "feature": str(match), "run": "gelu"}
-    page.wait_for_selector(".study-match", timeout=60_000)
+    shows(page, ".study-match", "Run gelu", 60_000)
     page.screenshot(path=str(tmp_path / "feature_in_gelu.png"), full_page=True)
 
     page.locator(".study-match a").first.click()

@@ -1,6 +1,7 @@
 """The feature page in a real browser: Playwright drives Debian's chromium (never a
 downloaded browser) against `python -m dashboard.serve` (what `make demo` and the Procfile
-run) on a free localhost port.
+run) on a free localhost port, the session's server on the synthetic store (`page` and
+`synthetic_server` come from tests/conftest.py).
 
 Checks what only a browser can: the page paints its plotly charts, the hostile tokens of
 feature 0 are visible *as text*, and no dialog (`alert`) ever fires. A screenshot is left in
@@ -9,98 +10,27 @@ the test's tmp folder for a human to look at.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
+from tests.helpers.browser import SETTLED, query, requires_chromium, shows
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+pytestmark = requires_chromium
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def heading(page, index: int, timeout: int = 30_000) -> None:
+    """The feature page of sae_64 #`index` is drawn and the address bar names it."""
+    shows(page, f"text=sae_64 · feature {index}", f"sae_64 · feature {index}", timeout)
+    page.wait_for_function(f"location.search.includes('feature={index}')", timeout=10_000)
+    assert query(page)["feature"] == str(index) and query(page)["dictionary"] == "sae_64"
 
 
-@contextlib.contextmanager
-def serving(store: Path, log_dir: Path) -> Iterator[str]:
-    """`python -m dashboard.serve` on `store` at a free localhost port; stopped by its pid."""
-    port = free_port()
-    log = open(log_dir / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.serve", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "FEATURE_STORE": str(store)}, stdout=log,
-        stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The warmed server on the synthetic store; stopped (by its pid) after the module."""
-    from feature_store.synthetic import build_synthetic_store
-
-    store = tmp_path_factory.mktemp("browser") / "store"
-    build_synthetic_store(store, n_features=(64, 128), d_mlp=64, n_tokens=200_000)
-    log_dir = tmp_path_factory.mktemp("log")
-    with serving(store, log_dir) as base:
-        assert "dashboard warmed in" in (log_dir / "streamlit.log").read_text()  # before it listened
-        yield base
-
-
-@pytest.fixture
-def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1200})
-        finally:
-            browser.close()
-
-
-def test_feature_page_in_chromium(server, page, tmp_path):
+def test_feature_page_in_chromium(synthetic_server, page, tmp_path):
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     start = time.monotonic()
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=0")
-    page.wait_for_selector(".js-plotly-plot", timeout=60_000)
-    page.wait_for_selector("text=Interval 1", timeout=30_000)
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=0")
+    shows(page, ".js-plotly-plot", timeout=60_000)
+    shows(page, "text=Interval 1", "Interval 1")
     painted = time.monotonic() - start
     body = page.inner_text("body")
     assert "sae_64 · feature 0" in body
@@ -123,66 +53,66 @@ def test_feature_page_in_chromium(server, page, tmp_path):
     print(f"feature page painted in {painted:.2f} s; screenshot {shot}")
 
 
-def test_bad_feature_in_chromium(server, page):
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=99999")
-    page.wait_for_selector("text=No feature 99999 in sae_64", timeout=60_000)
+def test_bad_feature_in_chromium(synthetic_server, page):
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=99999")
+    shows(page, "text=No feature 99999 in sae_64", "No feature 99999 in sae_64", 60_000)
     assert "Traceback" not in page.inner_text("body")
 
 
-def test_in_app_links_move_the_address_bar_and_back_returns(server, page):
+def test_in_app_links_move_the_address_bar_and_back_returns(synthetic_server, page):
     """previous/next and neighbour links stay on the feature page; the URL must follow them
     (shareable), and the back button and a reload must show the feature the URL names."""
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=0")
-    page.wait_for_selector("text=sae_64 · feature 0", timeout=60_000)
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=0")
+    heading(page, 0, 60_000)
     page.locator("a", has_text="next →").first.click()
-    page.wait_for_selector("text=sae_64 · feature 1", timeout=30_000)
-    page.wait_for_function("location.search.includes('feature=1')", timeout=10_000)
+    heading(page, 1)
     page.go_back()
-    page.wait_for_selector("text=sae_64 · feature 0", timeout=30_000)
-    assert "feature=0" in page.evaluate("location.search")
+    heading(page, 0)
     page.reload()
-    page.wait_for_selector("text=sae_64 · feature 0", timeout=60_000)
-    page.wait_for_selector(".light-plotly.js-plotly-plot", timeout=30_000)
+    heading(page, 0, 60_000)
+    shows(page, ".light-plotly.js-plotly-plot")
+    assert page.locator(".light-plotly.js-plotly-plot").count() == 2
 
 
-def test_shading_toggle_follows_the_url(server, page):
+def test_shading_toggle_follows_the_url(synthetic_server, page):
     """The ablation-shading switch is a link: clicking it shades by ablation and puts
     `shade=ablation` in the address bar; back returns to activation shading."""
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=2")
-    page.wait_for_selector("text=Shade by ablation effect: off", timeout=60_000)
-    page.wait_for_selector("text=full orange", timeout=30_000)  # the activation legend
-    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=30_000)
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=2")
+    shows(page, "text=Shade by ablation effect: off", "Shade by ablation effect: off", 60_000)
+    shows(page, "text=full orange", "full orange")  # the activation legend
+    page.wait_for_selector(SETTLED, timeout=30_000)
     page.locator("a", has_text="Shade by ablation effect").first.click()
-    page.wait_for_selector("text=Shade by ablation effect: on", timeout=30_000)
+    shows(page, "text=Shade by ablation effect: on", "Shade by ablation effect: on")
     page.wait_for_function("location.search.includes('shade=ablation')", timeout=10_000)
-    page.wait_for_selector("text=lowered it", timeout=30_000)  # the ablation legend
+    assert query(page)["shade"] == "ablation"
+    shows(page, "text=lowered it", "lowered it")  # the ablation legend
     assert "full orange" not in page.inner_text("body")
     page.go_back()
-    page.wait_for_selector("text=Shade by ablation effect: off", timeout=30_000)
-    page.wait_for_selector("text=full orange", timeout=30_000)
+    shows(page, "text=Shade by ablation effect: off", "Shade by ablation effect: off")
+    shows(page, "text=full orange", "full orange")
     assert "shade" not in page.evaluate("location.search")
 
 
-def test_arrow_keys_page_through_features(server, page):
-    page.goto(f"{server}/feature?dictionary=sae_64&feature=5")
-    page.wait_for_selector("text=sae_64 · feature 5", timeout=60_000)
+def test_arrow_keys_page_through_features(synthetic_server, page):
+    page.goto(f"{synthetic_server}/feature?dictionary=sae_64&feature=5")
+    heading(page, 5, 60_000)
     # the heading can paint before the page's scripts have run: wait for the key handler
     page.wait_for_function("window.__featureShortcuts === true", timeout=30_000)
-    page.locator("a", has_text="next →").first.wait_for(timeout=30_000)  # what the key presses
+    shows(page, page.locator("a", has_text="next →"), "next →")  # what the key presses
     page.keyboard.press("ArrowRight")
-    page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
-    page.wait_for_function("location.search.includes('feature=6')", timeout=10_000)
-    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=30_000)
-    page.locator("a", has_text="← previous").first.wait_for(timeout=30_000)
+    heading(page, 6)
+    page.wait_for_selector(SETTLED, timeout=30_000)
+    shows(page, page.locator("a", has_text="← previous"), "← previous")
     page.keyboard.press("ArrowLeft")
-    page.wait_for_selector("text=sae_64 · feature 5", timeout=30_000)
+    heading(page, 5)
     page.go_back()  # the keys made history entries like clicks do
-    page.wait_for_selector("text=sae_64 · feature 6", timeout=30_000)
+    heading(page, 6)
 
 
-def test_overview_url_redirects_to_the_root(server, page):
+def test_overview_url_redirects_to_the_root(synthetic_server, page):
     """The default page lives at `/`; `/overview` goes there, with no "Page not found"."""
-    page.goto(f"{server}/overview")
-    page.wait_for_selector("text=Run overview", timeout=60_000)
+    page.goto(f"{synthetic_server}/overview")
+    shows(page, "text=Run overview", "Run overview", 60_000)
     page.wait_for_function("location.pathname === '/'", timeout=10_000)
+    assert page.evaluate("location.pathname") == "/"
     assert "Page not found" not in page.inner_text("body")
