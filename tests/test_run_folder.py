@@ -16,6 +16,7 @@ import pipelines.data.tokens
 from pipelines.run_folder import Manifest
 from pipelines.runner import run_pipeline
 from tests.conftest import MINI, mini_config
+from tests.helpers.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,10 @@ def test_output_without_manifest_entry_is_rebuilt(tmp_path):
     assert lines[-2] == "tokens: running (never completed)"
 
 
-def test_sigkill_during_training_then_rerun_resumes(tmp_path):
-    """A real kill -9 while the model stage is writing; the rerun finishes the run."""
+def test_sigkill_during_training_then_rerun_resumes(tmp_path, capsys):
+    """A real kill -9 while the model stage is writing; the rerun finishes the run. The
+    killed run is a process of its own; the rerun is the same command run in this one
+    (`pipelines.cli.main`), sparing a second interpreter start."""
     run_dir = tmp_path / "r"
     cfg_file = tmp_path / "mini.toml"
     sections = {k: dict(v) for k, v in MINI.items()}
@@ -120,8 +123,7 @@ def test_sigkill_during_training_then_rerun_resumes(tmp_path):
 
     cfg_file.write_text(cfg_file.read_text().replace("5000000", "20000"))
     # the resume is what is under test: stop after the stage that was killed
-    done = subprocess.run(cmd + ["--until", "model"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = run_cli(capsys, *cmd[3:], "--until", "model")
     assert done.returncode == 0, done.stderr
     assert "removed" in done.stdout and "model.incomplete" in done.stdout
     assert "corpus: up to date, skipped" in done.stdout
