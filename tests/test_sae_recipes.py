@@ -33,17 +33,33 @@ def train_planted(spec: PlantedSpec, steps: int, batch: int = 1024, **sae):
     return sae, info, score(data, sae.W_dec.detach(), reconstruct, eval_batches=8)
 
 
+@pytest.fixture(scope="module")
+def calibrated():
+    """recipe -> `train_planted(SMALL, 300 steps, target_l0 = the planted L0)`, trained once
+    per recipe: the two tests below check the same training (where λ lands, what it
+    recovers), and each training is the bulk of their time."""
+    runs: dict[str, tuple] = {}
+
+    def run(recipe: str) -> tuple:
+        if recipe not in runs:
+            runs[recipe] = train_planted(SMALL, steps=300, recipe=recipe,
+                                         target_l0=SMALL.mean_active)
+        return runs[recipe]
+
+    return run
+
+
 @pytest.mark.parametrize("recipe", ["l1", "l1-unit"])
-def test_target_l0_calibrates_lambda_to_the_asked_sparsity(recipe):
+def test_target_l0_calibrates_lambda_to_the_asked_sparsity(recipe, calibrated):
     target = SMALL.mean_active  # (at twice the planted L0 the same run lands 11% under: see pipelines/sae/calibration.py)
-    _, info, s = train_planted(SMALL, steps=300, recipe=recipe, target_l0=target)
+    _, info, s = calibrated(recipe)
     assert abs(s.l0 - target) <= 0.1 * target, (recipe, target, s.l0, info["l1_coefficients"])
     assert info["l1_coefficients"][2 * SMALL.n_features] != pytest.approx(0.25 * (SMALL.d / target) ** 0.5)
 
 
 @pytest.mark.parametrize("recipe", ["l1", "l1-unit"])
-def test_l1_recipe_recovers_a_planted_dictionary(recipe):
-    _, _, s = train_planted(SMALL, steps=300, recipe=recipe, target_l0=SMALL.mean_active)
+def test_l1_recipe_recovers_a_planted_dictionary(recipe, calibrated):
+    _, _, s = calibrated(recipe)
     assert s.mmcs >= 0.95 and s.recovered >= 0.9, s
     assert s.dead <= 0.05, s
 
