@@ -92,15 +92,16 @@ def ray_session():
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the `viewport` marker (an unregistered marker is a typo pytest only warns of)."""
     config.addinivalue_line("markers", "viewport(width, height): the browser window of a "
                                        "test that uses `page` (default 1600 x 1200)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Browser tests last, in their collected order (why: this module's docstring)."""
-    in_browser = [item for item in items if "browser" in getattr(item, "fixturenames", ())]
-    if in_browser:
-        items[:] = [item for item in items if item not in in_browser] + in_browser
+    in_browser = {id(item) for item in items if "browser" in getattr(item, "fixturenames", ())}
+    items[:] = ([item for item in items if id(item) not in in_browser]
+                + [item for item in items if id(item) in in_browser])
 
 
 # -- synthetic stores, one per shape ---------------------------------------------------------
