@@ -21,11 +21,11 @@ def open_page(page: str, timeout: float = 60, **params: str) -> AppTest:
     FEATURE_STORE etc. come from the caller's environment.
 
     Why not `at.run()` then `at.switch_page(page)` (AppTest's documented way): that first
-    renders the whole overview page, unasked and unchecked, which cost as much as the page
+    renders the whole overview page, unasked and unchecked, which cost more than the page
     under test. `st.Page` names a page by the hash of its url path (`links.URL_PATHS`), so
     the session can ask for it before its first run (AppTest's private `_page_hash`, as
-`switch_page` sets it); the page the run finished on is checked below, so a Streamlit that
-changes this fails here, loudly, not in some assertion about the page."""
+    `switch_page` sets it); the page the run finished on is checked below, so a Streamlit
+    that changes this fails here, loudly, not in some assertion about the page."""
     at = AppTest.from_file(APP, default_timeout=timeout)
     for key, value in params.items():
         at.query_params[key] = value
