@@ -24,6 +24,9 @@ from feature_store.errors import FeatureNotFound, StoreError
 from feature_store.records import NEURONS, FeatureRecord, dictionary_order_key, is_neurons
 
 PAPER = "Towards Monosemanticity (two seeds of one model): median 0.72 for features, 0.46 for neurons"
+PAPER_FEATURES, PAPER_NEURONS = 0.72, 0.46  # median best-match correlation, two model seeds
+SAME_MODEL = "SAE seeds (same model)"  # a pair of runs that differ only in their SAEs
+OTHER_MODEL = "different models"
 STUDY_COMMAND = "python -m pipelines study --preset tiny --study-dir runs/tiny-study"
 
 
@@ -85,10 +88,74 @@ def overview_section(root: str) -> None:
     st.html(runs_table_html(runs_table(root)))
     summary = store_access.study_summary(root)
     if not summary.empty:
-        st.markdown("**Universality** (median best-match activation correlation; "
-                    f"{PAPER}):")
+        comparison_section(summary, store_access.study_variants(root))
+        st.markdown("**Universality, every pair and dictionary** (median best-match "
+                    "activation correlation):")
         st.html(summary_table_html(summary))
         st.page_link(links.UNIVERSALITY, label="Open the Universality page")
+
+
+def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """Features against neurons, per pair of runs (in study order) and SAE, beside the
+    paper's figure: features' median best-match correlation, the same pair's neurons', the
+    gap, and the kind of pair. A pair with the same model weights differs only in its SAEs:
+    that is the SAE-seed control, the agreement two models' features could reach at best
+    with these SAEs (its neurons agree perfectly, by construction)."""
+    order = {v: i for i, v in enumerate(variants)}
+    pairs = summary[summary["variant"].map(order) < summary["other"].map(order)]
+    rows = []
+    for (run, other), group in pairs.groupby(["variant", "other"], sort=False):
+        by_dictionary = group.set_index("dictionary")
+        neurons = (by_dictionary.loc[NEURONS, "median_best_corr"]
+                   if NEURONS in by_dictionary.index else None)
+        same = bool(group["same_model"].any())
+        for dictionary, row in by_dictionary.iterrows():
+            if is_neurons(dictionary):
+                continue
+            features = row["median_best_corr"]
+            rows.append({
+                "pair": f"{run} ↔ {other}", "kind": SAME_MODEL if same else OTHER_MODEL,
+                "dictionary": dictionary, "features": features, "neurons": neurons,
+                "gap": (features - neurons if features is not None and neurons is not None
+                        and not (pd.isna(features) or pd.isna(neurons)) else None),
+                "decoder cosine": row["median_decoder_cosine"],
+                "order": (not same, order[run], order[other],
+                          dictionary_order_key(dictionary, row["n_units"]))})
+    rows.sort(key=lambda r: r.pop("order"))
+    rows.append({"pair": "Towards Monosemanticity", "kind": "two model seeds (the paper)",
+                 "dictionary": "4,096 features", "features": PAPER_FEATURES,
+                 "neurons": PAPER_NEURONS, "gap": PAPER_FEATURES - PAPER_NEURONS,
+                 "decoder cosine": None})
+    return pd.DataFrame(rows)
+
+
+COMPARISON_COLUMNS = (("pair", "runs", ""), ("kind", "pair", ""), ("dictionary", "SAE", ""),
+                      ("features", "features: median best corr", ".2f"),
+                      ("neurons", "neurons", ".2f"), ("gap", "features − neurons", "+.2f"),
+                      ("decoder cosine", "median decoder cosine", ".2f"))
+
+
+def comparison_section(summary: pd.DataFrame, variants: list[str]) -> None:
+    """The study's answer to the paper's question, with the control that bounds it."""
+    table = paper_comparison(summary, variants)
+    st.markdown("**Are features more universal than neurons?** Median best-match activation "
+                "correlation of each unit with the other run's units, features against "
+                "neurons, beside Towards Monosemanticity's figure.")
+    st.html(overview_views.table_html(table, [(k, label, f, "")
+                                              for k, label, f in COMPARISON_COLUMNS]))
+    control = table[table["kind"] == SAME_MODEL]
+    if control.empty:
+        st.caption("No SAE-seed control in this study: add a variant that differs from "
+                   "another only in `sae.seed` (e.g. `--set variants.saeseed1.sae.seed=1`). "
+                   "It shares that run's model and activations (built once) and shows how far "
+                   "two SAEs on the same activations agree, which bounds how far two models' "
+                   "features can.")
+    else:
+        st.caption(f"Rows marked {SAME_MODEL!r} compare two SAEs trained on the same model's "
+                   "activations with different seeds: their neurons agree exactly, so the "
+                   "features' figure there is the most two models' features could agree with "
+                   "SAEs trained this way. A control well below 1 says the SAEs themselves "
+                   "are not reproducible at this scale, and caps the cross-model comparison.")
 
 
 def other_runs_interp(root: str, run: str) -> dict[str, dict]:
@@ -117,15 +184,18 @@ def other_runs_interp(root: str, run: str) -> dict[str, dict]:
 # -- universality page ---------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = (("variant", "run", ""), ("other", "matched in", ""),
+                   ("same_model", "same model", ""),
                    ("dictionary", "dictionary", ""), ("n_compared", "units compared", ",.0f"),
                    ("median_best_corr", "median best corr", ".2f"),
                    ("mean_best_corr", "mean", ".2f"), ("share_above_0_5", "> 0.5", ".0%"),
                    ("share_above_0_9", "> 0.9", ".0%"),
-                   ("median_logit_corr", "median logit-weight corr", ".2f"))
+                   ("median_logit_corr", "median logit-weight corr", ".2f"),
+                   ("median_decoder_cosine", "median decoder cosine", ".2f"))
 
 
 def summary_table_html(summary: pd.DataFrame) -> str:
-    return overview_views.table_html(summary, [(k, label, f, "") for k, label, f in SUMMARY_COLUMNS])
+    shown = summary.assign(same_model=summary["same_model"].map({True: "yes", False: "no"}))
+    return overview_views.table_html(shown, [(k, label, f, "") for k, label, f in SUMMARY_COLUMNS])
 
 
 def correlation_histogram(features: pd.DataFrame, neurons: pd.DataFrame | None,
@@ -223,8 +293,13 @@ def universality_page(root: str, run: str) -> None:
                        key="universality_histogram")
     summary = store_access.study_summary(root)
     st.html(summary_table_html(summary[summary["dictionary"].isin({dictionary, NEURONS})]))
-    comparable = bool(summary[(summary["variant"] == run) & (summary["other"] == other)]
-                      ["directions_comparable"].any())
+    this_pair = summary[(summary["variant"] == run) & (summary["other"] == other)]
+    comparable = bool(this_pair["directions_comparable"].any())
+    if bool(this_pair["same_model"].any()):
+        st.caption(f"{run} and {other} share the model (same weights) and differ only in "
+                   "their SAEs: this pair is the SAE-seed control. Its neurons match "
+                   "themselves; its features show how reproducible the SAEs are.")
+    comparison_section(summary, store_access.study_variants(root))
     if not comparable:
         st.caption("Decoder directions are not compared: the two runs are different models, "
                    "whose MLP neurons (and so SAE directions) live in unrelated bases. The "

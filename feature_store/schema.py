@@ -154,7 +154,10 @@ store/
     `variant`, `other`, `dictionary`, `n_units` int32, `n_compared` int32 (units with a
     defined correlation), `median_best_corr`, `mean_best_corr`, `share_above_0_5`,
     `share_above_0_9`, `median_logit_corr` float64 (over compared units),
-    `directions_comparable` bool, `n_tokens` int64.
+    `directions_comparable` bool, `same_model` bool (the two variants have the same model
+    weights, so they differ only in their SAEs: the SAE-seed control, which bounds how much
+    two models' features can agree), `median_decoder_cosine` float64 (of the compared units
+    and their best matches; null unless directions are comparable), `n_tokens` int64.
 
 Explanations (issue 13), `store/explanations/`, written by the interp stage after the rest
 ------------------------------------------------------------------------------------------
@@ -280,7 +283,7 @@ NEIGHBOURS_SCHEMA = pa.schema([
     ("feature", pa.int32()), ("relation", pa.string()), ("neighbour_dictionary", pa.string()),
     ("rank", pa.int16()), ("neighbour_index", pa.int32()), ("cosine", pa.float32()),
 ])
-STUDY_SCHEMA_VERSION = 1
+STUDY_SCHEMA_VERSION = 2  # 2: the summary's same_model and median_decoder_cosine
 UNIVERSALITY = "universality.parquet"
 UNIVERSALITY_SUMMARY = "universality_summary.parquet"
 UNIVERSALITY_SCHEMA = pa.schema([
@@ -294,7 +297,8 @@ UNIVERSALITY_SUMMARY_SCHEMA = pa.schema([
     ("n_units", pa.int32()), ("n_compared", pa.int32()), ("median_best_corr", pa.float64()),
     ("mean_best_corr", pa.float64()), ("share_above_0_5", pa.float64()),
     ("share_above_0_9", pa.float64()), ("median_logit_corr", pa.float64()),
-    ("directions_comparable", pa.bool_()), ("n_tokens", pa.int64()),
+    ("directions_comparable", pa.bool_()), ("same_model", pa.bool_()),
+    ("median_decoder_cosine", pa.float64()), ("n_tokens", pa.int64()),
 ])
 STUDY_TABLE_SCHEMAS: dict[str, pa.Schema] = {
     UNIVERSALITY: UNIVERSALITY_SCHEMA, UNIVERSALITY_SUMMARY: UNIVERSALITY_SUMMARY_SCHEMA,

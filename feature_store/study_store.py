@@ -29,6 +29,8 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
     ok = np.isfinite(best)
     logit = np.asarray(rec["logit_corr"], dtype=np.float64)
     logit_ok = np.isfinite(logit)
+    cosine = np.asarray(rec["decoder_cosine"], dtype=np.float64)
+    cosine_ok = np.isfinite(cosine)
 
     def stat(fn, x):
         return float(fn(x)) if x.size else None
@@ -41,6 +43,8 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
         "share_above_0_9": stat(np.mean, best[ok] > 0.9) if ok.any() else None,
         "median_logit_corr": stat(np.median, logit[logit_ok]),
         "directions_comparable": bool(rec["directions_comparable"]),
+        "same_model": bool(rec["same_model"]),
+        "median_decoder_cosine": stat(np.median, cosine[cosine_ok]),
         "n_tokens": int(rec["n_tokens"]),
     }
 
@@ -51,7 +55,7 @@ def write_study_store(out: Path, variants: list[dict[str, str]], records: list[d
 
     `records`: one per (variant, other, dictionary) with per-unit arrays `n_active`,
     `best_match`, `best_corr`, `second_match`, `second_corr`, `logit_corr`, `decoder_cosine`,
-    and scalars `directions_comparable`, `n_tokens`."""
+    and scalars `directions_comparable`, `same_model`, `n_tokens`."""
     order = {v["name"]: i for i, v in enumerate(variants)}
 
     def sort_key(rec):
@@ -103,6 +107,16 @@ def is_study_store(path: str | Path) -> bool:
         if isinstance(data, dict) and data.get("kind") == _KIND:
             return True
     return False
+
+
+def is_current(store_dir: Path) -> bool:
+    """True when `store_dir` holds a study store this reader can open (same schema version):
+    the study runner rebuilds one written by an older version."""
+    try:
+        data = json.loads((Path(store_dir) / schema.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("schema_version") == schema.STUDY_SCHEMA_VERSION
 
 
 class StudyStore:

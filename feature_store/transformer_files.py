@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+WEIGHTS_FILE = "model.safetensors"  # the model's state_dict, beside config.json
+
 HOOK_POST = "blocks.0.mlp.hook_post"  # what W_out reads; for solu_ln, after the mid-MLP LayerNorm
 HOOK_PRE_LN = "blocks.0.mlp.ln.hook_in"  # solu_ln only: the SoLU output, before that LayerNorm
 MID_LN = "blocks.0.mlp.ln"  # the mid-MLP LayerNorm's parameters: <MID_LN>.weight, .bias
@@ -52,13 +54,27 @@ def load_transformer(model_dir: Path, device: str = "cpu"):
         model = build_transformer(spec, device=device)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
         raise StoreError(f"{config}: unusable model config ({err}); {hint}") from None
-    weights = model_dir / "model.safetensors"
+    weights = model_dir / WEIGHTS_FILE
     try:
         model.load_state_dict(load_file(str(weights), device=device))
     except (OSError, SafetensorError, RuntimeError) as err:  # RuntimeError: missing keys, shapes
         raise StoreError(f"{weights}: unusable model weights ({str(err)[:300]}); {hint}") from None
     model.eval()
     return model
+
+
+def weights_hash(model_dir: Path) -> str:
+    """The model's identity: a hash of its weights file's bytes (safetensors writes a
+    state_dict deterministically). Two runs with equal hashes are the same function, however
+    they were built; the model stage's folder hash is not that (it covers the training log
+    and timings too)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(model_dir / WEIGHTS_FILE, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 class _Captured(Exception):

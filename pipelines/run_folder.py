@@ -117,12 +117,21 @@ def staged_dir(final: Path, before_swap: Callable[[], None] = lambda: None) -> I
         raise
     before_swap()
     old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
+    _remove(old)
+    if final.is_symlink():  # a stage a study shared from another run: drop the link only
+        final.unlink()
+    elif final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """A file, a folder or a link (never what a link points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def staging_path(final: Path) -> Path:
@@ -137,10 +146,7 @@ def clean_leftovers(run_dir: Path) -> list[str]:
         return removed
     for path in sorted(run_dir.iterdir()):
         if path.name.endswith((".incomplete", ".old", ".tmp")):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove(path)
             removed.append(path.name)
     return removed
 

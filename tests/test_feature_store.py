@@ -323,7 +323,7 @@ def test_study_store_rows_in_dictionary_order(tmp_path):
         return {"variant": "a", "other": "b", "dictionary": dictionary, "n_active": units,
                 "best_match": units, "best_corr": units, "second_match": units,
                 "second_corr": units, "logit_corr": units, "decoder_cosine": units,
-                "directions_comparable": False, "n_tokens": 10}
+                "directions_comparable": False, "same_model": False, "n_tokens": 10}
 
     records = [record("sae_128", 128), record("sae_32", 32), record("neurons_pre_ln", 64),
                record("neurons", 64)]

@@ -37,6 +37,7 @@ def test_overview_of_a_study_shows_both_runs(study_app):
     text = page_text(at)
     assert "Runs of this study" in text and "solu_ln" in text and "gelu" in text
     assert "median best corr" in text
+    assert "Are features more universal than neurons?" in text and "No SAE-seed control" in text
     assert "Control: run gelu (gelu)" in text  # the other run's explanation medians beside
     assert at.query_params["run"] == "solu"
 
@@ -93,7 +94,7 @@ def test_universality_opens_on_the_largest_sae_not_neurons_pre_ln(mini_run, tmp_
                 "n_active": np.ones(n), "best_match": np.arange(n), "best_corr": np.full(n, 0.9),
                 "second_match": np.zeros(n), "second_corr": np.full(n, 0.1),
                 "logit_corr": np.full(n, np.nan), "decoder_cosine": np.full(n, np.nan),
-                "directions_comparable": False, "n_tokens": 100})
+                "directions_comparable": False, "same_model": False, "n_tokens": 100})
     study = tmp_path / "study" / "store"
     study.mkdir(parents=True)
     variants = [{"name": v, "store": str(mini_run / "store")} for v in ("a", "b")]
@@ -123,3 +124,33 @@ def test_universality_on_a_single_run_says_how_to_build_a_study(mini_run, monkey
     monkeypatch.setenv("FEATURE_STORE", str(mini_run / "store"))
     at = open_page(links.UNIVERSALITY)
     assert "python -m pipelines study" in "\n".join(c.value for c in at.code)
+
+
+def test_paper_comparison_puts_the_sae_seed_control_first_and_the_paper_last():
+    import pandas as pd
+
+    from dashboard.universality_views import (OTHER_MODEL, PAPER_FEATURES, SAME_MODEL,
+                                              paper_comparison)
+
+    def row(variant, other, dictionary, n, median, same, cosine=None):
+        return {"variant": variant, "other": other, "dictionary": dictionary, "n_units": n,
+                "median_best_corr": median, "same_model": same,
+                "median_decoder_cosine": cosine}
+
+    summary = pd.DataFrame([
+        row("solu", "gelu", "neurons", 64, 0.40, False),
+        row("solu", "gelu", "sae_128", 128, 0.45, False),
+        row("solu", "gelu", "sae_64", 64, 0.50, False),
+        row("gelu", "solu", "sae_64", 64, 0.55, False),  # the other direction: left out
+        row("solu", "seed1", "neurons", 64, 1.0, True),
+        row("solu", "seed1", "neurons_pre_ln", 64, 1.0, True),
+        row("solu", "seed1", "sae_64", 64, 0.80, True, 0.9),
+    ])
+    table = paper_comparison(summary, ["solu", "gelu", "seed1"])
+    assert list(table["kind"]) == [SAME_MODEL, OTHER_MODEL, OTHER_MODEL,
+                                   "two model seeds (the paper)"]
+    assert list(table["dictionary"][:3]) == ["sae_64", "sae_64", "sae_128"]
+    assert table["gap"].iloc[0] == pytest.approx(-0.2)
+    assert table["gap"].iloc[1] == pytest.approx(0.10)
+    assert table["decoder cosine"].iloc[0] == pytest.approx(0.9)
+    assert table["features"].iloc[-1] == PAPER_FEATURES

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-from feature_store.transformer_files import build_transformer, transformer_spec
+from feature_store.transformer_files import WEIGHTS_FILE, build_transformer, transformer_spec
 from pipelines import distributed, progress
 from pipelines.config import ModelConfig
 from pipelines.devices import pick_device
@@ -149,7 +149,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         final_val = evaluate(model, val, cfg.batch_size * 4, autocast)
         unigram = unigram_loss(train_np, val_np, d_vocab)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
+    save_file(state, str(out / WEIGHTS_FILE))
     (out / "config.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     pq.write_table(pa.table({k: pa.array(v, curve_types[k]) for k, v in curve.items()}),
                    out / "loss_curve.parquet")

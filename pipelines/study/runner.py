@@ -8,7 +8,9 @@ the dashboard and every stage treat it as they treat any run):
 <study>/manifest.json         study-level stages (universality), same rules as a run's
 <study>/shared/               a run folder holding only corpus/, tokenizer/, tokens/
 <study>/runs/<variant>/       a run folder; its corpus, tokenizer and tokens are links
-                              to ../../shared/<stage>, with the shared manifest entries
+                              to ../../shared/<stage>, with the shared manifest entries;
+                              its model and activations are links to ../<owner>/<stage>
+                              when an earlier variant has the same model-side config
 <study>/store/                the study's store (feature_store/study_store.py): the variants'
                               stores by relative path, and the universality tables
 ```
@@ -17,6 +19,12 @@ The shared stages are built once; each variant then runs model â†’ activations â
 exactly as a run does (skip, resume, `--force`), so adding a variant later builds only that
 variant and the study-level stage. Linking rather than copying keeps the tokens byte-identical
 across variants, which universality relies on (it also checks).
+
+Variants whose model-side sections (`MODEL_SIDE`: model, activations) are equal differ only
+in their SAEs (e.g. `sae.seed`: the control that bounds universality). The first of them in
+study order owns the model and the activation cache; the others link to its folders, as
+every variant links the shared tokens, so the model is trained once and every such variant
+reads the same weights (universality then also compares their decoder directions).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from feature_store import study_store
 from pipelines import progress
 from pipelines.universality import stage as universality
 from pipelines.config import config_hash
@@ -43,6 +52,8 @@ from pipelines.run_folder import Manifest, hash_strings, run_lock, write_text_at
 from pipelines.runner import STAGE_NAMES, downstream, run_pipeline, stage_table
 from pipelines.study.config import SHARED_SECTIONS, StudyConfig
 
+MODEL_SIDE = ("model", "activations")  # a run's stages that read only the shared ones and
+#                                        their own config sections
 STUDY_FILE = "study.json"
 SHARED = "shared"
 RUNS = "runs"
@@ -83,17 +94,55 @@ def run_study(cfg: StudyConfig, study_dir: Path, force: tuple[str, ...] = (),
                      force=tuple(s for s in SHARED_SECTIONS if s in forced),
                      until=SHARED_SECTIONS[-1], log=_prefixed(log, SHARED))
         todo = [(name, vcfg) for name, vcfg in cfg.variants if not only or name in only]
+        owners = model_owners(cfg)
         for name, _ in todo:
             link_shared(shared_dir, variant_dir(study_dir, name))
+            if owners[name] == name:  # it may have linked another's before its config changed
+                unlink_stages(variant_dir(study_dir, name), MODEL_SIDE)
         variant_force = tuple(s for s in forced if s not in SHARED_SECTIONS)
-        workers = min(len(todo), parallel or default_parallel(len(todo)))
-        if workers <= 1:
-            for name, vcfg in todo:
-                run_pipeline(vcfg, variant_dir(study_dir, name), f"{cfg.source} [variants.{name}]",
-                             force=variant_force, log=_prefixed(log, name))
-        else:
-            _run_parallel(cfg, study_dir, todo, variant_force, workers, log)
+        after_model = tuple(s for s in variant_force if s not in MODEL_SIDE)
+        # Owners whose model another variant links build it first (even when not in `only`).
+        first = sorted({owners[n] for n, _ in todo if owners[n] != n}, key=cfg.names.index)
+        if first:
+            log(f"model and activations shared: "
+                + "; ".join(f"{o} for {', '.join(n for n, _ in todo if owners[n] == o and n != o)}"
+                            for o in first))
+            _build(cfg, study_dir, [(o, cfg.variant(o)) for o in first],
+                   tuple(s for s in variant_force if s in MODEL_SIDE), MODEL_SIDE[-1],
+                   parallel, log)
+        for name, _ in todo:
+            if owners[name] != name:
+                link_stages(variant_dir(study_dir, owners[name]), variant_dir(study_dir, name),
+                            MODEL_SIDE, Path("..") / owners[name])
+        _build(cfg, study_dir, todo, variant_force, None, parallel, log,
+               force_of={n: after_model for n, _ in todo if owners[n] != n or n in first})
         _run_universality(cfg, study_dir, "universality" in force or bool(forced), bool(only), log)
+
+
+def model_owners(cfg: StudyConfig) -> dict[str, str]:
+    """Each variant's model owner: the first variant in study order whose model-side config
+    (`MODEL_SIDE` sections) equals its own; itself when none comes before it."""
+    first: dict[tuple[str, ...], str] = {}
+    owners = {}
+    for name, vcfg in cfg.variants:
+        key = tuple(config_hash(vcfg.section(s)) for s in MODEL_SIDE)
+        owners[name] = first.setdefault(key, name)
+    return owners
+
+
+def _build(cfg: StudyConfig, study_dir: Path, todo: list, force: tuple[str, ...],
+           until: str | None, parallel: int, log: Callable[[str], None],
+           force_of: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Run the `todo` variants' pipelines (up to `until`), `parallel` at a time; `force_of`
+    gives a variant its own forced stages instead of `force`."""
+    forces = {name: (force_of or {}).get(name, force) for name, _ in todo}
+    workers = min(len(todo), parallel or default_parallel(len(todo)))
+    if workers <= 1:
+        for name, vcfg in todo:
+            run_pipeline(vcfg, variant_dir(study_dir, name), f"{cfg.source} [variants.{name}]",
+                         force=forces[name], until=until, log=_prefixed(log, name))
+    else:
+        _run_parallel(cfg, study_dir, todo, forces, until, workers, log)
 
 
 def default_parallel(n_variants: int) -> int:
@@ -104,8 +153,9 @@ def default_parallel(n_variants: int) -> int:
     return max(1, min(n_variants, os.cpu_count() or 1))
 
 
-def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list, force: tuple[str, ...],
-                  workers: int, log: Callable[[str], None]) -> None:
+def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list,
+                  forces: dict[str, tuple[str, ...]], until: str | None, workers: int,
+                  log: Callable[[str], None]) -> None:
     """Each variant in its own process with cores // workers threads; every variant runs to
     its end even when another fails, then the first failure is raised (one line)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -116,7 +166,8 @@ def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list, force: tuple[st
             workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         lines = manager.Queue()  # the workers' log lines, handed to `log` here as they come
         futures = {pool.submit(_variant_worker, vcfg, str(variant_dir(study_dir, name)),
-                               f"{cfg.source} [variants.{name}]", force, name, lines): name
+                               f"{cfg.source} [variants.{name}]", forces[name], until, name,
+                               lines): name
                    for name, vcfg in todo}
         pending = set(futures)
         while pending:
@@ -155,12 +206,12 @@ def _worker_init(threads: int) -> None:
 
 
 def _variant_worker(vcfg: Any, run_dir: str, source: str, force: tuple[str, ...],
-                    name: str, lines: Any) -> str | None:
+                    until: str | None, name: str, lines: Any) -> str | None:
     """One variant's pipeline, its log lines sent to the parent; a failure comes back as its
     one-line message."""
     os.environ[progress.PREFIX_ENV] = f"[{name}] "
     try:
-        run_pipeline(vcfg, Path(run_dir), source, force=force,
+        run_pipeline(vcfg, Path(run_dir), source, force=force, until=until,
                      log=lambda line: lines.put(f"[{name}] {line}"))
     except PipelineError as err:
         return " ".join(str(err).split())
@@ -181,24 +232,42 @@ def _write_study_file(cfg: StudyConfig, study_dir: Path) -> None:
 
 
 def link_shared(shared_dir: Path, run_dir: Path) -> None:
-    """Make the variant's corpus, tokenizer and tokens the shared ones: a relative link each,
-    and the shared manifest entries copied, so the runner sees them up to date."""
+    """Make the variant's corpus, tokenizer and tokens the shared ones."""
+    link_stages(shared_dir, run_dir, SHARED_SECTIONS, Path("..") / ".." / SHARED)
+
+
+def link_stages(source_dir: Path, run_dir: Path, stages: tuple[str, ...], target: Path) -> None:
+    """Make `run_dir`'s `stages` those of `source_dir`: a relative link each (to
+    `target/<stage>`, relative to run_dir), and the source's manifest entries copied, so the
+    runner sees them up to date, and sees them change when the source is rebuilt."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    source, manifest = Manifest(shared_dir), Manifest(run_dir)
-    for name in SHARED_SECTIONS:
+    source, manifest = Manifest(source_dir), Manifest(run_dir)
+    for name in stages:
         entry = source.get(name)
         if entry is None:
-            raise InputError(f"{shared_dir}: shared stage {name} missing; rerun the study")
+            raise InputError(f"{source_dir}: stage {name} missing; rerun the study")
         link = run_dir / name
-        target = Path("..") / ".." / SHARED / name
-        if not (link.is_symlink() and Path(os.readlink(link)) == target):
+        target_dir = target / name
+        if not (link.is_symlink() and Path(os.readlink(link)) == target_dir):
             if link.is_symlink() or link.is_file():
                 link.unlink()
             elif link.exists():
                 shutil.rmtree(link)
-            link.symlink_to(target, target_is_directory=True)
+            link.symlink_to(target_dir, target_is_directory=True)
         if manifest.get(name) != entry:
             manifest.put(entry)
+
+
+def unlink_stages(run_dir: Path, stages: tuple[str, ...]) -> None:
+    """Undo `link_stages` for a variant that now owns these stages: the links and their
+    copied entries go (never what they point to), so the runner builds its own."""
+    manifest = Manifest(run_dir) if (run_dir / "manifest.json").exists() else None
+    for name in stages:
+        link = run_dir / name
+        if link.is_symlink():
+            link.unlink()
+            if manifest is not None:
+                manifest.drop(name)
 
 
 def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: bool,
@@ -226,7 +295,7 @@ def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: 
     entry = manifest.get("universality")
     out = study_dir / universality.STORE_FOLDER
     if (not forced and entry is not None and entry.inputs_hash == inputs
-            and entry.config_hash == chash and out.is_dir()):
+            and entry.config_hash == chash and study_store.is_current(out)):
         log(f"universality: up to date, skipped (built {entry.started_at}, "
             f"{entry.duration_s:.0f} s)")
         return

@@ -39,6 +39,7 @@ import torch
 from feature_store import study_store
 from feature_store.records import NEURONS_PRE_LN
 from feature_store.sae_files import ActiveCodes
+from feature_store.transformer_files import weights_hash
 from pipelines import progress
 from pipelines.model.readout import logit_weights
 from pipelines.activations.shards import (SequenceBatch, capped_tokens, count_rows, has_pre_ln,
@@ -128,7 +129,7 @@ class _Variant:
         units = load_run_units(run_dir, device, pre_ln=self.pre_ln)
         self.model, self.n_ctx, self.readout = units.model, units.n_ctx, units.readout
         self.dictionaries = {d.name: d for d in units.dictionaries}
-        self.model_hash = Manifest(run_dir).get("model").output_hash
+        self.weights = weights_hash(run_dir / "model")  # the same model iff the same weights
         self.device = device
         n_val = count_rows(run_dir / "activations", SPLIT)
         self.cached = {}  # dictionary -> (idx, vals) memory-mapped [n_val, k], shard row order
@@ -324,7 +325,8 @@ def match_rows(variants: list[_Variant], corr: dict, sides: dict, n_tokens: int)
                 rows = torch.from_numpy(np.flatnonzero(has)).to(w_this.device)
                 cols = torch.from_numpy(best[has]).to(w_this.device)
                 logit[has] = row_pearson(w_this[rows], w_other[cols]).cpu().numpy()
-            comparable = this.model_hash == other.model_hash and directed
+            same_model = this.weights == other.weights
+            comparable = same_model and directed
             cosine = np.full(best.shape, np.nan, dtype=np.float32)
             if comparable and has.any():
                 x = torch.nn.functional.normalize(d_this.direction[rows], dim=1)
@@ -336,7 +338,8 @@ def match_rows(variants: list[_Variant], corr: dict, sides: dict, n_tokens: int)
                 "best_match": best, "best_corr": best_corr,
                 "second_match": second, "second_corr": second_corr,
                 "logit_corr": logit, "decoder_cosine": cosine,
-                "directions_comparable": comparable, "n_tokens": n_tokens,
+                "directions_comparable": comparable, "same_model": same_model,
+                "n_tokens": n_tokens,
             })
     return out
 
