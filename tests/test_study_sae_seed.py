@@ -17,13 +17,18 @@ from pipelines.study.config import build_study
 from pipelines.study.runner import model_owners, run_study
 from tests.conftest import study_raw
 
-SEEDS = {"seed0": {"sae": {"seed": 0}}, "seed1": {"sae": {"seed": 1}},
-         "gelu": {"model": {"act_fn": "gelu"}}}
+# The session's mini study (solu, gelu) plus a variant that differs from solu in its SAEs only
+SEEDS = {"seed0": {"model": {"act_fn": "solu_ln"}}, "gelu": {"model": {"act_fn": "gelu"}},
+         "seed1": {"model": {"act_fn": "solu_ln"}, "sae": {"seed": 1}}}
 
 
 @pytest.fixture(scope="module")
-def seed_study(tmp_path_factory) -> tuple[Path, list[str]]:
+def seed_study(mini_study, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A copy of the mini study with its solu variant renamed seed0 and a seed1 variant
+    added: only seed1's SAEs (and the study stage) are new, so the fixture trains no model."""
     study_dir = tmp_path_factory.mktemp("seeds") / "s"
+    shutil.copytree(mini_study[0], study_dir, symlinks=True)
+    (study_dir / "runs" / "solu").rename(study_dir / "runs" / "seed0")
     lines: list[str] = []
     run_study(build_study(study_raw(**SEEDS), "t.toml"), study_dir, log=lines.append,
               parallel=1)
@@ -33,16 +38,17 @@ def seed_study(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_owners_are_the_first_variant_with_the_same_model_side_config():
     cfg = build_study(study_raw(**SEEDS, seed2={"sae": {"seed": 2, "k": 2}},
                                 cache={"activations": {"max_tokens": 20_000}}), "t.toml")
-    assert model_owners(cfg) == {"seed0": "seed0", "seed1": "seed0", "gelu": "gelu",
+    assert model_owners(cfg) == {"seed0": "seed0", "gelu": "gelu", "seed1": "seed0",
                                  "seed2": "seed0", "cache": "cache"}
 
 
 def test_model_and_activations_are_built_once_and_linked(seed_study):
     study_dir, lines = seed_study
     runs = study_dir / "runs"
-    assert [line.split(":")[0] for line in lines if "] model: running" in line] == \
-        ["[seed0] model", "[gelu] model"], lines
-    assert not any(line.startswith("[seed1] activations: running") for line in lines)
+    assert not any("] model: running" in line or "] activations: running" in line
+                   for line in lines), lines  # seed0's (and gelu's) were built already
+    assert "[seed1] sae: running (never completed)" in lines
+    assert "model and activations shared: seed0 for seed1" in lines
     for stage in ("model", "activations"):
         assert (runs / "seed0" / stage).is_dir() and not (runs / "seed0" / stage).is_symlink()
         assert os.readlink(runs / "seed1" / stage) == os.path.join("..", "seed0", stage)
@@ -79,7 +85,8 @@ def test_a_variant_that_stops_sharing_builds_its_own_model(seed_study, tmp_path)
     copy = tmp_path / "s"
     shutil.copytree(study_dir, copy, symlinks=True)
     lines: list[str] = []
-    raw = study_raw(**{**SEEDS, "seed1": {"sae": {"seed": 1}, "model": {"seed": 1}}})
+    raw = study_raw(**{**SEEDS, "seed1": {"sae": {"seed": 1},
+                                          "model": {"act_fn": "solu_ln", "seed": 1}}})
     run_study(build_study(raw, "t.toml"), copy, log=lines.append, parallel=1)
     seed1 = copy / "runs" / "seed1"
     assert not (seed1 / "model").is_symlink() and (seed1 / "model").is_dir()

@@ -101,12 +101,14 @@ def run_study(cfg: StudyConfig, study_dir: Path, force: tuple[str, ...] = (),
                 unlink_stages(variant_dir(study_dir, name), MODEL_SIDE)
         variant_force = tuple(s for s in forced if s not in SHARED_SECTIONS)
         after_model = tuple(s for s in variant_force if s not in MODEL_SIDE)
-        # Owners whose model another variant links build it first (even when not in `only`).
-        first = sorted({owners[n] for n, _ in todo if owners[n] != n}, key=cfg.names.index)
+        # When a variant links another's model, every owner builds its model side first, side
+        # by side (an owner outside `only` too, when a chosen variant needs it), then the rest.
+        linked = {owners[n] for n, _ in todo if owners[n] != n}
+        first = sorted({owners[n] for n, _ in todo}, key=cfg.names.index) if linked else []
         if first:
             log(f"model and activations shared: "
                 + "; ".join(f"{o} for {', '.join(n for n, _ in todo if owners[n] == o and n != o)}"
-                            for o in first))
+                            for o in sorted(linked, key=cfg.names.index)))
             _build(cfg, study_dir, [(o, cfg.variant(o)) for o in first],
                    tuple(s for s in variant_force if s in MODEL_SIDE), MODEL_SIDE[-1],
                    parallel, log)
