@@ -198,8 +198,9 @@ def test_one_variant_study_works(tmp_path):
 
 
 def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
-    """kill -9 the study while both variants train in their own processes: the workers die
-    with it (nothing keeps writing), and the rerun resumes and completes the study."""
+    """kill -9 the study while both models train in their own processes: the workers die
+    with it (nothing keeps writing), and the rerun resumes and completes the study, the
+    SAE-seed variant linking the model it shares (issue 28)."""
     import json
     import os
     import signal
@@ -217,6 +218,9 @@ def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
                      for name, body in raw.items())
     text += "\n" + "\n".join(f'[variants.{n}]\nmodel.act_fn = "{v["model"]["act_fn"]}"'
                              for n, v in variants.items())
+    # and an SAE-seed control, which links solu's model: the owners build their models first,
+    # side by side, and the kill lands there
+    text += '\n[variants.saeseed1]\nmodel.act_fn = "solu_ln"\nsae.seed = 1\n'
     cfg_file.write_text(text + "\n")
     cmd = [sys.executable, "-m", "pipelines", "study", "--config", str(cfg_file),
            "--study-dir", str(study_dir), "--parallel", "2"]
@@ -232,9 +236,13 @@ def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
     time.sleep(1.0)  # the workers got SIGKILL with their parent; give the kernel a moment
     for path in incomplete:  # no orphan keeps a variant's lock
         assert not (path.parent / "model").exists()
+    assert not (study_dir / "runs" / "saeseed1" / "model").exists()  # no link to a half model
 
     cfg_file.write_text(cfg_file.read_text().replace("5000000", "20000"))
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model.incomplete" in done.stdout and "[shared] tokens: up to date" in done.stdout
-    assert StudyStore.open(study_dir).variants() == ["solu", "gelu"]
+    assert StudyStore.open(study_dir).variants() == ["solu", "gelu", "saeseed1"]
+    assert done.stdout.count("] model: running") == 2, done.stdout  # solu's is shared
+    assert os.readlink(study_dir / "runs" / "saeseed1" / "model") == \
+        os.path.join("..", "solu", "model")
