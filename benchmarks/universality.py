@@ -73,12 +73,19 @@ def main() -> None:
     print(f"{n_tokens:,} tokens x {pairs:,} unit pairs = {n_tokens * pairs / t_corr:.3g} "
           f"token-unit-pairs/s in the correlation pass; per probe GFLOP/s: "
           f"{n_tokens * pairs / t_corr / probe / 1e9:.3f}")
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for row in summary:
         if names.index(row["variant"]) < names.index(row["other"]):
-            print(f"  {row['variant']}->{row['other']} {row['dictionary']}: median best-match "
-                  f"corr {row['median_best_corr']:.3f}, mean {row['mean_best_corr']:.3f}, "
-                  f"> 0.5 {row['share_above_0_5']:.0%}, > 0.9 {row['share_above_0_9']:.0%}, "
-                  f"median logit-weight corr {row['median_logit_corr']:.3f}")
+            kind = "same model (SAE-seed control)" if row["same_model"] else "different models"
+            print(f"  {row['variant']}->{row['other']} {row['dictionary']} [{kind}]: median "
+                  f"best-match corr {num(row['median_best_corr'], '.3f')}, mean "
+                  f"{num(row['mean_best_corr'], '.3f')}, > 0.5 "
+                  f"{num(row['share_above_0_5'], '.0%')}, > 0.9 "
+                  f"{num(row['share_above_0_9'], '.0%')}, median logit-weight corr "
+                  f"{num(row['median_logit_corr'], '.3f')}, median decoder cosine "
+                  f"{num(row['median_decoder_cosine'], '.3f')}")
 
 
 if __name__ == "__main__":
