@@ -82,13 +82,14 @@ def runs_table_html(table: pd.DataFrame) -> str:
 
 def overview_section(root: str) -> None:
     """The study's runs side by side, and how universal their units are."""
+    summary = store_access.study_summary(root)
+    if not summary.empty:  # the study's headline answer first
+        comparison_section(summary, store_access.study_variants(root))
     st.header("Runs of this study, side by side")
     st.caption("Every run is trained on the same tokens; the picker on the left chooses the "
                "run every other section and page shows.")
     st.html(runs_table_html(runs_table(root)))
-    summary = store_access.study_summary(root)
     if not summary.empty:
-        comparison_section(summary, store_access.study_variants(root))
         st.markdown("**Universality, every pair and dictionary** (median best-match "
                     "activation correlation):")
         st.html(summary_table_html(summary))
@@ -116,8 +117,10 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame
             rows.append({
                 "pair": f"{run} ↔ {other}", "kind": SAME_MODEL if same else OTHER_MODEL,
                 "dictionary": dictionary, "features": features, "neurons": neurons,
-                "gap": (features - neurons if features is not None and neurons is not None
-                        and not (pd.isna(features) or pd.isna(neurons)) else None),
+                # the control's neurons match themselves (1 by construction): no gap to read
+                "gap": (features - neurons if not same and features is not None
+                        and neurons is not None and not (pd.isna(features) or pd.isna(neurons))
+                        else None),
                 "decoder cosine": row["median_decoder_cosine"],
                 "order": (not same, order[run], order[other],
                           dictionary_order_key(dictionary, row["n_units"]))})
