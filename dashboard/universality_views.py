@@ -118,9 +118,8 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame
                 "pair": f"{run} ↔ {other}", "kind": SAME_MODEL if same else OTHER_MODEL,
                 "dictionary": dictionary, "features": features, "neurons": neurons,
                 # the control's neurons match themselves (1 by construction): no gap to read
-                "gap": (features - neurons if not same and features is not None
-                        and neurons is not None and not (pd.isna(features) or pd.isna(neurons))
-                        else None),
+                "gap": (None if same or pd.isna(features) or pd.isna(neurons)
+                        else features - neurons),
                 "decoder cosine": row["median_decoder_cosine"],
                 "order": (not same, order[run], order[other],
                           dictionary_order_key(dictionary, row["n_units"]))})

@@ -62,7 +62,7 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))
         spec = SaeSpec(**{f.name: raw[f.name] for f in fields(SaeSpec) if f.name in raw})
-        spec.recipe_spec  # noqa: B018 - an unknown recipe is a bad file, said here
+        recipe(spec.recipe)  # an unknown recipe is a bad file: said here, as a StoreError
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
         raise StoreError(f"{config}: unreadable SAE config ({err}); {hint}") from None
     weights = folder / "sae.safetensors"

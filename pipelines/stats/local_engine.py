@@ -41,7 +41,7 @@ class LocalEngine:
 
     def fill_ablation(self, dictionaries: list[Dictionary], examples: dict[str, Examples],
                       n_seqs: int) -> int:
-        assert n_seqs == self.seqs.shape[0]
+        """`n_seqs` is the Ray engine's (its driver holds no sequences); here they are held."""
         return fill_ablation(self.model, self.seqs, dictionaries, examples, self.weights,
                              self.readout, self.cfg, self.n_ctx, self.device)
 

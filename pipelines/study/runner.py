@@ -263,13 +263,12 @@ def link_stages(source_dir: Path, run_dir: Path, stages: tuple[str, ...], target
 def unlink_stages(run_dir: Path, stages: tuple[str, ...]) -> None:
     """Undo `link_stages` for a variant that now owns these stages: the links and their
     copied entries go (never what they point to), so the runner builds its own."""
-    manifest = Manifest(run_dir) if (run_dir / "manifest.json").exists() else None
+    manifest = Manifest(run_dir)  # empty when the folder has none yet
     for name in stages:
         link = run_dir / name
         if link.is_symlink():
             link.unlink()
-            if manifest is not None:
-                manifest.drop(name)
+            manifest.drop(name)
 
 
 def _run_universality(cfg: StudyConfig, study_dir: Path, forced: bool, partial: bool,
