@@ -155,7 +155,7 @@ store/
     defined correlation), `median_best_corr`, `mean_best_corr`, `share_above_0_5`,
     `share_above_0_9`, `median_logit_corr` float64 (over compared units),
     `directions_comparable` bool, `same_model` bool (the two variants have the same model
-    weights, so they differ only in their SAEs: the SAE-seed control, which bounds how much
+    weights and the same cached activations, so they differ only in their SAEs: the SAE-seed control, which bounds how much
     two models' features can agree), `median_decoder_cosine` float64 (of the compared units
     and their best matches; null unless directions are comparable), `n_tokens` int64.
 

@@ -139,11 +139,27 @@ class ActivationsConfig:
     batch_size: int = 64  # sequences per forward pass
     device: str = "auto"
     seed: int = 0
+    # source = "planted": instead of the model's MLP, a known sparse dictionary seen through a
+    # random rotation (the "model"), same shards and tokens: the ground truth that checks the
+    # sae, stats and universality stages (pipelines/activations/planted.py).
+    source: str = "model"  # model | planted
+    planted_features: int = 1024  # planted directions in the d_mlp-dimensional space
+    planted_active: float = 8.0  # mean active planted features per token
+    planted_families: int = 0  # families of 2 mutually exclusive siblings (splitting truth)
+    planted_seed: int = 0  # the dictionary and every token's coefficients
+    planted_basis_seed: int = 0  # the rotation: two "models" differ in this alone
 
     def __post_init__(self) -> None:
         _require(self.max_tokens >= 0, "activations.max_tokens", self.max_tokens, "must be >= 0")
-        for key in ("shard_tokens", "batch_size"):
+        for key in ("shard_tokens", "batch_size", "planted_features"):
             _require(getattr(self, key) > 0, f"activations.{key}", getattr(self, key), "must be positive")
+        _require(self.source in ("model", "planted"), "activations.source", self.source,
+                 "must be model or planted")
+        _require(self.planted_active > 0, "activations.planted_active", self.planted_active,
+                 "must be positive")
+        _require(0 <= 2 * self.planted_families <= self.planted_features,
+                 "activations.planted_families", self.planted_families,
+                 "must be >= 0 with 2 x families <= planted_features")
         check_device("activations.device", self.device)
 
 

@@ -14,6 +14,9 @@ that LayerNorm), from the same forward pass: the statistics pass summarises it a
 `neurons_pre_ln` dictionary. Training shards never hold it (nothing trains on it).
 `pipelines/activations/shards.py` reads the shards back.
 
+With `source = "planted"` the shards hold a planted dictionary's samples instead of the
+model's activations (`pipelines/activations/planted.py`), with its truth beside them.
+
 Under torchrun, rank r caches shards r, r+N, ... of each split into the one staging folder
 (same names, same contents as one process would write).
 """
@@ -31,6 +34,7 @@ import torch
 from feature_store.transformer_files import (HOOK_POST, HOOK_PRE_LN, capture_many,
                                               has_mid_ln, load_transformer)
 from pipelines import distributed, progress
+from pipelines.activations.planted import TRUTH_FILE, PlantedSource
 from pipelines.activations.shards import sequence_cap
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
@@ -59,9 +63,11 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
 
 @torch.no_grad()
 def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
-                cfg: ActivationsConfig, device: str, pre_ln: bool = False) -> int:
+                cfg: ActivationsConfig, device: str, pre_ln: bool = False,
+                planted: PlantedSource | None = None) -> int:
     """Writes the split's shards (under torchrun, this rank's share of them); with `pre_ln`,
-    each also holds `acts_pre_ln`. Returns the split's token count (all shards)."""
+    each also holds `acts_pre_ln`; with `planted`, planted samples replace the model's.
+    Returns the split's token count (all shards)."""
     world = distributed.world()
     n_ctx = seqs.shape[1]
     hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
@@ -74,6 +80,14 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     for shard in mine:
         lo = starts[shard]
         chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
+        positions = np.tile(np.arange(1, n_ctx), len(chunk))
+        if planted is not None:
+            rows = len(chunk) * (n_ctx - 1)
+            acts = {"acts": planted.rows(split, shard, rows, per_shard * (n_ctx - 1))}
+            _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
+                         positions, chunk[:, 1:].reshape(-1), acts)
+            bar.update(rows)
+            continue
         parts: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
         for i in range(0, len(chunk), cfg.batch_size):
             batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
@@ -82,7 +96,6 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
                 parts[name].append(got[hook][:, 1:].float().cpu().numpy())
             bar.update(batch.shape[0] * (n_ctx - 1))
         acts = {name: np.concatenate(p).reshape(-1, p[0].shape[-1]) for name, p in parts.items()}
-        positions = np.tile(np.arange(1, n_ctx), len(chunk))
         _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
                      positions, chunk[:, 1:].reshape(-1), acts)
     bar.close()
@@ -94,7 +107,9 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     device = pick_device(cfg.device, "activations")
     model = load_transformer(run_dir / "model", device=device)
     counts = {}
-    pre_ln = has_mid_ln(model)
+    planted = (PlantedSource.from_config(cfg, int(model.cfg.d_mlp))
+               if cfg.source == "planted" else None)
+    pre_ln = has_mid_ln(model) and planted is None  # a planted cache has no "before the LN"
     for split in ("train", "val"):
         seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
         ids = np.arange(len(seqs))
@@ -102,14 +117,19 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
             keep = min(len(seqs), sequence_cap(cfg.max_tokens, seqs.shape[1]))
             ids = np.sort(np.random.default_rng(cfg.seed).permutation(len(seqs))[:keep])
         counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
-                                    pre_ln=pre_ln and split == "val")
+                                    pre_ln=pre_ln and split == "val", planted=planted)
     seconds = time.perf_counter() - start
     if not distributed.world().is_main:
         return "", {}
     total = counts["train"] + counts["val"]
+    what = HOOK_POST if planted is None else (
+        f"PLANTED activations ({cfg.planted_features} features, {cfg.planted_families} "
+        f"families, basis seed {cfg.planted_basis_seed}; not the model's)")
+    if planted is not None:
+        planted.write_truth(out / TRUTH_FILE)
     summary = (f"activations: {counts['train']:,} train + {counts['val']:,} validation tokens of "
-               f"{HOOK_POST} (float16{', validation also before the LayerNorm' if pre_ln else ''}), "
+               f"{what} (float16{', validation also before the LayerNorm' if pre_ln else ''}), "
                f"{total / seconds:,.0f} tok/s, {seconds:.0f} s")
     return summary, {"train_tokens": counts["train"], "val_tokens": counts["val"],
-                     "val_pre_ln": pre_ln,
+                     "val_pre_ln": pre_ln, "source": cfg.source,
                      "d_mlp": int(model.cfg.d_mlp), "tokens_per_second": round(total / seconds, 1)}

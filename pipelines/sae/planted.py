@@ -12,6 +12,13 @@
   away from 0 so every occurrence is above the noise).
 - ε has standard deviation `noise` × the signal's per-dimension RMS, so `noise` is a
   noise-to-signal amplitude ratio whatever d is.
+- A hierarchy (`families` > 0), the shape feature splitting needs: the first
+  `families × children` features form families of `children` siblings, each sibling at cosine
+  `child_cosine` to its family's (unplanted) parent direction. A family is active with the
+  summed probability of its children and then exactly one child is (siblings never co-occur),
+  so a dictionary too small to hold every sibling gains most by spending one feature near the
+  parent, and a large enough one splits it (the truth `tests/test_planted_study.py` checks the
+  stats stage's splitting rule against).
 
 Batches are a pure function of (spec, split, batch index): any process with the same torch
 version regenerates the same stream (the SAELens head-to-head in benchmarks/peers/ imports this
@@ -43,15 +50,51 @@ class PlantedSpec:
     coef_high: float = 1.5
     noise: float = 0.05  # Gaussian noise std / signal per-dimension RMS
     seed: int = 0
+    families: int = 0  # families of mutually exclusive siblings (the first families × children features)
+    children: int = 2  # siblings per family
+    child_cosine: float = 0.75  # cosine of each sibling to its family's parent direction
+    family_rate: float = 0.5  # a family's firing probability / an ordinary feature's
+
+    def __post_init__(self) -> None:
+        if self.families * self.children > self.n_features:
+            raise ValueError(f"planted: {self.families} families of {self.children} need "
+                             f"{self.families * self.children} features, there are {self.n_features}")
+        if self.families and not (0 < self.child_cosine < 1 and self.children >= 2):
+            raise ValueError("planted: child_cosine must be in (0, 1) and children >= 2")
+
+    @property
+    def n_children(self) -> int:
+        return self.families * self.children
+
+    def parent_of(self) -> torch.Tensor:
+        """[n_features] int64: each feature's family, -1 outside the hierarchy."""
+        parent = torch.full((self.n_features,), -1, dtype=torch.int64)
+        parent[: self.n_children] = torch.arange(self.n_children) // self.children
+        return parent
+
+    def parent_directions(self) -> torch.Tensor:
+        """[families, d] unit-norm: the direction each family's siblings lean towards."""
+        g = torch.Generator().manual_seed(self.seed + 7_777_777)
+        P = torch.randn(self.families, self.d, generator=g)
+        return P / P.norm(dim=1, keepdim=True)
 
     def directions(self) -> torch.Tensor:
         """The planted dictionary [n_features, d], unit-norm rows."""
         g = torch.Generator().manual_seed(self.seed)
         D = torch.randn(self.n_features, self.d, generator=g)
-        return D / D.norm(dim=1, keepdim=True)
+        D = D / D.norm(dim=1, keepdim=True)
+        if self.families:  # sibling = cos·parent + sin·(its own direction ⟂ parent)
+            P = self.parent_directions()[self.parent_of()[: self.n_children]]
+            own = D[: self.n_children]
+            own = own - (own * P).sum(1, keepdim=True) * P
+            own = own / own.norm(dim=1, keepdim=True)
+            sin = (1 - self.child_cosine ** 2) ** 0.5
+            D[: self.n_children] = self.child_cosine * P + sin * own
+        return D
 
     def frequencies(self) -> torch.Tensor:
-        """p_i, each feature's probability of being active in a sample."""
+        """p_i, each feature's probability of being active in a sample (a sibling's share of
+        its family's)."""
         ranks = torch.arange(1, self.n_features + 1, dtype=torch.float64)
         weights = ranks ** -self.zipf
         p = weights / weights.sum() * self.mean_active
@@ -62,6 +105,9 @@ class PlantedSpec:
             excess = float((p[over] - 0.5).sum())
             p[over] = 0.5
             p[~over] += excess * p[~over] / p[~over].sum()
+        if self.families:  # siblings share their family's rate; the mean stays mean_active
+            p[: self.n_children] *= self.family_rate / self.children
+            p *= self.mean_active / p.sum()
         return p.float()
 
     def noise_std(self) -> float:
@@ -80,14 +126,30 @@ class PlantedData:
 
     def batch(self, split: str, index: int) -> torch.Tensor:
         """[batch_size, d] float32."""
+        return self._draw(split, index)[0]
+
+    def codes(self, split: str, index: int) -> torch.Tensor:
+        """[batch_size, n_features]: the coefficients behind `batch(split, index)`."""
+        return self._draw(split, index)[1]
+
+    def _draw(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.spec
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + _SPLIT_SEED[split] * 7_919 + index * 104_729 + 13)
         active = torch.rand(self.batch_size, s.n_features, generator=g) < self.p
+        if s.families:  # a family fires with its children's summed probability, then one child
+            fam_p = self.p[: s.n_children].view(s.families, s.children).sum(1)
+            on = torch.rand(self.batch_size, s.families, generator=g) < fam_p
+            pick = torch.randint(s.children, (self.batch_size, s.families), generator=g)
+            child = torch.zeros(self.batch_size, s.families, s.children, dtype=torch.bool)
+            child.scatter_(2, pick.unsqueeze(2), on.unsqueeze(2))
+            active[:, : s.n_children] = child.view(self.batch_size, s.n_children)
         rows, cols = active.nonzero(as_tuple=True)
         coefs = s.coef_low + (s.coef_high - s.coef_low) * torch.rand(len(rows), generator=g)
         x = torch.randn(self.batch_size, s.d, generator=g).mul_(self.sigma)
         x.index_add_(0, rows, coefs.unsqueeze(1) * self.D[cols])
-        return x
+        codes = torch.zeros(self.batch_size, s.n_features)
+        codes[rows, cols] = coefs
+        return x, codes
 
     def batches(self, split: str, n: int, start: int = 0) -> Iterator[torch.Tensor]:
         for i in range(start, start + n):

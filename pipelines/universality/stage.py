@@ -129,7 +129,12 @@ class _Variant:
         units = load_run_units(run_dir, device, pre_ln=self.pre_ln)
         self.model, self.n_ctx, self.readout = units.model, units.n_ctx, units.readout
         self.dictionaries = {d.name: d for d in units.dictionaries}
-        self.weights = weights_hash(run_dir / "model")  # the same model iff the same weights
+        self.weights = weights_hash(run_dir / "model")
+        # Two variants are "the same model" (the SAE-seed control: neurons 1 by construction)
+        # iff they share the weights *and* the cached activations: a planted study's variants
+        # share a model but not their activations (pipelines/activations/planted.py).
+        acts = Manifest(run_dir).get("activations")
+        self.activations = acts.output_hash if acts is not None else None
         self.device = device
         n_val = count_rows(run_dir / "activations", SPLIT)
         self.cached = {}  # dictionary -> (idx, vals) memory-mapped [n_val, k], shard row order
@@ -325,7 +330,8 @@ def match_rows(variants: list[_Variant], corr: dict, sides: dict, n_tokens: int)
                 rows = torch.from_numpy(np.flatnonzero(has)).to(w_this.device)
                 cols = torch.from_numpy(best[has]).to(w_this.device)
                 logit[has] = row_pearson(w_this[rows], w_other[cols]).cpu().numpy()
-            same_model = this.weights == other.weights
+            same_model = (this.weights == other.weights
+                          and this.activations == other.activations)
             comparable = same_model and directed
             cosine = np.full(best.shape, np.nan, dtype=np.float32)
             if comparable and has.any():
