@@ -27,6 +27,10 @@ PAPER = "Towards Monosemanticity (two seeds of one model): median 0.72 for featu
 PAPER_FEATURES, PAPER_NEURONS = 0.72, 0.46  # median best-match correlation, two model seeds
 SAME_MODEL = "SAE seeds (same model)"  # a pair of runs that differ only in their SAEs
 OTHER_MODEL = "different models"
+MODEL_SEEDS = "two model seeds"  # the paper's comparison: same architecture and training
+UNTRAINED = "against an untrained model"
+PLANTED = "planted features, two bases"  # activations.source = planted: a check, not a model
+PAPER_MODEL_TOKENS = 100e9  # the paper's one-layer models were trained on 100B tokens
 STUDY_COMMAND = "python -m pipelines study --preset tiny --study-dir runs/tiny-study"
 
 
@@ -84,7 +88,7 @@ def overview_section(root: str) -> None:
     """The study's runs side by side, and how universal their units are."""
     summary = store_access.study_summary(root)
     if not summary.empty:  # the study's headline answer first
-        comparison_section(summary, store_access.study_variants(root))
+        comparison_section(root, summary)
     st.header("Runs of this study, side by side")
     st.caption("Every run is trained on the same tokens; the picker on the left chooses the "
                "run every other section and page shows.")
@@ -96,10 +100,25 @@ def overview_section(root: str) -> None:
         st.page_link(links.UNIVERSALITY, label="Open the Universality page")
 
 
-def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+def pair_kind(a: dict, b: dict, same_model: bool) -> str:
+    """What a pair of runs compares, from their run facts (`FeatureStore.run_info`)."""
+    if same_model:
+        return SAME_MODEL
+    if "planted" in (a.get("activations"), b.get("activations")):
+        return PLANTED
+    if 0 in (a.get("tokens_trained"), b.get("tokens_trained")):
+        return UNTRAINED
+    if all(a.get(k) == b.get(k) for k in ("act_fn", "d_model", "d_mlp", "tokens_trained")):
+        return MODEL_SEEDS
+    return OTHER_MODEL
+
+
+def paper_comparison(summary: pd.DataFrame, variants: list[str],
+                     infos: dict[str, dict] | None = None) -> pd.DataFrame:
     """Features against neurons, per pair of runs (in study order) and SAE, beside the
     paper's figure: features' median best-match correlation, the same pair's neurons', the
-    gap, and the kind of pair. A pair with the same model weights differs only in its SAEs:
+    gap, and the kind of pair (`pair_kind`, from each run's facts in `infos`; without them,
+    only same model or not). A pair with the same model weights differs only in its SAEs:
     that is the SAE-seed control, the agreement two models' features could reach at best
     with these SAEs (its neurons agree perfectly, by construction)."""
     order = {v: i for i, v in enumerate(variants)}
@@ -110,12 +129,14 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame
         neurons = (by_dictionary.loc[NEURONS, "median_best_corr"]
                    if NEURONS in by_dictionary.index else None)
         same = bool(group["same_model"].any())
+        kind = (pair_kind(infos.get(run, {}), infos.get(other, {}), same) if infos is not None
+                else SAME_MODEL if same else OTHER_MODEL)
         for dictionary, row in by_dictionary.iterrows():
             if is_neurons(dictionary):
                 continue
             features = row["median_best_corr"]
             rows.append({
-                "pair": f"{run} ↔ {other}", "kind": SAME_MODEL if same else OTHER_MODEL,
+                "pair": f"{run} ↔ {other}", "kind": kind,
                 "dictionary": dictionary, "features": features, "neurons": neurons,
                 # the control's neurons match themselves (1 by construction): no gap to read
                 "gap": (None if same or pd.isna(features) or pd.isna(neurons)
@@ -131,20 +152,66 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def gap_reading(table: pd.DataFrame, infos: dict[str, dict]) -> str | None:
+    """What the study's own figures say about the paper's gap (features − neurons 0.26 over
+    two model seeds), when its two-seed pairs fall short of 0.2: whether the SAEs are the
+    limit (the SAE-seed control is low too) or the models are (the control is well above the
+    two models' agreement). None when the study has no two-seed pair or reaches the gap."""
+    seeds = table[table["kind"] == MODEL_SEEDS].dropna(subset=["gap"])
+    if seeds.empty:
+        return None
+    best = seeds.loc[seeds["gap"].idxmax()]
+    if best["gap"] >= 0.2:
+        return (f"{best['pair']} reaches a gap of {best['gap']:+.2f} at {best['dictionary']}: "
+                f"features are clearly more universal than neurons, as in the paper "
+                f"({PAPER_FEATURES - PAPER_NEURONS:+.2f}).")
+    run = best["pair"].split(" ↔ ")[0]
+    tokens = infos.get(run, {}).get("tokens_trained")
+    trained = (f"trained on {tokens / 1e6:,.1f}M tokens, 1/{PAPER_MODEL_TOKENS / tokens:,.0f} "
+               "of the paper's 100B" if tokens else "trained far less than the paper's (100B tokens)")
+    text = (f"Here features beat neurons by at most {best['gap']:+.2f} "
+            f"({best['pair']}, {best['dictionary']}; the paper: "
+            f"{PAPER_FEATURES - PAPER_NEURONS:+.2f}).")
+    control = table[table["kind"] == SAME_MODEL]
+    if control.empty:
+        return text + (" Add an SAE-seed control to tell whether the SAEs or the models "
+                       "limit it.")
+    same = control[control["dictionary"] == best["dictionary"]]
+    ctrl = float((same if not same.empty else control)["features"].max())
+    if ctrl - float(best["features"]) >= 0.15:
+        return text + (f" Two SAEs on one model agree far better ({ctrl:.2f}) than the two "
+                       f"models' SAEs do ({best['features']:.2f}): the SAEs are reproducible "
+                       f"enough, the two models ({trained}) have not yet learned the same "
+                       "features. docs/results.md has the sweep that measured this.")
+    return text + (f" Two SAEs on one model agree little better ({ctrl:.2f}): the SAEs "
+                   "themselves are not reproducible at these settings, which caps the "
+                   "comparison (docs/results.md, the sweep).")
+
+
 COMPARISON_COLUMNS = (("pair", "runs", ""), ("kind", "pair", ""), ("dictionary", "SAE", ""),
                       ("features", "features: median best corr", ".2f"),
                       ("neurons", "neurons", ".2f"), ("gap", "features − neurons", "+.2f"),
                       ("decoder cosine", "median decoder cosine", ".2f"))
 
 
-def comparison_section(summary: pd.DataFrame, variants: list[str]) -> None:
+def comparison_section(root: str, summary: pd.DataFrame) -> None:
     """The study's answer to the paper's question, with the control that bounds it."""
-    table = paper_comparison(summary, variants)
+    variants = store_access.study_variants(root)
+    infos = {v: store_access.run_info(store_access.variant_store(root, v)) for v in variants}
+    table = paper_comparison(summary, variants, infos)
     st.markdown("**Are features more universal than neurons?** Median best-match activation "
                 "correlation of each unit with the other run's units, features against "
                 "neurons, beside Towards Monosemanticity's figure.")
     st.html(overview_views.table_html(table, [(k, label, f, "")
                                               for k, label, f in COMPARISON_COLUMNS]))
+    reading = gap_reading(table, infos)
+    if reading:
+        st.info(reading)
+    if (table["kind"] == PLANTED).any():
+        st.caption("Rows marked planted read activations generated from a known sparse "
+                   "dictionary seen in two random bases (`activations.source = \"planted\"`), "
+                   "not the models': built so features match (≈ 1) and neurons do not. They "
+                   "check the machinery; they say nothing about the models.")
     control = table[table["kind"] == SAME_MODEL]
     if control.empty:
         st.caption("No SAE-seed control in this study: add a variant that differs from "
@@ -301,7 +368,7 @@ def universality_page(root: str, run: str) -> None:
         st.caption(f"{run} and {other} share the model (same weights) and differ only in "
                    "their SAEs: this pair is the SAE-seed control. Its neurons match "
                    "themselves; its features show how reproducible the SAEs are.")
-    comparison_section(summary, store_access.study_variants(root))
+    comparison_section(root, summary)
     if not comparable:
         st.caption("Decoder directions are not compared: the two runs are different models, "
                    "whose MLP neurons (and so SAE directions) live in unrelated bases. The "

@@ -154,3 +154,59 @@ def test_paper_comparison_puts_the_sae_seed_control_first_and_the_paper_last():
     assert table["gap"].iloc[1] == pytest.approx(0.10)
     assert table["decoder cosine"].iloc[0] == pytest.approx(0.9)
     assert table["features"].iloc[-1] == PAPER_FEATURES
+
+
+def _summary_rows(pairs: dict[tuple[str, str], dict[str, float]], same=()) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = []
+    for (a, b), medians in pairs.items():
+        for dictionary, median in medians.items():
+            rows.append({"variant": a, "other": b, "dictionary": dictionary, "n_units": 64,
+                         "median_best_corr": median, "same_model": (a, b) in same,
+                         "median_decoder_cosine": None})
+    return pd.DataFrame(rows)
+
+
+SOLU = {"act_fn": "solu_ln", "d_model": 32, "d_mlp": 64, "tokens_trained": 6_000_000,
+        "activations": "model"}
+
+
+def test_pair_kinds_name_what_a_pair_compares():
+    from dashboard.universality_views import (MODEL_SEEDS, OTHER_MODEL, PLANTED, SAME_MODEL,
+                                              UNTRAINED, pair_kind)
+
+    gelu, untrained = SOLU | {"act_fn": "gelu"}, SOLU | {"tokens_trained": 0}
+    planted = SOLU | {"activations": "planted"}
+    assert pair_kind(SOLU, SOLU, same_model=True) == SAME_MODEL
+    assert pair_kind(SOLU, dict(SOLU), same_model=False) == MODEL_SEEDS
+    assert pair_kind(SOLU, gelu, same_model=False) == OTHER_MODEL
+    assert pair_kind(SOLU, untrained, same_model=False) == UNTRAINED
+    assert pair_kind(planted, planted, same_model=False) == PLANTED
+
+
+def test_gap_reading_says_what_limits_the_gap():
+    from dashboard.universality_views import gap_reading, paper_comparison
+
+    infos = {"solu": SOLU, "seed1": dict(SOLU), "saeseed1": dict(SOLU)}
+    variants = ["solu", "seed1", "saeseed1"]
+
+    def reading(seeds: float, control: float) -> str:
+        summary = _summary_rows({("solu", "seed1"): {"neurons": 0.45, "sae_64": seeds},
+                                 ("solu", "saeseed1"): {"neurons": 1.0, "sae_64": control}},
+                                same={("solu", "saeseed1")})
+        return gap_reading(paper_comparison(summary, variants, infos), infos)
+
+    models = reading(seeds=0.50, control=0.90)  # SAEs agree on one model, not across two
+    assert "+0.05" in models and "have not yet learned the same features" in models
+    assert "6.0M tokens" in models and "1/16,667" in models
+    saes = reading(seeds=0.50, control=0.55)  # the SAEs are the limit
+    assert "not reproducible" in saes
+    assert "as in the paper" in reading(seeds=0.70, control=0.90)  # the target is met
+    no_control = _summary_rows({("solu", "seed1"): {"neurons": 0.45, "sae_64": 0.5}})
+    assert "Add an SAE-seed control" in gap_reading(
+        paper_comparison(no_control, ["solu", "seed1"], infos), infos)
+    only_gelu = _summary_rows({("solu", "gelu"): {"neurons": 0.45, "sae_64": 0.5}})
+    gelu_infos = {"solu": SOLU, "gelu": SOLU | {"act_fn": "gelu"}}
+    assert gap_reading(paper_comparison(only_gelu, ["solu", "gelu"], gelu_infos),
+                       gelu_infos) is None  # no two-seed pair: nothing to read

@@ -37,6 +37,7 @@ import torch
 from feature_store.records import N_INTERVALS, NEURONS
 from feature_store.writer import StoreWriter
 from pipelines import progress
+from pipelines.activations.planted import TRUTH_FILE
 from pipelines.activations.shards import capped_tokens, has_pre_ln
 from pipelines.config import StatsConfig
 from pipelines.devices import pick_device
@@ -101,7 +102,10 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                                                    "tokens_trained")}
     run_info.update({"d_model": int(model.cfg.d_model), "d_mlp": int(model.cfg.d_mlp),
                      "d_vocab": int(model.cfg.d_vocab), "n_ctx": n_ctx, "split": cfg.split,
-                     "stats_tokens": n_tokens})
+                     "stats_tokens": n_tokens,
+                     # planted activations explain nothing about the model: pages say so
+                     "activations": ("planted" if (run_dir / "activations" / TRUTH_FILE).is_file()
+                                     else "model")})
     writer = StoreWriter(out, n_tokens=n_tokens, run_info=run_info)
     with progress.heartbeat("stats (writing the store)"), writer:
         for d in dictionaries:
