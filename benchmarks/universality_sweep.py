@@ -97,13 +97,27 @@ def metrics(run_dir: Path) -> list[dict]:
     return pq.read_table(run_dir / "sae" / "metrics.parquet").to_pylist()
 
 
+DENSE = 0.01  # a feature firing on >= 1% of tokens; most of the paper's 4,096 fire on fewer
+
+
 def match(a: Path, b: Path, names: tuple[str, str], device: str) -> dict[str, dict]:
-    """The universality stage's summary rows, a→b, by dictionary."""
+    """The universality stage's summary rows, a→b, by dictionary, each with `sparse_median`
+    and `sparse_share`: the median best-match correlation of the features firing on < 1% of
+    tokens, and their share (dense features are the least universal at these sizes)."""
     variants = [universality._Variant(names[0], a, device), universality._Variant(names[1], b, device)]
     with torch.no_grad():
         corr, sides, n_tokens = universality.correlate(variants, UniversalityConfig(), device)
         records = universality.match_rows(variants, corr, sides, n_tokens)
-    return {r["dictionary"]: _summary(r) for r in records if r["variant"] == names[0]}
+    out = {}
+    for r in records:
+        if r["variant"] != names[0]:
+            continue
+        best = np.asarray(r["best_corr"], dtype=np.float64)
+        sparse = (np.asarray(r["n_active"]) / n_tokens < DENSE) & np.isfinite(best)
+        out[r["dictionary"]] = _summary(r) | {
+            "sparse_median": float(np.median(best[sparse])) if sparse.any() else float("nan"),
+            "sparse_share": float(sparse.mean())}
+    return out
 
 
 def refinement(run_dir: Path, sizes: list[int]) -> dict[int, float]:
@@ -130,6 +144,8 @@ def main() -> None:
     parser.add_argument("--row", action="append", required=True, help="name:sae.key=value,...")
     parser.add_argument("--control", default="saeseed1",
                         help="the study's SAE-seed variant, for a row without overrides")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the SAE-seed control (a third set of SAEs per row)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     study, out = Path(args.study_dir), Path(args.out)
@@ -153,19 +169,22 @@ def main() -> None:
             a = side_dir(row_dir / "a", study / "runs" / args.a)
             b = side_dir(row_dir / "b", study / "runs" / args.b)
             c = side_dir(row_dir / "a_saeseed", study / "runs" / args.a)
-            res = {k: train(cfg_k, d, log) for k, cfg_k, d in (("a", cfg, a), ("b", cfg, b),
-                                                               ("c", control, c))}
+            sides = [("a", cfg, a), ("b", cfg, b)] + ([] if args.no_control else [("c", control, c)])
+            res = {k: train(cfg_k, d, log) for k, cfg_k, d in sides}
         seeds = match(a, b, ("a", "b"), args.device)
-        ctrl = match(a, c, ("a", "c"), args.device)
+        ctrl = {} if args.no_control else match(a, c, ("a", "c"), args.device)
         sizes = sorted(cfg.dict_sizes)
         refine = refinement(a, sizes)
         neurons = seeds["neurons"]["median_best_corr"]
         for n in sizes:
             m = next(r for r in res["a"] if r["n_features"] == n)
-            s, k = seeds[f"sae_{n}"], ctrl[f"sae_{n}"]
+            s = seeds[f"sae_{n}"]
+            k = ctrl.get(f"sae_{n}", {"median_best_corr": float("nan"),
+                                     "median_decoder_cosine": float("nan")})
             rec = {"row": name, "overrides": overrides, "dictionary": n,
                    "features": s["median_best_corr"], "neurons": neurons,
                    "gap": s["median_best_corr"] - neurons,
+                   "sparse_features": s["sparse_median"], "sparse_share": s["sparse_share"],
                    "control": k["median_best_corr"], "control_cosine": k["median_decoder_cosine"],
                    "fvu": m["fvu"], "l0": m["l0"], "dead": m["dead_fraction"],
                    "ce_recovered": m["ce_loss_recovered"],
@@ -174,7 +193,8 @@ def main() -> None:
             with (out / "sweep.jsonl").open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             log(f"{name:>12} {n:>6}  features {rec['features']:.2f}  neurons {neurons:.2f}  "
-                f"gap {rec['gap']:+.2f}  control {rec['control']:.2f} (cos "
+                f"gap {rec['gap']:+.2f}  sparse {rec['sparse_features']:.2f} "
+                f"({100 * rec['sparse_share']:.0f}%)  control {rec['control']:.2f} (cos "
                 f"{rec['control_cosine']:.2f})  FVU {rec['fvu']:.3f}  L0 {rec['l0']:.1f}  "
                 f"dead {100 * rec['dead']:.1f}%  refine "
                 + (f"{rec['refinement']:.2f}" if rec["refinement"] is not None else "-"))

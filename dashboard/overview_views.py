@@ -30,6 +30,12 @@ def model_summary(path: str) -> None:
     val, unigram = _number(get("val_loss")), _number(get("unigram_val_loss"))
     n_params = _number(get("n_params"))
     n_tokens = _number(get("stats_tokens") if get("stats_tokens") is not None else get("n_tokens"))
+    if get("activations") == "planted":
+        st.warning("This run's activations are **planted**: samples of a known sparse "
+                   "dictionary seen through a random rotation (`activations.source = "
+                   "\"planted\"`), not the model's MLP. Its features check the pipeline "
+                   "against a known answer; their examples and logit effects say nothing "
+                   "about the model or the text.")
     below = ""
     if math.isfinite(val) and math.isfinite(unigram):
         below = f"{abs(unigram - val):.3f} nats {'below' if val <= unigram else 'ABOVE'} unigram"

@@ -132,3 +132,15 @@ def test_the_planted_config_is_checked():
     one = source.rows("val", 2, 100, 5000)
     assert np.array_equal(one, source.rows("val", 2, 100, 5000))  # a pure function
     assert not np.array_equal(one, source.rows("val", 1, 100, 5000))  # of the shard
+
+
+def test_the_dashboard_says_the_activations_are_planted(planted_study, monkeypatch):
+    from dashboard import links
+    from dashboard.universality_views import PLANTED
+    from tests.helpers.app import open_page
+
+    monkeypatch.setenv("FEATURE_STORE", str(planted_study))
+    at = open_page(links.OVERVIEW, run="a")
+    assert any("activations are **planted**" in w.value for w in at.warning)
+    page = "\n".join(str(h.value) for h in at.get("html")) if at.get("html") else ""
+    assert PLANTED in page  # the comparison names the pair planted, not two models

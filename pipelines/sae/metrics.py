@@ -106,6 +106,10 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
     return out, mean.astype(np.float32)
 
 
+LOSS_KEYS = ("ce_clean", "ce_zero_ablation", "ce_mean_ablation", "ce_with_sae", "ce_loss_recovered",
+             "ce_loss_recovered_mean_ablation", "kl_div", "kl_div_zero_ablation", "ce_eval_tokens")
+
+
 @torch.no_grad()
 def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path, mean_act: np.ndarray,
                  n_sequences: int, device: str, batch_size: int = 32) -> dict[str, dict]:

@@ -28,12 +28,13 @@ import torch
 from feature_store.sae_files import SaeSpec, load_sae, save_sae
 from feature_store.transformer_files import load_transformer
 from pipelines import distributed, progress
+from pipelines.activations.planted import TRUTH_FILE
 from pipelines.activations.shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
 from pipelines.errors import ConfigError
 from pipelines.sae.calibration import search_for
-from pipelines.sae.metrics import loss_metrics, reconstruction_metrics
+from pipelines.sae.metrics import LOSS_KEYS, loss_metrics, reconstruction_metrics
 from pipelines.sae.autoencoder import SparseAutoencoder
 
 
@@ -159,8 +160,12 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     specs = {size: load_sae(out / str(size), device=device) for size in saes}  # evaluate what was saved
     with progress.heartbeat("sae (held-out evaluation)"):
         recon, mean_act = reconstruction_metrics(specs, act_dir, device, codes_dir=out)
-        model = load_transformer(run_dir / "model", device=device)
-        losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences, device)
+        if (act_dir / TRUTH_FILE).is_file():  # planted: splicing into the model means nothing
+            losses = {size: dict.fromkeys(LOSS_KEYS, float("nan")) for size in saes}
+        else:
+            model = load_transformer(run_dir / "model", device=device)
+            losses = loss_metrics(model, specs, run_dir / "tokens", mean_act, cfg.eval_sequences,
+                                  device)
     rows = []
     for size in saes:
         row = {"dictionary": str(size), "n_features": size, "recipe": cfg.recipe,
@@ -175,11 +180,15 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     pq.write_table(pa.Table.from_pylist(rows), out / "metrics.parquet")
     seconds = time.perf_counter() - start
     parts = ", ".join(f"{r['dictionary']}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} CE rec "
-                      f"{100 * r['ce_loss_recovered']:.1f}% dead {100 * r['dead_fraction']:.1f}%"
+                      f"{_percent(r['ce_loss_recovered'])} dead {100 * r['dead_fraction']:.1f}%"
                       + (f" λ {r['l1_coefficient']:.3g}" if "l1_coefficient" in r else "") for r in rows)
     summary = (f"sae: {cfg.recipe}, {len(rows)} dictionaries at {info['activations_per_second']:,.0f} "
                f"act/s ({parts}), {seconds:.0f} s")
     return summary, {**info, "input_scale": scale, "metrics": rows}
+
+
+def _percent(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"  # NaN: not measured (planted activations)
 
 
 def metrics_table(rows: list[dict]) -> str:
@@ -188,7 +197,8 @@ def metrics_table(rows: list[dict]) -> str:
            f"{'dead':>6} {'on tokens':>9} {'ultralow':>8} {'dense':>5}"
     lines = [head]
     for r in rows:
-        lines.append(f"{r['dictionary']:>10} {r['l0']:6.1f} {r['fvu']:6.3f} {100 * r['ce_loss_recovered']:6.1f}% "
-                     f"{100 * r['ce_loss_recovered_mean_ablation']:6.1f}% {r['kl_div']:6.3f} "
+        lines.append(f"{r['dictionary']:>10} {r['l0']:6.1f} {r['fvu']:6.3f} "
+                     f"{_percent(r['ce_loss_recovered']):>7} "
+                     f"{_percent(r['ce_loss_recovered_mean_ablation']):>7} {r['kl_div']:6.3f} "
                      f"{100 * r['dead_fraction']:5.1f}% {r['dead_eval_tokens']:9,} {r['n_ultralow']:8} {r['n_dense']:5}")
     return "\n".join(lines)

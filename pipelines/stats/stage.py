@@ -211,7 +211,8 @@ def dictionary_metrics(d: Dictionary, s: DictionaryStats, n_tokens: int,
     keep = ("l0", "mse", "fvu", "ce_loss_recovered", "ce_loss_recovered_mean_ablation", "kl_div",
             "recipe", "ce_clean", "ce_with_sae", "ce_zero_ablation", "ce_mean_ablation",
             "ce_eval_tokens")
-    out = {k: row[k] for k in keep if k in row and row[k] is not None}
+    # NaN: not measured (planted activations have no CE): null in the store
+    out = {k: row[k] for k in keep if k in row and row[k] is not None and row[k] == row[k]}
     out["l0_stats_tokens"] = float(s.n_active.sum()) / n_tokens
     return out
 
