@@ -279,3 +279,19 @@ def test_row_histograms_and_nearest():
     cos = (a @ a.T).numpy()
     np.fill_diagonal(cos, -np.inf)
     np.testing.assert_array_equal(idx, np.argsort(-cos, axis=1)[:, :3])
+
+
+def test_the_umap_leaves_the_processs_thread_count_alone():
+    """numba's OpenMP layer resets the OpenMP thread count to every core; a study's variant
+    process (one thread per variant) then trained its next SAE oversubscribed, 8x slower."""
+    from pipelines.stats.directions import joint_umap
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        points = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+        xy, _ = joint_umap([points[:200], points[200:]], 10, seed=0)
+        assert xy.shape == (300, 2) and np.isfinite(xy).all()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

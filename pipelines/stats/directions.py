@@ -51,8 +51,22 @@ def joint_umap(directions: list[torch.Tensor], n_neighbours: int,
     """2-D UMAP (cosine) of every row of every direction matrix, rows in the given order,
     and the seconds it took."""
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        return _joint_umap(directions, n_neighbours, seed, threads), time.perf_counter() - t0
+    finally:
+        # numba's OpenMP layer resets the process's OpenMP thread count (torch's too) to
+        # every core: in a study's variant process, which has one thread per variant, the
+        # next variant's SAE training then ran 2 threads per process on 2 cores, 8x slower.
+        torch.set_num_threads(threads)
+
+
+def _joint_umap(directions: list[torch.Tensor], n_neighbours: int, seed: int,
+                threads: int) -> np.ndarray:
+    import numba
     import umap  # numba JIT on first use; see the module docstring
 
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     points = torch.cat([normalized_rows(d) for d in directions])
     k = min(n_neighbours, points.shape[0] - 1)
     # Exact cosine kNN by one matmul per block: skips pynndescent and its numba JIT (~30 s).
@@ -66,5 +80,4 @@ def joint_umap(directions: list[torch.Tensor], n_neighbours: int,
         warnings.simplefilter("ignore", UserWarning)  # "no NNDescent index", "n_jobs": expected
         reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=k, random_state=seed,
                             precomputed_knn=knn, n_epochs=200)  # default 500: 2.5x the time, same families
-        xy = reducer.fit_transform(points.cpu().numpy()).astype(np.float32)
-    return xy, time.perf_counter() - t0
+        return reducer.fit_transform(points.cpu().numpy()).astype(np.float32)
