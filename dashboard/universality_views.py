@@ -123,12 +123,18 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str],
     with these SAEs (its neurons agree perfectly, by construction)."""
     order = {v: i for i, v in enumerate(variants)}
     pairs = summary[summary["variant"].map(order) < summary["other"].map(order)]
+    # a variant with the same model as an earlier one (an SAE-seed control) is compared with
+    # that one only: its pairs with the other runs repeat the earlier variant's
+    copies = set(pairs.loc[pairs["same_model"].astype(bool), "other"])
+    rank = {SAME_MODEL: 0, MODEL_SEEDS: 1}  # the paper's row follows these (rank 2)
     rows = []
     for (run, other), group in pairs.groupby(["variant", "other"], sort=False):
         by_dictionary = group.set_index("dictionary")
         neurons = (by_dictionary.loc[NEURONS, "median_best_corr"]
                    if NEURONS in by_dictionary.index else None)
         same = bool(group["same_model"].any())
+        if not same and (run in copies or other in copies):
+            continue
         kind = (pair_kind(infos.get(run, {}), infos.get(other, {}), same) if infos is not None
                 else SAME_MODEL if same else OTHER_MODEL)
         for dictionary, row in by_dictionary.iterrows():
@@ -142,13 +148,13 @@ def paper_comparison(summary: pd.DataFrame, variants: list[str],
                 "gap": (None if same or pd.isna(features) or pd.isna(neurons)
                         else features - neurons),
                 "decoder cosine": row["median_decoder_cosine"],
-                "order": (not same, order[run], order[other],
+                "order": (rank.get(kind, 3), order[run], order[other],
                           dictionary_order_key(dictionary, row["n_units"]))})
-    rows.sort(key=lambda r: r.pop("order"))
     rows.append({"pair": "Towards Monosemanticity", "kind": "two model seeds (the paper)",
                  "dictionary": "4,096 features", "features": PAPER_FEATURES,
                  "neurons": PAPER_NEURONS, "gap": PAPER_FEATURES - PAPER_NEURONS,
-                 "decoder cosine": None})
+                 "decoder cosine": None, "order": (2,)})
+    rows.sort(key=lambda r: r.pop("order"))
     return pd.DataFrame(rows)
 
 
@@ -202,11 +208,11 @@ def comparison_section(root: str, summary: pd.DataFrame) -> None:
     st.markdown("**Are features more universal than neurons?** Median best-match activation "
                 "correlation of each unit with the other run's units, features against "
                 "neurons, beside Towards Monosemanticity's figure.")
-    st.html(overview_views.table_html(table, [(k, label, f, "")
-                                              for k, label, f in COMPARISON_COLUMNS]))
     reading = gap_reading(table, infos)
     if reading:
         st.info(reading)
+    st.html(overview_views.table_html(table, [(k, label, f, "")
+                                              for k, label, f in COMPARISON_COLUMNS]))
     if (table["kind"] == PLANTED).any():
         st.caption("Rows marked planted read activations generated from a known sparse "
                    "dictionary seen in two random bases (`activations.source = \"planted\"`), "

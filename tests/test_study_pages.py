@@ -126,7 +126,7 @@ def test_universality_on_a_single_run_says_how_to_build_a_study(mini_run, monkey
     assert "python -m pipelines study" in "\n".join(c.value for c in at.code)
 
 
-def test_paper_comparison_puts_the_sae_seed_control_first_and_the_paper_last():
+def test_paper_comparison_puts_the_sae_seed_control_first_then_the_paper():
     import pandas as pd
 
     from dashboard.universality_views import (OTHER_MODEL, PAPER_FEATURES, SAME_MODEL,
@@ -145,15 +145,18 @@ def test_paper_comparison_puts_the_sae_seed_control_first_and_the_paper_last():
         row("solu", "seed1", "neurons", 64, 1.0, True),
         row("solu", "seed1", "neurons_pre_ln", 64, 1.0, True),
         row("solu", "seed1", "sae_64", 64, 0.80, True, 0.9),
+        row("gelu", "seed1", "sae_64", 64, 0.30, False),  # seed1 is solu's copy: left out
     ])
     table = paper_comparison(summary, ["solu", "gelu", "seed1"])
-    assert list(table["kind"]) == [SAME_MODEL, OTHER_MODEL, OTHER_MODEL,
-                                   "two model seeds (the paper)"]
+    assert "gelu ↔ seed1" not in set(table["pair"])
+    assert list(table["kind"]) == [SAME_MODEL, "two model seeds (the paper)", OTHER_MODEL,
+                                   OTHER_MODEL]
+    table = table[table["kind"] != "two model seeds (the paper)"].reset_index(drop=True)
     assert list(table["dictionary"][:3]) == ["sae_64", "sae_64", "sae_128"]
     assert pd.isna(table["gap"].iloc[0])  # the control's neurons are 1 by construction
     assert table["gap"].iloc[1] == pytest.approx(0.10)
     assert table["decoder cosine"].iloc[0] == pytest.approx(0.9)
-    assert table["features"].iloc[-1] == PAPER_FEATURES
+    assert PAPER_FEATURES not in set(table["features"])  # the paper's row is the one removed
 
 
 def _summary_rows(pairs: dict[tuple[str, str], dict[str, float]], same=()) -> "pd.DataFrame":
