@@ -66,8 +66,7 @@ def train_and_score(data: PlantedData, cfg: SaeConfig, steps: int, eval_batches:
         _, _, codes = sae.encode_codes(xs)
         x_hat = codes.times(sae.W_dec) + sae.b_dec
         active = codes.vals > 0
-        rows = torch.repeat_interleave(torch.arange(len(x)), codes.crow.diff())
-        return x_hat / scale, (rows[active], codes.cols[active])
+        return x_hat / scale, (codes.rows()[active], codes.cols[active])
 
     s = score(data, sae.W_dec.detach(), reconstruct, eval_batches)
     return {**s.as_dict(), "d_sae": size, "seconds": round(seconds, 1),

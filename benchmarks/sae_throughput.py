@@ -5,6 +5,12 @@ activation (encoder, decoder and their backward passes; SAELens' trainer reaches
 dense rate on 2 CPU cores). A share above 1 means sparsity saved work a dense trainer does.
 
     python benchmarks/sae_throughput.py [--run-dir runs/tiny] [--sizes 512,1024,2048] [--k 32]
+        [--codes auto|bag|csr] [--precision auto|fp32|bf16] [--reference] [--device cpu|cuda]
+
+`--reference` also times `benchmarks/dense_reference.py` (the naive dense TopK SAE, bf16
+autocast on a GPU) on the same batches and prints ours / reference, with both trainers' FVU
+on held-out rows and the share of features that never fired in the timed steps, so a speed-up
+is only read at equal quality.
 
 Uses the run's cached activations when they exist (steady state: real data, inputs scaled
 as the sae stage scales them), otherwise Gaussian inputs. Quiet machine recommended: the
@@ -21,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,16 +54,65 @@ def dense_rate(batch: int, d_in: int, d_sae: int, device: str, repeats: int = 5)
 
 
 def inputs(run_dir: Path, batch: int, n_batches: int, d_in: int) -> tuple[torch.Tensor, str]:
+    """n_batches training batches plus one held-out batch (the last), scaled to mean norm sqrt(d_in)."""
     shards = sorted((run_dir / "activations").glob("train-*.parquet"))
+    rows = batch * (n_batches + 1)
     if shards:
         from pipelines.activations.shards import read_shard
 
-        x = torch.from_numpy(read_shard(shards[0])["acts"][: batch * n_batches])
-        source = f"{shards[0]}"
+        parts, have = [], 0
+        for shard in shards:  # as many shards as the batches need
+            parts.append(read_shard(shard)["acts"])
+            have += len(parts[-1])
+            if have >= rows:
+                break
+        x = torch.from_numpy(np.concatenate(parts)[:rows])
+        if len(x) < rows:
+            raise SystemExit(f"{run_dir}: {len(x):,} cached rows, the benchmark needs {rows:,}; lower --steps")
+        source = f"{run_dir}/activations"
     else:
-        x, source = torch.randn(batch * n_batches, d_in), "Gaussian"
+        x, source = torch.randn(rows, d_in), "Gaussian"
     x = x * (x.shape[1] ** 0.5 / x.norm(dim=1).mean())
     return x.reshape(-1, batch, x.shape[1]), source
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def timed(step, batches: torch.Tensor, device: str) -> float:
+    """Seconds for `step` over the batches after 3 warm-up batches (which also let the codes
+    settle away from the init)."""
+    for x in batches[:3]:
+        step(x)
+    sync(device)
+    t = time.perf_counter()
+    for x in batches[3:]:
+        step(x)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def ours(size: int, args, train: torch.Tensor, held_out: torch.Tensor) -> dict:
+    sae = SparseAutoencoder(train.shape[-1], size, "topk", k=args.k, b_dec_init=train[0].mean(0).cpu(),
+                            device=args.device, codes=args.codes, precision=args.precision,
+                            dead_window=10**12)
+    seconds = timed(lambda x: sae.step(x, 1e-3), train, args.device)
+    with torch.no_grad():
+        _, _, codes = sae.encode_codes(held_out)
+        x_hat = codes.times(sae.W_dec) + sae.b_dec
+    never = float((sae.since_fired >= sae.tokens_seen).float().mean())
+    return {"seconds": seconds, "fvu": fvu(held_out, x_hat), "never_fired": never}
+
+
+def reference(size: int, args, train: torch.Tensor, held_out: torch.Tensor) -> dict:
+    from benchmarks.dense_reference import DenseTopK
+
+    ref = DenseTopK(train.shape[-1], size, args.k, args.device, b_dec_init=train[0].mean(0).cpu())
+    seconds = timed(ref.step, train, args.device)
+    with torch.no_grad():
+        x_hat = ref.reconstruct(held_out)
+    return {"seconds": seconds, "fvu": fvu(held_out, x_hat), "never_fired": float((~ref.fired).float().mean())}
 
 
 def main() -> None:
@@ -66,37 +122,48 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--codes", default="auto", choices=("auto", "bag", "csr"), help="sae.codes")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="sae.precision")
+    parser.add_argument("--reference", action="store_true", help="also time the dense reference")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     sizes = [int(s) for s in args.sizes.split(",")]
     data, source = inputs(Path(args.run_dir), args.batch, args.steps, 512)
     data = data.to(args.device)
+    train, held_out = data[:-1], data[-1]
     d_in = data.shape[-1]
     rows = []
     for size in sizes:
-        sae = SparseAutoencoder(d_in, size, "topk", k=args.k, b_dec_init=data[0].mean(0).cpu(),
-                                device=args.device)
-        for x in data[:3]:  # warm-up, also lets codes settle away from the init
-            sae.step(x, 1e-3)
-        sync(args.device)
-        t = time.perf_counter()
-        for x in data[3:]:
-            sae.step(x, 1e-3)
-        sync(args.device)
-        seconds = time.perf_counter() - t
-        acts_per_s = (len(data) - 3) * args.batch / seconds
+        mine = ours(size, args, train, held_out)
+        acts_per_s = (len(train) - 3) * args.batch / mine["seconds"]
         dense = dense_rate(args.batch, d_in, size, args.device)
-        share = 12 * d_in * size * acts_per_s / dense
-        rows.append({"d_sae": size, "activations_per_s": round(acts_per_s), "dense_gflops": round(dense / 1e9, 1),
-                     "share_of_dense": round(share, 2)})
+        row = {"d_sae": size, "activations_per_s": round(acts_per_s), "dense_gflops": round(dense / 1e9, 1),
+               "share_of_dense": round(12 * d_in * size * acts_per_s / dense, 2),
+               "fvu": round(mine["fvu"], 4), "never_fired": round(mine["never_fired"], 4)}
+        if args.reference:
+            ref = reference(size, args, train, held_out)
+            row.update(reference_per_s=round((len(train) - 3) * args.batch / ref["seconds"]),
+                       reference_fvu=round(ref["fvu"], 4), reference_never_fired=round(ref["never_fired"], 4))
+            row["vs_reference"] = round(ref["seconds"] / mine["seconds"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
-    print(f"SAE training throughput (topk k={args.k}, batch {args.batch}, d_in {d_in}, {where}, inputs: {source})")
-    print(f"{'d_sae':>7} {'act/s':>9} {'dense GFLOP/s':>14} {'share of dense':>15}")
+    print(f"SAE training throughput (topk k={args.k}, batch {args.batch}, d_in {d_in}, codes {args.codes}, "
+          f"precision {args.precision}, {len(train) - 3} timed steps, {where}, inputs: {source})")
+    head = f"{'d_sae':>7} {'act/s':>11} {'dense GFLOP/s':>14} {'share':>6} {'FVU':>7} {'never':>6}"
+    if args.reference:
+        head += f" {'ref act/s':>11} {'ref FVU':>7} {'ref never':>9} {'ours/ref':>8}"
+    print(head)
     for r in rows:
-        print(f"{r['d_sae']:>7} {r['activations_per_s']:>9,} {r['dense_gflops']:>14} {r['share_of_dense']:>15}")
+        line = (f"{r['d_sae']:>7} {r['activations_per_s']:>11,} {r['dense_gflops']:>14} {r['share_of_dense']:>6} "
+                f"{r['fvu']:>7} {r['never_fired']:>6}")
+        if args.reference:
+            line += (f" {r['reference_per_s']:>11,} {r['reference_fvu']:>7} {r['reference_never_fired']:>9}"
+                     f" {r['vs_reference']:>8}")
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -58,7 +58,7 @@ def ours(job: dict) -> dict:
 
     def encode(x):
         _, _, codes = sae.encode_codes(x)
-        return torch.sparse_csr_tensor(codes.crow, codes.cols, codes.vals, codes.shape).to_dense()
+        return codes.to_dense()
 
     scores = data.evaluate(encode, lambda f: f @ sae.W_dec + sae.b_dec, sae.W_dec.detach())
     return {"peer": f"ours {job['recipe']} (pipelines/sae/autoencoder.py)", "d_sae": job["d_sae"], "steps": data.steps,

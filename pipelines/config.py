@@ -18,6 +18,9 @@ from typing import Any
 
 from feature_store.recipes import RECIPES, Recipe, recipe
 from pipelines.devices import check_device
+
+SAE_CODES = ("auto", "bag", "csr")  # the layouts of pipelines/sae/codes.py
+SAE_PRECISIONS = ("auto", "fp32", "bf16")  # encoder selection (pipelines/sae/autoencoder.py)
 from pipelines.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -194,7 +197,13 @@ class SaeConfig:
     buffer_tokens: int = 262_144  # shuffle buffer (memory bound)
     eval_sequences: int = 512  # validation sequences for CE loss recovered and KL
     device: str = "auto"
+    codes: str = "auto"  # sparse products: auto (bag on CUDA, csr on CPU) | bag (embedding-bag kernels) | csr (MKL / cuSPARSE)
+    precision: str = "auto"  # encoder matmul that selects the active features: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     seed: int = 0
+
+    # How a step computes, not what it trains: the same SAE up to float rounding (bf16 can
+    # swap a feature tied at the k-th place), so changing them rebuilds nothing.
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("codes", "precision")
 
     @property
     def recipe_spec(self) -> Recipe:
@@ -227,6 +236,9 @@ class SaeConfig:
         _require(self.buffer_tokens >= self.batch_size, "sae.buffer_tokens", self.buffer_tokens,
                  "must be at least sae.batch_size")
         check_device("sae.device", self.device)
+        _require(self.codes in SAE_CODES, "sae.codes", self.codes, f"must be one of {', '.join(SAE_CODES)}")
+        _require(self.precision in SAE_PRECISIONS, "sae.precision", self.precision,
+                 f"must be one of {', '.join(SAE_PRECISIONS)}")
 
 
 @dataclass(frozen=True)

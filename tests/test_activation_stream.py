@@ -32,3 +32,23 @@ def test_each_row_once_per_epoch_as_stored(mini_run):
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
     other = next(iter(ActivationStream(folder, "train", 256, 8192, seed=3).epoch(1)))
     assert not np.array_equal(other, batches[0])
+
+
+def test_device_stream_yields_the_host_streams_batches(mini_run):
+    """The GPU's stream (buffer on the device, shards read ahead on a thread) must be the
+    host stream row for row, for every epoch's seed; here its device is the CPU."""
+    import torch
+
+    from pipelines.activations.device_stream import DeviceActivationStream
+
+    folder = mini_run / "activations"
+    for epoch in (0, 1):
+        host = list(ActivationStream(folder, "train", 256, 8192, seed=3).epoch(epoch))
+        device = list(DeviceActivationStream(folder, "train", 256, 8192, seed=3, device="cpu").epoch(epoch))
+        assert len(device) == len(host) > 2
+        assert all(isinstance(b, torch.Tensor) and b.dtype == torch.float32 for b in device)
+        assert all(np.array_equal(b.numpy(), a) for a, b in zip(host, device))
+    # a buffer larger than the split: everything is shuffled once at the end, still the same
+    host = list(ActivationStream(folder, "train", 256, 10**7, seed=5).epoch(0))
+    device = list(DeviceActivationStream(folder, "train", 256, 10**7, seed=5, device="cpu").epoch(0))
+    assert len(device) == len(host) and all(np.array_equal(b.numpy(), a) for a, b in zip(host, device))

@@ -42,13 +42,13 @@ def autograd_grads(sae: SparseAutoencoder, x: torch.Tensor, l1: float):
     return grads
 
 
-@pytest.mark.parametrize("dense_above", [2.0, 0.0])  # CSR products always / dense codes always
+@pytest.mark.parametrize("layout,dense_above", [("bag", 2.0), ("csr", 2.0), ("bag", 0.0)])  # sparse always / dense codes always
 @pytest.mark.parametrize("recipe", ["topk", "l1", "l1-unit"])
-def test_sparse_gradients_equal_autograd(recipe, dense_above, monkeypatch):
-    monkeypatch.setattr("pipelines.sae.autoencoder.DENSE_ABOVE", dense_above)
+def test_sparse_gradients_equal_autograd(recipe, layout, dense_above, monkeypatch):
+    monkeypatch.setattr("pipelines.sae.codes.DENSE_ABOVE", dense_above)
     x, _ = planted(512, 32, 48, 3, 0.05, 0)
     sae = SparseAutoencoder(32, 96, recipe, k=6, l1_coefficient=0.3, dead_window=10**9,
-                            grad_clip=1e9, b_dec_init=x.mean(0), seed=1)
+                            grad_clip=1e9, b_dec_init=x.mean(0), seed=1, codes=layout)
     sae.b_enc.data += 0.05  # some ReLU codes active at the tied init
     expected = autograd_grads(sae, x, 0.3)
     sae.step(x, lr=0.0)

@@ -24,6 +24,7 @@ Under torchrun, rank r caches shards r, r+N, ... of each split into the one stag
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
                              f"{int(seq_id[bad])}, position {int(position[bad])}; the model is "
                              f"broken, retrain it (--force model)")
         columns[name] = pa.FixedSizeListArray.from_arrays(
-            pa.array(values.astype(np.float16).reshape(-1)), values.shape[1])
+            pa.array(values.astype(np.float16, copy=False).reshape(-1)), values.shape[1])
     pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
 
 
@@ -77,27 +78,36 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
                        * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
                        unit_scale=True, disable=not world.is_main)
-    for shard in mine:
-        lo = starts[shard]
-        chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
-        positions = np.tile(np.arange(1, n_ctx), len(chunk))
-        if planted is not None:
-            rows = len(chunk) * (n_ctx - 1)
-            acts = {"acts": planted.rows(split, shard, rows, per_shard * (n_ctx - 1))}
-            _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
-                         positions, chunk[:, 1:].reshape(-1), acts)
-            bar.update(rows)
-            continue
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
-        for i in range(0, len(chunk), cfg.batch_size):
-            batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
-            got = capture_many(model, batch, hooks.values())
-            for name, hook in hooks.items():
-                parts[name].append(got[hook][:, 1:].float().cpu().numpy())
-            bar.update(batch.shape[0] * (n_ctx - 1))
-        acts = {name: np.concatenate(p).reshape(-1, p[0].shape[-1]) for name, p in parts.items()}
-        _write_shard(out / f"{split}-{shard:05d}.parquet", np.repeat(chunk_ids, n_ctx - 1),
-                     positions, chunk[:, 1:].reshape(-1), acts)
+    # A shard is written on a thread while the next one's forward passes run; at most one
+    # waits, so memory holds two shards at most. The activations stay on the device (as the
+    # stored float16) until the shard is complete: one copy to the host per shard.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        writing = None
+        for shard in mine:
+            lo = starts[shard]
+            chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
+            positions = np.tile(np.arange(1, n_ctx), len(chunk))
+            path = out / f"{split}-{shard:05d}.parquet"
+            if planted is not None:
+                rows = len(chunk) * (n_ctx - 1)
+                acts = {"acts": planted.rows(split, shard, rows, per_shard * (n_ctx - 1))}
+                _write_shard(path, np.repeat(chunk_ids, n_ctx - 1), positions, chunk[:, 1:].reshape(-1), acts)
+                bar.update(rows)
+                continue
+            parts: dict[str, list[torch.Tensor]] = {name: [] for name in hooks}
+            for i in range(0, len(chunk), cfg.batch_size):
+                batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
+                got = capture_many(model, batch, hooks.values())
+                for name, hook in hooks.items():
+                    parts[name].append(got[hook][:, 1:].to(torch.float16))
+                bar.update(batch.shape[0] * (n_ctx - 1))
+            acts = {name: torch.cat(p).reshape(-1, p[0].shape[-1]).cpu().numpy() for name, p in parts.items()}
+            if writing is not None:
+                writing.result()  # raises the writer's error here, in the stage
+            writing = writer.submit(_write_shard, path, np.repeat(chunk_ids, n_ctx - 1), positions,
+                                    chunk[:, 1:].reshape(-1), acts)
+        if writing is not None:
+            writing.result()
     bar.close()
     return len(seqs) * (n_ctx - 1)
 

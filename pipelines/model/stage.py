@@ -45,6 +45,9 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, d_vocab: int) -> float:
     return float(-logp[val[:, 1:].reshape(-1)].mean())
 
 
+READ_EVERY = 20  # GPU: steps between reads of the training loss (each read waits for the GPU)
+
+
 def lr_at(step: int, total: int, cfg: ModelConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -100,7 +103,8 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     tokens_per_step = cfg.batch_size * n_ctx
     total_steps = math.ceil(cfg.train_tokens / tokens_per_step)  # 0: the untrained control
     gen = torch.Generator().manual_seed(cfg.seed)
-    order, cursor = torch.randperm(len(train), generator=gen), 0
+    # the sequence order lives on the device: a step's rows are a slice of it, no host copy
+    order, cursor = torch.randperm(len(train), generator=gen).to(device), 0
 
     curve: dict[str, list] = {"step": [], "tokens": [], "lr": [], "train_loss": [], "val_loss": []}
     curve_types = {"step": pa.int64(), "tokens": pa.int64(), "lr": pa.float64(),
@@ -109,12 +113,28 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
                        disable=not world.is_main)
     params = list(model.parameters())
+    # Losses stay on the device and are read in blocks: on a GPU each read waits for every
+    # queued step, so reading one per step would leave the card idle between steps.
+    read_every = 1 if torch.device(device).type == "cpu" else READ_EVERY
+    queued: list[torch.Tensor] = []
+
+    def read_losses(step: int) -> None:
+        """Append the queued steps' losses to the curve; a NaN or Inf stops training."""
+        values = torch.cat(queued).cpu().tolist()
+        first = step + 1 - len(values)
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"model: loss became {value} at step {first + i}; "
+                                         f"lower model.lr (now {cfg.lr})")
+        curve["train_loss"].extend(values)
+        queued.clear()
+
     t_train = time.perf_counter()
     for step in bar:
         if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(train), generator=gen), 0
+            order, cursor = torch.randperm(len(train), generator=gen).to(device), 0
         rows = order[cursor: cursor + cfg.batch_size][world.slice(cfg.batch_size)]
-        batch = train[rows.to(device)]
+        batch = train[rows]
         cursor += cfg.batch_size
         lr = lr_at(step, total_steps, cfg)
         for group in optimizer.param_groups:
@@ -125,22 +145,21 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         loss.backward()
         loss = loss.detach().float().reshape(1)
         world.mean_([loss] + [p.grad for p in params if p.grad is not None])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"model: loss became {float(loss)} at step {step}; "
-                                     f"lower model.lr (now {cfg.lr})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        queued.append(loss)
         val_loss = float("nan")
-        if world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == total_steps):
+        evaluating = world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == total_steps)
+        if evaluating:
             val_loss = evaluate(model, eval_subset, cfg.batch_size * 4, autocast)
         curve["step"].append(step + 1)
         curve["tokens"].append((step + 1) * tokens_per_step)
         curve["lr"].append(lr)
-        curve["train_loss"].append(float(loss.detach()))
         curve["val_loss"].append(val_loss)
-        if step % 10 == 0 or not math.isnan(val_loss):
+        if (step + 1) % read_every == 0 or evaluating or step + 1 == total_steps:
+            read_losses(step)
             tok_s = (step + 1) * tokens_per_step / (time.perf_counter() - t_train)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.set_postfix(loss=f"{curve['train_loss'][-1]:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
     train_seconds = time.perf_counter() - t_train
     if not world.is_main:
         return "", {}

@@ -3,9 +3,11 @@
 Why by hand: with L0 ≈ 30 of thousands of features, everything but the encoder's dense
 `x @ W_enc^T` is sparse. Autograd (SAELens' way) computes the decoder and both backward
 matmuls densely: ~10 of the 12·d_in·d_sae FLOPs per activation are multiplications by zero.
-Here the decoder is a CSR @ dense product, the gradient with respect to the active codes is a
-sampled dense-dense product (`torch.sparse.sampled_addmm`), and the weight gradients are
-transposed-CSR @ dense products, so a step costs about one dense matmul plus a top-k.
+Here the decoder, the gradient with respect to the active codes and both weight gradients
+are products over the active entries alone (`pipelines/sae/codes.py`: embedding-bag kernels,
+or CSR ones), so a step costs about one dense matmul plus a top-k. On a GPU that matmul may
+run in bf16 to propose candidates that fp32 then decides among (`sae.precision`), and a step
+never waits for the host (`step`).
 
 Recipes (DESIGN.md, "Facts from the field"):
 - `topk` (OpenAI 2024): keep the k largest pre-activations, ReLU them; loss = MSE + α·AuxK,
@@ -44,109 +46,23 @@ import torch
 
 from feature_store.recipes import recipe as recipe_of
 from pipelines import distributed
+from pipelines.config import SAE_PRECISIONS as PRECISIONS
+from pipelines.sae import codes as code_layouts
+from pipelines.sae.codes import BagCodes, Codes, DenseCodes
 
 
 @dataclass
 class StepStats:
-    mse: float
-    l0: float
-    aux: float
-    n_dead: int
+    """A step's figures as 0-d tensors on the SAE's device: reading one (`float(...)`) waits
+    for the step, so the training loop reads them in blocks (`host`) every few steps."""
 
+    mse: torch.Tensor
+    l0: torch.Tensor
+    aux: torch.Tensor
+    n_dead: torch.Tensor
 
-def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow, cols, vals, size=shape, check_invariants=False)
-
-
-class SparseCodes:
-    """A batch's active codes as CSR [B, d_sae] plus its transpose structure, built once per step
-    and shared by the forward pass and both weight gradients."""
-
-    def __init__(self, crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, d_sae: int):
-        self.crow, self.cols, self.vals, self.shape = crow, cols, vals, (n_rows, d_sae)
-        self.csr = _csr(crow, cols, vals, self.shape)
-        rows = torch.repeat_interleave(torch.arange(n_rows, device=cols.device), crow.diff())
-        self.order = torch.argsort(cols.to(torch.int32), stable=True)  # int32 sorts ~1.7x faster
-        self.rows_t = rows[self.order]
-        self.crow_t = torch.zeros(d_sae + 1, dtype=crow.dtype, device=cols.device)
-        self.crow_t[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
-
-    @classmethod
-    def topk(cls, pre: torch.Tensor, k: int) -> "SparseCodes":
-        vals, idx = pre.topk(k, dim=1, sorted=False)
-        n = pre.shape[0]
-        crow = torch.arange(0, n * k + 1, k, device=pre.device)
-        return cls(crow, idx.reshape(-1), vals.reshape(-1).clamp_min(0), n, pre.shape[1])
-
-    @classmethod
-    def relu(cls, pre: torch.Tensor) -> "SparseCodes":
-        csr = pre.clamp_min(0).to_sparse_csr()
-        return cls(csr.crow_indices(), csr.col_indices(), csr.values(), pre.shape[0], pre.shape[1])
-
-    def times(self, dense: torch.Tensor) -> torch.Tensor:
-        """codes @ dense: [B, d]. embedding_bag gathers the active rows straight into the
-        output; `torch.sparse.mm` zero-fills and copies a [B, d] buffer around the product
-        (4-5x slower at 512 features, where those passes cost more than the product)."""
-        return torch.nn.functional.embedding_bag(self.cols, dense, offsets=self.crow[:-1],
-                                                 per_sample_weights=self.vals, mode="sum")
-
-    def transpose_times(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """(codes with `values` in place of the activations)^T @ dense: [d_sae, d]."""
-        return torch.sparse.mm(_csr(self.crow_t, self.rows_t, values[self.order], (self.shape[1], self.shape[0])),
-                               dense)
-
-    def sampled(self, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
-        """(left @ right_t) at the active entries only, in CSR value order."""
-        return torch.sparse.sampled_addmm(self.csr, left, right_t, beta=0.0).values()
-
-    def per_entry(self, per_feature: torch.Tensor) -> torch.Tensor:
-        """A per-feature vector read at each active entry, in CSR value order."""
-        return per_feature[self.cols]
-
-    def column_sums(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.shape[1], dtype=values.dtype, device=values.device).index_add_(0, self.cols, values)
-
-
-class DenseCodes:
-    """The same interface as `SparseCodes` over a dense [B, d_sae] code matrix.
-
-    An L1 SAE starts dense: at the tied init about half the features fire on every token
-    until λ has pushed the thresholds up, and CSR products over a matrix that is half
-    nonzero run slower than dense matmuls. `SparseAutoencoder.step` uses this class while
-    more than `DENSE_ABOVE` of the entries are active, and CSR again once the codes thin out.
-    Measured for one l1 step on 2 loaded cores (d 512, 2,048 features, batch 4,096):
-    50% active, dense 1.7 s vs CSR 2.8 s; 6.7% active, dense 1.56 s vs CSR 1.12 s; at d 64,
-    256 features, batch 1,024 dense won at both (0.06 vs 0.37 s, 0.007 vs 0.014 s)."""
-
-    def __init__(self, codes: torch.Tensor):
-        self.dense = codes
-        self.shape = tuple(codes.shape)
-        self.vals = codes.reshape(-1)
-        self._cols = None
-
-    @property
-    def cols(self) -> torch.Tensor:
-        if self._cols is None:
-            self._cols = torch.arange(self.shape[1], device=self.dense.device).repeat(self.shape[0])
-        return self._cols
-
-    def per_entry(self, per_feature: torch.Tensor) -> torch.Tensor:
-        return per_feature.expand(self.shape[0], -1).reshape(-1)
-
-    def times(self, dense: torch.Tensor) -> torch.Tensor:
-        return self.dense @ dense
-
-    def transpose_times(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return values.view(self.shape).T @ dense
-
-    def sampled(self, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
-        return (left @ right_t).reshape(-1)
-
-    def column_sums(self, values: torch.Tensor) -> torch.Tensor:
-        return values.view(self.shape).sum(0)
-
-
-DENSE_ABOVE = 0.2  # share of active entries above which DenseCodes is the faster product
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([self.mse.float(), self.l0.float(), self.aux.float(), self.n_dead.float()])
 
 
 class SparseAutoencoder:
@@ -154,7 +70,7 @@ class SparseAutoencoder:
                  l1_coefficient: float = 0.0, aux_k: int = 256, aux_coefficient: float = 1 / 32,
                  aux_batch_fraction: float = 0.25, aux_one_sided: bool = True, dead_window: int = 200_000,
                  grad_clip: float = 1.0, b_dec_init: torch.Tensor | None = None, seed: int = 0, device: str = "cpu",
-                 bias_lr_scale: float | None = None):
+                 bias_lr_scale: float | None = None, codes: str = "auto", precision: str = "auto"):
         self.d_in, self.d_sae, self.recipe, self.k = d_in, d_sae, recipe, k
         self.l1_coefficient, self.aux_k, self.aux_coefficient = l1_coefficient, aux_k, aux_coefficient
         self.aux_batch_fraction, self.dead_window, self.grad_clip = aux_batch_fraction, dead_window, grad_clip
@@ -178,22 +94,80 @@ class SparseAutoencoder:
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
         self.bias_lr_scale = (bias_lr_scale if bias_lr_scale is not None
                               else d_in ** 0.5 if rules.l1 else 1.0)
+        on_gpu = torch.device(device).type == "cuda"
         self.optimizer = torch.optim.Adam(
             [{"params": [self.W_enc, self.W_dec, self.b_dec], "lr_scale": 1.0},
-             {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999))
+             {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999),
+            fused=on_gpu or None)  # one kernel for every parameter on a GPU
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.tokens_seen = 0  # on the host: no feature can be dead before dead_window tokens
         self.world = distributed.world()  # a world of one outside torchrun
+        # CPU: MKL's CSR products measured 1.0-1.5x faster than the embedding-bag ones (512-4,096
+        # features, benchmarks/sae_throughput.py --codes); a GPU: bag, no cuSPARSE.
+        self.layout = code_layouts.layout(codes if codes != "auto" else "bag" if on_gpu else "csr")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: must be one of {', '.join(PRECISIONS)}")
+        # bf16 for the encoder's dense matmul only: it selects the active features; their
+        # values, every sparse product, the weights and Adam's state stay fp32. Never on CPU
+        # by default: bf16 matmuls there are ~100x slower than fp32.
+        self.select_dtype = (torch.bfloat16 if precision == "bf16" or (precision == "auto" and on_gpu)
+                             else torch.float32)
+        self.syncs_are_free = not on_gpu  # reading a value on the CPU costs nothing
 
     # ---------------------------------------------------------------- forward
-    def encode_codes(self, x: torch.Tensor, allow_dense: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor, SparseCodes | DenseCodes]:
+    def encode_codes(self, x: torch.Tensor, allow_dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, Codes]:
+        """(x − b_dec, pre-activations, active codes). With bf16 selection `pre` is bf16, and
+        the codes are what fp32 would pick (`_topk` and `_relu` below)."""
         xc = x - self.b_dec
-        pre = torch.addmm(self.b_enc, xc, self.W_enc.T)
+        pre = self._pre_activations(xc)
         if self.rules.top_k:
-            return xc, pre, SparseCodes.topk(pre, self.k)
-        if allow_dense and int((pre > 0).sum()) > DENSE_ABOVE * pre.numel():
+            return xc, pre, self._topk(pre, xc, self.k)
+        if allow_dense and int((pre > 0).sum()) > code_layouts.DENSE_ABOVE * pre.numel():
+            if pre.dtype != torch.float32:  # dense codes use every value: compute them exactly
+                pre = torch.addmm(self.b_enc, xc, self.W_enc.T)
             return xc, pre, DenseCodes(pre.clamp_min(0))
-        return xc, pre, SparseCodes.relu(pre)
+        return xc, pre, self._relu(pre, xc)
+
+    def _pre_activations(self, xc: torch.Tensor) -> torch.Tensor:
+        if self.select_dtype == torch.float32:
+            return torch.addmm(self.b_enc, xc, self.W_enc.T)
+        low = self.select_dtype
+        return torch.addmm(self.b_enc.to(low), xc.to(low), self.W_enc.to(low).T)
+
+    # bf16 proposes, fp32 decides: bf16 rounds a pre-activation by up to ~2^-8 of |x|·|w|, enough
+    # to swap features near the k-th place or near 0 (measured: 10-25% of a trained SAE's
+    # gradient). So bf16 picks candidates with room to spare, their fp32 values are computed
+    # for those entries alone (one gather each), and the fp32 rule chooses among them.
+    EXTRA_CANDIDATES = 1.0  # topk: bf16 proposes k + this·k candidates
+
+    def _exact(self, codes: BagCodes, xc: torch.Tensor) -> torch.Tensor:
+        return codes.sampled_rows(xc, self.W_enc) + codes.per_entry(self.b_enc)
+
+    def _topk(self, pre: torch.Tensor, xc: torch.Tensor, k: int, live: torch.Tensor | None = None) -> BagCodes:
+        """The k largest pre-activations per row, ReLU'd; with `live`, those features are
+        excluded (AuxK's choice among the dead ones)."""
+        if live is not None:
+            pre = pre.masked_fill(live, float("-inf"))
+        if pre.dtype == torch.float32:
+            return self.layout.topk(pre, k)
+        n_cand = min(pre.shape[1], k + int(self.EXTRA_CANDIDATES * k))
+        cand = BagCodes.topk(pre, n_cand)
+        exact = self._exact(cand, xc)
+        if live is not None:
+            exact = exact.masked_fill(cand.per_entry(live), float("-inf"))
+        vals, pick = exact.view(-1, n_cand).topk(k, dim=1, sorted=False)
+        n = pre.shape[0]
+        return self.layout(cand.cols.view(n, n_cand).gather(1, pick).reshape(-1), vals.reshape(-1).clamp_min(0),
+                           torch.arange(0, n * k, k, device=pre.device), n, pre.shape[1])
+
+    def _relu(self, pre: torch.Tensor, xc: torch.Tensor) -> BagCodes:
+        if pre.dtype == torch.float32:
+            return self.layout.relu(pre)
+        margin = 2.0 ** -6 * (xc.norm(dim=1, keepdim=True) * self.W_enc.norm(dim=1).max()
+                              + self.b_enc.abs().max())
+        cand = self.layout.relu(torch.where(pre.float() > -margin, 1.0, 0.0))  # entries only
+        cand.set_values(self._exact(cand, xc).clamp_min(0))  # those fp32 rounds to <= 0 stay 0: inactive
+        return cand
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.dead_window
@@ -201,16 +175,17 @@ class SparseAutoencoder:
     # ---------------------------------------------------------------- one step
     @torch.no_grad()
     def step(self, x: torch.Tensor, lr: float, l1_scale: float = 1.0) -> StepStats:
-        """One Adam step on a batch of scaled activations x [B, d_in]."""
+        """One Adam step on a batch of scaled activations x [B, d_in]. Nothing here reads a
+        value back to the host (on a GPU the step is queued, not waited for), except the L1
+        recipes' count of active codes, whose sparsity is data-dependent."""
         batch = x.shape[0]
         W_enc, W_dec = self.W_enc, self.W_dec
         xc, pre, codes = self.encode_codes(x, allow_dense=True)
-        # x_hat - x = (codes @ W_dec + b_dec) - x = codes @ W_dec - xc, in place
-        err = codes.times(W_dec).sub_(xc)
-        mse = float(torch.linalg.vector_norm(err)) ** 2 / batch
-        c = 2.0 / batch  # d loss / d x_hat = c * err; c is applied to the small results
-
-        g_codes = codes.sampled(err, W_dec.T).mul_(c)  # d loss / d f at active entries
+        # x_hat - x = (codes @ W_dec + b_dec) - x = codes @ W_dec - xc
+        err = codes.decode(W_dec) - xc
+        mse = (err * err).sum() / batch
+        c = 2.0 / batch  # d loss / d x_hat = c * err
+        dW_dec, g_codes = codes.decode_grads(err * c)  # d loss / d W_dec, d loss / d f at active entries
         active = codes.vals > 0
         grad_dec_extra = None
         if self.rules.l1 and not self.rules.l1_times_decoder_norm:
@@ -222,7 +197,6 @@ class SparseAutoencoder:
             grad_dec_extra = (coeff / norms.clamp_min(1e-8)).unsqueeze(1) * W_dec
         g_pre = g_codes * active
 
-        dW_dec = codes.transpose_times(codes.vals * c, err)
         dW_enc = codes.transpose_times(g_pre, xc)
         g_pre_sum = codes.column_sums(g_pre)
         db_enc = g_pre_sum
@@ -230,23 +204,23 @@ class SparseAutoencoder:
         if grad_dec_extra is not None:
             dW_dec += grad_dec_extra
 
-        fired = torch.bincount(codes.cols[active], minlength=self.d_sae)
+        fired = codes.fired()
         self.world.sum_(fired)  # fired on any rank's share of the batch
         self.since_fired += batch * self.world.size
-        self.since_fired[fired > 0] = 0
+        self.since_fired.masked_fill_(fired > 0, 0)
+        self.tokens_seen += batch * self.world.size
 
-        aux = 0.0
+        aux = torch.zeros((), device=x.device)
         dead = self.dead_mask()
-        n_dead = int(dead.sum())
-        if self.rules.aux_k and n_dead > 0 and self.aux_coefficient > 0:
+        n_dead = dead.sum()
+        if self.rules.aux_k and self.aux_coefficient > 0 and self._may_have_dead(n_dead):
             aux = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
 
+        l0 = codes.l0()
         if self.world.distributed:  # the global batch's gradient, and its mean statistics
-            scalars = torch.tensor([mse, float(active.sum()) / batch], device=x.device)
+            scalars = torch.stack([mse, l0.float()])
             self.world.mean_([dW_enc, db_enc, dW_dec, db_dec, scalars])
-            mse, l0 = float(scalars[0]), float(scalars[1])
-        else:
-            l0 = float(active.sum()) / batch
+            mse, l0 = scalars[0], scalars[1]
         if self.unit_norm:  # only the component that changes direction, not length
             dW_dec -= (dW_dec * W_dec).sum(1, keepdim=True) * W_dec
         for param, grad in zip(self.params, (dW_enc, db_enc, dW_dec, db_dec)):
@@ -260,7 +234,15 @@ class SparseAutoencoder:
             W_dec /= W_dec.norm(dim=1, keepdim=True)
         return StepStats(mse=mse, l0=l0, aux=aux, n_dead=n_dead)
 
-    def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> float:
+    def _may_have_dead(self, n_dead: torch.Tensor) -> bool:
+        """Whether AuxK has work. Before `dead_window` tokens no feature can be dead; after,
+        a CPU reads the count, and a GPU runs AuxK every step rather than wait for it (with no
+        dead feature its gradient is exactly zero)."""
+        if self.tokens_seen < self.dead_window:
+            return False
+        return bool(n_dead > 0) if self.syncs_are_free else True
+
+    def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> torch.Tensor:
         """AuxK (OpenAI 2024): the top `aux_k` dead features reconstruct the main residual
         e = x − x̂ (on a sub-batch), so they get gradient toward what the live ones miss.
 
@@ -280,23 +262,27 @@ class SparseAutoencoder:
         22.4% two-sided, 1.2% with no AuxK, 0.6% one-sided. The decoder still turns toward
         the residual, which is what revives a feature when there is signal left for it."""
         sub = max(1, int(pre.shape[0] * self.aux_batch_fraction))
-        k_aux = min(self.aux_k, n_dead)
-        codes = SparseCodes.topk(pre[:sub].masked_fill(~dead, float("-inf")), k_aux)
+        # The top aux_k dead features. A GPU does not know how many are dead without waiting,
+        # so it takes aux_k candidates with the live ones masked to −inf: those get value 0
+        # and add nothing, exactly as if k had been min(aux_k, n_dead).
+        k_aux = min(self.aux_k, int(n_dead) if self.syncs_are_free else self.d_sae)
+        codes = self._topk(pre[:sub], xc[:sub], k_aux, live=~dead)
         residual = -err[:sub]
         sums = torch.stack([(residual * residual).sum(), (xc[:sub] * xc[:sub]).sum()]).double()
         self.world.sum_(sums)  # the normaliser over every rank's sub-batch
-        res_sq, x_sq = float(sums[0]), float(sums[1])
-        if res_sq <= 0:
-            return 0.0
-        weight = self.aux_coefficient * x_sq / res_sq
-        rec = codes.times(self.W_dec)
+        res_sq, x_sq = sums[0], sums[1]
+        # no residual or no dead feature: weight 0, so loss and gradients are 0
+        weight = (torch.where(res_sq > 0, self.aux_coefficient * x_sq / res_sq.clamp_min(1e-300), 0.0)
+                  * (n_dead > 0)).float()
+        rec = codes.decode(self.W_dec)
         diff = rec - residual
-        loss = float((diff * diff).sum()) / sub * weight
+        loss = (diff * diff).sum() / sub * weight
         g = diff * (2.0 * weight / sub)
-        g_pre = codes.sampled(g, self.W_dec.T) * (codes.vals > 0)
+        d_dec, g_vals = codes.decode_grads(g)
+        g_pre = g_vals * (codes.vals > 0)
         if self.aux_one_sided:  # descent moves pre by −g_pre: keep only the raising part
             g_pre = g_pre.clamp_max(0)
-        dW_dec += codes.transpose_times(codes.vals, g)
+        dW_dec += d_dec
         dW_enc += codes.transpose_times(g_pre, xc[:sub])
         g_pre_sum = codes.column_sums(g_pre)
         db_enc += g_pre_sum

@@ -28,6 +28,7 @@ import torch
 from feature_store.sae_files import SaeSpec, load_sae, save_sae
 from feature_store.transformer_files import load_transformer
 from pipelines import distributed, progress
+from pipelines.activations.device_stream import DeviceActivationStream
 from pipelines.activations.planted import TRUTH_FILE
 from pipelines.activations.shards import ActivationStream, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
@@ -36,6 +37,9 @@ from pipelines.errors import ConfigError
 from pipelines.sae.calibration import search_for
 from pipelines.sae.metrics import LOSS_KEYS, loss_metrics, reconstruction_metrics
 from pipelines.sae.autoencoder import SparseAutoencoder
+
+
+READ_EVERY = 20  # GPU: steps between reads of the step figures (each read waits for the GPU)
 
 
 def input_scale(act_dir: Path, d_in: int) -> tuple[float, np.ndarray]:
@@ -59,7 +63,7 @@ def make_sae(cfg: SaeConfig, d_in: int, size: int, index: int, b_dec_init: torch
         l1_coefficient=cfg.l1_coefficient if l1_coefficient is None else l1_coefficient,
         aux_k=cfg.aux_k, aux_coefficient=cfg.aux_coefficient, aux_one_sided=cfg.aux_one_sided,
         dead_window=cfg.dead_window, grad_clip=cfg.grad_clip, b_dec_init=b_dec_init,
-        seed=cfg.seed + index, device=device)
+        seed=cfg.seed + index, device=device, codes=cfg.codes, precision=cfg.precision)
 
 
 def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterable], total: int, scale: float,
@@ -85,11 +89,29 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
             saes[size].l1_coefficient = search.initial
     gen = torch.Generator().manual_seed(cfg.seed)
     curves: dict[str, list] = {k: [] for k in ("size", "step", "tokens", "mse", "l0", "aux", "n_dead")}
+    pending: list[tuple[int, int, int, torch.Tensor]] = []  # (size, step, rows, stats on the device)
+
+    def read_pending() -> dict[int, list[float]]:
+        """Copy the queued steps' figures to the host in one transfer (one wait for the GPU
+        every `READ_EVERY` steps, not one per figure); returns each size's latest."""
+        if not pending:
+            return {}
+        values = torch.stack([stats for *_, stats in pending]).cpu().tolist()
+        latest = {}
+        for (size, step_no, rows, _), (mse, l0, aux, n_dead) in zip(pending, values):
+            for key, value in (("size", size), ("step", step_no), ("tokens", step_no * rows),
+                               ("mse", mse), ("l0", l0), ("aux", aux), ("n_dead", int(n_dead))):
+                curves[key].append(value)
+            latest[size] = [mse, l0, n_dead]
+        pending.clear()
+        return latest
+
     world = distributed.world()
     bar = progress.bar(total=total, desc=f"{desc} ({device}"
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
                        disable=not world.is_main)
     step, t0, resampled = 0, time.perf_counter(), {size: 0 for size in saes}
+    read_every = 1 if torch.device(device).type == "cpu" else READ_EVERY  # a CPU read is free
     epoch, epoch_start = 0, -1
     while step < total and step > epoch_start:  # stop if an epoch yields nothing
         epoch_start = step
@@ -101,26 +123,25 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
                 raise ConfigError(f"sae: a batch of {len(batch)} rows cannot be shared by "
                                   f"{world.size} torchrun processes; make sae.batch_size a "
                                   f"multiple of it", key="sae.batch_size")
-            x = batch[world.slice(len(batch))].to(device) * scale
+            x = batch[world.slice(len(batch))].to(device, non_blocking=True) * scale
             lr = lr_at(step, total, cfg)
             l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
-            postfix = {}
             for size, sae in saes.items():
                 stats = sae.step(x, lr, l1_scale)
-                if searches[size] is not None:
-                    sae.l1_coefficient = searches[size].update(step, sae.l1_coefficient, stats.l0)
+                if searches[size] is not None:  # a control loop: it reads L0 every step
+                    sae.l1_coefficient = searches[size].update(step, sae.l1_coefficient, float(stats.l0))
                 if step in resample_steps:
                     resampled[size] += sae.resample_dead(x, gen)
-                for key, value in (("size", size), ("step", step + 1), ("tokens", (step + 1) * len(batch)),
-                                   ("mse", stats.mse), ("l0", stats.l0), ("aux", stats.aux),
-                                   ("n_dead", stats.n_dead)):
-                    curves[key].append(value)
-                postfix[str(size)] = f"L0 {stats.l0:.0f} mse {stats.mse:.1f} dead {stats.n_dead}"
-            if step % 10 == 0:
-                bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in postfix.items()), refresh=False)
-            bar.update(1)
+                pending.append((size, step + 1, len(batch), stats.stacked()))
             step += 1
+            if step % read_every == 0 or step == total:
+                latest = read_pending()
+                bar.set_postfix_str(" | ".join(f"{k}: L0 {l0:.0f} mse {mse:.1f} dead {dead:.0f}"
+                                               for k, (mse, l0, dead) in latest.items()), refresh=False)
+                bar.update(step - bar.n)
         epoch += 1
+    read_pending()
+    bar.update(step - bar.n)
     bar.close()
     seconds = time.perf_counter() - t0
     info = {"steps": step, "train_seconds": round(seconds, 2),
@@ -134,7 +155,10 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
 def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: str
               ) -> tuple[dict[int, SparseAutoencoder], float, dict]:
     scale, b_dec_init = input_scale(act_dir, d_in)
-    stream = ActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+    if torch.device(device).type == "cuda":  # the same batches, shuffled on the GPU
+        stream = DeviceActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed, device)
+    else:
+        stream = ActivationStream(act_dir, "train", cfg.batch_size, cfg.buffer_tokens, cfg.seed)
     total = max(1, (n_train // cfg.batch_size) * cfg.epochs)
     saes, info = train_saes(cfg, d_in, stream.epoch, total, scale, torch.from_numpy(b_dec_init), device)
     return saes, scale, info

@@ -1,0 +1,208 @@
+"""Everything issue 27 asks a GPU to show, in one command that fits one lent device call.
+
+    python3 benchmarks/gpu_check.py [--budget 450] [--out benchmarks/results_gpu.md]
+    python3 benchmarks/gpu_check.py --device cpu --quick   # tries every section here, tiny shapes
+
+Sections, each timed and each allowed to fail without stopping the rest (a failure is
+written into the report with its last lines, so one call teaches what the next must fix):
+1. correctness on the device: the sparse gradients (bag and csr layouts, every recipe)
+   against autograd on the dense formulation; bf16 selection against fp32; the device stream
+   against the host stream;
+2. the tiny preset end to end: every stage's summary line, dead share per size;
+3. the same tiny sae stage with `sae.codes = csr` (cuSPARSE): whether the dead share a GPU
+   run showed (19.8% at 2,048 against 4.1% on CPU) comes from cuSPARSE's products;
+4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process;
+5. the paper preset's stages at their rates, on capped token counts, with the full preset's
+   time extrapolated from those rates (`--paper-full` runs the real one instead).
+The report is rewritten after every section, so a call cut short still brings back what ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Report:
+    def __init__(self, path: Path, header: str):
+        self.path, self.parts, self.header = path, [], header
+
+    def add(self, title: str, body: str) -> None:
+        self.parts.append(f"## {title}\n\n```\n{body.rstrip()}\n```\n")
+        self.path.write_text(self.header + "\n" + "\n".join(self.parts), encoding="utf-8")
+        print(f"\n## {title}\n{body}", flush=True)
+
+
+def run(cmd: list[str], timeout: float) -> tuple[str, float]:
+    """A command's combined output and seconds; raises with the output's tail if it fails."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(10, timeout),
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)}\n" + "\n".join(out.splitlines()[-25:]))
+    return out, time.perf_counter() - t
+
+
+def summaries(output: str) -> str:
+    """The stages' one-line summaries (what each wrote, its rate and time), not the bars."""
+    keep = ("corpus:", "tokenizer:", "tokens:", "model:", "activations:", "sae:", "stats:", "interp:")
+    return "\n".join(line for line in output.splitlines()
+                     if line.startswith(keep) and "running" not in line and "%|" not in line)
+
+
+def correctness(device: str, quick: bool) -> str:
+    import torch
+
+    from pipelines.sae.autoencoder import SparseAutoencoder
+    from tests.test_sae_training import autograd_grads, planted
+
+    lines = []
+    x, _ = planted(512, 32, 48, 3, 0.05, 0)
+    x = x.to(device)
+    for recipe in ("topk", "l1", "l1-unit"):
+        for layout in ("bag", "csr"):
+            sae = SparseAutoencoder(32, 96, recipe, k=6, l1_coefficient=0.3, dead_window=10**9, grad_clip=1e9,
+                                    b_dec_init=x.mean(0).cpu(), seed=1, codes=layout, precision="fp32",
+                                    device=device)
+            sae.b_enc.data += 0.05
+            want = autograd_grads(sae, x, 0.3)
+            sae.step(x, lr=0.0)
+            errs = [float((p.grad - w).norm() / w.norm().clamp_min(1e-12)) for p, w in zip(sae.params, want)]
+            lines.append(f"grad vs autograd  {recipe:8} {layout}: max relative error {max(errs):.2e}")
+    xb, _ = planted(2048, 64, 128, 4, 0.05, 0)
+    xb = xb.to(device)
+    for recipe in ("topk", "l1-unit"):
+        sae = SparseAutoencoder(64, 256, recipe, k=8, l1_coefficient=0.3, b_dec_init=xb.mean(0).cpu(), seed=1,
+                                precision="fp32", device=device)
+        for i in range(20 if quick else 100):
+            sae.step(xb[(i % 4) * 512:(i % 4 + 1) * 512], lr=3e-3)
+        grads = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            sae.select_dtype = dtype
+            sae.step(xb, lr=0.0)
+            grads[dtype] = [p.grad.clone() for p in sae.params]
+        err = max(float((b - a).norm() / a.norm()) for a, b in zip(grads[torch.float32], grads[torch.bfloat16]))
+        lines.append(f"bf16 step vs fp32 {recipe:8}: max relative gradient difference {err:.2e}")
+    return "\n".join(lines)
+
+
+def stream_equality(run_dir: Path, device: str) -> str:
+    import numpy as np
+
+    from pipelines.activations.device_stream import DeviceActivationStream
+    from pipelines.activations.shards import ActivationStream
+
+    folder = run_dir / "activations"
+    host = ActivationStream(folder, "train", 4096, 262_144, seed=0).epoch(0)
+    dev = DeviceActivationStream(folder, "train", 4096, 262_144, seed=0, device=device).epoch(0)
+    n = same = 0
+    for a, b in zip(host, dev):
+        n += 1
+        same += bool(np.array_equal(a, b.cpu().numpy()))
+    return f"device stream vs host stream: {same} of {n} batches identical"
+
+
+def dead_shares(run_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run_dir / "sae" / "metrics.parquet").to_pylist()
+    return "\n".join(f"sae {r['dictionary']:>6}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {100 * r['dead_fraction']:.1f}%"
+                     for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget", type=float, default=450, help="seconds; later sections are skipped past it")
+    parser.add_argument("--out", default="benchmarks/results_gpu.md")
+    parser.add_argument("--work", default="/tmp/gpu_check")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: tries every section on a CPU")
+    parser.add_argument("--paper-full", action="store_true", help="the whole paper preset, not capped")
+    args = parser.parse_args()
+    import torch
+
+    start = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores")
+    report = Report(ROOT / args.out, f"# GPU check (benchmarks/gpu_check.py)\n\n"
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {where}, torch {torch.__version__}, "
+                    f"Python {sys.version.split()[0]}; `python3 benchmarks/gpu_check.py "
+                    f"{' '.join(sys.argv[1:])}`.\n")
+    left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
+    py = sys.executable
+    tiny = work / "tiny"
+    quick_sets = (["--set", "model.train_tokens=50000", "--set", "activations.max_tokens=20000",
+                   "--set", "sae.dict_sizes=[64,128]", "--set", "sae.eval_sequences=8",
+                   "--set", "stats.max_tokens=5000", "--set", "interp.explain_tokens=8000"] if args.quick else [])
+
+    def section(title: str, body, min_left: float = 20) -> None:
+        if left() < min_left:
+            report.add(title, f"skipped: {left():.0f} s of the {args.budget:.0f} s budget left")
+            return
+        t = time.perf_counter()
+        try:
+            text = body()
+        except Exception as err:  # noqa: BLE001 - a failed section is a finding, not the end
+            text = f"FAILED: {err}\n{traceback.format_exc(limit=3)}"
+        report.add(title, f"{text}\n({time.perf_counter() - t:.0f} s)")
+
+    section("Correctness on the device", lambda: correctness(args.device, args.quick))
+
+    def tiny_run() -> str:
+        out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets],
+                           left())
+        return f"{summaries(out)}\n{dead_shares(tiny)}\ntiny end to end: {seconds:.0f} s"
+    section("Tiny preset end to end", tiny_run)
+    section("Device stream", lambda: stream_equality(tiny, args.device))
+
+    def tiny_csr() -> str:
+        out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets,
+                            "--set", "sae.codes=csr", "--force", "sae", "--until", "sae"], left())
+        return f"{summaries(out)}\n{dead_shares(tiny)}"
+    section("Tiny sae stage with sae.codes = csr (cuSPARSE)", tiny_csr)
+
+    def throughput() -> str:
+        sizes = "512,2048" if args.quick else "512,1024,2048,4096,8192,16384,32768"
+        steps = "6" if args.quick else "30"
+        batch = "512" if args.quick else "4096"
+        out, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
+                      "--sizes", sizes, "--steps", steps, "--batch", batch, "--reference"], left())
+        csr, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
+                      "--sizes", "2048" if args.quick else "2048,16384", "--steps", steps, "--batch", batch,
+                      "--codes", "csr", "--precision", "fp32"], left())
+        keep = lambda text: "\n".join(l for l in text.splitlines() if not l.startswith("{"))  # noqa: E731,E741
+        return keep(out) + "\n\nfor comparison, the CSR layout in fp32 (the trainer before issue 27):\n" + keep(csr)
+    section("SAE trainer vs the dense bf16 reference", throughput)
+
+    def paper() -> str:
+        caps = [] if args.paper_full else ["--set", "model.train_tokens=20_000_000",
+                                           "--set", "activations.max_tokens=10_000_000"]
+        if args.quick:
+            caps = quick_sets
+        out, seconds = run([py, "-m", "pipelines", "run", "--preset", "paper", "--run-dir", str(work / "paper"),
+                            *caps], left())
+        text = f"{summaries(out)}\n{dead_shares(work / 'paper')}\npaper preset run: {seconds:.0f} s"
+        if caps and not args.quick:
+            text += ("\n(capped: model 20M of 200M tokens, activations 10M of 50M; at these rates the full preset's "
+                     "model stage takes 10x and its activations and sae stages 5x the times above)")
+        return text
+    section("Paper preset", paper, min_left=60)
+    report.add("Total", f"{time.perf_counter() - start:.0f} s of a {args.budget:.0f} s budget")
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / Path(args.out).name).write_text(report.path.read_text())
+    print(json.dumps({"report": str(report.path)}))
+
+
+if __name__ == "__main__":
+    main()

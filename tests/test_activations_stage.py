@@ -1,0 +1,48 @@
+"""The activations stage's shard writer runs on a thread beside the forward passes: its
+output must be the shards in order, and an error it meets (a NaN activation) must stop the
+stage with the file named, not vanish with the thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.activations import stage
+from pipelines.activations.shards import read_shard, shard_paths
+from pipelines.config import ActivationsConfig
+from pipelines.errors import InputError
+
+
+def fake_capture(bad_seq: int | None):
+    """Activations that encode (sequence's first token, position), NaN at one sequence."""
+    def capture(model, batch, hooks):
+        pos = torch.arange(batch.shape[1]).expand(batch.shape[0], -1)
+        acts = torch.stack([batch[:, :1].expand(-1, batch.shape[1]).float(), pos.float()], dim=-1)
+        if bad_seq is not None:
+            acts[batch[:, 0] == bad_seq] = float("nan")
+        return {hook: acts for hook in hooks}
+    return capture
+
+
+def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "capture_many", fake_capture(None))
+    seqs = np.stack([np.full(9, i) for i in range(40)])  # 40 sequences of n_ctx 9
+    cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)  # 7 sequences a shard: 6 shards
+    assert stage.cache_split(None, seqs, np.arange(40) + 100, tmp_path, "train", cfg, "cpu") == 40 * 8
+    paths = shard_paths(tmp_path, "train")
+    assert len(paths) == 6
+    got = [read_shard(p, columns=("seq_id", "position", "acts")) for p in paths]
+    seq_id = np.concatenate([g["seq_id"] for g in got])
+    acts = np.concatenate([g["acts"] for g in got])
+    assert np.array_equal(seq_id, np.repeat(np.arange(40) + 100, 8))
+    assert np.array_equal(acts[:, 0], np.repeat(np.arange(40), 8))  # first token, in order
+    assert np.array_equal(acts[:, 1], np.tile(np.arange(1, 9), 40))  # positions 1..8, BOS skipped
+
+
+def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "capture_many", fake_capture(bad_seq=9))  # in the second shard
+    seqs = np.stack([np.full(9, i) for i in range(40)])
+    cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)
+    with pytest.raises(InputError, match=r"train-00001\.parquet: acts is NaN or Inf at sequence 9"):
+        stage.cache_split(None, seqs, np.arange(40), tmp_path, "train", cfg, "cpu")
