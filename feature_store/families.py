@@ -25,7 +25,10 @@ class Families:
 def group(u: np.ndarray, v: np.ndarray) -> Families:
     """Families of the undirected edges (u[e], v[e]). Family ids are numbered in order of each
     family's first member (smallest global node id), so they are stable across rebuilds."""
-    nodes, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
+    nodes, inverse = np.unique(np.concatenate([u, v]).astype(np.int64), return_inverse=True)
+    if nodes.size == 0:  # no split edges (e.g. dictionaries too small to split): no families
+        empty = np.zeros(0, dtype=np.int64)
+        return Families(nodes, empty, empty)
     label = connected_components(inverse[:u.size], inverse[u.size:], nodes.size)
     _, first = np.unique(label, return_index=True)
     family_of_label = np.empty(label.max() + 1, dtype=np.int64)

@@ -232,6 +232,15 @@ def test_families_are_connected_components_of_split_edges(store):
     assert len(store.splits()) == 3 and len(store.splits("neurons")) == 0
 
 
+def test_no_split_edges_between_dictionaries_means_no_families(tmp_path):
+    """Small dictionaries can share no split edge at all; the stats stage still hands the
+    writer its (empty) edge list, and the store must close with no families, not crash."""
+    data = _inputs()
+    data["splits"] = tuple(np.zeros(0, a.dtype) for a in data["splits"])
+    store = FeatureStore.open(_write(tmp_path / "store", data))
+    assert len(store.splits()) == 0 and store.family("sae_16", 1) is None
+
+
 def test_tables_for_browsing(store, written):
     _, data = written
     frame = store.features("sae_16")
