@@ -9,8 +9,9 @@ written into the report with its last lines, so one call teaches what the next m
    against autograd on the dense formulation; bf16 selection against fp32; the device stream
    against the host stream;
 2. the tiny preset end to end: every stage's summary line, dead share per size;
-3. the same tiny sae stage with `sae.codes = csr` (cuSPARSE): whether the dead share a GPU
-   run showed (19.8% at 2,048 against 4.1% on CPU) comes from cuSPARSE's products;
+3. the same tiny sae stage with `sae.codes = csr` (cuSPARSE, rows now sorted): whether the
+   dead share a GPU run showed (19.8% at 2,048 against 4.1% on CPU) came from cuSPARSE's
+   products over unsorted CSR rows (section 1 checks those products directly);
 4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process;
 5. the paper preset's stages at their rates, on capped token counts, with the full preset's
    time extrapolated from those rates (`--paper-full` runs the real one instead).
@@ -93,7 +94,33 @@ def correctness(device: str, quick: bool) -> str:
             grads[dtype] = [p.grad.clone() for p in sae.params]
         err = max(float((b - a).norm() / a.norm()) for a, b in zip(grads[torch.float32], grads[torch.bfloat16]))
         lines.append(f"bf16 step vs fp32 {recipe:8}: max relative gradient difference {err:.2e}")
+    lines += csr_row_order(device)
     return "\n".join(lines)
+
+
+def csr_row_order(device: str) -> list[str]:
+    """Issue 27's dead-share hypothesis, checked directly: cuSPARSE's `sampled_addmm` over CSR
+    rows whose columns are in topk's order (not ascending) against the same products gathered
+    by hand. A large error unsorted and none sorted is the bug `CsrCodes.sort_rows` fixes."""
+    import torch
+
+    from pipelines.sae.codes import CsrCodes
+
+    g = torch.Generator().manual_seed(0)
+    pre, left, W = (torch.randn(*shape, generator=g).to(device) for shape in ((512, 2048), (512, 64), (2048, 64)))
+    lines = []
+    for sort in (False, True):
+        CsrCodes.sort_rows = sort
+        try:
+            codes = CsrCodes.topk(pre, 32)
+            got = codes.sampled_rows(left, W)
+            want = (left[codes.rows()] * W[codes.cols]).sum(-1)
+            err = float((got - want).abs().max() / want.abs().max())
+            lines.append(f"csr sampled_addmm, rows {'sorted' if sort else 'in topk order'}: "
+                         f"max relative error {err:.2e}")
+        finally:
+            CsrCodes.sort_rows = None
+    return lines
 
 
 def stream_equality(run_dir: Path, device: str) -> str:

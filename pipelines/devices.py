@@ -28,3 +28,13 @@ def pick_device(requested: str, section: str) -> str:
         raise ConfigError(f"{section}.device='cuda': no CUDA device is available here",
                           key=f"{section}.device")
     return requested
+
+
+def io_threads(at_most: int) -> int:
+    """Threads for Parquet reads or writes beside the compute: one on a small machine, where
+    the compute needs the cores and bounds the stage anyway; up to `at_most` where cores are
+    spare (a GPU box's 16). pyarrow releases the GIL, so these threads scale with cores."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else max(1, min(at_most, cores // 4))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from pipelines.activations.shards import ActivationStream, read_shard, shard_paths
 
@@ -34,12 +35,16 @@ def test_each_row_once_per_epoch_as_stored(mini_run):
     assert not np.array_equal(other, batches[0])
 
 
-def test_device_stream_yields_the_host_streams_batches(mini_run):
-    """The GPU's stream (buffer on the device, shards read ahead on a thread) must be the
+@pytest.mark.parametrize("readers", [1, 3])  # a small machine / a GPU box reading ahead
+def test_device_stream_yields_the_host_streams_batches(mini_run, readers, monkeypatch):
+    """The GPU's stream (buffer on the device, shards read ahead on threads) must be the
     host stream row for row, for every epoch's seed; here its device is the CPU."""
     import torch
 
+    from pipelines.activations import device_stream
     from pipelines.activations.device_stream import DeviceActivationStream
+
+    monkeypatch.setattr(device_stream, "io_threads", lambda at_most: readers)
 
     folder = mini_run / "activations"
     for epoch in (0, 1):

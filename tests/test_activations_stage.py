@@ -25,8 +25,10 @@ def fake_capture(bad_seq: int | None):
     return capture
 
 
-def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writers", [1, 3])  # a 2-core box / a GPU box's writer pool
+def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(None))
+    monkeypatch.setattr(stage, "shard_writers", lambda: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])  # 40 sequences of n_ctx 9
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)  # 7 sequences a shard: 6 shards
     assert stage.cache_split(None, seqs, np.arange(40) + 100, tmp_path, "train", cfg, "cpu") == 40 * 8
@@ -40,9 +42,26 @@ def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch):
     assert np.array_equal(acts[:, 1], np.tile(np.arange(1, 9), 40))  # positions 1..8, BOS skipped
 
 
-def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writers", [1, 3])
+def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(bad_seq=9))  # in the second shard
+    monkeypatch.setattr(stage, "shard_writers", lambda: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)
     with pytest.raises(InputError, match=r"train-00001\.parquet: acts is NaN or Inf at sequence 9"):
         stage.cache_split(None, seqs, np.arange(40), tmp_path, "train", cfg, "cpu")
+
+
+def test_a_value_past_float16_range_is_caught_before_writing(tmp_path, monkeypatch):
+    """The stored float16 turns 1e5 into Inf: the check reads the stored values, not the
+    model's float32."""
+    def capture(model, batch, hooks):
+        acts = torch.zeros(batch.shape[0], batch.shape[1], 2)
+        acts[batch[:, 0] == 4, 3, 1] = 1e5
+        return {hook: acts for hook in hooks}
+    monkeypatch.setattr(stage, "capture_many", capture)
+    seqs = np.stack([np.full(9, i) for i in range(10)])
+    with pytest.raises(InputError, match=r"train-00000\.parquet: acts is NaN or Inf at sequence 4, position 3"):
+        stage.cache_split(None, seqs, np.arange(10), tmp_path, "train",
+                          ActivationsConfig(shard_tokens=8 * 7, batch_size=3), "cpu")
+    assert not list(tmp_path.glob("train-00000*"))

@@ -42,10 +42,14 @@ def autograd_grads(sae: SparseAutoencoder, x: torch.Tensor, l1: float):
     return grads
 
 
-@pytest.mark.parametrize("layout,dense_above", [("bag", 2.0), ("csr", 2.0), ("bag", 0.0)])  # sparse always / dense codes always
+# sparse always (bag; csr in topk's order as on CPU; csr sorted within rows as on CUDA) /
+# dense codes always
+@pytest.mark.parametrize("layout,dense_above,sort_rows", [("bag", 2.0, None), ("csr", 2.0, None),
+                                                          ("csr", 2.0, True), ("bag", 0.0, None)])
 @pytest.mark.parametrize("recipe", ["topk", "l1", "l1-unit"])
-def test_sparse_gradients_equal_autograd(recipe, layout, dense_above, monkeypatch):
+def test_sparse_gradients_equal_autograd(recipe, layout, dense_above, sort_rows, monkeypatch):
     monkeypatch.setattr("pipelines.sae.codes.DENSE_ABOVE", dense_above)
+    monkeypatch.setattr("pipelines.sae.codes.CsrCodes.sort_rows", sort_rows)
     x, _ = planted(512, 32, 48, 3, 0.05, 0)
     sae = SparseAutoencoder(32, 96, recipe, k=6, l1_coefficient=0.3, dead_window=10**9,
                             grad_clip=1e9, b_dec_init=x.mean(0), seed=1, codes=layout)
@@ -54,6 +58,20 @@ def test_sparse_gradients_equal_autograd(recipe, layout, dense_above, monkeypatc
     sae.step(x, lr=0.0)
     for name, param, want in zip(("W_enc", "b_enc", "W_dec", "b_dec"), sae.params, expected):
         torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-5, msg=f"{recipe} {name}")
+
+
+def test_csr_rows_sorted_for_cusparse_hold_the_same_codes(monkeypatch):
+    """cuSPARSE reads a CSR row's columns as ascending; the sorted codes must be topk's codes
+    (each value still beside its own feature), only reordered."""
+    from pipelines.sae.codes import BagCodes, CsrCodes
+    monkeypatch.setattr(CsrCodes, "sort_rows", True)
+    pre = torch.randn(64, 300, generator=torch.Generator().manual_seed(0))
+    sorted_codes, plain = CsrCodes.topk(pre, 12), BagCodes.topk(pre, 12)
+    cols = sorted_codes.cols.view(64, 12)
+    assert (cols.diff(dim=1) > 0).all()
+    assert not (plain.cols.view(64, 12).diff(dim=1) > 0).all()  # topk's own order is not sorted
+    torch.testing.assert_close(sorted_codes.to_dense(), plain.to_dense(), rtol=0, atol=0)
+    torch.testing.assert_close(sorted_codes.csr.to_dense(), plain.to_dense(), rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 `ActivationStream` (`pipelines/activations/shards.py`) shuffles in host memory and hands
 each batch to the trainer, which copies it to the device: one small host-to-device copy per
 step, and the step waits for the host's shuffle. Here the shuffle buffer lives on the device
-in the stored float16; a whole shard is read on a background thread while the device trains
-on the previous one, and crosses to the device in one pinned upload. The batches are
+in the stored float16; whole shards are read on background threads (one, or two on a
+machine with cores to spare) while the device trains on the previous one, and crosses to the device in one pinned upload. The batches are
 `ActivationStream`'s, row for row (same seed, same random draws in the same order: the test
 compares them), as float32 tensors already on the device.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.activations.shards import read_shard, shard_paths
+from pipelines.devices import io_threads
 
 
 class DeviceActivationStream:
@@ -37,11 +38,13 @@ class DeviceActivationStream:
         rng = np.random.default_rng([self.seed, epoch])  # ActivationStream's draws, in its order
         order = [self.paths[i] for i in rng.permutation(len(self.paths))]
         buffer: torch.Tensor | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader") as reader:
-            ahead = reader.submit(self._upload, order[0]) if order else None
+        readers = io_threads(2)  # one shard's read (~0.3 s here) must hide behind its steps
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="shard-reader") as pool:
+            ahead = [pool.submit(self._upload, path) for path in order[:readers]]
             for i in range(len(order)):
-                host = ahead.result()
-                ahead = reader.submit(self._upload, order[i + 1]) if i + 1 < len(order) else None
+                host = ahead.pop(0).result()
+                if i + readers < len(order):
+                    ahead.append(pool.submit(self._upload, order[i + readers]))
                 acts = host.to(self.device, non_blocking=True)
                 buffer = acts if buffer is None or len(buffer) == 0 else torch.cat([buffer, acts])
                 if len(buffer) < self.buffer_tokens:

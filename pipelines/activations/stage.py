@@ -39,27 +39,41 @@ from pipelines.activations.planted import TRUTH_FILE, PlantedSource
 from pipelines.activations.shards import sequence_cap
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
-from pipelines.devices import pick_device
+from pipelines.devices import io_threads, pick_device
 from pipelines.data.tokens import read_sequences
 
 _WRITE = dict(use_dictionary=False, write_statistics=False, compression="none")
 
 
+def _require_finite(path: Path, name: str, values: np.ndarray, seq_id: np.ndarray,
+                    position: np.ndarray) -> None:
+    """A NaN or Inf (a float16 overflow included) stops the stage, naming where it is."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).any(axis=1).argmax())
+        raise InputError(f"{path.name}: {name} is NaN or Inf at sequence "
+                         f"{int(seq_id[bad])}, position {int(position[bad])}; the model is "
+                         f"broken, retrain it (--force model)")
+
+
 def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id: np.ndarray,
-                 acts: dict[str, np.ndarray]) -> None:
-    """`acts`: column name -> [rows, d_mlp] values (`acts`, and `acts_pre_ln` when cached)."""
+                 acts: dict[str, np.ndarray], checked: bool = False) -> None:
+    """`acts`: column name -> [rows, d_mlp] values (`acts`, and `acts_pre_ln` when cached);
+    `checked`: the caller has proven them finite."""
     columns = {"seq_id": pa.array(seq_id.astype(np.int32)),
                "position": pa.array(position.astype(np.int16)),
                "token_id": pa.array(token_id.astype(np.int32))}
     for name, values in acts.items():
-        if not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).any(axis=1).argmax())
-            raise InputError(f"{path.name}: {name} is NaN or Inf at sequence "
-                             f"{int(seq_id[bad])}, position {int(position[bad])}; the model is "
-                             f"broken, retrain it (--force model)")
+        if not checked:
+            _require_finite(path, name, values, seq_id, position)
         columns[name] = pa.FixedSizeListArray.from_arrays(
             pa.array(values.astype(np.float16, copy=False).reshape(-1)), values.shape[1])
     pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
+
+
+def shard_writers() -> int:
+    """Threads writing shards (`pipelines.devices.io_threads`): the forward passes bound a
+    CPU run; on a GPU box the writing does."""
+    return io_threads(4)
 
 
 @torch.no_grad()
@@ -78,11 +92,15 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
                        * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
                        unit_scale=True, disable=not world.is_main)
-    # A shard is written on a thread while the next one's forward passes run; at most one
-    # waits, so memory holds two shards at most. The activations stay on the device (as the
-    # stored float16) until the shard is complete: one copy to the host per shard.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
-        writing = None
+    # Shards are written on threads while the next one's forward passes run: Parquet's
+    # list encoding, not the model, bounds this stage on a GPU (one writer: ~0.2M rows/s on
+    # these CPUs; pyarrow releases the GIL, so writers scale with cores). Memory holds
+    # `writers` + 1 shards at most. The activations stay on the device (as the stored float16)
+    # until the shard is complete: one copy to the host per shard, and their finiteness is
+    # one float32 sum per batch, read once per shard (a NaN or Inf makes the sum non-finite).
+    writers = shard_writers()
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="shard-writer") as pool:
+        writing: list = []
         for shard in mine:
             lo = starts[shard]
             chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
@@ -95,19 +113,26 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
                 bar.update(rows)
                 continue
             parts: dict[str, list[torch.Tensor]] = {name: [] for name in hooks}
+            sums: list[torch.Tensor] = []
             for i in range(0, len(chunk), cfg.batch_size):
                 batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
                 got = capture_many(model, batch, hooks.values())
                 for name, hook in hooks.items():
-                    parts[name].append(got[hook][:, 1:].to(torch.float16))
+                    part = got[hook][:, 1:].to(torch.float16)
+                    parts[name].append(part)
+                    sums.append(part.sum(dtype=torch.float32))
                 bar.update(batch.shape[0] * (n_ctx - 1))
             acts = {name: torch.cat(p).reshape(-1, p[0].shape[-1]).cpu().numpy() for name, p in parts.items()}
-            if writing is not None:
-                writing.result()  # raises the writer's error here, in the stage
-            writing = writer.submit(_write_shard, path, np.repeat(chunk_ids, n_ctx - 1), positions,
-                                    chunk[:, 1:].reshape(-1), acts)
-        if writing is not None:
-            writing.result()
+            seq_id = np.repeat(chunk_ids, n_ctx - 1)
+            if not bool(torch.isfinite(torch.stack(sums).sum())):
+                for name, values in acts.items():
+                    _require_finite(path, name, values, seq_id, positions)
+            while len(writing) >= writers:
+                writing.pop(0).result()  # raises a writer's error here, in the stage
+            writing.append(pool.submit(_write_shard, path, seq_id, positions,
+                                       chunk[:, 1:].reshape(-1), acts, checked=True))
+        for done in writing:
+            done.result()
     bar.close()
     return len(seqs) * (n_ctx - 1)
 

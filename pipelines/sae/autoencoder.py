@@ -156,9 +156,8 @@ class SparseAutoencoder:
         if live is not None:
             exact = exact.masked_fill(cand.per_entry(live), float("-inf"))
         vals, pick = exact.view(-1, n_cand).topk(k, dim=1, sorted=False)
-        n = pre.shape[0]
-        return self.layout(cand.cols.view(n, n_cand).gather(1, pick).reshape(-1), vals.reshape(-1).clamp_min(0),
-                           torch.arange(0, n * k, k, device=pre.device), n, pre.shape[1])
+        return self.layout.from_rows(cand.cols.view(-1, n_cand).gather(1, pick), vals.clamp_min(0),
+                                     pre.shape[1])
 
     def _relu(self, pre: torch.Tensor, xc: torch.Tensor) -> BagCodes:
         if pre.dtype == torch.float32:

@@ -47,9 +47,14 @@ class BagCodes:
     @classmethod
     def topk(cls, pre: torch.Tensor, k: int) -> "BagCodes":
         vals, idx = pre.topk(k, dim=1, sorted=False)
-        n = pre.shape[0]
-        offsets = torch.arange(0, n * k, k, device=pre.device)
-        return cls(idx.reshape(-1), vals.reshape(-1).float().clamp_min(0), offsets, n, pre.shape[1])
+        return cls.from_rows(idx, vals.float().clamp_min(0), pre.shape[1])
+
+    @classmethod
+    def from_rows(cls, idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> "BagCodes":
+        """Row b's active features `idx[b]` with values `vals[b]` ([n, k] each, any order)."""
+        n, k = idx.shape
+        offsets = torch.arange(0, n * k, k, device=idx.device)
+        return cls(idx.reshape(-1), vals.reshape(-1), offsets, n, d_sae)
 
     @classmethod
     def relu(cls, pre: torch.Tensor) -> "BagCodes":
@@ -147,6 +152,19 @@ class CsrCodes(BagCodes):
         self.rows_t = self.rows()[self.order]
         self.crow_t = torch.zeros(d_sae + 1, dtype=self._crow.dtype, device=cols.device)
         self.crow_t[1:] = self.column_sums(torch.ones_like(vals)).to(self._crow.dtype).cumsum(0)
+
+    # cuSPARSE assumes the column indices ascend within each row (its CSR is "sorted by row
+    # indices and then within the same row by column indices"); torch.topk returns them in no
+    # order, and `sampled_addmm` over an unsorted row may pair a value with the wrong feature.
+    # MKL and torch's CPU kernels read any order, so CPU keeps topk's order unless asked.
+    sort_rows: bool | None = None  # None: sort on CUDA only
+
+    @classmethod
+    def from_rows(cls, idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> "CsrCodes":
+        if cls.sort_rows or (cls.sort_rows is None and idx.is_cuda):
+            idx, order = idx.sort(dim=1)
+            vals = vals.gather(1, order)
+        return super().from_rows(idx, vals, d_sae)
 
     @property
     def crow(self) -> torch.Tensor:
