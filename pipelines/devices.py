@@ -6,6 +6,8 @@ Every stage has its own `device` key (`model.device`, `activations.device`, `sae
 
 from __future__ import annotations
 
+import os
+
 from pipelines.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")  # what every stage's `device` key accepts
@@ -34,7 +36,5 @@ def io_threads(at_most: int) -> int:
     """Threads for Parquet reads or writes beside the compute: one on a small machine, where
     the compute needs the cores and bounds the stage anyway; up to `at_most` where cores are
     spare (a GPU box's 16). pyarrow releases the GIL, so these threads scale with cores."""
-    import os
-
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else max(1, min(at_most, cores // 4))

@@ -4,9 +4,10 @@
 each batch to the trainer, which copies it to the device: one small host-to-device copy per
 step, and the step waits for the host's shuffle. Here the shuffle buffer lives on the device
 in the stored float16; whole shards are read on background threads (one, or two on a
-machine with cores to spare) while the device trains on the previous one, and crosses to the device in one pinned upload. The batches are
-`ActivationStream`'s, row for row (same seed, same random draws in the same order: the test
-compares them), as float32 tensors already on the device.
+machine with cores to spare) while the device trains on the previous one, and each crosses
+to the device in one pinned upload. The batches are `ActivationStream`'s, row for row
+(same seed, same random draws in the same order: the test compares them), as float32
+tensors already on the device.
 """
 
 from __future__ import annotations
