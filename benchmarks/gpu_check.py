@@ -14,7 +14,8 @@ written into the report with its last lines, so one call teaches what the next m
    products over unsorted CSR rows (section 1 checks those products directly);
 4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process;
 5. the paper preset's stages at their rates, on capped token counts, with the full preset's
-   time extrapolated from those rates (`--paper-full` runs the real one instead).
+   time extrapolated from those rates (`--paper-full` runs the real one instead);
+6. the model stage's step eager vs `torch.compile` (`benchmarks/model_step.py`), if time is left.
 The report is rewritten after every section, so a call cut short still brings back what ran.
 """
 
@@ -39,7 +40,10 @@ class Report:
 
     def add(self, title: str, body: str) -> None:
         self.parts.append(f"## {title}\n\n```\n{body.rstrip()}\n```\n")
-        self.path.write_text(self.header + "\n" + "\n".join(self.parts), encoding="utf-8")
+        text = self.header + "\n" + "\n".join(self.parts)
+        self.path.write_text(text, encoding="utf-8")
+        if os.environ.get("OUT"):  # the device call brings $OUT back even when cut short
+            (Path(os.environ["OUT"]) / self.path.name).write_text(text, encoding="utf-8")
         print(f"\n## {title}\n{body}", flush=True)
 
 
@@ -225,9 +229,13 @@ def main() -> None:
                      "model stage takes 10x and its activations and sae stages 5x the times above)")
         return text
     section("Paper preset", paper, min_left=60)
+
+    def model_step() -> str:
+        out, _ = run([py, "benchmarks/model_step.py", "--device", args.device, "--compile",
+                      "--batch", "8" if args.quick else "256", "--steps", "8" if args.quick else "40"], left())
+        return "\n".join(line for line in out.splitlines() if line.startswith(("eager", "compile")))
+    section("Model step: eager vs torch.compile", model_step, min_left=60)
     report.add("Total", f"{time.perf_counter() - start:.0f} s of a {args.budget:.0f} s budget")
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / Path(args.out).name).write_text(report.path.read_text())
     print(json.dumps({"report": str(report.path)}))
 
 

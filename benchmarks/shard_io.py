@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.activations.shards import read_shard
-from pipelines.activations.stage import _write_shard
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.activations.shards import read_shard  # noqa: E402
+from pipelines.activations.stage import _write_shard  # noqa: E402
 
 _PLAIN = dict(use_dictionary=False, write_statistics=False, compression="none", row_group_size=16384)
 
