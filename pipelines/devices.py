@@ -34,7 +34,8 @@ def pick_device(requested: str, section: str) -> str:
 
 def io_threads(at_most: int) -> int:
     """Threads for Parquet reads or writes beside the compute: one on a small machine, where
-    the compute needs the cores and bounds the stage anyway; up to `at_most` where cores are
-    spare (a GPU box's 16). pyarrow releases the GIL, so these threads scale with cores."""
+    the compute needs the cores and bounds the stage anyway; up to `at_most`, half the cores,
+    where they are spare (a GPU box's 16: its compute needs one). pyarrow releases the GIL,
+    so these threads scale with cores (2 writers: 1.76-1.9x one on 2 cores)."""
     cores = os.cpu_count() or 1
-    return 1 if cores <= 4 else max(1, min(at_most, cores // 4))
+    return 1 if cores <= 4 else max(1, min(at_most, cores // 2))

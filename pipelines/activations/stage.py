@@ -73,7 +73,7 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
 def shard_writers() -> int:
     """Threads writing shards (`pipelines.devices.io_threads`): the forward passes bound a
     CPU run; on a GPU box the writing does."""
-    return io_threads(4)
+    return io_threads(8)
 
 
 @torch.no_grad()
@@ -94,8 +94,9 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
                        unit_scale=True, disable=not world.is_main)
     # Shards are written on threads while the next one's forward passes run: Parquet's
     # list encoding, not the model, bounds this stage on a GPU (one writer: ~0.2M rows/s on
-    # these CPUs; pyarrow releases the GIL, so writers scale with cores). Memory holds
-    # `writers` + 1 shards at most. The activations stay on the device (as the stored float16)
+    # these CPUs; pyarrow releases the GIL, so writers scale with cores). Host memory holds
+    # `writers` + 1 shards at most (9 on a 16-core GPU box: ~1.2 GB, twice that for
+    # validation's two columns). The activations stay on the device (as the stored float16)
     # until the shard is complete: one copy to the host per shard, and their finiteness is
     # one float32 sum per batch, read once per shard (a NaN or Inf makes the sum non-finite).
     writers = shard_writers()
