@@ -28,7 +28,7 @@ def fake_capture(bad_seq: int | None):
 @pytest.mark.parametrize("writers", [1, 3])  # a 2-core box / a GPU box's writer pool
 def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(None))
-    monkeypatch.setattr(stage, "shard_writers", lambda: writers)
+    monkeypatch.setattr(stage, "io_threads", lambda at_most: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])  # 40 sequences of n_ctx 9
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)  # 7 sequences a shard: 6 shards
     assert stage.cache_split(None, seqs, np.arange(40) + 100, tmp_path, "train", cfg, "cpu") == 40 * 8
@@ -45,7 +45,7 @@ def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
 @pytest.mark.parametrize("writers", [1, 3])
 def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(bad_seq=9))  # in the second shard
-    monkeypatch.setattr(stage, "shard_writers", lambda: writers)
+    monkeypatch.setattr(stage, "io_threads", lambda at_most: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)
     with pytest.raises(InputError, match=r"train-00001\.parquet: acts is NaN or Inf at sequence 9"):

@@ -70,12 +70,6 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
     pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
 
 
-def shard_writers() -> int:
-    """Threads writing shards (`pipelines.devices.io_threads`): the forward passes bound a
-    CPU run; on a GPU box the writing does."""
-    return io_threads(8)
-
-
 @torch.no_grad()
 def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
                 cfg: ActivationsConfig, device: str, pre_ln: bool = False,
@@ -99,7 +93,7 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     # validation's two columns). The activations stay on the device (as the stored float16)
     # until the shard is complete: one copy to the host per shard, and their finiteness is
     # one float32 sum per batch, read once per shard (a NaN or Inf makes the sum non-finite).
-    writers = shard_writers()
+    writers = io_threads(8)  # the forward passes bound a CPU run; on a GPU box the writing does
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="shard-writer") as pool:
         writing: list = []
         for shard in mine:
