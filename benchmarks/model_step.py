@@ -8,8 +8,8 @@ The step is the stage's (`pipelines/model/stage.py`): AdamW (fused on CUDA), bf1
 on CUDA, gradient clipping, on random tokens of the tiny preset's shape. With `--compile` the
 same step runs on a compiled copy from the same initial weights: the first losses must agree
 (printed), and the compile time is reported apart from the steady rate. On 2 CPU cores the
-bridge's graph breaks (`weakref.proxy`, `type.__getattribute__`) leave 1.16-1.21x for a
-17-28 s compile (2026-12-06), so the stage does not compile; a GPU, where a small step is
+bridge's graph breaks (`weakref.proxy`, `type.__getattribute__`) leave 1.02-1.21x for a
+6-28 s compile (2026-12-06), so the stage does not compile; a GPU, where a small step is
 bound by launches, is where this could change.
 """
 
