@@ -151,6 +151,42 @@ def dead_shares(run_dir: Path) -> str:
                      for r in rows)
 
 
+def paper_estimate(run_dir: Path) -> str:
+    """The uncapped paper preset's time from a capped run's stage times (its manifest): the
+    model stage's training scaled to the preset's tokens, the activations and sae stages to
+    the activations the preset would cache (its cap, or every training token the corpus
+    holds, whichever is fewer); the other stages do the same work capped or not."""
+    from pipelines.config import load_config
+
+    full = load_config("paper", None, [])
+    stages = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["stages"]
+    model, acts = stages["model"]["results"], stages["activations"]["results"]
+    n_ctx = stages["tokens"]["results"]["n_ctx"]
+    available = stages["tokens"]["results"]["train_sequences"] * (n_ctx - 1)
+    cached = min(full.activations.max_tokens or available, available)
+    scale = cached / max(acts["train_tokens"], 1)
+    lines, total = [], 0.0
+    for name, stage in stages.items():
+        seconds = stage["duration_s"]
+        if name == "model":
+            train = model["train_seconds"]
+            seconds += train * (full.model.train_tokens / max(model["tokens_trained"], 1) - 1)
+            why = f"{full.model.train_tokens / 1e6:.0f}M tokens at {model['tokens_per_second']:,.0f} tok/s"
+        elif name == "activations":  # validation's tokens are cached whole, capped or not
+            seconds *= (acts["val_tokens"] + cached) / (acts["val_tokens"] + acts["train_tokens"])
+            why = f"{cached / 1e6:.1f}M training activations (x{scale:.1f}) + validation"
+        elif name == "sae":  # evaluation's cost does not grow with the training activations
+            seconds += stage["results"]["train_seconds"] * (scale - 1)
+            why = f"training on {cached / 1e6:.1f}M activations (x{scale:.1f}) + evaluation"
+        else:
+            why = "as measured"
+        total += seconds
+        lines.append(f"  {name:<12}{seconds:8.0f} s  {why}")
+    return ("full preset on this corpus, estimated from the capped stages' times "
+            f"(activations: {full.activations.max_tokens / 1e6:.0f}M asked, {available / 1e6:.1f}M training tokens "
+            f"in the corpus):\n" + "\n".join(lines) + f"\n  {'total':<12}{total:8.0f} s ({total / 60:.1f} min)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -224,9 +260,8 @@ def main() -> None:
         out, seconds = run([py, "-m", "pipelines", "run", "--preset", "paper", "--run-dir", str(work / "paper"),
                             *caps], left())
         text = f"{summaries(out)}\n{dead_shares(work / 'paper')}\npaper preset run: {seconds:.0f} s"
-        if caps and not args.quick:
-            text += ("\n(capped: model 20M of 200M tokens, activations 10M of 50M; at these rates the full preset's "
-                     "model stage takes 10x and its activations and sae stages 5x the times above)")
+        if caps:
+            text += "\n" + paper_estimate(work / "paper")
         return text
     section("Paper preset", paper, min_left=60)
 
