@@ -21,6 +21,7 @@ from pipelines.devices import check_device
 
 SAE_CODES = ("auto", "bag", "csr")  # the layouts of pipelines/sae/codes.py
 SAE_PRECISIONS = ("auto", "fp32", "bf16")  # encoder selection (pipelines/sae/autoencoder.py)
+SAE_GRAPHS = ("auto", "on", "off")  # CUDA graph replay of a step (pipelines/sae/step_graph.py)
 from pipelines.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -199,11 +200,12 @@ class SaeConfig:
     device: str = "auto"
     codes: str = "auto"  # sparse products: auto (bag on CUDA, csr on CPU) | bag (embedding-bag kernels) | csr (MKL / cuSPARSE)
     precision: str = "auto"  # encoder matmul that selects the active features: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    graph: str = "auto"  # replay each TopK step as a recorded CUDA graph: auto (on CUDA, one process) | on | off
     seed: int = 0
 
     # How a step computes, not what it trains: the same SAE up to float rounding (bf16 can
     # swap a feature tied at the k-th place), so changing them rebuilds nothing.
-    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("codes", "precision")
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("codes", "precision", "graph")
 
     @property
     def recipe_spec(self) -> Recipe:
@@ -239,6 +241,9 @@ class SaeConfig:
         _require(self.codes in SAE_CODES, "sae.codes", self.codes, f"must be one of {', '.join(SAE_CODES)}")
         _require(self.precision in SAE_PRECISIONS, "sae.precision", self.precision,
                  f"must be one of {', '.join(SAE_PRECISIONS)}")
+        _require(self.graph in SAE_GRAPHS, "sae.graph", self.graph, f"must be one of {', '.join(SAE_GRAPHS)}")
+        _require(self.graph != "on" or self.recipe_spec.top_k, "sae.graph", self.graph,
+                 "'on' needs a TopK recipe (an L1 step's ReLU codes vary in size); use auto or off")
 
 
 @dataclass(frozen=True)

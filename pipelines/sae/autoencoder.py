@@ -177,6 +177,30 @@ class SparseAutoencoder:
         """One Adam step on a batch of scaled activations x [B, d_in]. Nothing here reads a
         value back to the host (on a GPU the step is queued, not waited for), except the L1
         recipes' count of active codes, whose sparsity is data-dependent."""
+        self.set_lr(lr)
+        self.tokens_seen += x.shape[0] * self.world.size
+        return self.step_body(x, l1_scale)
+
+    def set_lr(self, lr: float) -> None:
+        """Each group's rate; a group whose rate is a tensor (a CUDA graph reads it at every
+        replay, `pipelines/sae/step_graph.py`) gets the value written into it."""
+        for group in self.optimizer.param_groups:
+            value = lr * group["lr_scale"]
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
+    def aux_ready(self) -> bool:
+        """Whether AuxK can have work: the recipe has it and `dead_window` tokens have passed
+        (before that no feature can be dead)."""
+        return bool(self.rules.aux_k and self.aux_coefficient > 0 and self.tokens_seen >= self.dead_window)
+
+    @torch.no_grad()
+    def step_body(self, x: torch.Tensor, l1_scale: float = 1.0, aux: bool | None = None) -> StepStats:
+        """`step` after its host bookkeeping (the rate, the token count): the device work
+        alone, which a CUDA graph can record. `aux`: run AuxK (None: decide here, reading the
+        dead count on a CPU)."""
         batch = x.shape[0]
         W_enc, W_dec = self.W_enc, self.W_dec
         xc, pre, codes = self.encode_codes(x, allow_dense=True)
@@ -207,13 +231,12 @@ class SparseAutoencoder:
         self.world.sum_(fired)  # fired on any rank's share of the batch
         self.since_fired += batch * self.world.size
         self.since_fired.masked_fill_(fired > 0, 0)
-        self.tokens_seen += batch * self.world.size
 
-        aux = torch.zeros((), device=x.device)
+        aux_loss = torch.zeros((), device=x.device)
         dead = self.dead_mask()
         n_dead = dead.sum()
-        if self.rules.aux_k and self.aux_coefficient > 0 and self._may_have_dead(n_dead):
-            aux = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
+        if self.aux_ready() and (self._may_have_dead(n_dead) if aux is None else aux):
+            aux_loss = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
 
         l0 = codes.l0()
         if self.world.distributed:  # the global batch's gradient, and its mean statistics
@@ -226,19 +249,14 @@ class SparseAutoencoder:
             param.grad = grad
         if self.rules.clips_grad:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
         self.optimizer.step()
         if self.unit_norm:
             W_dec /= W_dec.norm(dim=1, keepdim=True)
-        return StepStats(mse=mse, l0=l0, aux=aux, n_dead=n_dead)
+        return StepStats(mse=mse, l0=l0, aux=aux_loss, n_dead=n_dead)
 
     def _may_have_dead(self, n_dead: torch.Tensor) -> bool:
-        """Whether AuxK has work. Before `dead_window` tokens no feature can be dead; after,
-        a CPU reads the count, and a GPU runs AuxK every step rather than wait for it (with no
-        dead feature its gradient is exactly zero)."""
-        if self.tokens_seen < self.dead_window:
-            return False
+        """Whether AuxK has work once `aux_ready`: a CPU reads the count, and a GPU runs AuxK
+        every step rather than wait for it (with no dead feature its gradient is exactly zero)."""
         return bool(n_dead > 0) if self.syncs_are_free else True
 
     def _aux_grads(self, pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec) -> torch.Tensor:

@@ -37,6 +37,7 @@ from pipelines.errors import ConfigError
 from pipelines.sae.calibration import search_for
 from pipelines.sae.metrics import LOSS_KEYS, loss_metrics, reconstruction_metrics
 from pipelines.sae.autoencoder import SparseAutoencoder
+from pipelines.sae.step_graph import GraphedStep, use_graph
 
 
 READ_EVERY = 20  # GPU: steps between reads of the step figures (each read waits for the GPU)
@@ -107,6 +108,11 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
         return latest
 
     world = distributed.world()
+    # On a GPU each size's TopK step is recorded once as a CUDA graph and replayed
+    # (pipelines/sae/step_graph.py): the same step without sixty kernel launches from Python.
+    graphed = use_graph(cfg.graph, device, cfg.recipe_spec, world.distributed)
+    steppers = {size: GraphedStep(sae, cfg.batch_size // world.size) if graphed else sae
+                for size, sae in saes.items()}
     bar = progress.bar(total=total, desc=f"{desc} ({device}"
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
                        disable=not world.is_main)
@@ -127,7 +133,7 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
             lr = lr_at(step, total, cfg)
             l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
             for size, sae in saes.items():
-                stats = sae.step(x, lr, l1_scale)
+                stats = steppers[size].step(x, lr, l1_scale)
                 if searches[size] is not None:  # a control loop: it reads L0 every step
                     sae.l1_coefficient = searches[size].update(step, sae.l1_coefficient, float(stats.l0))
                 if step in resample_steps:
@@ -146,10 +152,19 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
     seconds = time.perf_counter() - t0
     info = {"steps": step, "train_seconds": round(seconds, 2),
             "activations_per_second": round(step * cfg.batch_size / seconds, 1),
-            "resampled": resampled, "curves": curves}
+            "resampled": resampled, "curves": curves,
+            "graph": graph_state(steppers) if graphed else "off"}
     if cfg.recipe_spec.l1:
         info["l1_coefficients"] = {size: sae.l1_coefficient for size, sae in saes.items()}
     return saes, info
+
+
+def graph_state(steppers: dict) -> str:
+    """"on", or which sizes fell back to eager steps and why (said in the stage's summary)."""
+    failed = {size: s.failure for size, s in steppers.items() if s.failure}
+    if not failed:
+        return "on"
+    return "eager for " + "; ".join(f"{size} ({why})" for size, why in failed.items())
 
 
 def train_all(cfg: SaeConfig, act_dir: Path, d_in: int, n_train: int, device: str
@@ -206,8 +221,9 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     parts = ", ".join(f"{r['dictionary']}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} CE rec "
                       f"{_percent(r['ce_loss_recovered'])} dead {100 * r['dead_fraction']:.1f}%"
                       + (f" λ {r['l1_coefficient']:.3g}" if "l1_coefficient" in r else "") for r in rows)
+    graph = {"on": ", CUDA graphs", "off": ""}.get(info["graph"], f", CUDA graph {info['graph']}")
     summary = (f"sae: {cfg.recipe}, {len(rows)} dictionaries at {info['activations_per_second']:,.0f} "
-               f"act/s ({parts}), {seconds:.0f} s")
+               f"act/s{graph} ({parts}), {seconds:.0f} s")
     return summary, {**info, "input_scale": scale, "metrics": rows}
 
 

@@ -1,0 +1,129 @@
+"""A graphed SAE step (pipelines/sae/step_graph.py) trains as the eager one.
+
+CUDA graphs need a GPU, so the capture is stood in for: `warm` runs the step as CUDA's
+warm-up does (really changing the weights, which recording must put back) and `record`
+hands back the step for each replay. What this proves on CPU: the warm-up leaves no trace,
+the learning rate reaches the step through its tensor, the AuxK switch picks the right
+recording, a short batch and a failed recording fall back to eager steps. What it cannot:
+that CUDA captures every op (benchmarks/gpu_check.py compares graphed and eager on a GPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feature_store.recipes import recipe
+from pipelines.config import SaeConfig
+from pipelines.errors import ConfigError
+from pipelines.sae.autoencoder import SparseAutoencoder
+from pipelines.sae.step_graph import GraphedStep, use_graph
+
+
+class StandInCapture:
+    """Counts warm-ups and recordings; replays by running the recorded step again."""
+
+    def __init__(self, fail: bool = False):
+        self.warmed, self.recorded, self.fail = 0, 0, fail
+
+    def warm(self, fn) -> None:
+        for _ in range(2):
+            fn()
+            self.warmed += 1
+
+    def record(self, fn):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.recorded += 1
+        return fn
+
+
+def _sae(dead_window: int = 10**9) -> SparseAutoencoder:
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(32, 128, "topk", k=4, dead_window=dead_window, aux_k=16,
+                            b_dec_init=torch.zeros(32), seed=3)
+    sae.syncs_are_free = False  # as on a GPU: AuxK runs on a masked candidate set, no count read
+    return sae
+
+
+def _batches(n: int, rows: int = 64) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(rows, 32, generator=gen) for _ in range(n)]
+
+
+def _lr(step: int) -> float:
+    return 1e-2 * (1 - step / 20)  # changes every step: a rate baked into a recording would show
+
+
+def _train(stepper, batches) -> list[float]:
+    return [float(stepper.step(x, _lr(i)).mse) for i, x in enumerate(batches)]
+
+
+@pytest.mark.parametrize("dead_window", [10**9, 64 * 6])  # no AuxK; AuxK from step 6 on
+def test_graphed_training_equals_eager(dead_window):
+    batches = _batches(12)
+    eager, graphed_sae = _sae(dead_window), _sae(dead_window)
+    capture = StandInCapture()
+    graphed = GraphedStep(graphed_sae, rows=64, capture=capture)
+    eager_mse, graphed_mse = _train(eager, batches), _train(graphed, batches)
+    assert graphed.failure == ""
+    assert capture.recorded == (1 if dead_window > 10**6 else 2)  # one recording per AuxK state
+    assert capture.warmed == 2 * capture.recorded
+    assert graphed_mse == pytest.approx(eager_mse, rel=1e-5)
+    for a, b in zip(eager.params, graphed_sae.params):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert torch.equal(eager.since_fired, graphed_sae.since_fired)
+    assert graphed_sae.tokens_seen == eager.tokens_seen
+
+
+def test_warm_up_leaves_no_trace():
+    """Recording's two warm-up steps really ran; the weights and Adam's state are as before."""
+    sae = _sae()
+    before = [p.clone() for p in sae.params]
+    graphed = GraphedStep(sae, rows=64, capture=StandInCapture())
+    sae.set_lr(1e-2)
+    graphed.x.copy_(_batches(1)[0])  # a real batch: on zeros a step moves nothing
+    graphed._record(aux=False)
+    for a, b in zip(before, sae.params):
+        assert torch.equal(a, b)
+    assert all(torch.count_nonzero(t) == 0 for s in sae.optimizer.state.values() for t in s.values())
+
+
+def test_failed_recording_steps_eagerly_and_says_why():
+    batches = _batches(5)
+    eager, sae = _sae(), _sae()
+    graphed = GraphedStep(sae, rows=64, capture=StandInCapture(fail=True))
+    assert _train(graphed, batches) == pytest.approx(_train(eager, batches), rel=1e-5)
+    assert "not permitted when stream is capturing" in graphed.failure
+    for a, b in zip(eager.params, sae.params):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_short_batch_steps_eagerly():
+    capture = StandInCapture()
+    graphed = GraphedStep(_sae(), rows=64, capture=capture)
+    graphed.step(_batches(1, rows=40)[0], 1e-2)
+    assert capture.recorded == 0 and graphed.failure == ""
+
+
+def test_wrap_before_the_first_step():
+    sae = _sae()
+    sae.step(_batches(1)[0], 1e-2)
+    with pytest.raises(ValueError, match="before its first step"):
+        GraphedStep(sae, rows=64)
+
+
+def test_when_a_step_is_graphed():
+    topk, l1 = recipe("topk"), recipe("l1")
+    assert not use_graph("auto", "cpu", topk, False)  # auto: CUDA only
+    assert not use_graph("off", "cpu", topk, False)
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        use_graph("on", "cpu", topk, False)
+    if torch.cuda.is_available():
+        assert use_graph("auto", "cuda", topk, False)
+        assert not use_graph("auto", "cuda", l1, False)
+        assert not use_graph("auto", "cuda", topk, True)
+    with pytest.raises(ValueError, match="sae.graph"):
+        SaeConfig(recipe="l1", graph="on", k=0)
+    with pytest.raises(ValueError, match="sae.graph"):
+        SaeConfig(graph="sometimes")
