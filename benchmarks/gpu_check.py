@@ -6,13 +6,15 @@
 Sections, each timed and each allowed to fail without stopping the rest (a failure is
 written into the report with its last lines, so one call teaches what the next must fix):
 1. correctness on the device: the sparse gradients (bag and csr layouts, every recipe)
-   against autograd on the dense formulation; bf16 selection against fp32; the device stream
-   against the host stream;
+   against autograd on the dense formulation; bf16 selection against fp32; a step replayed as
+   a CUDA graph against the eager step (if they differ, every later section runs with
+   `sae.graph=off`); the device stream against the host stream;
 2. the tiny preset end to end: every stage's summary line, dead share per size;
 3. the same tiny sae stage with `sae.codes = csr` (cuSPARSE, rows now sorted): whether the
    dead share a GPU run showed (19.8% at 2,048 against 4.1% on CPU) came from cuSPARSE's
    products over unsorted CSR rows (section 1 checks those products directly);
-4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process;
+4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process, and
+   at three sizes without CUDA graphs and in the first trainer's CSR/fp32 form;
 5. the paper preset's stages at their rates, on capped token counts, with the full preset's
    time extrapolated from those rates (`--paper-full` runs the real one instead);
 6. the model stage's step eager vs `torch.compile` (`benchmarks/model_step.py`), if time is left.
@@ -100,6 +102,45 @@ def correctness(device: str, quick: bool) -> str:
         lines.append(f"bf16 step vs fp32 {recipe:8}: max relative gradient difference {err:.2e}")
     lines += csr_row_order(device)
     return "\n".join(lines)
+
+
+GRAPH_TOLERANCE = 1e-3  # relative weight difference after 24 steps; a baked-in value shows as ~1e-2 or more
+
+
+def graph_vs_eager(device: str) -> tuple[str, bool]:
+    """A graphed SAE (`sae.graph`) and an eager one trained on the same 24 batches, AuxK
+    switching on halfway (so both recordings are used), with a rate that changes every step.
+    On a CPU the capture is the tests' stand-in. Returns the line and whether graphs may be
+    used by the rest of the check."""
+    import torch
+
+    from pipelines.sae.autoencoder import SparseAutoencoder
+    from pipelines.sae.step_graph import CudaCapture, GraphedStep
+    from tests.test_sae_graph import StandInCapture
+    from tests.test_sae_training import planted
+
+    xb, _ = planted(24 * 1024, 64, 512, 8, 0.05, 0)
+    xb = xb.to(device)
+    saes = [SparseAutoencoder(64, 1024, "topk", k=16, b_dec_init=xb.mean(0).cpu(), seed=1, aux_k=64,
+                              dead_window=12 * 1024, device=device) for _ in range(2)]
+    for sae in saes:
+        sae.syncs_are_free = False  # the GPU's AuxK form on either device
+    eager, graphed_sae = saes
+    capture = CudaCapture() if torch.device(device).type == "cuda" else StandInCapture()
+    graphed = GraphedStep(graphed_sae, 1024, capture=capture)
+    for i in range(24):
+        lr = 3e-3 * (1 - i / 30)
+        eager.step(xb[i * 1024:(i + 1) * 1024], lr)
+        graphed.step(xb[i * 1024:(i + 1) * 1024], lr)
+    if graphed.failure:
+        return f"graph vs eager: recording FAILED ({graphed.failure}); the check runs with sae.graph=off", False
+    diff = max(float((b - a).abs().max() / a.abs().max())
+               for a, b in zip((p.detach() for p in eager.params), (p.detach() for p in graphed_sae.params)))
+    ok = diff < GRAPH_TOLERANCE
+    return (f"graph vs eager (24 steps, AuxK from step 12, {len(graphed.replays)} recordings, "
+            f"{'CUDA' if capture.__class__ is CudaCapture else 'stand-in'} capture): max relative weight "
+            f"difference {diff:.2e}" + ("" if ok else f" > {GRAPH_TOLERANCE}: FAILED; the check runs with sae.graph=off"),
+            ok)
 
 
 def csr_row_order(device: str) -> list[str]:
@@ -225,17 +266,32 @@ def main() -> None:
         report.add(title, f"{text}\n({time.perf_counter() - t:.0f} s)")
 
     section("Correctness on the device", lambda: correctness(args.device, args.quick))
+    graph_sets: list[str] = []  # the rest runs with sae.graph=off if graphed steps proved wrong here
+
+    def graphs() -> str:
+        # in a child process: a capture that crashes or hangs must not take the check with it
+        code = ("import sys; sys.path[:0] = ['benchmarks', '.']; import gpu_check; "
+                f"text, ok = gpu_check.graph_vs_eager({args.device!r}); print(text); print('graphs ok' if ok else '')")
+        try:
+            out, _ = run([py, "-c", code], min(180, left()))
+        except Exception:
+            graph_sets.extend(["--set", "sae.graph=off"])
+            raise
+        if "graphs ok" not in out.splitlines():
+            graph_sets.extend(["--set", "sae.graph=off"])
+        return "\n".join(line for line in out.splitlines() if line.startswith("graph vs eager"))
+    section("CUDA graph replay vs eager steps", graphs)
 
     def tiny_run() -> str:
-        out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets],
-                           left())
+        out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets,
+                            *graph_sets], left())
         return f"{summaries(out)}\n{dead_shares(tiny)}\ntiny end to end: {seconds:.0f} s"
     section("Tiny preset end to end", tiny_run)
     section("Device stream", lambda: stream_equality(tiny, args.device))
 
     def tiny_csr() -> str:
         out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets,
-                            "--set", "sae.codes=csr", "--force", "sae", "--until", "sae"], left())
+                            *graph_sets, "--set", "sae.codes=csr", "--force", "sae", "--until", "sae"], left())
         return f"{summaries(out)}\n{dead_shares(tiny)}"
     section("Tiny sae stage with sae.codes = csr (cuSPARSE)", tiny_csr)
 
@@ -243,13 +299,18 @@ def main() -> None:
         sizes = "512,2048" if args.quick else "512,1024,2048,4096,8192,16384,32768"
         steps = "6" if args.quick else "30"
         batch = "512" if args.quick else "4096"
+        graph = ["--graph", "off"] if graph_sets else []
         out, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
-                      "--sizes", sizes, "--steps", steps, "--batch", batch, "--reference"], left())
+                      "--sizes", sizes, "--steps", steps, "--batch", batch, "--reference", *graph], left())
+        eager, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
+                        "--sizes", "512" if args.quick else "512,2048,16384", "--steps", steps, "--batch", batch,
+                        "--graph", "off"], left())
         csr, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
                       "--sizes", "2048" if args.quick else "2048,16384", "--steps", steps, "--batch", batch,
-                      "--codes", "csr", "--precision", "fp32"], left())
+                      "--codes", "csr", "--precision", "fp32", "--graph", "off"], left())
         keep = lambda text: "\n".join(l for l in text.splitlines() if not l.startswith("{"))  # noqa: E731,E741
-        return keep(out) + "\n\nfor comparison, the CSR layout in fp32 (the trainer before issue 27):\n" + keep(csr)
+        return (keep(out) + "\n\nthe same steps without CUDA graphs (sae.graph=off):\n" + keep(eager)
+                + "\n\nfor comparison, the CSR layout in fp32 (the trainer before issue 27):\n" + keep(csr))
     section("SAE trainer vs the dense bf16 reference", throughput)
 
     def paper() -> str:
@@ -258,7 +319,7 @@ def main() -> None:
         if args.quick:
             caps = quick_sets
         out, seconds = run([py, "-m", "pipelines", "run", "--preset", "paper", "--run-dir", str(work / "paper"),
-                            *caps], left())
+                            *caps, *graph_sets], left())
         text = f"{summaries(out)}\n{dead_shares(work / 'paper')}\npaper preset run: {seconds:.0f} s"
         if caps:
             text += "\n" + paper_estimate(work / "paper")

@@ -5,7 +5,8 @@ activation (encoder, decoder and their backward passes; SAELens' trainer reaches
 dense rate on 2 CPU cores). A share above 1 means sparsity saved work a dense trainer does.
 
     python benchmarks/sae_throughput.py [--run-dir runs/tiny] [--sizes 512,1024,2048] [--k 32]
-        [--codes auto|bag|csr] [--precision auto|fp32|bf16] [--reference] [--device cpu|cuda]
+        [--codes auto|bag|csr] [--precision auto|fp32|bf16] [--graph auto|on|off] [--reference]
+        [--device cpu|cuda]
 
 `--reference` also times `benchmarks/dense_reference.py` (the naive dense TopK SAE, bf16
 autocast on a GPU) on the same batches and prints ours / reference, with both trainers' FVU
@@ -31,7 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from feature_store.recipes import recipe  # noqa: E402
 from pipelines.sae.autoencoder import SparseAutoencoder  # noqa: E402
+from pipelines.sae.step_graph import GraphedStep, use_graph  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -97,12 +100,15 @@ def ours(size: int, args, train: torch.Tensor, held_out: torch.Tensor) -> dict:
     sae = SparseAutoencoder(train.shape[-1], size, "topk", k=args.k, b_dec_init=train[0].mean(0).cpu(),
                             device=args.device, codes=args.codes, precision=args.precision,
                             dead_window=10**12)
-    seconds = timed(lambda x: sae.step(x, 1e-3), train, args.device)
+    graphed = use_graph(args.graph, args.device, recipe("topk"), False)
+    stepper = GraphedStep(sae, train.shape[1]) if graphed else sae  # records during the warm-up batches
+    seconds = timed(lambda x: stepper.step(x, 1e-3), train, args.device)
     with torch.no_grad():
         _, _, codes = sae.encode_codes(held_out)
         x_hat = codes.times(sae.W_dec) + sae.b_dec
     never = float((sae.since_fired >= sae.tokens_seen).float().mean())
-    return {"seconds": seconds, "fvu": fvu(held_out, x_hat), "never_fired": never}
+    graph = ("on" if not stepper.failure else f"failed ({stepper.failure})") if graphed else "off"
+    return {"seconds": seconds, "fvu": fvu(held_out, x_hat), "never_fired": never, "graph": graph}
 
 
 def reference(size: int, args, train: torch.Tensor, held_out: torch.Tensor) -> dict:
@@ -125,6 +131,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--codes", default="auto", choices=("auto", "bag", "csr"), help="sae.codes")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="sae.precision")
+    parser.add_argument("--graph", default="auto", choices=("auto", "on", "off"),
+                        help="sae.graph: replay each step as a CUDA graph (auto: on CUDA)")
     parser.add_argument("--reference", action="store_true", help="also time the dense reference")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -141,7 +149,7 @@ def main() -> None:
         dense = dense_rate(args.batch, d_in, size, args.device)
         row = {"d_sae": size, "activations_per_s": round(acts_per_s), "dense_gflops": round(dense / 1e9, 1),
                "share_of_dense": round(12 * d_in * size * acts_per_s / dense, 2),
-               "fvu": round(mine["fvu"], 4), "never_fired": round(mine["never_fired"], 4)}
+               "fvu": round(mine["fvu"], 4), "never_fired": round(mine["never_fired"], 4), "graph": mine["graph"]}
         if args.reference:
             ref = reference(size, args, train, held_out)
             row.update(reference_per_s=round((len(train) - 3) * args.batch / ref["seconds"]),
@@ -152,7 +160,8 @@ def main() -> None:
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
     print(f"SAE training throughput (topk k={args.k}, batch {args.batch}, d_in {d_in}, codes {args.codes}, "
-          f"precision {args.precision}, {len(train) - 3} timed steps, {where}, inputs: {source})")
+          f"precision {args.precision}, graph {', '.join(sorted({r['graph'] for r in rows}))}, "
+          f"{len(train) - 3} timed steps, {where}, inputs: {source})")
     head = f"{'d_sae':>7} {'act/s':>11} {'dense GFLOP/s':>14} {'share':>6} {'FVU':>7} {'never':>6}"
     if args.reference:
         head += f" {'ref act/s':>11} {'ref FVU':>7} {'ref never':>9} {'ours/ref':>8}"
