@@ -115,8 +115,9 @@ def graph_vs_eager(device: str) -> tuple[str, bool]:
     import torch
 
     from pipelines.sae.autoencoder import SparseAutoencoder
-    from pipelines.sae.step_graph import CudaCapture, GraphedStep
-    from tests.test_sae_graph import StandInCapture
+    from pipelines.graph_capture import CudaCapture
+    from pipelines.sae.step_graph import GraphedStep
+    from tests.stand_in_capture import StandInCapture
     from tests.test_sae_training import planted
 
     xb, _ = planted(24 * 1024, 64, 512, 8, 0.05, 0)

@@ -18,24 +18,7 @@ from pipelines.config import SaeConfig
 from pipelines.errors import ConfigError
 from pipelines.sae.autoencoder import SparseAutoencoder
 from pipelines.sae.step_graph import GraphedStep, use_graph
-
-
-class StandInCapture:
-    """Counts warm-ups and recordings; replays by running the recorded step again."""
-
-    def __init__(self, fail: bool = False):
-        self.warmed, self.recorded, self.fail = 0, 0, fail
-
-    def warm(self, fn) -> None:
-        for _ in range(2):
-            fn()
-            self.warmed += 1
-
-    def record(self, fn):
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.recorded += 1
-        return fn
+from tests.stand_in_capture import StandInCapture
 
 
 def _sae(dead_window: int = 10**9) -> SparseAutoencoder:

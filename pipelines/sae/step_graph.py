@@ -22,16 +22,15 @@ be captured) leaves that SAE stepping eagerly and says why in the stage's result
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
 from feature_store.recipes import Recipe
 from pipelines.errors import ConfigError
+from pipelines.graph_capture import (Capture, CudaCapture, failure_text, optimizer_state, record_step,
+                                     replayable_options, tensor_lr_groups)
 from pipelines.sae.autoencoder import SparseAutoencoder, StepStats
-
-GRAPH_CHOICES = ("auto", "on", "off")
-
 
 def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool) -> bool:
     """`sae.graph`: auto graphs a TopK step on CUDA in one process; on insists (and says why
@@ -43,34 +42,6 @@ def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool) -> bo
                "runs in one process only, not under torchrun")
         raise ConfigError(f"sae.graph = 'on' {why}; use 'auto' or 'off'", key="sae.graph")
     return choice != "off" and possible
-
-
-class Capture(Protocol):
-    def warm(self, fn: Callable[[], object]) -> None: ...
-    def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]: ...
-
-
-class CudaCapture:
-    """torch.cuda.graph, each graph in its own memory pool (so no replay order is assumed).
-    `thread_local`: the activation stream's reader threads may upload while a step records."""
-
-    def warm(self, fn: Callable[[], object]) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-
-    def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = fn()
-
-        def replay() -> torch.Tensor:
-            graph.replay()
-            return out
-        return replay
 
 
 class GraphedStep:
@@ -87,13 +58,9 @@ class GraphedStep:
         self.x = torch.zeros(rows, sae.d_in, device=device)
         self.replays: dict[bool, Callable[[], torch.Tensor]] = {}
         self.failure = ""  # why recording failed (the SAE then steps eagerly)
-        on_gpu = device.type == "cuda"
         old = sae.optimizer
-        groups = [{"params": g["params"], "lr_scale": g["lr_scale"],
-                   "lr": torch.tensor(float(g["lr"]), device=device)} for g in old.param_groups]
-        # CPU (tests): torch's single-tensor Adam, the one CPU form that reads a tensor rate
-        sae.optimizer = torch.optim.Adam(groups, lr=old.defaults["lr"], betas=old.defaults["betas"],
-                                         **(dict(fused=True, capturable=True) if on_gpu else dict(foreach=False)))
+        sae.optimizer = torch.optim.Adam(tensor_lr_groups(old, device), lr=old.defaults["lr"],
+                                         betas=old.defaults["betas"], **replayable_options(device))
 
     def step(self, x: torch.Tensor, lr: float, l1_scale: float = 1.0) -> StepStats:
         sae = self.sae
@@ -110,32 +77,14 @@ class GraphedStep:
         return StepStats(mse=out[0], l0=out[1], aux=out[2], n_dead=out[3])
 
     def _record(self, aux: bool) -> Callable[[], torch.Tensor] | None:
-        saved = self._save()
         try:
-            self.capture.warm(lambda: self.sae.step_body(self.x, aux=aux))
-            self._restore(saved)
-            self.replays[aux] = self.capture.record(lambda: self.sae.step_body(self.x, aux=aux).stacked())
+            self.replays[aux] = record_step(self.capture, lambda: self.sae.step_body(self.x, aux=aux).stacked(),
+                                            self._state)
             return self.replays[aux]
         except Exception as err:  # noqa: BLE001 - an op that cannot be captured: step eagerly
-            self._restore(saved)
-            self.failure = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            self.failure = failure_text(err)
             return None
 
     def _state(self) -> list[torch.Tensor]:
         """Everything a step changes: weights, Adam's moments and step counts, firing clocks."""
-        opt = self.sae.optimizer.state
-        return [*self.sae.params, self.sae.since_fired,
-                *(t for p in self.sae.params for t in opt.get(p, {}).values() if torch.is_tensor(t))]
-
-    def _save(self) -> tuple[int, list[torch.Tensor]]:
-        state = self._state()
-        return len(state), [t.clone() for t in state]
-
-    def _restore(self, saved: tuple[int, list[torch.Tensor]]) -> None:
-        n, values = saved
-        state = self._state()
-        with torch.no_grad():
-            for tensor, value in zip(state, values):
-                tensor.copy_(value)
-            for tensor in state[n:]:  # Adam's state made by the warm-up: back to its start
-                tensor.zero_()
+        return [*self.sae.params, self.sae.since_fired, *optimizer_state(self.sae.optimizer, self.sae.params)]
