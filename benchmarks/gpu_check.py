@@ -229,6 +229,57 @@ def paper_estimate(run_dir: Path) -> str:
             f"in the corpus):\n" + "\n".join(lines) + f"\n  {'total':<12}{total:8.0f} s ({total / 60:.1f} min)")
 
 
+def model_graph_vs_eager(run_dir: Path, device: str, quick: bool) -> tuple[str, bool]:
+    """The model stage itself, run twice on `run_dir`'s tokens (the tiny preset's settings,
+    a short schedule): steps replayed from a CUDA graph against eager steps. The learning
+    rate changes every step (warm-up, then decay), so a rate baked into the recording shows
+    as diverging losses. On a CPU the capture is the tests' stand-in."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.model import stage
+
+    cfg = dataclasses.replace(load_config("tiny", None, []).model, device=device, eval_every=10**9,
+                              train_tokens=(8 if quick else 80) * 32 * 128, warmup_steps=4 if quick else 20)
+    if torch.device(device).type != "cuda":
+        from tests.stand_in_capture import StandInCapture
+        import pipelines.graph_capture as graph_capture
+        graph_capture.CudaCapture = StandInCapture
+        stage.use_model_graph = lambda choice, *a: choice != "off"
+    lines, curves = [], {}
+    work = Path(tempfile.mkdtemp())
+    for graph in ("off", "on"):
+        out = work / graph
+        out.mkdir()
+        _, metrics = stage.run(dataclasses.replace(cfg, graph=graph), run_dir, out)
+        curves[graph] = pq.read_table(out / "loss_curve.parquet").column("train_loss").to_numpy()
+        lines.append(f"model graph {graph}: {metrics['tokens_per_second']:,.0f} tok/s over {metrics['steps']} steps "
+                     f"({metrics['graph']}), validation loss {metrics['val_loss']:.4f}")
+    shutil.rmtree(work, ignore_errors=True)
+    diff = float(np.max(np.abs(curves["on"] - curves["off"]) / np.abs(curves["off"])))
+    failed = "eager (" in lines[-1]
+    ok = diff < 2e-2 and not failed
+    lines.append(f"model graph vs eager: max relative train-loss difference {diff:.2e}"
+                 + ("" if ok else ": FAILED; the check runs with model.graph=off"))
+    return "\n".join(lines), ok
+
+
+def graph_checks(run_dir: str, device: str, quick: bool) -> None:
+    """Both stages' replayed steps against eager ones (the child process of the graph section)."""
+    text, ok = graph_vs_eager(device)
+    print(text)
+    print("sae graphs ok" if ok else "")
+    text, ok = model_graph_vs_eager(Path(run_dir), device, quick)
+    print(text)
+    print("model graphs ok" if ok else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -267,20 +318,24 @@ def main() -> None:
         report.add(title, f"{text}\n({time.perf_counter() - t:.0f} s)")
 
     section("Correctness on the device", lambda: correctness(args.device, args.quick))
-    graph_sets: list[str] = []  # the rest runs with sae.graph=off if graphed steps proved wrong here
+    graph_sets: list[str] = []  # the rest runs with a stage's graph off if its replayed steps proved wrong here
 
     def graphs() -> str:
+        run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets,
+             "--until", "tokens"], left())  # the model check trains on the tiny preset's tokens
         # in a child process: a capture that crashes or hangs must not take the check with it
         code = ("import sys; sys.path[:0] = ['benchmarks', '.']; import gpu_check; "
-                f"text, ok = gpu_check.graph_vs_eager({args.device!r}); print(text); print('graphs ok' if ok else '')")
+                f"gpu_check.graph_checks({str(tiny)!r}, {args.device!r}, {args.quick!r})")
         try:
-            out, _ = run([py, "-c", code], min(180, left()))
+            out, _ = run([py, "-c", code], min(240, left()))
         except Exception:
-            graph_sets.extend(["--set", "sae.graph=off"])
+            graph_sets.extend(["--set", "sae.graph=off", "--set", "model.graph=off"])
             raise
-        if "graphs ok" not in out.splitlines():
-            graph_sets.extend(["--set", "sae.graph=off"])
-        return "\n".join(line for line in out.splitlines() if line.startswith("graph vs eager"))
+        lines = out.splitlines()
+        for stage in ("sae", "model"):
+            if f"{stage} graphs ok" not in lines:
+                graph_sets.extend(["--set", f"{stage}.graph=off"])
+        return "\n".join(line for line in lines if line.startswith(("graph vs eager", "model graph")))
     section("CUDA graph replay vs eager steps", graphs)
 
     def tiny_run() -> str:
@@ -300,7 +355,7 @@ def main() -> None:
         sizes = "512,2048" if args.quick else "512,1024,2048,4096,8192,16384,32768"
         steps = "6" if args.quick else "30"
         batch = "512" if args.quick else "4096"
-        graph = ["--graph", "off"] if graph_sets else []
+        graph = ["--graph", "off"] if "sae.graph=off" in graph_sets else []
         out, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),
                       "--sizes", sizes, "--steps", steps, "--batch", batch, "--reference", *graph], left())
         eager, _ = run([py, "benchmarks/sae_throughput.py", "--device", args.device, "--run-dir", str(tiny),

@@ -21,7 +21,7 @@ from pipelines.devices import check_device
 
 SAE_CODES = ("auto", "bag", "csr")  # the layouts of pipelines/sae/codes.py
 SAE_PRECISIONS = ("auto", "fp32", "bf16")  # encoder selection (pipelines/sae/autoencoder.py)
-SAE_GRAPHS = ("auto", "on", "off")  # CUDA graph replay of a step (pipelines/sae/step_graph.py)
+GRAPH_CHOICES = ("auto", "on", "off")  # CUDA graph replay of a step (pipelines/graph_capture.py)
 from pipelines.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -111,7 +111,12 @@ class ModelConfig:
     eval_every: int = 100  # steps between validation evaluations
     eval_sequences: int = 256
     device: str = "auto"  # auto | cpu | cuda
+    graph: str = "auto"  # replay each training step as a recorded CUDA graph: auto (on CUDA, one process) | on | off
     seed: int = 0
+
+    # How a step runs, not what it trains (a replayed step is the same step), so changing
+    # it rebuilds nothing.
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("graph",)
 
     def __post_init__(self) -> None:
         _require(self.act_fn in ("solu_ln", "gelu"), "model.act_fn", self.act_fn,
@@ -132,6 +137,7 @@ class ModelConfig:
         _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
         _require(self.grad_clip > 0, "model.grad_clip", self.grad_clip, "must be positive")
         check_device("model.device", self.device)
+        _require(self.graph in GRAPH_CHOICES, "model.graph", self.graph, f"must be one of {', '.join(GRAPH_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,7 @@ class SaeConfig:
         _require(self.codes in SAE_CODES, "sae.codes", self.codes, f"must be one of {', '.join(SAE_CODES)}")
         _require(self.precision in SAE_PRECISIONS, "sae.precision", self.precision,
                  f"must be one of {', '.join(SAE_PRECISIONS)}")
-        _require(self.graph in SAE_GRAPHS, "sae.graph", self.graph, f"must be one of {', '.join(SAE_GRAPHS)}")
+        _require(self.graph in GRAPH_CHOICES, "sae.graph", self.graph, f"must be one of {', '.join(GRAPH_CHOICES)}")
         _require(self.graph != "on" or self.recipe_spec.top_k, "sae.graph", self.graph,
                  "'on' needs a TopK recipe (an L1 step's ReLU codes vary in size); use auto or off")
 

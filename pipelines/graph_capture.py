@@ -19,6 +19,19 @@ from typing import Callable, Protocol
 
 import torch
 
+from pipelines.errors import ConfigError
+
+
+def use_graph_on(choice: str, device: str, distributed: bool, key: str, why_not: str = "") -> bool:
+    """A stage's `graph` choice: auto records on CUDA in one process; on insists (and an
+    error says why it cannot, `why_not` naming a stage's own reason); off never records."""
+    cuda = torch.device(device).type == "cuda"
+    possible = cuda and not distributed and not why_not
+    if choice == "on" and not possible:
+        why = ("needs CUDA" if not cuda else why_not if why_not else "runs in one process only, not under torchrun")
+        raise ConfigError(f"{key} = 'on' {why}; use 'auto' or 'off'", key=key)
+    return choice != "off" and possible
+
 
 class Capture(Protocol):
     def warm(self, fn: Callable[[], object]) -> None: ...
@@ -65,6 +78,44 @@ def replayable_options(device: torch.device) -> dict:
     """Adam/AdamW options for a step that is recorded: fused and capturable on CUDA; on CPU
     (the tests' stand-in capture) the single-tensor form, the one that reads a tensor rate."""
     return dict(fused=True, capturable=True) if device.type == "cuda" else dict(foreach=False)
+
+
+def set_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's rate: written into the tensor a replay reads, or assigned."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+class ReplayedStep:
+    """`body(batch)` recorded once on a static copy of the first batch and replayed for
+    every later batch of that shape; another shape, or a failed recording, runs `body`
+    eagerly (`failure` says why). `state` lists what a step changes (`record_step`)."""
+
+    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], state: Callable[[], list[torch.Tensor]],
+                 capture: Capture | None = None):
+        self.body, self.state = body, state
+        self.capture = capture or CudaCapture()
+        self.static: torch.Tensor | None = None
+        self.replay: Callable[[], torch.Tensor] | None = None
+        self.failure = ""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.failure or (self.static is not None and batch.shape != self.static.shape):
+            return self.body(batch)
+        if self.static is None:
+            self.static = batch.clone()
+        else:
+            self.static.copy_(batch)
+        if self.replay is None:
+            try:
+                self.replay = record_step(self.capture, lambda: self.body(self.static), self.state)
+            except Exception as err:  # noqa: BLE001 - an op that cannot be captured: step eagerly
+                self.failure = failure_text(err)
+                return self.body(self.static)
+        return self.replay().clone()  # the graph's output is overwritten by the next replay
 
 
 def record_step(capture: Capture, body: Callable[[], torch.Tensor],

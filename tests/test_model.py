@@ -71,3 +71,39 @@ def test_mlp_activations_equal_the_cached_hook_and_leave_no_hook(mini_run):
         before = model(val)
         mlp_activations(model, val)
         assert torch.equal(model(val), before)  # the raising hook is gone
+
+
+def test_replayed_model_step_trains_as_the_eager_one(mini_run, tmp_path, monkeypatch):
+    """`model.graph`: the stage's step recorded (here by the tests' stand-in for CUDA's
+    capture, which really runs the two warm-up steps that recording must undo) and replayed
+    gives the eager stage's losses and weights. On a GPU, benchmarks/gpu_check.py runs it."""
+    import dataclasses
+    import shutil
+
+    from pipelines.model import stage as model_stage
+    from tests.conftest import mini_config
+    from tests.stand_in_capture import StandInCapture
+
+    for part in ("tokenizer", "tokens"):
+        shutil.copytree(mini_run / part, tmp_path / part)
+    cfg = dataclasses.replace(mini_config().model, train_tokens=12_000, eval_every=5)
+    outs = {}
+    for mode in ("eager", "replayed"):
+        out = tmp_path / mode
+        out.mkdir()
+        if mode == "replayed":
+            capture = StandInCapture()
+            monkeypatch.setattr(model_stage, "use_model_graph", lambda *a: True)
+            monkeypatch.setattr("pipelines.graph_capture.CudaCapture", lambda: capture)
+        _, metrics = model_stage.run(cfg, tmp_path, out)
+        outs[mode] = (pq.read_table(out / "loss_curve.parquet").to_pandas(),
+                      load_transformer(out).state_dict(), metrics)
+    assert capture.recorded == 1 and capture.warmed == 2
+    assert outs["replayed"][2]["graph"] == "on" and outs["eager"][2]["graph"] == "off"
+    (eager_curve, eager_w, _), (curve, weights, _) = outs["eager"], outs["replayed"]
+    np.testing.assert_allclose(curve["train_loss"], eager_curve["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(curve["val_loss"], eager_curve["val_loss"], rtol=1e-5)
+    for name, value in eager_w.items():
+        if name.endswith("attn.k.bias"):  # its exact gradient is 0: Adam's steps are rounding noise
+            continue                     # (the optimizers' forms round differently; as in test_distributed)
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -31,6 +31,8 @@ from feature_store.transformer_files import WEIGHTS_FILE, build_transformer, tra
 from pipelines import distributed, progress
 from pipelines.config import ModelConfig
 from pipelines.devices import pick_device
+from pipelines.graph_capture import (ReplayedStep, optimizer_state, replayable_options, set_rate,
+                                     tensor_lr_groups, use_graph_on)
 from pipelines.errors import ConfigError
 from pipelines.data.tokenizer import load as load_tokenizer
 from pipelines.data.tokens import read_sequences
@@ -43,6 +45,11 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, d_vocab: int) -> float:
     counts = np.bincount(train[:, 1:].reshape(-1), minlength=d_vocab).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return float(-logp[val[:, 1:].reshape(-1)].mean())
+
+
+def use_model_graph(choice: str, device: str, distributed: bool) -> bool:
+    """`model.graph`: auto records the step on CUDA in one process; on insists."""
+    return use_graph_on(choice, device, distributed, "model.graph")
 
 
 READ_EVERY = 20  # GPU: steps between reads of the training loss (each read waits for the GPU)
@@ -91,10 +98,16 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
+    graphed = use_model_graph(cfg.graph, device, world.distributed)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=device == "cuda")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else nullcontext
+        lr=cfg.lr, betas=(0.9, 0.95), **(replayable_options(torch.device(device)) if graphed
+                                          else dict(fused=device == "cuda")))
+    if graphed:  # the rate a replay reads lives in a tensor
+        optimizer.param_groups[:] = tensor_lr_groups(optimizer, torch.device(device))
+    # A recorded step cannot reuse autocast's cache of bf16 weights across replays.
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphed))
+                if device == "cuda" else nullcontext)
 
     train = torch.from_numpy(train_np.astype(np.int64)).to(device)
     val = torch.from_numpy(val_np.astype(np.int64)).to(device)
@@ -113,6 +126,24 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
                        disable=not world.is_main)
     params = list(model.parameters())
+
+    def train_step(batch: torch.Tensor) -> torch.Tensor:
+        """One AdamW step on `batch`, device work only (a CUDA graph may record it); returns
+        the loss, [1], on the device."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = model(batch, return_type="loss")
+        loss.backward()
+        loss = loss.detach().float().reshape(1)
+        world.mean_([loss] + [p.grad for p in params if p.grad is not None])
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        return loss
+
+    # On a GPU a step of this small model is hundreds of small kernels launched from Python
+    # through TransformerBridge's modules: recorded once, replayed (pipelines/graph_capture.py).
+    step_fn = (ReplayedStep(train_step, lambda: [*params, *optimizer_state(optimizer, params)])
+               if graphed else train_step)
     # Losses stay on the device and are read in blocks: on a GPU each read waits for every
     # queued step, so reading one per step would leave the card idle between steps.
     read_every = 1 if torch.device(device).type == "cpu" else READ_EVERY
@@ -137,17 +168,8 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         batch = train[rows]
         cursor += cfg.batch_size
         lr = lr_at(step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast():
-            loss = model(batch, return_type="loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loss = loss.detach().float().reshape(1)
-        world.mean_([loss] + [p.grad for p in params if p.grad is not None])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        queued.append(loss)
+        set_rate(optimizer, lr)
+        queued.append(step_fn(batch))
         val_loss = float("nan")
         evaluating = world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == total_steps)
         if evaluating:
@@ -179,6 +201,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         "train_seconds": round(train_seconds, 2),
         "tokens_per_second": round(total_steps * tokens_per_step / max(train_seconds, 1e-9), 1),
         "val_loss": final_val, "unigram_val_loss": unigram,
+        "graph": (step_fn.failure and f"eager ({step_fn.failure})" or "on") if graphed else "off",
         "val_tokens": int(val_np.shape[0] * (n_ctx - 1)),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -186,6 +209,8 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     on = f"{world.size} × {device}" if world.distributed else device
     trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens at {metrics['tokens_per_second']:,.0f} "
                f"tok/s on {on}" if total_steps else "untrained (model.train_tokens = 0: a control)")
+    if graphed:
+        trained += ", CUDA graph" + (f" failed, stepped eagerly ({step_fn.failure})" if step_fn.failure else "")
     summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {trained}; validation loss "
                f"{final_val:.3f} vs unigram {unigram:.3f} nats, {seconds:.0f} s")
     return summary, metrics

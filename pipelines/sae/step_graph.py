@@ -27,21 +27,14 @@ from typing import Callable
 import torch
 
 from feature_store.recipes import Recipe
-from pipelines.errors import ConfigError
 from pipelines.graph_capture import (Capture, CudaCapture, failure_text, optimizer_state, record_step,
-                                     replayable_options, tensor_lr_groups)
+                                     replayable_options, tensor_lr_groups, use_graph_on)
 from pipelines.sae.autoencoder import SparseAutoencoder, StepStats
 
 def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool) -> bool:
-    """`sae.graph`: auto graphs a TopK step on CUDA in one process; on insists (and says why
-    it cannot); off never graphs."""
-    possible = torch.device(device).type == "cuda" and recipe.top_k and not distributed
-    if choice == "on" and not possible:
-        why = ("needs CUDA" if torch.device(device).type != "cuda" else
-               "needs a TopK recipe (ReLU codes vary in size)" if not recipe.top_k else
-               "runs in one process only, not under torchrun")
-        raise ConfigError(f"sae.graph = 'on' {why}; use 'auto' or 'off'", key="sae.graph")
-    return choice != "off" and possible
+    """`sae.graph`: auto records a TopK step on CUDA in one process; on insists."""
+    return use_graph_on(choice, device, distributed, "sae.graph",
+                        "" if recipe.top_k else "needs a TopK recipe (ReLU codes vary in size)")
 
 
 class GraphedStep:
