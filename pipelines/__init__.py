@@ -6,6 +6,7 @@ stage, each with its entry in `stage.py`: `model/`, `activations/`, `sae/`, `sta
 `run(cfg, run_dir, out)`, reads earlier stages' outputs from the run folder and writes only
 into `out`. The small core beside the packages: `runner` (the stage graph and the
 skip/resume rules), `run_folder` (manifest, staging, locks), `config` (one frozen config per
-stage), `cli` (`python -m pipelines --help`), `devices`, `distributed`, `progress`, `errors`.
+stage), `cli` (`python -m pipelines --help`), `devices`, `graph_capture` (a training step
+recorded as a CUDA graph), `distributed`, `progress`, `errors`.
 The stats stage writes the feature store through `feature_store.writer`.
 """
