@@ -14,7 +14,8 @@ written into the report with its last lines, so one call teaches what the next m
    dead share a GPU run showed (19.8% at 2,048 against 4.1% on CPU) came from cuSPARSE's
    products over unsorted CSR rows (section 1 checks those products directly);
 4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process, and
-   at three sizes without CUDA graphs and in the first trainer's CSR/fp32 form;
+   at three sizes without CUDA graphs and in the first trainer's CSR/fp32 form; then where an
+   eager step's time goes at 16,384 features, kernel by kernel (torch.profiler);
 5. the paper preset's stages at their rates, on capped token counts, with the full preset's
    time extrapolated from those rates (`--paper-full` runs the real one instead);
 6. the model stage's step eager vs `torch.compile` (`benchmarks/model_step.py`), if time is left.
@@ -229,6 +230,46 @@ def paper_estimate(run_dir: Path) -> str:
             f"in the corpus):\n" + "\n".join(lines) + f"\n  {'total':<12}{total:8.0f} s ({total / 60:.1f} min)")
 
 
+def step_profile(run_dir: Path, device: str, quick: bool) -> str:
+    """Where an eager SAE step's time goes, kernel by kernel (torch.profiler), at the size where
+    the trainer must beat the dense reference 3x: which of the encoder matmul, topk, the
+    embedding-bag products, AuxK and Adam the next optimisation should take. AuxK runs (a
+    dead window of one batch), as in a long stage run."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sae_throughput import inputs
+
+    from pipelines.sae.autoencoder import SparseAutoencoder
+
+    size, batch = (2048, 512) if quick else (16384, 4096)
+    data, source = inputs(run_dir, batch, 8, 512)
+    data = data.to(device)
+    sae = SparseAutoencoder(512, size, "topk", k=32, b_dec_init=data[0].mean(0).cpu(), device=device,
+                            dead_window=batch)
+    for x in data[:3]:
+        sae.step(x, 1e-3)
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for x in data[3:8]:
+            sae.step(x, 1e-3)
+        if cuda:
+            torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t) / 5
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
+    except (AttributeError, KeyError, ValueError):
+        table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else key, row_limit=14)
+    return (f"eager topk step, {size:,} features, batch {batch}, k 32, AuxK on, inputs {source}: "
+            f"{seconds * 1e3:.2f} ms a step under the profiler ({batch / seconds:,.0f} act/s)\n{table}")
+
+
 def model_graph_vs_eager(run_dir: Path, device: str, quick: bool) -> tuple[str, bool]:
     """The model stage itself, run twice on `run_dir`'s tokens (the tiny preset's settings,
     a short schedule): steps replayed from a CUDA graph against eager steps. The learning
@@ -374,6 +415,8 @@ def main() -> None:
         return (keep(out) + "\n\nthe same steps without CUDA graphs (sae.graph=off):\n" + keep(eager)
                 + "\n\nfor comparison, the CSR layout in fp32 (the trainer before issue 27):\n" + keep(csr))
     section("SAE trainer vs the dense bf16 reference", throughput)
+    section("Where an SAE step's time goes (torch.profiler)", lambda: step_profile(tiny, args.device, args.quick),
+            min_left=90)
 
     def paper() -> str:
         caps = [] if args.paper_full else ["--set", "model.train_tokens=20_000_000",
