@@ -250,6 +250,8 @@ class SaeConfig:
         _require(self.graph in GRAPH_CHOICES, "sae.graph", self.graph, f"must be one of {', '.join(GRAPH_CHOICES)}")
         _require(self.graph != "on" or self.recipe_spec.top_k, "sae.graph", self.graph,
                  "'on' needs a TopK recipe (an L1 step's ReLU codes vary in size); use auto or off")
+        _require(self.graph != "on" or self.codes != "csr", "sae.graph", self.graph,
+                 "'on' needs sae.codes = bag or auto (cuSPARSE's CSR products are not recorded)")
 
 
 @dataclass(frozen=True)

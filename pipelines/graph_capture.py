@@ -46,15 +46,21 @@ class CudaCapture:
     def warm(self, fn: Callable[[], object]) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn()
+        finally:  # a warm-up that failed midway must finish before its changes are undone
+            torch.cuda.current_stream().wait_stream(side)
 
     def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = fn()
+        stream = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = fn()
+        finally:  # a capture that fails at its end leaves the capture stream current; the
+            torch.cuda.set_stream(stream)  # eager steps that follow belong on the usual one
 
         def replay() -> torch.Tensor:
             graph.replay()
@@ -68,9 +74,10 @@ def optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]
 
 
 def tensor_lr_groups(optimizer: torch.optim.Optimizer, device: torch.device) -> list[dict]:
-    """The optimizer's parameter groups with each rate as a tensor on `device`, for an
-    optimizer that a replay reads its rate from (set it with `fill_`, not assignment)."""
-    return [{**{k: v for k, v in g.items() if k != "lr"}, "lr": torch.tensor(float(g["lr"]), device=device)}
+    """The optimizer's parameter groups made replayable: each rate a tensor on `device` (set
+    it with `fill_`, not assignment) and `replayable_options` in every group, since a group's
+    own `capturable`/`fused`/`foreach` win over the optimizer's defaults."""
+    return [{**g, **replayable_options(device), "lr": torch.tensor(float(g["lr"]), device=device)}
             for g in optimizer.param_groups]
 
 
@@ -121,18 +128,19 @@ class ReplayedStep:
 def record_step(capture: Capture, body: Callable[[], torch.Tensor],
                 state: Callable[[], list[torch.Tensor]]) -> Callable[[], torch.Tensor]:
     """Warm up, undo the warm-up, record `body`; returns its replay. `state()` lists every
-    tensor a step changes (weights, optimizer state, counters); tensors that only the warm-up
-    created (the optimizer's first state) go back to zero, their value before any step."""
-    before = state()
-    saved = [t.clone() for t in before]
+    tensor a step changes (weights, optimizer state, counters), each put back by identity;
+    tensors that only the warm-up created (the optimizer's first state) go back to zero,
+    their value before any step."""
+    saved = [(t, t.clone()) for t in state()]
 
     def undo() -> None:
-        now = state()
+        known = {id(t) for t, _ in saved}
         with torch.no_grad():
-            for tensor, value in zip(now, saved):
+            for tensor, value in saved:
                 tensor.copy_(value)
-            for tensor in now[len(saved):]:
-                tensor.zero_()
+            for tensor in state():
+                if id(tensor) not in known:
+                    tensor.zero_()
 
     try:
         capture.warm(body)

@@ -99,6 +99,7 @@ class SparseAutoencoder:
             [{"params": [self.W_enc, self.W_dec, self.b_dec], "lr_scale": 1.0},
              {"params": [self.b_enc], "lr_scale": self.bias_lr_scale}], lr=lr, betas=(0.9, 0.999),
             fused=on_gpu or None)  # one kernel for every parameter on a GPU
+        self._lr: float | None = None  # the rate last written into the optimizer
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.tokens_seen = 0  # on the host: no feature can be dead before dead_window tokens
         self.world = distributed.world()  # a world of one outside torchrun
@@ -184,6 +185,9 @@ class SparseAutoencoder:
     def set_lr(self, lr: float) -> None:
         """Each group's rate; a group whose rate is a tensor (a CUDA graph reads it at every
         replay, `pipelines/sae/step_graph.py`) gets the value written into it."""
+        if lr == self._lr:
+            return  # constant until the decay: no write (on a GPU, no launch)
+        self._lr = lr
         for group in self.optimizer.param_groups:
             value = lr * group["lr_scale"]
             if isinstance(group["lr"], torch.Tensor):
@@ -200,7 +204,8 @@ class SparseAutoencoder:
     def step_body(self, x: torch.Tensor, l1_scale: float = 1.0, aux: bool | None = None) -> StepStats:
         """`step` after its host bookkeeping (the rate, the token count): the device work
         alone, which a CUDA graph can record. `aux`: run AuxK (None: decide here, reading the
-        dead count on a CPU)."""
+        dead count on a CPU). AuxK with no dead feature adds exact zeros (its weight is 0), so
+        a recording may run it from the first step and never need another."""
         batch = x.shape[0]
         W_enc, W_dec = self.W_enc, self.W_dec
         xc, pre, codes = self.encode_codes(x, allow_dense=True)
@@ -235,7 +240,7 @@ class SparseAutoencoder:
         aux_loss = torch.zeros((), device=x.device)
         dead = self.dead_mask()
         n_dead = dead.sum()
-        if self.aux_ready() and (self._may_have_dead(n_dead) if aux is None else aux):
+        if (self.aux_ready() and self._may_have_dead(n_dead)) if aux is None else aux:
             aux_loss = self._aux_grads(pre, xc, err, dead, n_dead, dW_enc, db_enc, dW_dec, db_dec)
 
         l0 = codes.l0()
@@ -282,7 +287,7 @@ class SparseAutoencoder:
         # The top aux_k dead features. A GPU does not know how many are dead without waiting,
         # so it takes aux_k candidates with the live ones masked to −inf: those get value 0
         # and add nothing, exactly as if k had been min(aux_k, n_dead).
-        k_aux = min(self.aux_k, int(n_dead) if self.syncs_are_free else self.d_sae)
+        k_aux = max(1, min(self.aux_k, int(n_dead) if self.syncs_are_free else self.d_sae))
         codes = self._topk(pre[:sub], xc[:sub], k_aux, live=~dead)
         residual = -err[:sub]
         sums = torch.stack([(residual * residual).sum(), (xc[:sub] * xc[:sub]).sum()]).double()

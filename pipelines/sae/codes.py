@@ -65,7 +65,7 @@ class BagCodes:
     @property
     def crow(self) -> torch.Tensor:
         """Row b's entries are crow[b]:crow[b+1] (CSR's row pointer)."""
-        return torch.cat([self.offsets, self.offsets.new_tensor([len(self.cols)])])
+        return torch.cat([self.offsets, self.offsets.new_full((1,), len(self.cols))])  # no host copy
 
     def rows(self) -> torch.Tensor:
         """Each entry's row."""

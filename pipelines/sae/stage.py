@@ -110,7 +110,7 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
     world = distributed.world()
     # On a GPU each size's TopK step is recorded once as a CUDA graph and replayed
     # (pipelines/sae/step_graph.py): the same step without sixty kernel launches from Python.
-    graphed = use_graph(cfg.graph, device, cfg.recipe_spec, world.distributed)
+    graphed = use_graph(cfg.graph, device, cfg.recipe_spec, world.distributed, cfg.codes)
     steppers = {size: GraphedStep(sae, cfg.batch_size // world.size) if graphed else sae
                 for size, sae in saes.items()}
     bar = progress.bar(total=total, desc=f"{desc} ({device}"

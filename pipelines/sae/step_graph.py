@@ -9,8 +9,9 @@ recorded kernels with one launch and no Python in between.
 What makes the step replayable: fixed shapes (TopK keeps k entries per row; the batch is
 static, a short last batch steps eagerly), no host reads (a step on a GPU has none), and
 nothing that changes between steps baked in as a Python number: the learning rate lives in a
-tensor each replay reads (`SparseAutoencoder.set_lr`), and the one host-side choice, whether
-AuxK runs (no feature can be dead before `dead_window` tokens), picks between two graphs.
+tensor each replay reads (`SparseAutoencoder.set_lr`), and AuxK, which an eager step skips
+until `dead_window` tokens have passed, runs in the recording from the first step (with no
+dead feature it adds exact zeros), so one recording serves the whole run.
 The L1 recipes are not graphed: their ReLU codes' count is data-dependent and read back.
 
 Recording runs the step twice eagerly first (cuBLAS workspaces, Adam's state, the allocator),
@@ -31,16 +32,21 @@ from pipelines.graph_capture import (Capture, CudaCapture, failure_text, optimiz
                                      replayable_options, tensor_lr_groups, use_graph_on)
 from pipelines.sae.autoencoder import SparseAutoencoder, StepStats
 
-def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool) -> bool:
-    """`sae.graph`: auto records a TopK step on CUDA in one process; on insists."""
-    return use_graph_on(choice, device, distributed, "sae.graph",
-                        "" if recipe.top_k else "needs a TopK recipe (ReLU codes vary in size)")
+def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool, codes: str = "auto") -> bool:
+    """`sae.graph`: auto records a TopK step on CUDA in one process, with the embedding-bag
+    codes (cuSPARSE's CSR products are left eager: `sae.codes = "csr"` is for comparison);
+    on insists."""
+    why_not = ("needs a TopK recipe (ReLU codes vary in size)" if not recipe.top_k else
+               "needs sae.codes = bag or auto (cuSPARSE's products are not recorded)" if codes == "csr" else "")
+    return use_graph_on(choice, device, distributed, "sae.graph", why_not)
 
 
 class GraphedStep:
-    """`SparseAutoencoder.step` through recorded graphs, one per AuxK on/off, recorded when
-    first needed. Wrap the SAE before its first step: its optimizer is rebuilt with tensor
-    learning rates (and, on CUDA, as a capturable fused Adam)."""
+    """`SparseAutoencoder.step` through one recording, made at the first full batch. The
+    recording runs AuxK from the start (with no dead feature it adds exact zeros), so the
+    whole run replays one graph and never stops to record another. Wrap the SAE before its
+    first step: its optimizer is rebuilt with tensor learning rates (and, on CUDA, as a
+    capturable fused Adam)."""
 
     def __init__(self, sae: SparseAutoencoder, rows: int, capture: Capture | None = None):
         if sae.optimizer.state:
@@ -49,7 +55,8 @@ class GraphedStep:
         self.capture = capture or CudaCapture()
         device = sae.W_enc.device
         self.x = torch.zeros(rows, sae.d_in, device=device)
-        self.replays: dict[bool, Callable[[], torch.Tensor]] = {}
+        self.aux = bool(sae.rules.aux_k and sae.aux_coefficient > 0)
+        self.replay: Callable[[], torch.Tensor] | None = None
         self.failure = ""  # why recording failed (the SAE then steps eagerly)
         old = sae.optimizer
         sae.optimizer = torch.optim.Adam(tensor_lr_groups(old, device), lr=old.defaults["lr"],
@@ -61,22 +68,16 @@ class GraphedStep:
             return sae.step(x, lr, l1_scale)
         sae.set_lr(lr)
         sae.tokens_seen += x.shape[0] * sae.world.size
-        aux = sae.aux_ready()
         self.x.copy_(x)  # before recording: the warm-up steps on this batch, then is undone
-        replay = self.replays.get(aux) or self._record(aux)
-        if replay is None:
-            return sae.step_body(self.x, l1_scale)
-        out = replay().clone()  # the graph's output is overwritten by the next replay
+        if self.replay is None:
+            try:
+                self.replay = record_step(self.capture, lambda: sae.step_body(self.x, aux=self.aux).stacked(),
+                                          self._state)
+            except Exception as err:  # noqa: BLE001 - an op that cannot be captured: step eagerly
+                self.failure = failure_text(err)
+                return sae.step_body(self.x, l1_scale)
+        out = self.replay().clone()  # the graph's output is overwritten by the next replay
         return StepStats(mse=out[0], l0=out[1], aux=out[2], n_dead=out[3])
-
-    def _record(self, aux: bool) -> Callable[[], torch.Tensor] | None:
-        try:
-            self.replays[aux] = record_step(self.capture, lambda: self.sae.step_body(self.x, aux=aux).stacked(),
-                                            self._state)
-            return self.replays[aux]
-        except Exception as err:  # noqa: BLE001 - an op that cannot be captured: step eagerly
-            self.failure = failure_text(err)
-            return None
 
     def _state(self) -> list[torch.Tensor]:
         """Everything a step changes: weights, Adam's moments and step counts, firing clocks."""
