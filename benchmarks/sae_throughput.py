@@ -136,7 +136,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the dense reference")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks are "
+                                              "implicitly disabled)")
     sizes = [int(s) for s in args.sizes.split(",")]
     data, source = inputs(Path(args.run_dir), args.batch, args.steps, 512)
     data = data.to(args.device)
