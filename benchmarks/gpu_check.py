@@ -14,10 +14,10 @@ written into the report with its last lines, so one call teaches what the next m
    dead share a GPU run showed (19.8% at 2,048 against 4.1% on CPU) came from cuSPARSE's
    products over unsorted CSR rows (section 1 checks those products directly);
 4. the SAE trainer at 512-32,768 features beside the dense bf16 reference, same process, and
-   at three sizes without CUDA graphs and in the first trainer's CSR/fp32 form; then where an
-   eager step's time goes at 16,384 features, kernel by kernel (torch.profiler);
+   at three sizes without CUDA graphs and in the first trainer's CSR/fp32 form;
 5. the paper preset's stages at their rates, on capped token counts, with the full preset's
-   time extrapolated from those rates (`--paper-full` runs the real one instead);
+   time extrapolated from those rates (`--paper-full` runs the real one instead); then where
+   an eager SAE step's time goes at 16,384 features, kernel by kernel (torch.profiler);
 6. the model stage's step eager vs `torch.compile` (`benchmarks/model_step.py`), if time is left.
 The report is rewritten after every section, so a call cut short still brings back what ran.
 """
@@ -416,8 +416,6 @@ def main() -> None:
         return (keep(out) + "\n\nthe same steps without CUDA graphs (sae.graph=off):\n" + keep(eager)
                 + "\n\nfor comparison, the CSR layout in fp32 (the trainer before issue 27):\n" + keep(csr))
     section("SAE trainer vs the dense bf16 reference", throughput)
-    section("Where an SAE step's time goes (torch.profiler)", lambda: step_profile(tiny, args.device, args.quick),
-            min_left=90)
 
     def paper() -> str:
         caps = [] if args.paper_full else ["--set", "model.train_tokens=20_000_000",
@@ -431,6 +429,8 @@ def main() -> None:
             text += "\n" + paper_estimate(work / "paper")
         return text
     section("Paper preset", paper, min_left=60)
+    section("Where an SAE step's time goes (torch.profiler)", lambda: step_profile(tiny, args.device, args.quick),
+            min_left=30)
 
     def model_step() -> str:
         out, _ = run([py, "benchmarks/model_step.py", "--device", args.device, "--compile",
