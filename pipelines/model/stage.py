@@ -201,7 +201,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         "train_seconds": round(train_seconds, 2),
         "tokens_per_second": round(total_steps * tokens_per_step / max(train_seconds, 1e-9), 1),
         "val_loss": final_val, "unigram_val_loss": unigram,
-        "graph": (step_fn.failure and f"eager ({step_fn.failure})" or "on") if graphed else "off",
+        "graph": (step_fn.failure and f"eager ({step_fn.failure})" or "on") if graphed and total_steps else "off",
         "val_tokens": int(val_np.shape[0] * (n_ctx - 1)),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -209,7 +209,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     on = f"{world.size} × {device}" if world.distributed else device
     trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens at {metrics['tokens_per_second']:,.0f} "
                f"tok/s on {on}" if total_steps else "untrained (model.train_tokens = 0: a control)")
-    if graphed:
+    if graphed and total_steps:
         trained += ", CUDA graph" + (f" failed, stepped eagerly ({step_fn.failure})" if step_fn.failure else "")
     summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {trained}; validation loss "
                f"{final_val:.3f} vs unigram {unigram:.3f} nats, {seconds:.0f} s")
