@@ -99,7 +99,7 @@ def timed(step, batches: torch.Tensor, device: str) -> float:
 def ours(size: int, args, train: torch.Tensor, held_out: torch.Tensor) -> dict:
     sae = SparseAutoencoder(train.shape[-1], size, "topk", k=args.k, b_dec_init=train[0].mean(0).cpu(),
                             device=args.device, codes=args.codes, precision=args.precision,
-                            dead_window=10**12)
+                            dead_window=10**12, aux_coefficient=0.0)  # no AuxK: the reference has none
     graphed = use_graph(args.graph, args.device, recipe("topk"), False)
     stepper = GraphedStep(sae, train.shape[1]) if graphed else sae  # records during the warm-up batches
     seconds = timed(lambda x: stepper.step(x, 1e-3), train, args.device)
