@@ -88,24 +88,27 @@ def replayable_options(device: torch.device) -> dict:
 
 
 def set_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every group's rate: written into the tensor a replay reads, or assigned."""
+    """Every group's rate, times its `lr_scale` if it has one: written into the tensor a
+    replay reads, or assigned."""
     for group in optimizer.param_groups:
+        value = lr * group.get("lr_scale", 1.0)
         if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(value)
         else:
-            group["lr"] = lr
+            group["lr"] = value
 
 
 class ReplayedStep:
-    """`body(batch)` recorded once on a static copy of the first batch and replayed for
-    every later batch of that shape; another shape, or a failed recording, runs `body`
-    eagerly (`failure` says why). `state` lists what a step changes (`record_step`)."""
+    """`body(batch)` recorded once on a static copy of the batch and replayed for every later
+    batch of its shape; another shape, or a failed recording, runs `body` eagerly (`failure`
+    says why). `state` lists what a step changes (`record_step`); `static`, the input buffer
+    (its shape the one recorded), is otherwise a copy of the first batch."""
 
     def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], state: Callable[[], list[torch.Tensor]],
-                 capture: Capture | None = None):
+                 capture: Capture | None = None, static: torch.Tensor | None = None):
         self.body, self.state = body, state
         self.capture = capture or CudaCapture()
-        self.static: torch.Tensor | None = None
+        self.static = static
         self.replay: Callable[[], torch.Tensor] | None = None
         self.failure = ""
 

@@ -47,6 +47,7 @@ import torch
 from feature_store.recipes import recipe as recipe_of
 from pipelines import distributed
 from pipelines.config import SAE_PRECISIONS as PRECISIONS
+from pipelines.graph_capture import set_rate
 from pipelines.sae import codes as code_layouts
 from pipelines.sae.codes import BagCodes, Codes, DenseCodes
 
@@ -183,17 +184,12 @@ class SparseAutoencoder:
         return self.step_body(x, l1_scale)
 
     def set_lr(self, lr: float) -> None:
-        """Each group's rate; a group whose rate is a tensor (a CUDA graph reads it at every
-        replay, `pipelines/sae/step_graph.py`) gets the value written into it."""
+        """Each group's rate (times its `lr_scale`); a rate that is a tensor (a CUDA graph
+        reads it at every replay, `pipelines/sae/step_graph.py`) gets the value written in."""
         if lr == self._lr:
             return  # constant until the decay: no write (on a GPU, no launch)
         self._lr = lr
-        for group in self.optimizer.param_groups:
-            value = lr * group["lr_scale"]
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(value)
-            else:
-                group["lr"] = value
+        set_rate(self.optimizer, lr)
 
     def aux_ready(self) -> bool:
         """Whether AuxK can have work: the recipe has it and `dead_window` tokens have passed

@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 from feature_store.recipes import Recipe
-from pipelines.graph_capture import (Capture, CudaCapture, failure_text, optimizer_state, record_step,
-                                     replayable_options, tensor_lr_groups, use_graph_on)
+from pipelines.graph_capture import (Capture, ReplayedStep, optimizer_state, replayable_options,
+                                     tensor_lr_groups, use_graph_on)
 from pipelines.sae.autoencoder import SparseAutoencoder, StepStats
 
 def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool, codes: str = "auto") -> bool:
@@ -42,41 +42,43 @@ def use_graph(choice: str, device: str, recipe: Recipe, distributed: bool, codes
 
 
 class GraphedStep:
-    """`SparseAutoencoder.step` through one recording, made at the first full batch. The
-    recording runs AuxK from the start (with no dead feature it adds exact zeros), so the
-    whole run replays one graph and never stops to record another. Wrap the SAE before its
-    first step: its optimizer is rebuilt with tensor learning rates (and, on CUDA, as a
-    capturable fused Adam)."""
+    """`SparseAutoencoder.step` through one recording (`ReplayedStep`), made at the first
+    batch of `rows`. The recording runs AuxK from the start (with no dead feature it adds
+    exact zeros), so the whole run replays one graph and never stops to record another; a
+    batch of another size, or a failed recording, steps eagerly the same way. Wrap the SAE
+    before its first step: its optimizer is rebuilt with tensor learning rates (and, on CUDA,
+    as a capturable fused Adam)."""
 
     def __init__(self, sae: SparseAutoencoder, rows: int, capture: Capture | None = None):
         if sae.optimizer.state:
             raise ValueError("GraphedStep: wrap the SAE before its first step")
-        self.sae, self.rows = sae, rows
-        self.capture = capture or CudaCapture()
+        self.sae = sae
         device = sae.W_enc.device
-        self.x = torch.zeros(rows, sae.d_in, device=device)
-        self.aux = bool(sae.rules.aux_k and sae.aux_coefficient > 0)
-        self.replay: Callable[[], torch.Tensor] | None = None
-        self.failure = ""  # why recording failed (the SAE then steps eagerly)
+        aux = bool(sae.rules.aux_k and sae.aux_coefficient > 0)
+        self.replayed = ReplayedStep(lambda x: sae.step_body(x, aux=aux).stacked(), self._state, capture,
+                                     static=torch.zeros(rows, sae.d_in, device=device))
         old = sae.optimizer
         sae.optimizer = torch.optim.Adam(tensor_lr_groups(old, device), lr=old.defaults["lr"],
                                          betas=old.defaults["betas"], **replayable_options(device))
 
+    @property
+    def x(self) -> torch.Tensor:
+        """The recorded input buffer (the warm-up steps on the batch copied here)."""
+        return self.replayed.static
+
+    @property
+    def capture(self) -> Capture:
+        return self.replayed.capture
+
+    @property
+    def failure(self) -> str:
+        """Why recording failed ("" if it did not; the SAE then steps eagerly)."""
+        return self.replayed.failure
+
     def step(self, x: torch.Tensor, lr: float, l1_scale: float = 1.0) -> StepStats:
-        sae = self.sae
-        if self.failure or x.shape[0] != self.rows:
-            return sae.step(x, lr, l1_scale)
-        sae.set_lr(lr)
-        sae.tokens_seen += x.shape[0] * sae.world.size
-        self.x.copy_(x)  # before recording: the warm-up steps on this batch, then is undone
-        if self.replay is None:
-            try:
-                self.replay = record_step(self.capture, lambda: sae.step_body(self.x, aux=self.aux).stacked(),
-                                          self._state)
-            except Exception as err:  # noqa: BLE001 - an op that cannot be captured: step eagerly
-                self.failure = failure_text(err)
-                return sae.step_body(self.x, l1_scale)
-        out = self.replay().clone()  # the graph's output is overwritten by the next replay
+        self.sae.set_lr(lr)
+        self.sae.tokens_seen += x.shape[0] * self.sae.world.size
+        out = self.replayed(x)
         return StepStats(mse=out[0], l0=out[1], aux=out[2], n_dead=out[3])
 
     def _state(self) -> list[torch.Tensor]:
