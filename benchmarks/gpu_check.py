@@ -217,7 +217,8 @@ def paper_estimate(run_dir: Path) -> str:
             seconds += train * (full.model.train_tokens / max(model["tokens_trained"], 1) - 1)
             why = f"{full.model.train_tokens / 1e6:.0f}M tokens at {model['tokens_per_second']:,.0f} tok/s"
         elif name == "activations":  # validation's tokens are cached whole, capped or not
-            seconds *= (acts["val_tokens"] + cached) / (acts["val_tokens"] + acts["train_tokens"])
+            caching = acts.get("caching_seconds", seconds)  # the model's loading does not grow
+            seconds += caching * ((acts["val_tokens"] + cached) / (acts["val_tokens"] + acts["train_tokens"]) - 1)
             why = f"{cached / 1e6:.1f}M training activations (x{scale:.1f}) + validation"
         elif name == "sae":  # evaluation's cost does not grow with the training activations
             seconds += stage["results"]["train_seconds"] * (scale - 1)
