@@ -102,7 +102,8 @@ class ReplayedStep:
     """`body(batch)` recorded once on a static copy of the batch and replayed for every later
     batch of its shape; another shape, or a failed recording, runs `body` eagerly (`failure`
     says why). `state` lists what a step changes (`record_step`); `static`, the input buffer
-    (its shape the one recorded), is otherwise a copy of the first batch."""
+    (its shape the one recorded; recordings may share it), is otherwise a copy of the first
+    batch."""
 
     def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], state: Callable[[], list[torch.Tensor]],
                  capture: Capture | None = None, static: torch.Tensor | None = None):
@@ -117,7 +118,7 @@ class ReplayedStep:
             return self.body(batch)
         if self.static is None:
             self.static = batch.clone()
-        else:
+        elif batch is not self.static:  # a caller may write the batch into the buffer itself
             self.static.copy_(batch)
         if self.replay is None:
             try:

@@ -153,3 +153,43 @@ def test_when_a_step_is_graphed():
         SaeConfig(recipe="l1", graph="on", k=0)
     with pytest.raises(ValueError, match="sae.graph"):
         SaeConfig(graph="sometimes")
+
+
+def test_the_stage_trains_every_size_graphed_as_eager(monkeypatch):
+    """`train_saes` with its graphed path (the stand-in capture): every size's recording reads
+    the one input buffer the stage scales each batch into, the figures are read in blocks, a
+    short last batch steps eagerly; the SAEs and the curves are the eager stage's."""
+    from pipelines import graph_capture
+    from pipelines.sae import stage
+
+    monkeypatch.setattr(graph_capture, "CudaCapture", StandInCapture)
+    cfg = SaeConfig(dict_sizes=(64, 128), k=4, batch_size=64, aux_k=16, dead_window=64 * 6, lr=1e-2)
+    batches = _batches(11) + _batches(1, rows=40)  # the short one: eager, in either run
+    recordings = []
+
+    def train(graph: bool):
+        monkeypatch.setattr(stage, "use_graph", lambda *args: graph)
+        made = []
+        real = stage.GraphedStep
+
+        def spy(sae, rows, **kw):
+            made.append(real(sae, rows, **kw))
+            return made[-1]
+        monkeypatch.setattr(stage, "GraphedStep", spy)
+        saes, info = stage.train_saes(cfg, 32, lambda epoch: iter(batches if epoch == 0 else []), len(batches),
+                                      0.5, torch.zeros(32), "cpu")
+        recordings.append(made)
+        return saes, info
+
+    eager, eager_info = train(False)
+    graphed, info = train(True)
+    made = recordings[1]
+    assert len(made) == 2 and made[0].x is made[1].x  # one buffer for both sizes
+    assert all(m.capture.recorded == 1 and m.failure == "" for m in made)
+    assert info["graph"] == "on" and eager_info["graph"] == "off"
+    for key in ("size", "step", "tokens", "n_dead"):
+        assert info["curves"][key] == eager_info["curves"][key], key
+    assert info["curves"]["mse"] == pytest.approx(eager_info["curves"]["mse"], rel=1e-4)
+    for size in cfg.dict_sizes:
+        for a, b in zip(eager[size].params, graphed[size].params):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -111,7 +111,9 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
     # On a GPU each size's TopK step is recorded once as a CUDA graph and replayed
     # (pipelines/sae/step_graph.py): the same step without sixty kernel launches from Python.
     graphed = use_graph(cfg.graph, device, cfg.recipe_spec, world.distributed, cfg.codes)
-    steppers = {size: GraphedStep(sae, cfg.batch_size // world.size) if graphed else sae
+    # Every size's recording reads one input buffer: each batch is scaled into it once.
+    shared = torch.zeros(cfg.batch_size // world.size, d_in, device=device) if graphed else None
+    steppers = {size: GraphedStep(sae, cfg.batch_size // world.size, static=shared) if graphed else sae
                 for size, sae in saes.items()}
     bar = progress.bar(total=total, desc=f"{desc} ({device}"
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
@@ -129,7 +131,9 @@ def train_saes(cfg: SaeConfig, d_in: int, epoch_batches: Callable[[int], Iterabl
                 raise ConfigError(f"sae: a batch of {len(batch)} rows cannot be shared by "
                                   f"{world.size} torchrun processes; make sae.batch_size a "
                                   f"multiple of it", key="sae.batch_size")
-            x = batch[world.slice(len(batch))].to(device, non_blocking=True) * scale
+            x = batch[world.slice(len(batch))].to(device, non_blocking=True)
+            x = (torch.mul(x, scale, out=shared) if shared is not None and x.shape == shared.shape
+                 else x * scale)
             lr = lr_at(step, total, cfg)
             l1_scale = min(1.0, (step + 1) / max(1, cfg.l1_warmup_fraction * total))
             for size, sae in saes.items():

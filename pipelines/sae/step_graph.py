@@ -47,16 +47,18 @@ class GraphedStep:
     exact zeros), so the whole run replays one graph and never stops to record another; a
     batch of another size, or a failed recording, steps eagerly the same way. Wrap the SAE
     before its first step: its optimizer is rebuilt with tensor learning rates (and, on CUDA,
-    as a capturable fused Adam)."""
+    as a capturable fused Adam). `static`, a [rows, d_in] buffer, lets several SAEs' recordings
+    read one input (the stage writes each batch there once for every size)."""
 
-    def __init__(self, sae: SparseAutoencoder, rows: int, capture: Capture | None = None):
+    def __init__(self, sae: SparseAutoencoder, rows: int, capture: Capture | None = None,
+                 static: torch.Tensor | None = None):
         if sae.optimizer.state:
             raise ValueError("GraphedStep: wrap the SAE before its first step")
         self.sae = sae
         device = sae.W_enc.device
         aux = bool(sae.rules.aux_k and sae.aux_coefficient > 0)
         self.replayed = ReplayedStep(lambda x: sae.step_body(x, aux=aux).stacked(), self._state, capture,
-                                     static=torch.zeros(rows, sae.d_in, device=device))
+                                     static=torch.zeros(rows, sae.d_in, device=device) if static is None else static)
         old = sae.optimizer
         sae.optimizer = torch.optim.Adam(tensor_lr_groups(old, device), lr=old.defaults["lr"],
                                          betas=old.defaults["betas"], **replayable_options(device))
