@@ -36,12 +36,19 @@ def model_summary(path: str) -> None:
                    "\"planted\"`), not the model's MLP. Its features check the pipeline "
                    "against a known answer; their examples and logit effects say nothing "
                    "about the model or the text.")
+    if get("overfit"):  # the model stage's finding (pipelines/model/stage.py: overfit_note)
+        st.warning(f"The model overfits its corpus: {get('overfit')}. Its features may describe "
+                   "memorised training text more than the language.")
+    trained, passes = _number(get("tokens_trained")), _number(get("train_passes"))
     below = ""
     if math.isfinite(val) and math.isfinite(unigram):
         below = f"{abs(unigram - val):.3f} nats {'below' if val <= unigram else 'ABOVE'} unigram"
     st.html(token_html.stats_html([
         ("activation function", str(get("act_fn") or "–"), "", "The MLP's activation function."),
         ("parameters", finite_or_dash(n_params, ",.0f"), "", "Parameters of the transformer."),
+        ("tokens trained", finite_or_dash(trained, ",.0f"),
+         f"{passes:.1f} passes over the training split" if math.isfinite(passes) else "",
+         "Tokens the model was trained on; passes: how many times it saw each training token."),
         ("validation loss", finite_or_dash(val, ".3f"), below,
          "Cross-entropy (nats per token) on held-out documents."),
         ("unigram baseline", finite_or_dash(unigram, ".3f"), "",

@@ -47,7 +47,8 @@ form (spaces `·`, newlines `↵`), unescaped corpus text.
     covers counterparts and aligned neurons), `umap`, `explanations`), `same_units_as` (the
     dictionary whose unit i is this one's unit i at another hook: neurons ↔ neurons_pre_ln);
     `run`: free-form run info (model `act_fn`, `n_params`, `val_loss`, `unigram_val_loss`,
-    ...) and `metrics`, the metrics table's rows by dictionary (the writer adds it; NaN as
+    `tokens_trained`, `train_passes`, `overfit` (a sentence, "" if the validation curve ended
+    near its best), ...) and `metrics`, the metrics table's rows by dictionary (the writer adds it; NaN as
     null); `tables`: every table's relative path with its row count, which the reader checks.
 
 `vocab.parquet` — one row per token id

@@ -53,6 +53,21 @@ def test_overview(app):
     assert "validation loss" in texts(at) and "nats below unigram" in texts(at)
 
 
+def test_overview_says_how_long_the_model_trained_and_warns_when_it_overfits(app, monkeypatch):
+    from dashboard import store_access
+
+    assert not app("app_pages/overview.py").warning  # the synthetic run does not overfit
+    real = store_access.run_info
+    note = "validation loss rose from 4.000 at 2.0M tokens to 4.300: the model overfits its training tokens"
+    monkeypatch.setattr(store_access, "run_info", lambda path: {
+        **real(path), "tokens_trained": 200_000_000, "train_passes": 67.0, "overfit": note})
+    at = app("app_pages/overview.py")
+    assert [w.value for w in at.warning] == [
+        f"The model overfits its corpus: {note}. Its features may describe memorised training text "
+        "more than the language."]
+    assert "200,000,000" in texts(at) and "67.0 passes over the training split" in texts(at)
+
+
 def test_overview_table_formats_escapes_and_skips_missing_columns():
     table = pd.DataFrame({"dictionary": ["<b>x</b>"], "n_features": [16384], "fvu": [float("nan")],
                           "ce_loss_recovered": [0.9751], "recipe": ["topk"]})

@@ -31,6 +31,19 @@ def test_model_learned_and_reloads_exactly(mini_run):
         _, cache = model.run_with_cache(val, names_filter=lambda n: n == HOOK_POST)
     assert cache[HOOK_POST].shape == (4, 32, 64)
     assert abs(loss - metrics["val_loss"]) < 1.0
+    train = read_sequences(mini_run / "tokens" / "train.parquet")
+    assert metrics["train_passes"] == pytest.approx(metrics["tokens_trained"] / train.size, abs=0.01)
+
+
+def test_overfitting_is_said_only_when_the_curve_ends_above_its_best():
+    from pipelines.model.stage import overfit_note
+
+    tokens = [1_000_000, 2_000_000, 3_000_000, 4_000_000]
+    assert overfit_note([5.0, 4.2, 4.1, 4.1], tokens, 3.0) == ""  # still at its best
+    assert overfit_note([5.0, 4.2, 4.1, 4.12], tokens, 3.0) == ""  # within 1%: noise
+    note = overfit_note([5.0, 4.0, float("nan"), 4.3], tokens, 67.0)
+    assert "rose from 4.000 at 2.0M tokens to 4.300" in note and "67.0 passes" in note
+    assert overfit_note([float("nan"), 4.0], tokens[:2], 1.0) == ""  # one evaluation: no curve
 
 
 def test_gelu_variant_runs(mini_study):

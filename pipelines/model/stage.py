@@ -5,7 +5,9 @@ CUDA when present (bf16 autocast there), fp32 on CPU (bf16 on these CPUs is ~100
 Writes `model/model.safetensors`, `model/config.json` (the exact TransformerBridgeConfig
 arguments), `model/loss_curve.parquet` (train and validation loss by step) and
 `model/metrics.json`, which includes the validation loss of a unigram model fitted on the
-training tokens: the bar any model that learned something must clear.
+training tokens: the bar any model that learned something must clear, how many passes over
+the training tokens the run made, and whether the validation curve ended above its best (the
+model overfits its corpus: `overfit_note`).
 
 Under torchrun each rank computes the loss on its contiguous share of every global batch of
 `batch_size` sequences (which the world size must divide) and the gradients are averaged
@@ -61,6 +63,25 @@ def lr_at(step: int, total: int, cfg: ModelConfig) -> float:
     progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine)
+
+
+OVERFIT_RISE = 0.01  # a final validation loss this far (relative) above the curve's best
+
+
+def overfit_note(val_loss: list[float], tokens: list[int], passes: float) -> str:
+    """Says when the validation curve (the same held-out subset at every evaluation) ended
+    above its best: the model has started to learn its training text rather than the
+    language, which a preset run for many passes over a small corpus does (the paper preset
+    on the embedded corpus: ~67). "" when the curve ended at or near its best."""
+    points = [(v, t) for v, t in zip(val_loss, tokens) if math.isfinite(v)]
+    if len(points) < 2:
+        return ""
+    best, at = min(points)
+    last = points[-1][0]
+    if last <= best * (1 + OVERFIT_RISE):
+        return ""
+    return (f"validation loss rose from {best:.3f} at {at / 1e6:.1f}M tokens to {last:.3f}: the model "
+            f"overfits its training tokens ({passes:.1f} passes; more text, or fewer model.train_tokens)")
 
 
 @torch.no_grad()
@@ -195,6 +216,8 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     pq.write_table(pa.table({k: pa.array(v, curve_types[k]) for k, v in curve.items()}),
                    out / "loss_curve.parquet")
     n_params = sum(p.numel() for p in model.parameters())
+    passes = total_steps * tokens_per_step / max(1, train_np.size)
+    overfit = overfit_note(curve["val_loss"], curve["tokens"], passes)
     metrics = {
         "act_fn": cfg.act_fn, "device": device, "n_params": n_params, "ranks": world.size,
         "steps": total_steps, "tokens_trained": total_steps * tokens_per_step,
@@ -203,14 +226,17 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         "val_loss": final_val, "unigram_val_loss": unigram,
         "graph": (step_fn.failure and f"eager ({step_fn.failure})" or "on") if graphed and total_steps else "off",
         "val_tokens": int(val_np.shape[0] * (n_ctx - 1)),
+        "train_passes": round(passes, 2), "overfit": overfit,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - start
     on = f"{world.size} × {device}" if world.distributed else device
-    trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens at {metrics['tokens_per_second']:,.0f} "
-               f"tok/s on {on}" if total_steps else "untrained (model.train_tokens = 0: a control)")
+    trained = (f"{metrics['tokens_trained'] / 1e6:.2f}M tokens ({passes:.1f} passes) at "
+               f"{metrics['tokens_per_second']:,.0f} tok/s on {on}" if total_steps
+               else "untrained (model.train_tokens = 0: a control)")
     if graphed and total_steps:
         trained += ", CUDA graph" + (f" failed, stepped eagerly ({step_fn.failure})" if step_fn.failure else "")
     summary = (f"model: {cfg.act_fn}, {n_params / 1e6:.2f}M params, {trained}; validation loss "
-               f"{final_val:.3f} vs unigram {unigram:.3f} nats, {seconds:.0f} s")
+               f"{final_val:.3f} vs unigram {unigram:.3f} nats{'; ' + overfit if overfit else ''}, "
+               f"{seconds:.0f} s")
     return summary, metrics

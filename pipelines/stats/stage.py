@@ -99,7 +99,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     sae_metrics = _read_table(run_dir / "sae" / "metrics.parquet", "sae").to_pylist()
     run_info = {k: model_metrics.get(k) for k in ("act_fn", "n_params", "val_loss",
                                                    "unigram_val_loss", "val_tokens",
-                                                   "tokens_trained")}
+                                                   "tokens_trained", "train_passes", "overfit")}
     run_info.update({"d_model": int(model.cfg.d_model), "d_mlp": int(model.cfg.d_mlp),
                      "d_vocab": int(model.cfg.d_vocab), "n_ctx": n_ctx, "split": cfg.split,
                      "stats_tokens": n_tokens,
