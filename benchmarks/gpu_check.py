@@ -112,8 +112,9 @@ def graph_vs_eager(device: str) -> tuple[str, bool]:
     """A graphed SAE (`sae.graph`) and an eager one trained on the same 24 batches, with a
     rate that changes every step; the eager one starts AuxK halfway, the recording runs it
     from the start (exact zeros while no feature is dead), so they must still agree.
-    On a CPU the capture is the tests' stand-in. Returns the line and whether graphs may be
-    used by the rest of the check."""
+    On a CPU the capture is the tests' stand-in, whose replays fail at any read from the
+    device. The codes are the embedding-bag layout, the only one a GPU records. Returns the
+    line and whether graphs may be used by the rest of the check."""
     import torch
 
     from pipelines.sae.autoencoder import SparseAutoencoder
@@ -125,7 +126,7 @@ def graph_vs_eager(device: str) -> tuple[str, bool]:
     xb, _ = planted(24 * 1024, 64, 512, 8, 0.05, 0)
     xb = xb.to(device)
     saes = [SparseAutoencoder(64, 1024, "topk", k=16, b_dec_init=xb.mean(0).cpu(), seed=1, aux_k=64,
-                              dead_window=12 * 1024, device=device) for _ in range(2)]
+                              dead_window=12 * 1024, device=device, codes="bag") for _ in range(2)]
     for sae in saes:
         sae.syncs_are_free = False  # the GPU's AuxK form on either device
     eager, graphed_sae = saes

@@ -19,13 +19,13 @@ from pipelines.errors import ConfigError
 from pipelines.sae.autoencoder import SparseAutoencoder
 from pipelines.graph_capture import optimizer_state, record_step
 from pipelines.sae.step_graph import GraphedStep, use_graph
-from tests.stand_in_capture import StandInCapture
+from tests.stand_in_capture import HostReadError, NoHostReads, StandInCapture
 
 
-def _sae(dead_window: int = 10**9) -> SparseAutoencoder:
+def _sae(dead_window: int = 10**9, codes: str = "auto", precision: str = "auto") -> SparseAutoencoder:
     torch.manual_seed(0)
     sae = SparseAutoencoder(32, 128, "topk", k=4, dead_window=dead_window, aux_k=16,
-                            b_dec_init=torch.zeros(32), seed=3)
+                            b_dec_init=torch.zeros(32), seed=3, codes=codes, precision=precision)
     sae.syncs_are_free = False  # as on a GPU: AuxK runs on a masked candidate set, no count read
     return sae
 
@@ -44,9 +44,12 @@ def _train(stepper, batches) -> list[float]:
 
 
 @pytest.mark.parametrize("dead_window", [10**9, 64 * 6])  # no AuxK; AuxK from step 6 on
-def test_graphed_training_equals_eager(dead_window):
+@pytest.mark.parametrize("layout", [("auto", "auto"), ("bag", "bf16")])  # CPU's; a GPU's (codes, precision)
+def test_graphed_training_equals_eager(dead_window, layout):
+    """Replays run under the stand-in's `NoHostReads`: the step a GPU records (embedding-bag
+    codes, bf16 selection, masked AuxK) reads nothing back from the device."""
     batches = _batches(12)
-    eager, graphed_sae = _sae(dead_window), _sae(dead_window)
+    eager, graphed_sae = _sae(dead_window, *layout), _sae(dead_window, *layout)
     capture = StandInCapture()
     graphed = GraphedStep(graphed_sae, rows=64, capture=capture)
     eager_mse, graphed_mse = _train(eager, batches), _train(graphed, batches)
@@ -193,3 +196,24 @@ def test_the_stage_trains_every_size_graphed_as_eager(monkeypatch):
     for size in cfg.dict_sizes:
         for a, b in zip(eager[size].params, graphed[size].params):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_the_stand_in_refuses_what_a_cuda_capture_refuses():
+    """The guard behind every stand-in replay: each op that waits for the device fails, the
+    same work written without a host read passes, and the optimizer's CPU path is exempt."""
+    a = torch.randn(6)
+    reads = [lambda: a.sum().item(), lambda: bool(a.sum() > 0), lambda: int(a.argmax()),
+             lambda: a[a > 0], lambda: a.nonzero(), lambda: torch.masked_select(a, a > 0),
+             lambda: torch.unique(a), lambda: torch.repeat_interleave(torch.tensor([1, 2]))]
+    for read in reads:
+        with pytest.raises(HostReadError), NoHostReads():
+            read()
+    with NoHostReads():
+        torch.where(a > 0, a, 0.0).sum()
+        torch.repeat_interleave(torch.tensor([1, 2]), output_size=3)
+        p = torch.nn.Parameter(torch.ones(3))
+        p.grad = torch.ones(3)
+        torch.optim.Adam([p], lr=0.1, foreach=False).step()  # reads its step count: exempt
+    replay = StandInCapture().record(lambda: a.max().item())
+    with pytest.raises(HostReadError, match="_local_scalar_dense"):
+        replay()

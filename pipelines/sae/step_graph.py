@@ -55,6 +55,7 @@ class GraphedStep:
         if sae.optimizer.state:
             raise ValueError("GraphedStep: wrap the SAE before its first step")
         self.sae = sae
+        sae.syncs_are_free = False  # AuxK on a masked candidate set: a recording reads nothing back
         device = sae.W_enc.device
         aux = bool(sae.rules.aux_k and sae.aux_coefficient > 0)
         self.replayed = ReplayedStep(lambda x: sae.step_body(x, aux=aux).stacked(), self._state, capture,
