@@ -72,7 +72,7 @@ def overfit_note(val_loss: list[float], tokens: list[int], passes: float) -> str
     """Says when the validation curve (the same held-out subset at every evaluation) ended
     above its best: the model has started to learn its training text rather than the
     language, which a preset run for many passes over a small corpus does (the paper preset
-    on the embedded corpus: ~67). "" when the curve ended at or near its best."""
+    on the embedded corpus: ~70). "" when the curve ended at or near its best."""
     points = [(v, t) for v, t in zip(val_loss, tokens) if math.isfinite(v)]
     if len(points) < 2:
         return ""
