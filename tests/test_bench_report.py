@@ -8,15 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_all():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+def benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_report_header_names_the_device():
-    module = run_all()
+    module = benchmark("run_all")
     info = {"date": "2026-11-30T00:00:00+00:00", "cpu": "AMD EPYC", "cores": 2, "python": "3.11.7",
             "torch": "2.13.0", "transformer-lens": "4.3.0", "streamlit": "1.67.0", "gpu": None}
     results = {"sae_throughput": {"command": "x", "seconds": 1.0, "output": "512 1.4", "ok": True}}
@@ -24,13 +25,6 @@ def test_report_header_names_the_device():
     gpu = module.write_markdown({**info, "gpu": "NVIDIA H200"}, results)
     assert "GPU: NVIDIA H200" in gpu and "CPU only" not in gpu
     assert "## sae_throughput" in gpu and "512 1.4" in gpu
-
-
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_paper_estimate_scales_only_the_work_that_grows(tmp_path):
@@ -55,7 +49,7 @@ def test_paper_estimate_scales_only_the_work_that_grows(tmp_path):
         "stats": {"duration_s": 40.0, "results": {}},
     }
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}), encoding="utf-8")
-    text = gpu_check().paper_estimate(tmp_path)
+    text = benchmark("gpu_check").paper_estimate(tmp_path)
     cached = full.activations.max_tokens
     model = 25 + 20 * (10 - 1)
     activations = 12 + 10 * ((1_000_000 + cached) / (cached // 5) - 1)

@@ -155,6 +155,7 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     if not distributed.world().is_main:
         return "", {}
     total = counts["train"] + counts["val"]
+    caching = max(caching, 1e-9)  # an empty split caches in no time
     what = HOOK_POST if planted is None else (
         f"PLANTED activations ({cfg.planted_features} features, {cfg.planted_families} "
         f"families, basis seed {cfg.planted_basis_seed}; not the model's)")
