@@ -2,22 +2,30 @@
 
 `warm` runs the step as CUDA's warm-up does (really changing the weights, which recording
 must put back); `record` hands the step back to be run again at each replay. So it proves
-the recording's bookkeeping, not that CUDA captures every op, and not that no Python value
-was baked in: a replay here re-runs the Python.
+the recording's bookkeeping, not that CUDA captures every op.
 
-What it can prove of capture: every replay runs under `NoHostReads`, which fails the ops
-that stop a CUDA capture because they wait for the device (a value read back to the host:
-`.item()`, `bool(t)`, `int(t)`, `float(t)`) or make a shape from data (`nonzero`, boolean
-indexing, `masked_select`, `unique`, `repeat_interleave` without `output_size`). Those are
-the usual reasons a step that runs eagerly cannot be recorded, and here they show on CPU.
+What it can prove of capture, on CPU, in two guards around every replay:
+- `NoHostReads` fails the ops that stop a CUDA capture because they wait for the device (a
+  value read back to the host: `.item()`, `bool(t)`, `int(t)`, `float(t)`) or make a shape
+  from data (`nonzero`, boolean indexing, `masked_select`, `unique`, `repeat_interleave`
+  without `output_size`): the usual reasons a step that runs eagerly cannot be recorded.
+- `OpTrace` checks that a replay here, which re-runs the Python, ran what a CUDA graph would
+  replay: the recording's ops, with the recording's Python numbers (a learning rate passed as
+  a float, a step count), reading the same tensors made before the step (not a tensor
+  replaced instead of written in place, not a batch outside the static buffer), and no
+  tensor made from Python data inside the step (`torch.tensor(...)`: baked once, and a host
+  copy a capture refuses). The first replay stands for the recording: it runs on the state
+  the recording saw. Without it a step that bakes a value trains right here and wrong on a GPU.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 # aten ops that wait for the device on CUDA, by their schema name
 _READS_HOST = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "_unique",
@@ -26,6 +34,11 @@ _READS_HOST = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "ma
 
 class HostReadError(RuntimeError):
     """An op in a recorded step that a CUDA capture refuses (it would wait for the device)."""
+
+
+class BakedValueError(RuntimeError):
+    """A replay that ran other than its recording: a CUDA graph would replay the recorded
+    ops on the recorded values and memory, so the graphed run would train differently."""
 
 
 class NoHostReads(TorchDispatchMode):
@@ -65,9 +78,68 @@ def _inside_optimizer() -> bool:
     return False
 
 
+class OpTrace(TorchDispatchMode):
+    """Writes down a step as a CUDA recording fixes it: each op (the optimizer's exempt, as
+    in `NoHostReads`) with its Python arguments and, for each tensor it reads that existed
+    before the step, that tensor's memory; tensors the step's own ops made are just "made"
+    (a graph's pool gives them fixed memory). Refuses at once a tensor made from Python data."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+        self._made: set[int] = set()
+        self._held: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = f"{func._schema.name}.{func._overloadname}"
+        if not _inside_optimizer():
+            if func._schema.name == "aten::lift_fresh":
+                raise BakedValueError(f"{name}: a tensor made from Python data inside the step "
+                                      "(torch.tensor / as_tensor): a CUDA graph keeps the value it "
+                                      "recorded, and a capture refuses the copy from host memory")
+            self.ops.append((name, tuple(self._describe(leaf) for leaf in tree_leaves((args, kwargs)))))
+        out = func(*args, **kwargs)
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.numel() and leaf.layout == torch.strided:
+                memory = leaf.untyped_storage().data_ptr()
+                if memory not in self._held:
+                    self._made.add(memory)
+        return out
+
+    def _describe(self, leaf) -> object:
+        if not isinstance(leaf, torch.Tensor):
+            return repr(leaf)
+        if not leaf.numel() or leaf.layout != torch.strided:
+            return "tensor"
+        memory = leaf.untyped_storage().data_ptr()
+        if memory in self._made:
+            return "made in the step"
+        self._held.add(memory)
+        return f"tensor held at {memory:#x}"
+
+    def check_against(self, recording: "OpTrace", replay: int) -> None:
+        """Raises `BakedValueError` at the first op where this replay left the recording."""
+        for i, ((name, args), (was, was_args)) in enumerate(zip(self.ops, recording.ops)):
+            if name != was or len(args) != len(was_args):
+                raise BakedValueError(f"replay {replay} ran {name} where the recording ran {was} "
+                                      f"(op {i}): the Python branched on a value that changes; a CUDA "
+                                      "graph replays the recorded ops")
+            for j, (now, then) in enumerate(zip(args, was_args)):
+                if now != then:
+                    raise BakedValueError(
+                        f"replay {replay}, op {i} ({name}), argument {j}: the recording had {then}, this "
+                        f"replay {now}; a CUDA graph replays what it recorded (keep a changing value in a "
+                        "tensor written in place, and write inputs into the recorded buffer)")
+        if len(self.ops) != len(recording.ops):
+            raise BakedValueError(f"replay {replay} ran {len(self.ops)} ops, the recording "
+                                  f"{len(recording.ops)}: the Python branched on a value that changes")
+
+
 class StandInCapture:
     """Counts warm-ups and recordings; replays by running the recorded step again, under
-    `NoHostReads` (CUDA's warm-up may read the host; the recording may not)."""
+    `NoHostReads` (CUDA's warm-up may read the host; the recording may not) and `OpTrace`,
+    each replay checked against the first."""
 
     def __init__(self, fail: bool = False):
         self.warmed, self.recorded, self.fail = 0, 0, fail
@@ -81,8 +153,16 @@ class StandInCapture:
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.recorded += 1
+        recording: list[OpTrace] = []
+        replays = itertools.count()
 
         def replay():
-            with NoHostReads():
-                return fn()
+            n, trace = next(replays), OpTrace()
+            with NoHostReads(), trace:
+                out = fn()
+            if recording:
+                trace.check_against(recording[0], n)
+            else:
+                recording.append(trace)
+            return out
         return replay

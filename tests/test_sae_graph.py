@@ -19,7 +19,7 @@ from pipelines.errors import ConfigError
 from pipelines.sae.autoencoder import SparseAutoencoder
 from pipelines.graph_capture import optimizer_state, record_step
 from pipelines.sae.step_graph import GraphedStep, use_graph
-from tests.stand_in_capture import HostReadError, NoHostReads, StandInCapture
+from tests.stand_in_capture import BakedValueError, HostReadError, NoHostReads, StandInCapture
 
 
 def _sae(dead_window: int = 10**9, codes: str = "auto", precision: str = "auto") -> SparseAutoencoder:
@@ -217,3 +217,48 @@ def test_the_stand_in_refuses_what_a_cuda_capture_refuses():
     replay = StandInCapture().record(lambda: a.max().item())
     with pytest.raises(HostReadError, match="_local_scalar_dense"):
         replay()
+
+
+def test_the_stand_in_refuses_a_step_that_bakes_in_a_value():
+    """The second guard: a replay re-runs the Python, so each later replay must run what the
+    first (standing for the recording) ran, as a CUDA graph would. Each step below trains
+    right eagerly and wrong when recorded; each is refused, and the same step written for a
+    recording passes."""
+    w = torch.ones(4)
+    rate, state, steps = [0.1], {"clock": torch.zeros(4)}, [0]
+
+    def float_rate():  # a learning rate passed as a Python number
+        rate[0] *= 0.5
+        return w.mul(1 - rate[0])
+
+    def replaced_state():  # a new tensor each step instead of one written in place
+        state["clock"] = state["clock"] + 1
+        return state["clock"]
+
+    def branch():  # Python deciding from a count that changes
+        steps[0] += 1
+        return w * 2 if steps[0] > 1 else w + 2
+
+    batches = iter([torch.randn(4) for _ in range(2)])
+
+    def batch_outside():  # reads each batch where it lies, not from the recorded input buffer
+        return w + next(batches)
+
+    for step, why in [(float_rate, "argument 1"), (replaced_state, "tensor held"),
+                      (branch, "where the recording ran"), (batch_outside, "tensor held")]:
+        replay = StandInCapture().record(step)
+        replay()
+        with pytest.raises(BakedValueError, match=why):
+            replay()
+    with pytest.raises(BakedValueError, match="lift_fresh"):
+        StandInCapture().record(lambda: w * torch.tensor(2.0))()
+
+    rate_t, clock = torch.tensor(0.1), torch.zeros(4)
+
+    def recordable():
+        clock.add_(1)
+        return w.mul(1 - rate_t)
+    replay = StandInCapture().record(recordable)
+    for value in (0.1, 0.05, 0.025):
+        rate_t.fill_(value)  # outside the step, as set_rate does
+        torch.testing.assert_close(replay(), w * (1 - value))
