@@ -274,10 +274,11 @@ def summary_table_html(summary: pd.DataFrame) -> str:
 
 
 def correlation_histogram(features: pd.DataFrame, neurons: pd.DataFrame | None,
-                          dictionary: str, run: str, other: str) -> go.Figure:
+                          dictionary: str, run: str, other: str, order: list[str]) -> go.Figure:
     """The paper's universality figure: best-match correlations, features and neurons
-    overlaid, each normalised to its own count (the two have different numbers of units)."""
-    colours = charts.dictionary_colours([NEURONS, dictionary])
+    overlaid, each normalised to its own count (the two have different numbers of units).
+    `order`: the run's store order, so each dictionary has its colour of every other page."""
+    colours = charts.dictionary_colours(order, extra=[NEURONS, dictionary])
     fig = go.Figure()
     edges = np.linspace(-0.05, 1.0, 22)  # bars, not a histogram trace: the light bundle
     centres = (edges[:-1] + edges[1:]) / 2  # draws scatter, bar and pie only
@@ -364,7 +365,8 @@ def universality_page(root: str, run: str) -> None:
     matches = store_access.study_matches(root, run, other, dictionary)
     neurons = (store_access.study_matches(root, run, other, NEURONS)
                if dictionary != NEURONS else None)
-    light_plotly.chart(correlation_histogram(matches, neurons, dictionary, run, other),
+    order = store_access.dictionaries(store_access.variant_store(root, run))
+    light_plotly.chart(correlation_histogram(matches, neurons, dictionary, run, other, order),
                        key="universality_histogram")
     summary = store_access.study_summary(root)
     st.html(summary_table_html(summary[summary["dictionary"].isin({dictionary, NEURONS})]))
