@@ -16,6 +16,11 @@ What it can prove of capture, on CPU, in two guards around every replay:
   tensor made from Python data inside the step (`torch.tensor(...)`: baked once, and a host
   copy a capture refuses). The first replay stands for the recording: it runs on the state
   the recording saw. Without it a step that bakes a value trains right here and wrong on a GPU.
+- `NoDeviceCopies` fails a move between devices inside the step (`.to(device)`, `.cuda()`,
+  `.cpu()`, `.numpy()`, `.tolist()`, `pin_memory()`, `as_tensor(..., device=)`). On CPU these
+  are no-ops that reach no aten op, so neither guard above sees them; on a GPU a copy from host
+  memory inside a recording either fails the capture or bakes the first batch's host address
+  in. A recorded step gets its data through the recorded input buffer; a dtype cast is fine.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import itertools
 import sys
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -34,6 +40,10 @@ _READS_HOST = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "ma
 
 class HostReadError(RuntimeError):
     """An op in a recorded step that a CUDA capture refuses (it would wait for the device)."""
+
+
+class DeviceCopyError(RuntimeError):
+    """A move between host and device inside a recorded step."""
 
 
 class BakedValueError(RuntimeError):
@@ -54,6 +64,46 @@ class NoHostReads(TorchDispatchMode):
             raise HostReadError(f"{func._schema.name}: {why}; a CUDA graph cannot record it "
                                 "(operation not permitted when stream is capturing)")
         return func(*args, **kwargs)
+
+
+# Tensor methods that always read device memory back to the host
+_TO_HOST = frozenset({"cpu", "numpy", "tolist", "pin_memory"})
+# factories that, without a device, make their tensor in host memory
+_FACTORIES = frozenset({"arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint",
+                        "randperm", "linspace", "logspace", "eye", "empty_strided", "scalar_tensor",
+                        "as_tensor"})
+
+
+class NoDeviceCopies(TorchFunctionMode):
+    """Raises `DeviceCopyError` at a host copy inside the step, seen at the Python call: on
+    CPU every tensor already lies where it is sent, so the copy is a no-op with no aten op to
+    trace. Refused: reading back to the host (`.cpu()`, `.numpy()`, `.tolist()`,
+    `pin_memory()`) and a factory that names no device (`torch.arange(n)`: host memory on a GPU
+    machine, copied to the device when used). A `.to()` of a tensor the step did not make in
+    host memory passes: on a GPU it is a no-op when the tensor is already on the device (as
+    `clip_grad_norm_`'s is), and where tensors made before the step live is gpu_check's
+    device section to show. The optimizer's code is exempt, as in `NoHostReads`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        why = "" if _inside_optimizer() else _crosses_devices(func, args, kwargs)
+        if why:
+            raise DeviceCopyError(f"{why} inside the step: a CUDA graph records no copy between host "
+                                  "and device memory (the capture fails, or replays the recording's "
+                                  "copy); make tensors on the device and write inputs into the "
+                                  "recorded buffer before the replay")
+        return func(*args, **kwargs)
+
+
+def _crosses_devices(func, args, kwargs) -> str:
+    name = getattr(func, "__name__", "")
+    is_method = bool(args) and isinstance(args[0], torch.Tensor) and "TensorBase" in repr(func)
+    if is_method and name in _TO_HOST:
+        return f"Tensor.{name}() copies to host memory"
+    if not is_method and name in _FACTORIES and getattr(func, "__module__", "") == "torch" \
+            and kwargs.get("device") is None:
+        return f"torch.{name}() without a device makes its tensor in host memory"
+    return ""
 
 
 def _reads_host(func, args, kwargs) -> str:
@@ -138,8 +188,8 @@ class OpTrace(TorchDispatchMode):
 
 class StandInCapture:
     """Counts warm-ups and recordings; replays by running the recorded step again, under
-    `NoHostReads` (CUDA's warm-up may read the host; the recording may not) and `OpTrace`,
-    each replay checked against the first."""
+    `NoDeviceCopies`, `NoHostReads` (CUDA's warm-up may read the host; the recording may
+    not) and `OpTrace`, each replay checked against the first."""
 
     def __init__(self, fail: bool = False):
         self.warmed, self.recorded, self.fail = 0, 0, fail
@@ -158,7 +208,7 @@ class StandInCapture:
 
         def replay():
             n, trace = next(replays), OpTrace()
-            with NoHostReads(), trace:
+            with NoDeviceCopies(), NoHostReads(), trace:
                 out = fn()
             if recording:
                 trace.check_against(recording[0], n)

@@ -19,7 +19,8 @@ from pipelines.errors import ConfigError
 from pipelines.sae.autoencoder import SparseAutoencoder
 from pipelines.graph_capture import optimizer_state, record_step
 from pipelines.sae.step_graph import GraphedStep, use_graph
-from tests.stand_in_capture import BakedValueError, HostReadError, NoHostReads, StandInCapture
+from tests.stand_in_capture import (BakedValueError, DeviceCopyError, HostReadError, NoHostReads,
+                                    StandInCapture)
 
 
 def _sae(dead_window: int = 10**9, codes: str = "auto", precision: str = "auto") -> SparseAutoencoder:
@@ -262,3 +263,23 @@ def test_the_stand_in_refuses_a_step_that_bakes_in_a_value():
     for value in (0.1, 0.05, 0.025):
         rate_t.fill_(value)  # outside the step, as set_rate does
         torch.testing.assert_close(replay(), w * (1 - value))
+
+
+def test_the_stand_in_refuses_a_host_copy_inside_the_step():
+    """On CPU a copy between host and device is a no-op that reaches no aten op, so only the
+    Python call shows it: a factory that names no device (host memory on a GPU machine,
+    copied over when used) and a read back to the host are refused; the same step with its
+    tensors made on the device, and a `.to()` of a tensor already there, pass."""
+    w = torch.arange(4.0)
+    for step, why in [(lambda: w[torch.arange(2)], r"torch.arange\(\) without a device"),
+                      (lambda: w * torch.ones(4), r"torch.ones\(\) without a device"),
+                      (lambda: w.sum().cpu(), r"Tensor.cpu\(\)"),
+                      (lambda: w.tolist(), r"Tensor.tolist\(\)"),
+                      (lambda: w.numpy(), r"Tensor.numpy\(\)")]:
+        with pytest.raises(DeviceCopyError, match=why):
+            StandInCapture().record(step)()
+    replay = StandInCapture().record(
+        lambda: w[torch.arange(2, device=w.device)].to(w.device) * torch.ones_like(w[:2]))
+    for _ in range(2):
+        torch.testing.assert_close(replay(), torch.tensor([0.0, 1.0]))
+
