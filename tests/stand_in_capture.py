@@ -4,7 +4,7 @@
 must put back); `record` hands the step back to be run again at each replay. So it proves
 the recording's bookkeeping, not that CUDA captures every op.
 
-What it can prove of capture, on CPU, in two guards around every replay:
+What it can prove of capture, on CPU, in three guards around every replay:
 - `NoHostReads` fails the ops that stop a CUDA capture because they wait for the device (a
   value read back to the host: `.item()`, `bool(t)`, `int(t)`, `float(t)`) or make a shape
   from data (`nonzero`, boolean indexing, `masked_select`, `unique`, `repeat_interleave`
@@ -16,11 +16,12 @@ What it can prove of capture, on CPU, in two guards around every replay:
   tensor made from Python data inside the step (`torch.tensor(...)`: baked once, and a host
   copy a capture refuses). The first replay stands for the recording: it runs on the state
   the recording saw. Without it a step that bakes a value trains right here and wrong on a GPU.
-- `NoDeviceCopies` fails a move between devices inside the step (`.to(device)`, `.cuda()`,
-  `.cpu()`, `.numpy()`, `.tolist()`, `pin_memory()`, `as_tensor(..., device=)`). On CPU these
-  are no-ops that reach no aten op, so neither guard above sees them; on a GPU a copy from host
-  memory inside a recording either fails the capture or bakes the first batch's host address
-  in. A recorded step gets its data through the recorded input buffer; a dtype cast is fine.
+- `NoDeviceCopies` fails a host copy inside the step: a factory that names no device
+  (`torch.arange(n)`, host memory on a GPU machine) and a read back to the host (`.cpu()`,
+  `.numpy()`, `.tolist()`, `pin_memory()`). On CPU these reach no aten op that says so, so
+  the guards above miss them; on a GPU a copy from host memory inside a recording fails the
+  capture or replays the recording's copy. A recorded step gets its data through the
+  recorded input buffer.
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ class NoHostReads(TorchDispatchMode):
 
 
 # Tensor methods that always read device memory back to the host
-_TO_HOST = frozenset({"cpu", "numpy", "tolist", "pin_memory"})
+_TO_HOST = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.pin_memory}
 # factories that, without a device, make their tensor in host memory
-_FACTORIES = frozenset({"arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint",
-                        "randperm", "linspace", "logspace", "eye", "empty_strided", "scalar_tensor",
-                        "as_tensor"})
+_FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn,
+              torch.randint, torch.randperm, torch.linspace, torch.logspace, torch.eye,
+              torch.empty_strided, torch.scalar_tensor, torch.as_tensor}
 
 
 class NoDeviceCopies(TorchFunctionMode):
@@ -96,13 +97,10 @@ class NoDeviceCopies(TorchFunctionMode):
 
 
 def _crosses_devices(func, args, kwargs) -> str:
-    name = getattr(func, "__name__", "")
-    is_method = bool(args) and isinstance(args[0], torch.Tensor) and "TensorBase" in repr(func)
-    if is_method and name in _TO_HOST:
-        return f"Tensor.{name}() copies to host memory"
-    if not is_method and name in _FACTORIES and getattr(func, "__module__", "") == "torch" \
-            and kwargs.get("device") is None:
-        return f"torch.{name}() without a device makes its tensor in host memory"
+    if func in _TO_HOST:
+        return f"Tensor.{func.__name__}() copies to host memory"
+    if func in _FACTORIES and kwargs.get("device") is None:
+        return f"torch.{func.__name__}() without a device makes its tensor in host memory"
     return ""
 
 

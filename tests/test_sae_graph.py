@@ -282,4 +282,3 @@ def test_the_stand_in_refuses_a_host_copy_inside_the_step():
         lambda: w[torch.arange(2, device=w.device)].to(w.device) * torch.ones_like(w[:2]))
     for _ in range(2):
         torch.testing.assert_close(replay(), torch.tensor([0.0, 1.0]))
-

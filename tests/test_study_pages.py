@@ -7,8 +7,9 @@ import base64
 import numpy as np
 import pytest
 
-from dashboard import links
+from dashboard import charts, links
 from feature_store.store import FeatureStore
+from feature_store.study_store import StudyStore
 from tests.helpers.app import chart_figures, open_page
 
 
@@ -68,12 +69,11 @@ def test_universality_page(study_app, params):
     names = " ".join(t["name"] for t in figures[0]["data"])
     assert "neurons" in names and "sae_" in names
     # each dictionary in the colour every other page gives it (its place in the run's store)
-    from dashboard import charts
-    from feature_store.study_store import StudyStore
     study = StudyStore.open(study_app)
-    order = list(FeatureStore.open(study.store_path(params.get("run", "solu"))).dictionaries())
+    colours = charts.dictionary_colours(
+        FeatureStore.open(study.store_path(params.get("run", "solu"))).dictionaries())
     for trace in figures[0]["data"]:
-        assert trace["marker"]["color"] == charts.dictionary_colours(order)[trace["name"].split()[0]]
+        assert trace["marker"]["color"] == colours[trace["name"].split()[0]]
     text = page_text(at)
     assert "its best match in" in text and "activation correlation" in text
     assert at.dataframe and len(at.dataframe[0].value) > 0
