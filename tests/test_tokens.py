@@ -8,8 +8,8 @@ import pytest
 from pipelines.config import TokensConfig
 from pipelines.errors import ConfigError
 from pipelines.runner import run_pipeline
-from pipelines.data.tokens import (choose_held_out, hash_position, is_validation, pack,
-                             read_sequences, split_documents)
+from pipelines.data.tokens import (choose_held_out, drop_seen, hash_position, is_validation, pack,
+                                   read_sequences, row_hashes, split_documents)
 from tests.conftest import mini_config
 
 
@@ -142,3 +142,49 @@ def test_stage_warns_with_the_shortfall(tmp_path, capsys):
     (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
     assert f"held out {results['val_held_tokens']:,} tokens, {short:,} short of the " \
            f"{results['val_target_tokens']:,} tokens.val_fraction=0.9 asks for" in line
+
+
+# -- validation sequences that are training sequences too ------------------------------------
+
+def test_drop_seen_removes_exactly_the_validation_rows_that_training_holds():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 50, (200, 16), dtype=np.int32)
+    val = rng.integers(0, 50, (30, 16), dtype=np.int32)
+    val[[3, 17, 29]] = train[[5, 5, 199]]
+    kept, n = drop_seen(val, train)
+    assert n == 3 and len(kept) == 27
+    assert kept.tolist() == np.delete(val, [3, 17, 29], axis=0).tolist()
+    assert drop_seen(val[:3], train)[1] == 0  # nothing shared: returned as is
+    moved = val[3].copy()
+    moved[[0, 1]] = moved[[1, 0]]  # the same tokens in another order is another sequence
+    assert moved.tolist() != val[3].tolist() and row_hashes(moved[None])[0] != row_hashes(val[3][None])[0]
+
+
+def test_a_hash_match_alone_does_not_drop_a_sequence(monkeypatch):
+    """Every row hashing alike (a worst-case collision): only equal rows are dropped."""
+    import pipelines.data.tokens as tokens
+    monkeypatch.setattr(tokens, "row_hashes", lambda seqs: np.zeros(len(seqs), np.uint64))
+    train = np.arange(40, dtype=np.int32).reshape(5, 8)
+    val = np.concatenate([train[2:3], train[:1] + 100])
+    kept, n = tokens.drop_seen(val, train)
+    assert n == 1 and kept.tolist() == (train[:1] + 100).tolist()
+
+
+def test_stage_holds_out_no_sequence_that_training_holds(tmp_path):
+    """A corpus that repeats one long text under different first lines (the corpus stage drops
+    exact duplicates only): held out by document, some validation sequences would be training
+    sequences token for token (the embedded corpus's codec files did this to the paper
+    preset, whose interp stage then refused to run)."""
+    folder = _files_corpus(tmp_path / "docs", n_docs=30, words_per_doc=400)
+    words = " ".join(np.random.default_rng(1).choice(["red", "green", "blue", "cyan"], 300))
+    for i in range(30):
+        (folder / f"copy{i}.txt").write_text(f"version {i}\n{words}\n")
+    cfg = mini_config(corpus={"source": "files", "paths": [str(folder)]}, tokens={"val_fraction": 0.3})
+    manifest = run_pipeline(cfg, tmp_path / "r", "my.toml", until="tokens", log=lambda s: None)
+    results = manifest.get("tokens").results
+    train = read_sequences(tmp_path / "r" / "tokens" / "train.parquet")
+    val = read_sequences(tmp_path / "r" / "tokens" / "val.parquet")
+    assert results["val_sequences_dropped_as_seen"] > 0 and results["val_sequences"] == len(val) > 0
+    seen = {row.tobytes() for row in train}
+    assert not any(row.tobytes() in seen for row in val)
+    assert "validation sequences dropped as also in training" in manifest.get("tokens").summary

@@ -257,5 +257,6 @@ def check_disjoint(train_seqs: np.ndarray, val_seqs: np.ndarray, explain: Window
     shared = a & b
     if shared:
         raise InputError(f"{len(shared)} sequences appear in both the explain (train) and "
-                         f"the score (val) windows; rebuild the tokens stage")
+                         f"the score (val) windows; rerun with --force tokens (the tokens stage now "
+                         f"drops such validation sequences)")
     return len(a) + len(b)
