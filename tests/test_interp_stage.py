@@ -110,3 +110,35 @@ def test_store_without_explanations_says_none(tmp_path):
     store = FeatureStore.open(path)
     assert store.interp_summary() is None
     assert store.explanations("neurons") is None and store.explanation("neurons", 0) is None
+
+
+def test_neighbour_windows_hold_what_encoding_each_window_gives(mini_run):
+    """Neighbour windows encode each distinct token once (`neighbour_windows`); every window's
+    activations must be what encoding that window on its own gives, for the unit it is
+    scored for, across chunk boundaries (a chunk of 7 tokens here)."""
+    import torch
+
+    from pipelines.interp.explainer import NEIGHBOUR
+    from pipelines.interp.sets import ShardIndex, neighbour_windows
+    from pipelines.stats.dictionaries import load_run_units
+
+    units = load_run_units(mini_run, "cpu")
+    store = FeatureStore.open(mini_run / "store")
+    val = read_sequences(mini_run / "tokens" / "val.parquet")
+    index = ShardIndex(mini_run / "activations", "val", units.n_ctx)
+    cfg = InterpConfig()
+    for d in units.dictionaries:
+        ex = store.example_windows(d.name)
+        got = neighbour_windows(ex, d, index, val, cfg, units.n_ctx, "cpu", chunk=7)
+        assert (got.kind == NEIGHBOUR).all() and got.unit.size > 0
+        w = got.acts.shape[1]
+        rng = np.random.default_rng(0)
+        for r in rng.choice(got.unit.size, size=min(40, got.unit.size), replace=False).tolist():
+            at = np.flatnonzero((ex.seq_id == got.seq_id[r]) & (ex.position == got.position[r]))[0]
+            pos = got.position[r] - ex.center[at] + np.arange(w)  # the window the store shows
+            valid = (pos >= 1) & (pos <= units.n_ctx - 1) & (got.tokens[r] >= 0)
+            x = index.gather(np.array([got.seq_id[r]]), pos[None, :], valid[None, :])
+            with torch.no_grad():
+                want = d.encode(torch.from_numpy(x))[:, got.unit[r]].numpy()
+            np.testing.assert_allclose(got.acts[r], np.where(valid, want, 0.0), rtol=1e-5, atol=1e-6)
+            assert got.acts[r][valid].any() or not want[valid].any()

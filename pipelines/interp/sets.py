@@ -141,9 +141,14 @@ def random_windows(index: ShardIndex, seqs: np.ndarray, dictionaries: list[Dicti
 
 
 def neighbour_windows(ex: ExampleWindows, d: Dictionary, index: ShardIndex, seqs: np.ndarray,
-                      cfg: InterpConfig, n_ctx: int, device: str, chunk: int = 256) -> Windows:
+                      cfg: InterpConfig, n_ctx: int, device: str, chunk: int = 4096) -> Windows:
     """For each unit, the top held-out windows of its nearest units, with its own
-    activations on them (encoded again from the val shards, a chunk of windows at a time)."""
+    activations on them.
+
+    Re-encoded from the val shards one *token* at a time, not one window at a time: a wide
+    dictionary's top windows overlap (16,384 features x 4 windows x 17 tokens is 1.1M cells
+    over a 148k-token validation split), so each distinct (sequence, position) is encoded once,
+    `chunk` at a time, and every request reads its unit's activation from that row."""
     own = normalized_rows(d.out_dir if d.name == NEURONS else d.direction)
     nb_idx, _ = nearest(own, own, cfg.neighbours, exclude_self=True)
     top = (ex.kind == schema.KIND_TOP) & (ex.rank < cfg.neighbour_windows)
@@ -160,20 +165,23 @@ def neighbour_windows(ex: ExampleWindows, d: Dictionary, index: ShardIndex, seqs
     req_unit = np.asarray(req_unit, np.int64)
     req_row = np.asarray(req_row, np.int64)
     w = ex.token_ids.shape[1]
-    acts = np.zeros((req_row.size, w), np.float32)
-    windows = np.unique(req_row)
     first = ex.position.astype(np.int64) - ex.center.astype(np.int64)
-    for lo in range(0, windows.size, chunk):
-        part = windows[lo: lo + chunk]
-        pos = first[part, None] + np.arange(w)[None, :]
-        valid = (pos >= 1) & (pos <= n_ctx - 1) & (ex.token_ids[part] >= 0)
-        x = index.gather(ex.seq_id[part], pos, valid)
+    pos = first[req_row, None] + np.arange(w)[None, :]  # [requests, w]
+    valid = (pos >= 1) & (pos <= n_ctx - 1) & (ex.token_ids[req_row] >= 0)
+    q, j = np.nonzero(valid)  # every cell a request reads
+    keys = ex.seq_id[req_row[q]].astype(np.int64) * n_ctx + pos[q, j]
+    cells, cell = np.unique(keys, return_inverse=True)  # distinct tokens; cell: each read's one
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(0, cells.size + chunk, chunk))
+    acts = np.zeros((req_row.size, w), np.float32)
+    for c, lo in enumerate(range(0, cells.size, chunk)):
+        part = cells[lo: lo + chunk]
+        x = index.gather(part // n_ctx, (part % n_ctx)[:, None], np.ones((part.size, 1), bool))
         with torch.no_grad():
-            codes = d.encode(torch.from_numpy(x).to(device)).reshape(part.size, w, d.n)
-        sel = np.flatnonzero((req_row >= part[0]) & (req_row <= part[-1]))
-        local = np.searchsorted(part, req_row[sel])
-        got = codes[torch.from_numpy(local), :, torch.from_numpy(req_unit[sel])].cpu().numpy()
-        acts[sel] = np.where(valid[local], got, 0.0)
+            codes = d.encode(torch.from_numpy(x).to(device))  # [part, n]
+        reads = order[bounds[c]: bounds[c + 1]]
+        got = codes[torch.from_numpy(cell[reads] - lo), torch.from_numpy(req_unit[q[reads]])]
+        acts[q[reads], j[reads]] = got.float().cpu().numpy()
     return Windows(unit=req_unit, tokens=ex.token_ids[req_row].astype(np.int32), acts=acts,
                    kind=np.full(req_row.size, NEIGHBOUR, np.int8),
                    seq_id=ex.seq_id[req_row].astype(np.int64),
