@@ -202,9 +202,9 @@ def fit_patterns(windows: Windows, n_units: int, d_vocab: int, max_patterns: int
     # How many patterns to use: the prefix whose simulation best matches the explain cells.
     best_r = np.full(n_units, -np.inf)
     best_k = np.zeros(n_units, np.int64)
-    for k in range(1, max_patterns + 1):
-        r = pearson_by_unit(unit, simulate(full.first(k), windows), windows.acts, n_units,
-                            constant_prediction=0.0)
+    correlation = UnitCorrelation(unit, windows.acts, n_units)
+    for k, pred in enumerate(simulate_prefixes(full, windows, max_patterns), start=1):
+        r = correlation(pred, constant_prediction=0.0)
         better = np.nan_to_num(r, nan=-np.inf) > best_r + 1e-9
         best_r[better], best_k[better] = r[better], k
     slot = np.arange(max_patterns)[None, :]
@@ -230,42 +230,94 @@ def single_token(windows: Windows, n_units: int, d_vocab: int) -> Patterns:
 def simulate(patterns: Patterns, windows: Windows) -> np.ndarray:
     """Predicted activation [m, w] for each window's unit: the largest weight among the
     unit's patterns each token matches, 0 where none does (and outside the sequence)."""
-    unit, tokens, prev = windows.unit, windows.tokens, windows.previous()
+    tokens, prev = _match_sources(windows)
     pred = np.zeros(tokens.shape, np.float32)
     for k in range(patterns.token.shape[1]):
-        t = patterns.token[unit, k][:, None]
-        w = patterns.weight[unit, k][:, None]
-        hit = np.where(patterns.kind[unit, k][:, None] == PREV, prev == t, tokens == t)
-        np.maximum(pred, np.where(hit & (t >= 0) & (tokens >= 0), w, 0.0), out=pred)
+        _add_pattern(pred, tokens, prev, windows.unit, patterns.token[:, k],
+                     patterns.kind[:, k], patterns.weight[:, k])
     return pred
+
+
+def simulate_prefixes(patterns: Patterns, windows: Windows, max_patterns: int):
+    """`simulate(patterns.first(k), windows)` for k = 1..max_patterns, each built on the last
+    (a prediction is a maximum, so adding each unit's k-th pattern to the (k-1)-prefix's
+    prediction is exact): one pass per pattern instead of k(k+1)/2. Yields a buffer that the
+    next step updates in place."""
+    tokens, prev = _match_sources(windows)
+    allowed = np.isin(patterns.kind, (CUR, PREV)) & (patterns.weight > 0)
+    rank = np.cumsum(allowed, axis=1) - 1
+    pred = np.zeros(tokens.shape, np.float32)
+    rows = np.arange(patterns.n_units)
+    for k in range(max_patterns):
+        at = allowed & (rank == k)
+        slot, has = at.argmax(axis=1), at.any(axis=1)
+        _add_pattern(pred, tokens, prev, windows.unit, np.where(has, patterns.token[rows, slot], -1),
+                     patterns.kind[rows, slot], np.where(has, patterns.weight[rows, slot], 0))
+        yield pred
+
+
+def _match_sources(windows: Windows) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's token and previous token, the previous one −1 outside the sequence (where
+    the token is −1), so a pattern's match needs one comparison."""
+    tokens = windows.tokens
+    return tokens, np.where(tokens >= 0, windows.previous(), -1)
+
+
+def _add_pattern(pred: np.ndarray, tokens: np.ndarray, prev: np.ndarray, unit: np.ndarray,
+                 token: np.ndarray, kind: np.ndarray, weight: np.ndarray) -> None:
+    """pred = max(pred, weight where the cell matches its unit's pattern), one pattern a unit
+    (token −1: none)."""
+    t = token[unit]
+    w = np.where(t >= 0, weight[unit], 0).astype(np.float32)
+    source = np.where((kind[unit] == PREV)[:, None], prev, tokens)
+    np.maximum(pred, np.where(source == t[:, None], w[:, None], np.float32(0)), out=pred)
+
+
+class UnitCorrelation:
+    """Pearson correlation of predictions with fixed true activations over each unit's cells
+    (rows of `unit`). The truth's sums are taken once, so each prediction tried (fit_patterns'
+    prefixes) costs only its own.
+
+    NaN where the true activations are constant (nothing to predict); where only the
+    prediction is constant the explanation predicted nothing: `constant_prediction`."""
+
+    def __init__(self, unit: np.ndarray, true: np.ndarray, n_units: int,
+                 valid: np.ndarray | None = None) -> None:
+        cells = np.broadcast_to(unit[:, None], true.shape)
+        if valid is not None:
+            cells, true = cells[valid], true[valid]
+        self.cells, self.valid, self.n_units = cells.reshape(-1), valid, n_units
+        self.y = true.reshape(-1).astype(np.float64)
+        self.n = np.bincount(self.cells, minlength=n_units).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.my = self._sum(self.y) / self.n
+            self.vy = np.maximum(self._sum(self.y * self.y) / self.n - self.my * self.my, 0)
+
+    def _sum(self, v: np.ndarray) -> np.ndarray:
+        return np.bincount(self.cells, weights=v, minlength=self.n_units)
+
+    def __call__(self, pred: np.ndarray, constant_prediction: float = 0.0) -> np.ndarray:
+        if self.valid is not None:
+            pred = pred[self.valid]
+        x = pred.reshape(-1).astype(np.float64)
+        n, my, vy = self.n, self.my, self.vy
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx = self._sum(x) / n
+            cov = self._sum(x * self.y) / n - mx * my
+            vx = np.maximum(self._sum(x * x) / n - mx * mx, 0)
+            r = cov / np.sqrt(vx * vy)
+        tiny_y = vy <= 1e-12 * np.maximum(my * my, 1e-12)
+        tiny_x = vx <= 1e-12 * np.maximum(mx * mx, 1e-12)
+        r = np.where(tiny_x, constant_prediction, r)
+        r = np.where(tiny_y | (n < 2), np.nan, r)
+        return np.clip(r, -1.0, 1.0)
 
 
 def pearson_by_unit(unit: np.ndarray, pred: np.ndarray, true: np.ndarray, n_units: int,
                     constant_prediction: float = 0.0, valid: np.ndarray | None = None
                     ) -> np.ndarray:
-    """Pearson correlation of pred and true over each unit's cells (rows of `unit`).
-
-    NaN where the true activations are constant (nothing to predict); where only the
-    prediction is constant the explanation predicted nothing: `constant_prediction` (0)."""
-    cells = np.broadcast_to(unit[:, None], pred.shape)
-    if valid is not None:
-        cells, pred, true = cells[valid], pred[valid], true[valid]
-    cells = cells.reshape(-1)
-    x = pred.reshape(-1).astype(np.float64)
-    y = true.reshape(-1).astype(np.float64)
-    s = lambda v: np.bincount(cells, weights=v, minlength=n_units)  # noqa: E731
-    n = np.bincount(cells, minlength=n_units).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx, my = s(x) / n, s(y) / n
-        cov = s(x * y) / n - mx * my
-        vx = np.maximum(s(x * x) / n - mx * mx, 0)
-        vy = np.maximum(s(y * y) / n - my * my, 0)
-        r = cov / np.sqrt(vx * vy)
-    tiny_y = vy <= 1e-12 * np.maximum(my * my, 1e-12)
-    tiny_x = vx <= 1e-12 * np.maximum(mx * mx, 1e-12)
-    r = np.where(tiny_x, constant_prediction, r)
-    r = np.where(tiny_y | (n < 2), np.nan, r)
-    return np.clip(r, -1.0, 1.0)
+    """Pearson correlation of pred and true over each unit's cells (see UnitCorrelation)."""
+    return UnitCorrelation(unit, true, n_units, valid)(pred, constant_prediction)
 
 
 def describe(patterns: Patterns, display: list[str] | np.ndarray) -> list[str]:
