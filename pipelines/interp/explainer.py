@@ -113,6 +113,16 @@ class Patterns:
     def n_units(self) -> int:
         return self.token.shape[0]
 
+    def rows(self, lo: int, hi: int) -> "Patterns":
+        """Units lo..hi-1 (a block, `pipelines/interp/blocks.py`)."""
+        return Patterns(self.token[lo:hi], self.kind[lo:hi], self.weight[lo:hi],
+                        self.next_token[lo:hi], self.next_weight[lo:hi])
+
+    @staticmethod
+    def concat(parts: list["Patterns"]) -> "Patterns":
+        return Patterns(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("token", "kind", "weight", "next_token", "next_weight")))
+
     def permuted(self, order: np.ndarray) -> "Patterns":
         """Unit i gets unit order[i]'s explanation (the shuffled-explanation control)."""
         return Patterns(self.token[order], self.kind[order], self.weight[order],

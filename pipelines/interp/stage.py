@@ -17,6 +17,7 @@ after the stats stage built the store (layout in `feature_store/schema.py`).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from pipelines.config import InterpConfig
 from pipelines.devices import pick_device
 from pipelines.stats.dictionaries import load_run_units
 from pipelines.errors import InputError
+from pipelines.interp.blocks import BLOCK_UNITS, concat_scores, run_blocks, unit_blocks
 from pipelines.interp.explainer import (Patterns, Windows, describe, fit_patterns, simulate,
                                         single_token)
 from pipelines.interp.scoring import derangement, detection_cut, fire_threshold, score
@@ -79,23 +81,24 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     columns, t_fit, t_score = {}, 0.0, 0.0
     bar = progress.bar(total=sum(d.n for d in dictionaries), desc="interp (explain, score)",
                        unit="unit")
-    # the bar moves once per dictionary; the heartbeat keeps a log file hearing from it
-    with progress.heartbeat("interp (explain, score)"):
+    # the bar moves once per dictionary; the heartbeat keeps a log file hearing from it.
+    # Blocks of units run on this process's torch threads (one in a study's variant process).
+    with progress.heartbeat("interp (explain, score)"), \
+            ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         for d in dictionaries:
             t0 = time.perf_counter()
             ex = explain[d.name]
             if cfg.explainer == "llm":  # pragma: no cover - never run by tests or by default
                 from pipelines.interp.llm import explain_with_llm
                 patterns, texts = explain_with_llm(cfg, d.name, ex, display, run_dir, d.n)
+                single = single_token(ex, d.n, d_vocab)
             else:
-                patterns = fit_patterns(ex, d.n, d_vocab, cfg.max_patterns, cfg.max_patterns,
-                                        cfg.min_support)
+                patterns, single = fit_dictionary(ex, d.n, d_vocab, cfg, pool)
                 texts = describe(patterns, display)
-            single = single_token(ex, d.n, d_vocab)
             t_fit += time.perf_counter() - t0
             t0 = time.perf_counter()
             columns[d.name] = score_dictionary(patterns, single, texts, ex, held_out[d.name],
-                                               logits[d.name], cfg, rng, display, d_vocab)
+                                               logits[d.name], cfg, rng, display, d_vocab, pool)
             columns[d.name]["explainer"] = [EXPLAINER_NAMES.get(cfg.explainer, cfg.explainer)] * d.n
             t_score += time.perf_counter() - t0
             bar.update(d.n)
@@ -121,26 +124,49 @@ def run(cfg: InterpConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                      "device": device}
 
 
+def fit_dictionary(explain: Windows, n: int, d_vocab: int, cfg: InterpConfig,
+                   pool: Executor | None = None, block: int = BLOCK_UNITS) -> tuple[Patterns, Patterns]:
+    """Every unit's explanation and best single token, fitted a block of units at a time."""
+    blocks = unit_blocks(explain, n, block)
+
+    def fit(b: int, lo: int, hi: int) -> tuple[Patterns, Patterns]:
+        return (fit_patterns(blocks[b], hi - lo, d_vocab, cfg.max_patterns, cfg.max_patterns,
+                             cfg.min_support), single_token(blocks[b], hi - lo, d_vocab))
+
+    parts = run_blocks(fit, n, pool, block)
+    return Patterns.concat([p for p, _ in parts]), Patterns.concat([s for _, s in parts])
+
+
 def score_dictionary(patterns: Patterns, single: Patterns, texts: list[str], explain: Windows,
                      held_out: Windows, weights: torch.Tensor, cfg: InterpConfig,
-                     rng: np.random.Generator, display: list[str], d_vocab: int) -> dict:
-    """Every column of one dictionary's explanations table (but `explainer`)."""
+                     rng: np.random.Generator, display: list[str], d_vocab: int,
+                     pool: Executor | None = None, block: int = BLOCK_UNITS) -> dict:
+    """Every column of one dictionary's explanations table (but `explainer`). The random
+    draws are the dictionary's, in one order; the scoring runs a block of units at a time."""
     n = patterns.n_units
-    threshold = fire_threshold(held_out, n, cfg.fire_fraction)
     k = min(cfg.logit_tokens, d_vocab)
     top = weights.topk(k, dim=1).indices.cpu().numpy().astype(np.int32)
     rand = rng.integers(0, d_vocab, size=(n, cfg.random_logit_tokens)).astype(np.int32)
-
-    def scored(p: Patterns) -> dict:
-        cut = detection_cut(p, simulate(p, explain), explain, cfg.fire_fraction)
-        return score(p, simulate(p, held_out), held_out, threshold, top, rand, cut)
-
-    own = scored(patterns)
     has = np.flatnonzero((patterns.weight > 0).any(axis=1))
     order = np.arange(n)
     order[has] = has[derangement(has.size, rng)]
-    shuffled = scored(patterns.permuted(order))
-    one = scored(single)
+    explanations = {"own": patterns, "shuffled": patterns.permuted(order), "one": single}
+    ex_blocks, ho_blocks = unit_blocks(explain, n, block), unit_blocks(held_out, n, block)
+
+    def scored(b: int, lo: int, hi: int) -> dict[str, dict[str, np.ndarray]]:
+        ex, ho = ex_blocks[b], ho_blocks[b]
+        threshold = fire_threshold(ho, hi - lo, cfg.fire_fraction)
+        out = {"threshold": {"threshold": threshold}}
+        for name, full in explanations.items():
+            p = full.rows(lo, hi)
+            cut = detection_cut(p, simulate(p, ex), ex, cfg.fire_fraction)
+            out[name] = score(p, simulate(p, ho), ho, threshold, top[lo:hi], rand[lo:hi], cut)
+        return out
+
+    parts = run_blocks(scored, n, pool, block)
+    own, shuffled, one = (concat_scores([part[name] for part in parts])
+                          for name in ("own", "shuffled", "one"))
+    threshold = concat_scores([part["threshold"] for part in parts])["threshold"]
     dead = ~np.isfinite(threshold)  # never fired on held-out windows: nothing to score
     nan = lambda v: np.where(dead, np.nan, v).astype(np.float32)  # noqa: E731
     cols = {"index": np.arange(n, dtype=np.int32), "explanation": texts}
