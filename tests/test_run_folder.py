@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -55,8 +56,10 @@ def test_force_reruns_stage_and_everything_downstream(tmp_path):
 def test_a_corpus_edit_reruns_from_the_corpus(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
+    words = "some words here and there the first document long enough to count".split()
+    rng = random.Random(0)  # varied text: a repeated sentence makes every held-out sequence a training one
     for i in range(30):
-        (data / f"{i}.txt").write_text(f"document {i}: " + "some words here and there. " * 40)
+        (data / f"{i}.txt").write_text(f"document {i}: " + " ".join(rng.choices(words, k=200)))
     cfg = mini_config(corpus={"source": "files", "paths": [str(data)]}, tokens={"n_ctx": 16})
     _run(cfg, tmp_path / "r")
     (data / "0.txt").write_text("a different first document, long enough to count. " * 10)
