@@ -187,4 +187,5 @@ def test_stage_holds_out_no_sequence_that_training_holds(tmp_path):
     assert results["val_sequences_dropped_as_seen"] > 0 and results["val_sequences"] == len(val) > 0
     seen = {row.tobytes() for row in train}
     assert not any(row.tobytes() in seen for row in val)
-    assert "validation sequences dropped as also in training" in manifest.get("tokens").summary
+    n = results["val_sequences_dropped_as_seen"]
+    assert f"{n} validation sequence{'' if n == 1 else 's'} dropped as also in training" in manifest.get("tokens").summary

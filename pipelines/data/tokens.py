@@ -147,6 +147,10 @@ def drop_seen(val: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, int]:
     return np.delete(val, seen, axis=0), len(seen)
 
 
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def write_sequences(path: Path, seqs: np.ndarray) -> None:
     n_seq, n_ctx = seqs.shape
     flat = pa.array(seqs.reshape(-1), pa.int32())
@@ -191,7 +195,8 @@ def run(cfg: TokensConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         need = cfg.min_val_sequences if name == "val" else 1
         if len(seqs) < need:
             n_tokens = sum(len(d) + 1 for d in pieces)
-            seen = f" ({n_seen} more were training sequences too)" if name == "val" and n_seen else ""
+            seen = (f" ({n_seen} more {'was a training sequence' if n_seen == 1 else 'were training sequences'}"
+                    f" too)" if name == "val" and n_seen else "")
             raise ConfigError(
                 f"tokens.n_ctx={cfg.n_ctx}: larger than the corpus allows: the {name} split has "
                 f"{n_tokens:,} tokens, {len(seqs)} sequence(s) of {cfg.n_ctx}{seen}; need at least "
@@ -206,7 +211,7 @@ def run(cfg: TokensConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                f"({(n_train + n_val) * cfg.n_ctx / 1e6:.2f}M tokens; {counts['val'][0]} held-out "
                f"documents{f' ({n_cut} cut)' if n_cut else ''}, {held_out.held:,} tokens for a "
                f"target of {held_out.target:,}"
-               f"{f'; {n_seen} validation sequences dropped as also in training' if n_seen else ''}"
+               f"{f'; {n_seen} validation sequence{_s(n_seen)} dropped as also in training' if n_seen else ''}"
                f"), {seconds:.1f} s")
     return summary, {"n_ctx": cfg.n_ctx, "train_sequences": n_train, "val_sequences": n_val,
                      "train_documents": counts["train"][0],
