@@ -30,23 +30,20 @@ def unit_blocks(windows: Windows, n_units: int, size: int = BLOCK_UNITS) -> list
     """The windows of units [lo, lo + size) for each block, units renumbered from 0 and rows
     in their original order within each unit."""
     order = np.argsort(windows.unit, kind="stable")
-    n_blocks = _n_blocks(n_units, size)
-    edges = np.searchsorted(windows.unit[order], np.arange(n_blocks + 1) * size)
+    ranges = block_ranges(n_units, size)
+    edges = np.searchsorted(windows.unit[order], [lo for lo, _ in ranges] + [n_units])
     blocks = []
-    for b in range(n_blocks):
+    for b, (lo, _) in enumerate(ranges):
         part = windows.select(order[edges[b]: edges[b + 1]])
-        blocks.append(Windows(unit=part.unit - b * size, tokens=part.tokens, acts=part.acts,
+        blocks.append(Windows(unit=part.unit - lo, tokens=part.tokens, acts=part.acts,
                               kind=part.kind, seq_id=part.seq_id, position=part.position,
                               split=part.split, before=part.before))
     return blocks
 
 
 def block_ranges(n_units: int, size: int = BLOCK_UNITS) -> list[tuple[int, int]]:
+    """[lo, hi) of each block (one empty block for no units)."""
     return [(lo, min(lo + size, n_units)) for lo in range(0, n_units, size)] or [(0, 0)]
-
-
-def _n_blocks(n_units: int, size: int) -> int:
-    return max(1, -(-n_units // size))
 
 
 def run_blocks(fn: Callable[[int, int, int], T], n_units: int, pool: Executor | None,

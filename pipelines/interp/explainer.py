@@ -128,15 +128,6 @@ class Patterns:
         return Patterns(self.token[order], self.kind[order], self.weight[order],
                         self.next_token[order], self.next_weight[order])
 
-    def first(self, k: int, kinds: tuple[int, ...] = (CUR, PREV)) -> "Patterns":
-        """Each unit's first k patterns of the given kinds (best gain first)."""
-        allowed = np.isin(self.kind, kinds) & (self.weight > 0)
-        rank = np.cumsum(allowed, axis=1) - 1
-        keep = allowed & (rank < k)
-        return Patterns(np.where(keep, self.token, -1), self.kind,
-                        np.where(keep, self.weight, 0).astype(np.float32),
-                        self.next_token, self.next_weight)
-
 
 def previous_tokens(tokens: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
     """The token before each cell; for the first column `before` (−1 when not given)."""
@@ -249,10 +240,10 @@ def simulate(patterns: Patterns, windows: Windows) -> np.ndarray:
 
 
 def simulate_prefixes(patterns: Patterns, windows: Windows, max_patterns: int):
-    """`simulate(patterns.first(k), windows)` for k = 1..max_patterns, each built on the last
-    (a prediction is a maximum, so adding each unit's k-th pattern to the (k-1)-prefix's
-    prediction is exact): one pass per pattern instead of k(k+1)/2. Yields a buffer that the
-    next step updates in place."""
+    """The simulation of each unit's first k usable patterns (`cur`/`prev`, weight > 0, best
+    gain first) for k = 1..max_patterns, each built on the last (a prediction is a maximum,
+    so adding each unit's k-th pattern to the (k-1)-prefix's prediction is exact): one pass
+    per pattern instead of k(k+1)/2. Yields a buffer that the next step updates in place."""
     tokens, prev = _match_sources(windows)
     allowed = np.isin(patterns.kind, (CUR, PREV)) & (patterns.weight > 0)
     rank = np.cumsum(allowed, axis=1) - 1
