@@ -2,6 +2,8 @@
 
 AdamW with linear warmup and cosine decay, gradient clipping, weight decay on matrices only.
 CUDA when present (bf16 autocast there), fp32 on CPU (bf16 on these CPUs is ~100x slower).
+On the CPU the loss is `pipelines/model/loss.py`'s chunked unembedding + cross-entropy (the
+same number as the bridge's, ~1.6x faster a step); on CUDA it is the bridge's own.
 Writes `model/model.safetensors`, `model/config.json` (the exact TransformerBridgeConfig
 arguments), `model/loss_curve.parquet` (train and validation loss by step) and
 `model/metrics.json`, which includes the validation loss of a unigram model fitted on the
@@ -36,6 +38,7 @@ from pipelines.devices import pick_device
 from pipelines.graph_capture import (ReplayedStep, optimizer_state, replayable_options, set_rate,
                                      tensor_lr_groups, use_graph_on)
 from pipelines.errors import ConfigError
+from pipelines.model.loss import next_token_loss
 from pipelines.data.tokenizer import load as load_tokenizer
 from pipelines.data.tokens import read_sequences
 
@@ -84,15 +87,26 @@ def overfit_note(val_loss: list[float], tokens: list[int], passes: float) -> str
             f"overfits its training tokens ({passes:.1f} passes; more text, or fewer model.train_tokens)")
 
 
+def bridge_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+    return model(tokens, return_type="loss")
+
+
+def loss_for(device: str):
+    """The training and validation loss: chunked on the CPU, where moving a step's logits
+    costs as much as its matmuls; the bridge's on CUDA (the path measured there, and the one
+    a recorded graph has replayed)."""
+    return next_token_loss if torch.device(device).type == "cpu" else bridge_loss
+
+
 @torch.no_grad()
-def evaluate(model, seqs: torch.Tensor, batch_size: int, autocast) -> float:
+def evaluate(model, seqs: torch.Tensor, batch_size: int, autocast, loss_fn=bridge_loss) -> float:
     """Mean next-token loss over all target tokens of `seqs`."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(seqs), batch_size):
         batch = seqs[i: i + batch_size]
         with autocast():
-            loss = model(batch, return_type="loss")
+            loss = loss_fn(model, batch)
         n = batch.shape[0] * (batch.shape[1] - 1)
         total += float(loss) * n
         count += n
@@ -147,13 +161,14 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
                        + (f", {world.size} ranks)" if world.distributed else ")"), unit="step",
                        disable=not world.is_main)
     params = list(model.parameters())
+    loss_fn = loss_for(device)
 
     def train_step(batch: torch.Tensor) -> torch.Tensor:
         """One AdamW step on `batch`, device work only (a CUDA graph may record it); returns
         the loss, [1], on the device."""
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = model(batch, return_type="loss")
+            loss = loss_fn(model, batch)
         loss.backward()
         loss = loss.detach().float().reshape(1)
         world.mean_([loss] + [p.grad for p in params if p.grad is not None])
@@ -194,7 +209,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         val_loss = float("nan")
         evaluating = world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == total_steps)
         if evaluating:
-            val_loss = evaluate(model, eval_subset, cfg.batch_size * 4, autocast)
+            val_loss = evaluate(model, eval_subset, cfg.batch_size * 4, autocast, loss_fn)
         curve["step"].append(step + 1)
         curve["tokens"].append((step + 1) * tokens_per_step)
         curve["lr"].append(lr)
@@ -208,7 +223,7 @@ def run(cfg: ModelConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         return "", {}
 
     with progress.heartbeat("model (validation loss on every held-out token)"):
-        final_val = evaluate(model, val, cfg.batch_size * 4, autocast)
+        final_val = evaluate(model, val, cfg.batch_size * 4, autocast, loss_fn)
         unigram = unigram_loss(train_np, val_np, d_vocab)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))
