@@ -295,3 +295,18 @@ def test_the_umap_leaves_the_processs_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_umaps_kernels_are_cached_on_disk_in_a_fresh_process():
+    """Each kernel `cache_umap_kernels` names exists in the pinned umap-learn and gets numba's
+    disk cache: a rename in an upgrade fails here instead of quietly costing every stats
+    stage ~8 s of compiling again."""
+    import subprocess
+    import sys
+
+    from pipelines.stats.directions import UMAP_KERNELS
+
+    code = ("from pipelines.stats.directions import cache_umap_kernels; "
+            "print(cache_umap_kernels())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) == len(UMAP_KERNELS)

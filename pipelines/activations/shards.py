@@ -57,13 +57,22 @@ def has_pre_ln(folder: Path, split: str) -> bool:
     return True
 
 
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """float16 rows as float32 through torch's vectorised conversion: numpy converts element
+    by element, 5-18x slower (1.07 vs 0.06-0.2 ms for a 1,024 x 512 batch on 2 cores), which
+    was ~7% of the tiny preset's SAE stage."""
+    if a.dtype != np.float16:
+        return a.astype(np.float32, copy=False)
+    return torch.from_numpy(np.require(a, requirements="W")).float().numpy()
+
+
 def _acts_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarray:
     """The fixed-size-list `acts` column as [rows, d_mlp] (stored float16, cast to `dtype`)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     d = column.type.list_size
     parts = [c.flatten().to_numpy().reshape(-1, d) for c in chunks]
     out = np.concatenate(parts) if parts else np.zeros((0, d), np.float16)
-    return out.astype(dtype, copy=False)
+    return out if dtype == np.float16 else as_float32(out).astype(dtype, copy=False)
 
 
 def read_shard(path: Path, columns=("acts",), acts_dtype=np.float32) -> dict[str, np.ndarray]:
@@ -98,14 +107,16 @@ class ActivationStream:
             buffer = acts if buffer.size == 0 else np.concatenate([buffer, acts])
             if len(buffer) < self.buffer_tokens:
                 continue
-            buffer = buffer[rng.permutation(len(buffer))]
+            # the buffer shuffled, without moving it: each batch gathers its rows, and only
+            # the half that stays is copied (once)
+            order = rng.permutation(len(buffer))
             emit = (len(buffer) // 2 // self.batch_size) * self.batch_size
             for i in range(0, emit, self.batch_size):
-                yield buffer[i: i + self.batch_size].astype(np.float32)
-            buffer = buffer[emit:]
-        buffer = buffer[rng.permutation(len(buffer))]
+                yield as_float32(buffer[order[i: i + self.batch_size]])
+            buffer = buffer[order[emit:]]
+        order = rng.permutation(len(buffer))
         for i in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
-            yield buffer[i: i + self.batch_size].astype(np.float32)
+            yield as_float32(buffer[order[i: i + self.batch_size]])
 
 
 @dataclass(frozen=True)
@@ -200,8 +211,9 @@ def _whole_sequences(pending: list[pa.RecordBatch], path: Path, per_seq: int, de
         seq_ids, acts = seq_ids[:keep], acts[: keep * per_seq]
         pre = pre[: keep * per_seq] if pre is not None else None
     if len(seq_ids):
-        x = torch.from_numpy(acts.astype(np.float32)).to(device)
-        x_pre = torch.from_numpy(pre.astype(np.float32)).to(device) if pre is not None else None
+        # uploaded as stored (half the bytes) and converted where they will be used
+        x = torch.from_numpy(acts).to(device).float()
+        x_pre = torch.from_numpy(pre).to(device).float() if pre is not None else None
         if not torch.isfinite(x).all() or (x_pre is not None and not torch.isfinite(x_pre).all()):
             raise InputError(f"{path}: activation is NaN or Inf; {_REBUILD}")
         yield SequenceBatch(torch.from_numpy(seq_ids).to(device), x, x_pre)

@@ -8,10 +8,11 @@ an SAE feature: largest |cosine| between W_out·d_i and each neuron's W_out row 
 stored). The stats driver picks which rows to compare; this module only measures.
 
 UMAP: one joint 2-D embedding (cosine metric) of the unit decoder directions of every SAE
-dictionary plus the neurons' basis vectors. umap-learn compiles with numba on first use in a
-fresh environment (~45 s on 2 cores; numba caches the compiled code on disk, later runs pay
-~2-5 s); `stats.umap = false` skips it and the store's UMAP table is empty (never a silent
-substitute).
+dictionary plus the neurons' basis vectors. umap-learn compiles its numba kernels on first
+use and, for the three this layout runs, compiled them again in every process (~8 s on 2
+cores, 2-3x the layout itself at tiny's 3,584 points); `cache_umap_kernels` has numba keep
+them on disk beside umap's source, so only an environment's first layout pays.
+`stats.umap = false` skips it and the store's UMAP table is empty (never a silent substitute).
 """
 
 from __future__ import annotations
@@ -61,12 +62,36 @@ def joint_umap(directions: list[torch.Tensor], n_neighbours: int,
         torch.set_num_threads(threads)
 
 
+# umap-learn's lazily compiled kernels that a layout from a precomputed kNN runs, by module
+UMAP_KERNELS = (("umap.umap_", "smooth_knn_dist"), ("umap.umap_", "compute_membership_strengths"),
+                ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"))
+
+
+def cache_umap_kernels() -> int:
+    """Turn on numba's disk cache for UMAP_KERNELS (umap-learn 0.5 declares them without
+    `cache=True`); how many were turned on. numba keys each cached kernel on its source
+    file's timestamp and the CPU, so an upgraded umap or another machine compiles afresh. A
+    kernel that is gone or already compiled is left as it is: slower, never wrong."""
+    import importlib
+
+    from numba.core.dispatcher import Dispatcher
+
+    turned_on = 0
+    for module, name in UMAP_KERNELS:
+        kernel = getattr(importlib.import_module(module), name, None)
+        if isinstance(kernel, Dispatcher) and not kernel.signatures:
+            kernel.enable_caching()
+            turned_on += 1
+    return turned_on
+
+
 def _joint_umap(directions: list[torch.Tensor], n_neighbours: int, seed: int,
                 threads: int) -> np.ndarray:
     import numba
     import umap  # numba JIT on first use; see the module docstring
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    cache_umap_kernels()
     points = torch.cat([normalized_rows(d) for d in directions])
     k = min(n_neighbours, points.shape[0] - 1)
     # Exact cosine kNN by one matmul per block: skips pynndescent and its numba JIT (~30 s).
