@@ -197,6 +197,25 @@ def test_one_variant_study_works(tmp_path):
     assert study.store("only").n_features("neurons") == 64
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
     """kill -9 the study while both models train in their own processes: the workers die
     with it (nothing keeps writing), and the rerun resumes and completes the study, the
@@ -231,9 +250,15 @@ def test_sigkill_mid_study_then_rerun_resumes(tmp_path):
         assert proc.poll() is None and time.time() < deadline, "variants never started training"
         time.sleep(0.05)
     time.sleep(0.5)
+    children = _children(proc.pid)  # the variant workers and whatever else the study started
+    assert len(children) >= 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(1.0)  # the workers got SIGKILL with their parent; give the kernel a moment
+    deadline = time.time() + 10  # every other child sees its pipes close and exits
+    while (left := [c for c in children if _alive(c)]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed study still run: {left}"  # was a Manager's server
     for path in incomplete:  # no orphan keeps a variant's lock
         assert not (path.parent / "model").exists()
     assert not (study_dir / "runs" / "saeseed1" / "model").exists()  # no link to a half model

@@ -164,12 +164,15 @@ def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list,
     log(f"building {len(todo)} variants, {workers} at a time, {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")
     errors = []
-    with context.Manager() as manager, ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        lines = manager.Queue()  # the workers' log lines, handed to `log` here as they come
+    # The workers' log lines, handed to `log` here as they come. A plain queue given to each
+    # worker as it starts, not a Manager's: a Manager is a server process of its own, which
+    # a kill -9 of the study left running (the workers die with the study, it did not).
+    lines = context.Queue()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, lines)) as pool:
         futures = {pool.submit(_variant_worker, vcfg, str(variant_dir(study_dir, name)),
-                               f"{cfg.source} [variants.{name}]", forces[name], until, name,
-                               lines): name
+                               f"{cfg.source} [variants.{name}]", forces[name], until,
+                               name): name
                    for name, vcfg in todo}
         pending = set(futures)
         while pending:
@@ -181,7 +184,8 @@ def _run_parallel(cfg: StudyConfig, study_dir: Path, todo: list,
                 if failure:
                     log(f"[{name}] failed: {failure}")
                     errors.append(f"variant {name}: {failure}")
-        _drain(lines, log)
+    # after the pool's shutdown: a worker's last lines reach the queue as its process exits
+    _drain(lines, log)
     if errors:
         raise PipelineError("; ".join(errors))
 
@@ -194,11 +198,17 @@ def _drain(lines: Any, log: Callable[[str], None]) -> None:
             return
 
 
-def _worker_init(threads: int) -> None:
-    """In each variant process: its share of the cores, and death with the parent (a killed
-    study must not leave variants writing into folders a rerun is about to resume)."""
+_LINES: Any = None  # in a variant process: the queue its log lines go to (`_worker_init`)
+
+
+def _worker_init(threads: int, lines: Any) -> None:
+    """In each variant process: its share of the cores, the queue for its log lines, and
+    death with the parent (a killed study must not leave variants writing into folders a
+    rerun is about to resume)."""
     import torch
 
+    global _LINES
+    _LINES = lines
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):
         try:
@@ -208,13 +218,13 @@ def _worker_init(threads: int) -> None:
 
 
 def _variant_worker(vcfg: Any, run_dir: str, source: str, force: tuple[str, ...],
-                    until: str | None, name: str, lines: Any) -> str | None:
+                    until: str | None, name: str) -> str | None:
     """One variant's pipeline, its log lines sent to the parent; a failure comes back as its
     one-line message."""
     os.environ[progress.PREFIX_ENV] = f"[{name}] "
     try:
         run_pipeline(vcfg, Path(run_dir), source, force=force, until=until,
-                     log=lambda line: lines.put(f"[{name}] {line}"))
+                     log=lambda line: _LINES.put(f"[{name}] {line}"))
     except PipelineError as err:
         return " ".join(str(err).split())
     return None
