@@ -80,7 +80,10 @@ def cache_umap_kernels() -> int:
     for module, name in UMAP_KERNELS:
         kernel = getattr(importlib.import_module(module), name, None)
         if isinstance(kernel, Dispatcher) and not kernel.signatures:
-            kernel.enable_caching()
+            try:
+                kernel.enable_caching()
+            except RuntimeError:  # numba found no writable place for a cache: compile each time
+                continue
             turned_on += 1
     return turned_on
 
