@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from feature_store.transformer_files import build_transformer, transformer_spec
-from pipelines.model.loss import chunked_cross_entropy, final_residual, next_token_loss
+from pipelines.model.loss import chunked_cross_entropy, unembedding_input, next_token_loss
 
 
 def small_model(act_fn: str):
@@ -19,11 +19,11 @@ def small_model(act_fn: str):
 
 
 @pytest.mark.parametrize("act_fn", ["solu_ln", "gelu"])
-def test_final_residual_is_what_the_bridge_unembeds(act_fn):
+def test_unembedding_input_is_what_the_bridge_unembeds(act_fn):
     model = small_model(act_fn)
     tokens = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(final_residual(model, tokens) @ model.unembed.W_U, model(tokens),
+        torch.testing.assert_close(unembedding_input(model, tokens) @ model.unembed.W_U, model(tokens),
                                    rtol=0, atol=1e-6)
 
 

@@ -23,7 +23,7 @@ import torch
 CHUNK_ROWS = 256  # 256 x 4,096 fp32 logits = 4 MiB: within a 32 MiB L3 beside the matmul's operands
 
 
-def final_residual(model, tokens: torch.Tensor) -> torch.Tensor:
+def unembedding_input(model, tokens: torch.Tensor) -> torch.Tensor:
     """The final LayerNorm's output, [batch, pos, d_model]: what the unembedding reads.
 
     The bridge's own components in the order its native forward runs them (embedding plus
@@ -89,7 +89,7 @@ def next_token_loss(model, tokens: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -
     """Mean next-token cross-entropy over positions 1.. of every sequence: the number
     `model(tokens, return_type="loss")` gives, up to float rounding (the bridge adds
     `b_U`, a zero buffer, and is not asked to here)."""
-    hidden = final_residual(model, tokens)[:, :-1]
+    hidden = unembedding_input(model, tokens)[:, :-1]
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = tokens[:, 1:].reshape(-1)
     weight = model.unembed.W_U
