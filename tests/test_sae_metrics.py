@@ -37,7 +37,10 @@ def test_reconstruction_metrics_match_dense_recomputation(mini_run):
 
 
 @torch.no_grad()
-def test_loss_metrics_match_explicit_splices(mini_run):
+def test_loss_metrics_match_explicit_splices(mini_run, monkeypatch):
+    """The chunked evaluation against the bridge's own forward with each splice hooked in;
+    chunks of 16 positions, so a batch's 155 rows end in a partial chunk."""
+    monkeypatch.setattr("pipelines.sae.metrics.LOGIT_CHUNK_ROWS", 16)
     specs = saes(mini_run)
     model = load_transformer(mini_run / "model")
     mean = np.random.default_rng(0).normal(size=specs[64][0].d_in).astype(np.float32)

@@ -24,6 +24,7 @@ from feature_store.sae_files import SaeSpec, decode, decode_topk, encode, recons
 from feature_store.transformer_files import HOOK_POST
 from pipelines.activations.shards import read_shard, shard_paths
 from pipelines.data.tokens import read_sequences
+from pipelines.model.loss import CHUNK_ROWS as LOGIT_CHUNK_ROWS, unembedding_input
 
 DENSITY_BINS = np.arange(-8.0, 0.25, 0.25)  # log10 density; dead features go below the first edge
 
@@ -113,7 +114,12 @@ LOSS_KEYS = ("ce_clean", "ce_zero_ablation", "ce_mean_ablation", "ce_with_sae", 
 @torch.no_grad()
 def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path, mean_act: np.ndarray,
                  n_sequences: int, device: str, batch_size: int = 32) -> dict[str, dict]:
-    """CE with each splice and KL to the clean model, averaged over next-token targets."""
+    """CE with each splice and KL to the clean model, averaged over next-token targets.
+
+    Each variant runs the model up to the unembedding only (`unembedding_input`, with the
+    splice hooked in); the logits are then made and read a chunk of positions at a time, the
+    clean chunk beside every variant's, so no [batch, pos, d_vocab] tensor exists (on 2 CPU
+    cores moving those, not the matmuls, was most of this evaluation's time)."""
     seqs = read_sequences(tokens_dir / "val.parquet")[:n_sequences]
     mean = torch.from_numpy(mean_act).to(device)
 
@@ -124,27 +130,41 @@ def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path
             return acts
         return hook
 
+    def hidden(batch: torch.Tensor) -> torch.Tensor:
+        """[rows, d_model]: the unembedding's input at positions 0..n-2, which predict 1.."""
+        h = unembedding_input(model, batch)[:, :-1]
+        return h.reshape(-1, h.shape[-1])
+
     variants = {"zero": lambda a: torch.zeros_like(a), "mean": lambda a: mean.expand_as(a)}
     for size, (spec, tensors) in specs.items():
         variants[f"sae{size}"] = (lambda s, t: lambda a: reconstruct(s, t, a))(spec, tensors)
-    ce = {name: 0.0 for name in ["clean", *variants]}
-    kl = {name: 0.0 for name in variants}
+    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    zero = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+    ce = {name: zero() for name in ["clean", *variants]}
+    kl = {name: zero() for name in variants}
     count = 0
     for i in range(0, len(seqs), batch_size):
         batch = torch.from_numpy(seqs[i: i + batch_size].astype(np.int64)).to(device)
-        targets = batch[:, 1:]
-        clean_logp = model(batch).log_softmax(-1)[:, :-1].contiguous()
-        ce["clean"] += float(-clean_logp.gather(-1, targets.unsqueeze(-1)).sum())
-        # KL(clean || spliced) = Σ p (log p − log q): p once per batch, then one difference
-        # and one dot product per variant. (Not Σ p log p − Σ p log q: two sums of ~1e4
-        # whose difference is ~1e2 would lose the KL to float32 rounding.)
-        clean_p = clean_logp.exp().reshape(-1)
+        targets = batch[:, 1:].reshape(-1, 1)
+        h = {"clean": hidden(batch)}
         for name, make in variants.items():
-            logits = model.run_with_hooks(batch, fwd_hooks=[(HOOK_POST, splice(make))])
-            logp = logits.log_softmax(-1)[:, :-1].contiguous()
-            ce[name] += float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
-            kl[name] += float(clean_p @ (clean_logp.reshape(-1) - logp.reshape(-1)))
-        count += targets.numel()
+            with model.hooks(fwd_hooks=[(HOOK_POST, splice(make))]):
+                h[name] = hidden(batch)
+        for lo in range(0, targets.shape[0], LOGIT_CHUNK_ROWS):
+            t = targets[lo: lo + LOGIT_CHUNK_ROWS]
+            clean_logp = torch.addmm(b_U, h["clean"][lo: lo + LOGIT_CHUNK_ROWS], W_U).log_softmax(-1)
+            ce["clean"] -= clean_logp.gather(1, t).sum(dtype=torch.float64)
+            # KL(clean || spliced) = Σ p (log p − log q), summed per chunk. (Not Σ p log p −
+            # Σ p log q: two sums of ~1e4 whose difference is ~1e2 would lose the KL to
+            # float32 rounding.)
+            clean_p = clean_logp.exp()
+            for name in variants:
+                logp = torch.addmm(b_U, h[name][lo: lo + LOGIT_CHUNK_ROWS], W_U).log_softmax(-1)
+                ce[name] -= logp.gather(1, t).sum(dtype=torch.float64)
+                kl[name] += (clean_p * (clean_logp - logp)).sum(dtype=torch.float64)
+        count += targets.shape[0]
+    ce = {k: float(v) for k, v in ce.items()}
+    kl = {k: float(v) for k, v in kl.items()}
     ce = {k: v / count for k, v in ce.items()}
     kl = {k: v / count for k, v in kl.items()}
     out = {}
