@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import torch
 
+from feature_store.transformer_files import capture
+
 CHUNK_ROWS = 256  # 256 x 4,096 fp32 logits = 4 MiB: within a 32 MiB L3 beside the matmul's operands
+UNEMBED_IN = "unembed.hook_in"  # the final LayerNorm's output, as the unembedding reads it
 
 
 def unembedding_input(model, tokens: torch.Tensor) -> torch.Tensor:
-    """The final LayerNorm's output, [batch, pos, d_model]: what the unembedding reads.
-
-    The bridge's own components in the order its native forward runs them (embedding plus
-    learned positions, each block, ln_final); `tests/test_model_loss.py` holds it equal to
-    the bridge's logits for SoLU and GeLU, so a TransformerLens that changes that order fails
-    there, not in a silently different loss."""
-    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-    hidden = model.embed(tokens) + model.pos_embed(positions)
-    for block in model.blocks:
-        out = block(hidden)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return model.ln_final(hidden)
+    """[batch, pos, d_model]: what the unembedding reads, from the bridge's own forward
+    stopped there (`capture`); autograd flows through it. `tests/test_model_loss.py` holds
+    it times W_U equal to the bridge's logits for SoLU and GeLU."""
+    return capture(model, tokens, UNEMBED_IN)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

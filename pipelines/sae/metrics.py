@@ -163,10 +163,8 @@ def loss_metrics(model, specs: dict[int, tuple[SaeSpec, dict]], tokens_dir: Path
                 ce[name] -= logp.gather(1, t).sum(dtype=torch.float64)
                 kl[name] += (clean_p * (clean_logp - logp)).sum(dtype=torch.float64)
         count += targets.shape[0]
-    ce = {k: float(v) for k, v in ce.items()}
-    kl = {k: float(v) for k, v in kl.items()}
-    ce = {k: v / count for k, v in ce.items()}
-    kl = {k: v / count for k, v in kl.items()}
+    ce = {k: float(v) / count for k, v in ce.items()}
+    kl = {k: float(v) / count for k, v in kl.items()}
     out = {}
     for size in specs:
         name = f"sae{size}"
