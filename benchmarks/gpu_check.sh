@@ -12,5 +12,5 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader 2>/dev/null || true
 python3 benchmarks/gpu_check.py --budget "${GPU_CHECK_BUDGET:-450}" "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"

@@ -57,3 +57,80 @@ def test_paper_estimate_scales_only_the_work_that_grows(tmp_path):
     total = 3 + model + activations + sae + 40
     assert f"{total:8.0f} s" in text.splitlines()[-1], text
     assert f"{model:8.0f} s" in text and f"{activations:8.0f} s" in text and f"{sae:8.0f} s" in text
+
+
+def test_a_command_cut_short_keeps_what_it_printed(monkeypatch):
+    """gpu_check's sections run commands under the budget; one that runs past it is killed,
+    and the stages it finished before (their summary lines) must reach the report."""
+    import sys
+
+    import pytest
+
+    check = benchmark("gpu_check")
+    monkeypatch.setattr(check, "MIN_TIMEOUT", 0.5)
+    code = ("import sys, time; print('model: solu_ln, 20M tokens at 900,000 tok/s', flush=True); "
+            "print('sae 30% |###|', flush=True); time.sleep(30)")
+    with pytest.raises(check.CutShort) as cut:
+        check.run([sys.executable, "-c", code], 1.0)
+    assert "model: solu_ln, 20M tokens" in cut.value.output
+    message = str(cut.value)
+    assert "cut short after" in message and "finished before the cut:\nmodel: solu_ln" in message
+    assert "%|" not in message.split("last lines:")[0]  # progress bars are not summaries
+
+
+def _manifest(folder: Path, stages: dict) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"stages": stages}), encoding="utf-8")
+
+
+def _paper_stages(model_seconds: float) -> dict:
+    from pipelines.config import load_config
+
+    full = load_config("paper", None, [])
+    return {
+        "tokens": {"duration_s": 3.0, "results": {"n_ctx": 128, "train_sequences": 10_000}},
+        "model": {"duration_s": model_seconds, "results": {"train_seconds": model_seconds,
+                                                           "tokens_trained": full.model.train_tokens,
+                                                           "tokens_per_second": 1e6}},
+        "activations": {"duration_s": 5.0, "results": {"caching_seconds": 5.0, "val_tokens": 1000,
+                                                       "train_tokens": 10_000 * 127, "tokens_per_second": 2e6}},
+    }
+
+
+def test_acceptance_reads_each_line_back_and_says_what_was_not_reached(tmp_path):
+    """The report's verdicts come from what the sections wrote: the trainer's JSON rows
+    against the line each size must meet, the runs' manifests; a paper run cut before its
+    stats stage gives a lower bound, which can fail the 8 minutes but never pass them."""
+    import json
+
+    check = benchmark("gpu_check")
+    rows = [{"d_sae": 512, "vs_reference": 1.2, "fvu": 0.1, "reference_fvu": 0.1, "never_fired": 0.0,
+             "reference_never_fired": 0.0},
+            {"d_sae": 4096, "vs_reference": 0.5, "fvu": 0.1, "reference_fvu": 0.1, "never_fired": 0.0,
+             "reference_never_fired": 0.0},
+            {"d_sae": 16384, "vs_reference": 2.5, "fvu": 0.1, "reference_fvu": 0.1, "never_fired": 0.0,
+             "reference_never_fired": 0.0}]
+    (tmp_path / "throughput.json").write_text(json.dumps(rows), encoding="utf-8")
+    _manifest(tmp_path / "paper", _paper_stages(model_seconds=100.0))
+    text = check.acceptance(tmp_path, tmp_path / "tiny", "a test")
+    lines = text.splitlines()
+    assert any(line.startswith("trainer    512: 1.20x") and line.split(";")[0].endswith("PASS") for line in lines)
+    assert any(line.startswith("trainer  16384: 2.50x") and "needs >= 3x): FAIL" in line for line in lines)
+    assert any(line.startswith("trainer   4096") and "(no line)" in line for line in lines)
+    assert "small preset sae stage: not measured" in lines
+    assert "tiny dead share at 2,048: not measured" in lines
+    assert "activations (paper): 2,000,000 tok/s (needs >= 1M): PASS" in lines
+    paper = next(line for line in lines if line.startswith("paper preset"))
+    assert "at least" in paper and "not decided" in paper and "stats" in paper, paper
+    assert "at least" in check.paper_estimate(tmp_path / "paper").splitlines()[-1]
+
+    _manifest(tmp_path / "paper", _paper_stages(model_seconds=600.0))  # already past 8 minutes
+    paper = next(line for line in check.acceptance(tmp_path, tmp_path / "tiny", "a test").splitlines()
+                 if line.startswith("paper preset"))
+    assert paper.endswith("FAIL"), paper
+
+    _manifest(tmp_path / "paper", {"tokens": _paper_stages(1.0)["tokens"]})  # cut in the model stage
+    assert "paper preset end to end: not measured" in check.acceptance(tmp_path, tmp_path / "tiny", "x")
+    assert check.paper_estimate(tmp_path / "paper").startswith("no estimate")
