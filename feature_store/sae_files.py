@@ -82,8 +82,14 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]
 
 def pre_activation(spec: SaeSpec, tensors: dict[str, Any], x):
     """W_enc (s·x − b_dec) + b_enc for unscaled activations x [..., d_in]: the one place the
-    encoder's affine map is written; every encoding below starts here."""
-    return (x * spec.input_scale - tensors["b_dec"]) @ tensors["W_enc"].T + tensors["b_enc"]
+    encoder's affine map is written; every encoding below starts here. The bias goes in
+    through `addmm`, not as a second pass over the [rows, d_sae] product (~20% of the
+    encoding on a CPU: that pass reads and writes the largest tensor here once more)."""
+    import torch
+
+    xc = x * spec.input_scale - tensors["b_dec"]
+    flat = torch.addmm(tensors["b_enc"], xc.reshape(-1, xc.shape[-1]), tensors["W_enc"].T)
+    return flat.reshape(*xc.shape[:-1], flat.shape[-1])
 
 
 def encode(spec: SaeSpec, tensors: dict[str, Any], x):

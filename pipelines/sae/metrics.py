@@ -22,7 +22,7 @@ import torch
 from feature_store import schema
 from feature_store.sae_files import SaeSpec, decode, decode_topk, encode, reconstruct, topk_codes
 from feature_store.transformer_files import HOOK_POST
-from pipelines.activations.shards import read_shard, shard_paths
+from pipelines.activations.shards import count_rows, read_shard, shard_paths
 from pipelines.data.tokens import read_sequences
 from pipelines.model.loss import CHUNK_ROWS as LOGIT_CHUNK_ROWS, unembedding_input
 
@@ -41,15 +41,8 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
     shards' row order (`codes_dir/<size>/val_code_{idx,vals}.npy`): the study's universality
     stage reads them instead of encoding the same tokens again (k·8 bytes per token)."""
     sums = {size: {"sq_err": 0.0, "l0": 0.0, "fires": torch.zeros(size, dtype=torch.long)} for size in specs}
-    n, total, total_sq = 0, None, None
     paths = shard_paths(act_dir, "val")
-    for path in paths:  # first pass: the mean, for FVU's denominator and mean ablation
-        x = read_shard(path)["acts"].astype(np.float64)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        total_sq = (x * x).sum() if total_sq is None else total_sq + (x * x).sum()
-        n += len(x)
-    mean = total / n
-    variance_sum = float(total_sq - n * (mean * mean).sum())
+    n = count_rows(act_dir, "val")
     kept = {}
     if codes_dir is not None:
         for size, (spec, _) in specs.items():
@@ -58,9 +51,15 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
                 kept[size] = (
                     np.lib.format.open_memmap(folder / VAL_CODE_IDX, "w+", np.int32, (n, spec.k)),
                     np.lib.format.open_memmap(folder / VAL_CODE_VALS, "w+", np.float32, (n, spec.k)))
-    row = 0
-    for path in paths:
-        x_all = torch.from_numpy(read_shard(path)["acts"]).to(device)
+    # One pass: the mean and the sum of squares (FVU's denominator, Σ‖x‖² − n·‖mean‖², and
+    # mean ablation's vector) are float64 sums taken beside the encoding, not a pass of
+    # their own (which read and converted every shard a second time).
+    total, total_sq, row = None, 0.0, 0
+    for path in paths:  # float16 as stored, converted by torch (on the device, on a GPU)
+        x_all = torch.from_numpy(read_shard(path, acts_dtype=np.float16)["acts"]).to(device).float()
+        shard_sum = x_all.sum(0, dtype=torch.float64)
+        total = shard_sum if total is None else total + shard_sum
+        total_sq += float(torch.linalg.vector_norm(x_all, dtype=torch.float64) ** 2)
         for i in range(0, len(x_all), 8192):
             x = x_all[i: i + 8192]
             for size, (spec, tensors) in specs.items():
@@ -81,6 +80,8 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
                 sums[size]["l0"] += float(active.sum())
                 sums[size]["fires"] += fires.cpu()
             row += len(x)
+    mean = total.cpu().numpy() / n
+    variance_sum = float(total_sq - n * (mean * mean).sum())
     for idx_map, vals_map in kept.values():
         idx_map.flush()
         vals_map.flush()
