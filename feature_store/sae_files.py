@@ -125,23 +125,27 @@ class ActiveCodes:
         row, feat = (codes > 0).nonzero(as_tuple=True)
         return cls(codes, row, feat, codes[row, feat])
 
+    @classmethod
+    def of_topk(cls, vals, idx, d_sae: int) -> ActiveCodes:
+        """From a top-k's (ReLU'd values, feature ids), [B, k] each: the dense codes by one
+        scatter and the entries by a mask of the k columns, no scan of [B, d_sae]."""
+        import torch
+
+        codes = torch.zeros(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
+        active = vals > 0
+        row = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)[active]
+        return cls(codes, row, idx[active], vals[active])
+
 
 def active_entries(spec: SaeSpec, tensors: dict[str, Any], x) -> ActiveCodes:
     """`encode` for x [B, d_in] plus its active (> 0) entries.
 
     For topk the entries come from the top-k itself, with no scan of the dense [B, d_sae]
     codes (a scan costs as much as the encoding on wide dictionaries)."""
-    import torch
-
     if not spec.recipe_spec.top_k:
         return ActiveCodes.of_dense(encode(spec, tensors, x))
-    pre = pre_activation(spec, tensors, x)
-    vals, idx = pre.topk(spec.k, dim=-1)
-    vals = vals.relu()
-    codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
-    active = vals > 0
-    row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[active]
-    return ActiveCodes(codes, row, idx[active], vals[active])
+    vals, idx = pre_activation(spec, tensors, x).topk(spec.k, dim=-1)
+    return ActiveCodes.of_topk(vals.relu(), idx, spec.d_sae)
 
 
 def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):

@@ -310,3 +310,36 @@ def test_umaps_kernels_are_cached_on_disk_in_a_fresh_process():
             "print(cache_umap_kernels())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout.split()[-1]) == len(UMAP_KERNELS)
+
+
+def test_kept_sae_codes_read_back_as_the_encoding(mini_run):
+    """The stats and universality passes read a topk SAE's validation codes from the sae stage
+    instead of encoding the tokens again: for a batch of whole sequences, in stored order or
+    any other (a Ray worker's shard, a capped read), what is read must be the encoding's."""
+    from pipelines.activations.shards import count_rows, sequence_batches, sequence_rows
+    from pipelines.stats.dictionaries import StoredCodes, load_run_units
+
+    units = load_run_units(mini_run, "cpu", split="val")
+    saes = [d for d in units.dictionaries if d.k]
+    assert saes and all(d.stored is not None for d in saes)
+    assert all(d.stored is None for d in load_run_units(mini_run, "cpu").dictionaries)  # train: none kept
+    batches = list(sequence_batches(mini_run / "activations", "val", units.n_ctx, 1024, 0, "cpu"))
+    per_seq = units.n_ctx - 1
+    first, last = batches[0], batches[-1]
+    pick = [(last, 2), (first, 4), (last, 0), (first, 1)]  # out of order, across shards
+    mixed = SequenceBatch(seq_ids=torch.stack([b.seq_ids[i] for b, i in pick]),
+                          x=torch.cat([b.x[i * per_seq:(i + 1) * per_seq] for b, i in pick]))
+    for batch in (*batches, mixed):
+        for d in saes:
+            got, want = d.batch_entries(batch), d.entries(batch.x)
+            torch.testing.assert_close(got.dense, want.dense, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got.row, want.row) or sorted(zip(got.row.tolist(), got.feature.tolist())) == \
+                sorted(zip(want.row.tolist(), want.feature.tolist()))
+    d = saes[0]
+    folder = mini_run / "sae" / str(d.n)
+    rows = sequence_rows(mini_run / "activations", "val", units.n_ctx)
+    n_rows = count_rows(mini_run / "activations", "val")
+    assert StoredCodes.load(folder, d.k, d.n, rows, n_rows, per_seq) is not None
+    assert StoredCodes.load(folder, d.k, d.n, rows, n_rows + per_seq, per_seq) is None  # another split's size
+    assert StoredCodes.load(folder, d.k + 1, d.n, rows, n_rows, per_seq) is None  # another k
+    assert StoredCodes.load(folder.parent, d.k, d.n, rows, n_rows, per_seq) is None  # none kept there

@@ -96,7 +96,8 @@ def test_best_matches_equal_brute_force_corrcoef(mini_study):
     assert is_study_store(study_dir) and study.variants() == ["solu", "gelu"]
     # the matches below came from the sae stage's kept held-out codes, not a re-encoding
     from pipelines.universality.stage import _Variant
-    assert set(_Variant("solu", study_dir / "runs" / "solu", "cpu").cached) == {"sae_64", "sae_128"}
+    variant = _Variant("solu", study_dir / "runs" / "solu", "cpu")
+    assert {name for name, d in variant.dictionaries.items() if d.stored is not None} == {"sae_64", "sae_128"}
     solu, gelu = dense_codes(study_dir / "runs" / "solu"), dense_codes(study_dir / "runs" / "gelu")
     for name in ("neurons", "sae_64", "sae_128"):
         a, b = solu[name], gelu[name]

@@ -43,6 +43,23 @@ def count_rows(folder: Path, split: str) -> int:
     return total
 
 
+def sequence_rows(folder: Path, split: str, n_ctx: int) -> np.ndarray:
+    """seq_id -> the row of its first cached token in the split's shard order (-1 where a
+    sequence is not cached): shards hold whole sequences, `n_ctx - 1` rows each."""
+    per_seq = n_ctx - 1
+    firsts = []
+    for path in shard_paths(folder, split):
+        try:
+            seq_id = pq.read_table(path, columns=["seq_id"]).column("seq_id").to_numpy()
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+        firsts.append(seq_id[::per_seq].astype(np.int64))
+    seq_ids = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
+    rows = np.full(int(seq_ids.max()) + 1 if seq_ids.size else 0, -1, dtype=np.int64)
+    rows[seq_ids] = np.arange(seq_ids.size, dtype=np.int64) * per_seq
+    return rows
+
+
 PRE_LN = "acts_pre_ln"  # the optional second activation column (see pipelines/activations/stage.py)
 
 

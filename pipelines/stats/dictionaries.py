@@ -18,11 +18,13 @@ no fixed effect on W_out's input, the residual stream or the logits. What needs 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from feature_store import schema
@@ -30,11 +32,60 @@ from feature_store.records import NEURONS, NEURONS_PRE_LN
 from feature_store.sae_files import (ActiveCodes, active_entries, decoder_directions, encode,
                                      load_sae)
 from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN, load_transformer
+from pipelines.activations.shards import SequenceBatch, count_rows, sequence_rows
 from pipelines.errors import InputError
 from pipelines.model.readout import Readout, model_readout
+from pipelines.sae.metrics import VAL_CODE_IDX, VAL_CODE_VALS
 
 # x [B, d_mlp] -> dense codes [B, n] and the active entries
 Entries = Callable[[torch.Tensor], ActiveCodes]
+
+
+STORED_SPLIT = "val"  # the split whose codes the sae stage keeps (`reconstruction_metrics`)
+
+
+@dataclass(frozen=True)
+class StoredCodes:
+    """A topk SAE's codes of every validation token as the sae stage kept them (memory-mapped,
+    [rows, k], the shards' row order): the stats and universality passes read them instead
+    of encoding the same tokens again (a dense matmul and a top-k per token and dictionary,
+    ~12 s of the tiny preset's stats stage on 2 cores)."""
+
+    idx: np.ndarray  # [rows, k] int32 feature ids
+    vals: np.ndarray  # [rows, k] float32, ReLU'd
+    first_row: np.ndarray  # seq_id -> its first row (`sequence_rows`)
+    per_seq: int  # rows per sequence (n_ctx - 1)
+    d_sae: int
+
+    @classmethod
+    def load(cls, folder: Path, k: int, d_sae: int, first_row: np.ndarray, n_rows: int,
+             per_seq: int) -> StoredCodes | None:
+        """None when the sae stage kept none in `folder`, or they do not cover this split's
+        rows with this k (a run built before they were kept, or by another configuration):
+        the caller encodes then."""
+        if not ((folder / VAL_CODE_IDX).is_file() and (folder / VAL_CODE_VALS).is_file()):
+            return None
+        try:
+            idx = np.load(folder / VAL_CODE_IDX, mmap_mode="r")
+            vals = np.load(folder / VAL_CODE_VALS, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if idx.shape != (n_rows, k) or vals.shape != (n_rows, k):
+            return None
+        return cls(idx, vals, first_row, per_seq, d_sae)
+
+    def of_batch(self, batch: SequenceBatch) -> ActiveCodes:
+        """The batch's codes, read: its sequences' rows, in the batch's row order."""
+        starts = self.first_row[batch.seq_ids.cpu().numpy()]
+        if (starts < 0).any():
+            raise InputError("a batch holds a sequence the kept SAE codes do not cover")
+        rows = (starts[:, None] + np.arange(self.per_seq)).reshape(-1)
+        if rows[-1] - rows[0] == len(rows) - 1:  # consecutive sequences: one slice, no gather
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)
+        device = batch.x.device
+        idx = torch.from_numpy(np.array(self.idx[rows])).to(device).long()
+        vals = torch.from_numpy(np.array(self.vals[rows])).to(device)
+        return ActiveCodes.of_topk(vals, idx, self.d_sae)
 
 
 @dataclass(frozen=True)
@@ -51,12 +102,20 @@ class Dictionary:
     sparse_entries: Entries | None = None  # the active entries without a dense scan (topk)
     source: str = "acts"  # the activation shards' column it encodes (`acts_pre_ln`: pre-LN)
     kind: str = "sae"  # the store's dictionary kind; "neurons" for both identity dictionaries
+    stored: StoredCodes | None = None  # the validation split's codes, kept by the sae stage
 
     def entries(self, x: torch.Tensor) -> ActiveCodes:
         """Dense codes [B, n] and the active (> 0) entries."""
         if self.sparse_entries is not None:
             return self.sparse_entries(x)
         return ActiveCodes.of_dense(self.encode(x))
+
+    def batch_entries(self, batch: SequenceBatch) -> ActiveCodes:
+        """`entries` of a batch of whole sequences: read from the kept codes when this
+        dictionary has them (`with_stored_codes`), else encoded."""
+        if self.stored is not None:
+            return self.stored.of_batch(batch)
+        return self.entries(batch.acts(self.source))
 
     @property
     def has_direction(self) -> bool:
@@ -142,9 +201,28 @@ class RunUnits:
     dictionaries: list[Dictionary]  # in the store's dictionary order
 
 
-def load_run_units(run_dir: Path, device: str, pre_ln: bool = False) -> RunUnits:
-    """The model under run_dir/model and every dictionary (`load_dictionaries`)."""
+def load_run_units(run_dir: Path, device: str, pre_ln: bool = False,
+                   split: str | None = None) -> RunUnits:
+    """The model under run_dir/model and every dictionary (`load_dictionaries`); a caller
+    that will read `split` in whole sequences gets the sae stage's kept codes of it where
+    there are any (`with_stored_codes`)."""
     model = load_transformer(run_dir / "model", device=device)  # StoreError: the runner says
     W_out, readout = model_readout(model)
-    return RunUnits(model, int(model.cfg.n_ctx), W_out, readout,
-                    load_dictionaries(run_dir, W_out, device, pre_ln=pre_ln))
+    n_ctx = int(model.cfg.n_ctx)
+    dictionaries = load_dictionaries(run_dir, W_out, device, pre_ln=pre_ln)
+    if split == STORED_SPLIT:
+        dictionaries = with_stored_codes(run_dir, dictionaries, n_ctx)
+    return RunUnits(model, n_ctx, W_out, readout, dictionaries)
+
+
+def with_stored_codes(run_dir: Path, dictionaries: list[Dictionary], n_ctx: int) -> list[Dictionary]:
+    """Each topk SAE with the validation codes the sae stage kept under sae/<size>/ (those
+    that have none, or none that fit, are encoded as before)."""
+    act_dir = run_dir / "activations"
+    if not any(d.k for d in dictionaries):
+        return dictionaries
+    first_row = sequence_rows(act_dir, STORED_SPLIT, n_ctx)
+    n_rows = count_rows(act_dir, STORED_SPLIT)
+    return [dataclasses.replace(d, stored=StoredCodes.load(run_dir / "sae" / str(d.n), d.k, d.n, first_row,
+                                                           n_rows, n_ctx - 1))
+            if d.k else d for d in dictionaries]

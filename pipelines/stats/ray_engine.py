@@ -73,7 +73,7 @@ class StatsWorker:
         torch.set_num_threads(threads)  # the driver's: some CPU kernels round by thread count
         self.run_dir, self.cfg, self.pre_ln, self.n_ctx = Path(run_dir), cfg, pre_ln, n_ctx
         self.device = pick_device(cfg.device, "stats")
-        units = load_run_units(self.run_dir, self.device, pre_ln=pre_ln)
+        units = load_run_units(self.run_dir, self.device, pre_ln=pre_ln, split=cfg.split)
         self.model, self.ro, self.dictionaries = units.model, units.readout, units.dictionaries
         self.one: PassOne | None = None
 

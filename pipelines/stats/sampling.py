@@ -206,7 +206,7 @@ class PassOne:
             sums.n_tokens += B
             codes = {}
             for dic in self.dictionaries:
-                got = dic.entries(batch.acts(dic.source))
+                got = dic.batch_entries(batch)
                 c, row, feat, val = got.dense, got.row, got.feature, got.value
                 codes[dic.name] = c
                 if dic.name in self.cached:
@@ -306,7 +306,7 @@ class PassTwo:
                     c = torch.zeros(batch.x.shape[0], dic.n, device=dev)
                     c[row, feat] = val
                 else:
-                    got = dic.entries(batch.acts(dic.source))
+                    got = dic.batch_entries(batch)
                     c, row, feat, val = got.dense, got.row, got.feature, got.value
                 if val.numel() == 0:
                     continue

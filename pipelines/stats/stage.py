@@ -58,7 +58,7 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     device = pick_device(cfg.device, "stats")
     act_dir = run_dir / "activations"
     pre_ln = has_pre_ln(act_dir, cfg.split)  # SoLU: the neurons before the LayerNorm too
-    units = load_run_units(run_dir, device, pre_ln=pre_ln)  # StoreError: see the runner
+    units = load_run_units(run_dir, device, pre_ln=pre_ln, split=cfg.split)  # StoreError: see the runner
     model, n_ctx, dictionaries = units.model, units.n_ctx, units.dictionaries
     seqs = read_sequences(run_dir / "tokens" / f"{cfg.split}.parquet")
     if seqs.shape[1] != n_ctx:

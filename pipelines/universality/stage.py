@@ -48,7 +48,6 @@ from pipelines.devices import pick_device
 from pipelines.stats.dictionaries import Dictionary, load_run_units
 from pipelines.errors import InputError
 from pipelines.run_folder import Manifest, ManifestEntry, hash_folder, staged_dir
-from pipelines.sae.metrics import VAL_CODE_IDX, VAL_CODE_VALS
 from pipelines.study.config import UniversalityConfig
 
 STORE_FOLDER = "store"
@@ -126,7 +125,9 @@ class _Variant:
     def __init__(self, name: str, run_dir: Path, device: str) -> None:
         self.name, self.run_dir = name, run_dir
         self.pre_ln = has_pre_ln(run_dir / "activations", SPLIT)  # SoLU: neurons_pre_ln too
-        units = load_run_units(run_dir, device, pre_ln=self.pre_ln)
+        # topk SAEs read the validation codes the sae stage kept (the same encoding, read
+        # instead of recomputed) where it kept them (`with_stored_codes`)
+        units = load_run_units(run_dir, device, pre_ln=self.pre_ln, split=SPLIT)
         self.model, self.n_ctx, self.readout = units.model, units.n_ctx, units.readout
         self.dictionaries = {d.name: d for d in units.dictionaries}
         self.weights = weights_hash(run_dir / "model")
@@ -136,35 +137,13 @@ class _Variant:
         acts = Manifest(run_dir).get("activations")
         self.activations = acts.output_hash if acts is not None else None
         self.device = device
-        n_val = count_rows(run_dir / "activations", SPLIT)
-        self.cached = {}  # dictionary -> (idx, vals) memory-mapped [n_val, k], shard row order
-        for d in self.dictionaries.values():
-            folder = run_dir / "sae" / str(d.n)
-            if d.kind == "neurons" or not (folder / VAL_CODE_IDX).is_file():
-                continue
-            idx = np.load(folder / VAL_CODE_IDX, mmap_mode="r")
-            vals = np.load(folder / VAL_CODE_VALS, mmap_mode="r")
-            if idx.shape == vals.shape and idx.shape[0] == n_val:
-                self.cached[d.name] = (idx, vals)
 
-    def codes(self, d: Dictionary, batch: SequenceBatch, offset: int
-              ) -> tuple[torch.Tensor, ActiveCodes | None]:
-        """(dense codes, their active entries or None for a dense dictionary) of the rows
-        `offset`.. of the validation split: the sae stage's kept codes when it kept them
-        (topk: the same encoding, read instead of recomputed), else encoded here."""
-        x = batch.acts(d.source)
+    def codes(self, d: Dictionary, batch: SequenceBatch) -> tuple[torch.Tensor, ActiveCodes | None]:
+        """(dense codes, their active entries or None for a dense dictionary) of a batch of
+        the validation split."""
         if d.kind == "neurons":  # neurons, neurons_pre_ln: the cached values themselves
-            return x, None
-        if d.name in self.cached:
-            idx_map, vals_map = self.cached[d.name]
-            rows = slice(offset, offset + x.shape[0])
-            idx = torch.from_numpy(np.array(idx_map[rows])).to(self.device).long()
-            vals = torch.from_numpy(np.array(vals_map[rows])).to(self.device)
-            codes = torch.zeros(x.shape[0], d.n, device=self.device).scatter_(1, idx, vals)
-            active = vals > 0
-            row = torch.arange(x.shape[0], device=self.device)[:, None].expand_as(idx)[active]
-            return codes, ActiveCodes(codes, row, idx[active], vals[active])
-        got = d.entries(x)
+            return batch.acts(d.source), None
+        got = d.batch_entries(batch)
         return got.dense, got
 
 
@@ -235,7 +214,7 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
                                     cfg.max_tokens, device,
                                     pre_ln=any(k == NEURONS_PRE_LN for n, k in needed
                                                if n == v.name)) for v in variants]
-        n_pass = 0  # also the row offset of this batch in the split
+        n_pass = 0
         for batches in zip(*streams, strict=False):
             ids = batches[0].seq_ids
             for v, b in zip(variants[1:], batches[1:]):
@@ -246,7 +225,7 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
             codes = {}
             for v, b in zip(variants, batches):
                 for kind in {k for name, k in needed if name == v.name}:
-                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b, n_pass)
+                    codes[(v.name, kind)] = v.codes(v.dictionaries[kind], b)
             n_pass += batches[0].x.shape[0]
             if p == 0:
                 for key, (dense, sparse) in codes.items():
