@@ -7,7 +7,8 @@ writes `runs/<name>/store/` through `feature_store.writer.StoreWriter` (never di
 The work, by module:
 - `pipelines/stats/dictionaries.py`: what is summarised (each SAE, and the neurons as the identity
   dictionary; for SoLU also the neurons before the mid-MLP LayerNorm, `neurons_pre_ln`, when
-  the validation shards hold them), its activations and directions;
+  the validation shards hold them), its activations (a topk SAE's read from the codes the
+  sae stage kept for the validation split, `StoredCodes`) and directions;
 - `pipelines/activations/shards.py`: whole sequences of cached activations, in stored order;
 - `pipelines/stats/sampling.py`: passes 1 and 2 over the split: counts, histograms, top-k and
   examples sampled uniformly from 11 equal-width intervals, each with its window;
