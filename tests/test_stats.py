@@ -343,3 +343,26 @@ def test_kept_sae_codes_read_back_as_the_encoding(mini_run):
     assert StoredCodes.load(folder, d.k, d.n, rows, n_rows + per_seq, per_seq) is None  # another split's size
     assert StoredCodes.load(folder, d.k + 1, d.n, rows, n_rows, per_seq) is None  # another k
     assert StoredCodes.load(folder.parent, d.k, d.n, rows, n_rows, per_seq) is None  # none kept there
+
+
+def test_kept_codes_of_replaced_weights_are_not_read(mini_run, tmp_path):
+    """Codes kept by the sae stage belong to the weights it trained: an SAE whose weights were
+    replaced afterwards (by hand; the pipeline rebuilds downstream stages itself) is encoded."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipelines.stats.dictionaries import load_dictionaries, load_run_units, with_stored_codes
+
+    run = tmp_path / "run"
+    for part in ("model", "sae", "activations"):
+        shutil.copytree(mini_run / part, run / part)
+    units = load_run_units(run, "cpu", split="val")
+    assert all(d.stored is not None for d in units.dictionaries if d.k)
+    weights = run / "sae" / "128" / "sae.safetensors"
+    tensors = load_file(str(weights))
+    tensors["W_enc"] = tensors["W_enc"].roll(1, dims=0).contiguous()  # the same rows, other features
+    save_file(tensors, str(weights))
+    dictionaries = with_stored_codes(run, load_dictionaries(run, units.W_out, "cpu"), units.n_ctx)
+    stored = {d.name: d.stored is not None for d in dictionaries if d.k}
+    assert stored == {"sae_64": True, "sae_128": False}

@@ -43,6 +43,18 @@ def count_rows(folder: Path, split: str) -> int:
     return total
 
 
+def head_rows(folder: Path, split: str, n: int) -> np.ndarray:
+    """The split's first `n` cached rows of `acts` (float32), read from its first shard alone."""
+    paths = shard_paths(folder, split)
+    if not paths:
+        return np.zeros((0, 0), np.float32)
+    try:
+        first = next(pq.ParquetFile(paths[0]).iter_batches(batch_size=n, columns=["acts"]), None)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{paths[0]}: unreadable activation shard ({err}); {_REBUILD}") from None
+    return _acts_matrix(first.column("acts")) if first is not None else np.zeros((0, 0), np.float32)
+
+
 def sequence_rows(folder: Path, split: str, n_ctx: int) -> np.ndarray:
     """seq_id -> the row of its first cached token in the split's shard order (-1 where a
     sequence is not cached): shards hold whole sequences, `n_ctx - 1` rows each."""

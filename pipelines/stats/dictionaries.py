@@ -32,7 +32,7 @@ from feature_store.records import NEURONS, NEURONS_PRE_LN
 from feature_store.sae_files import (ActiveCodes, active_entries, decoder_directions, encode,
                                      load_sae)
 from feature_store.transformer_files import HOOK_POST, HOOK_PRE_LN, load_transformer
-from pipelines.activations.shards import SequenceBatch, count_rows, sequence_rows
+from pipelines.activations.shards import SequenceBatch, count_rows, head_rows, sequence_rows
 from pipelines.errors import InputError
 from pipelines.model.readout import Readout, model_readout
 from pipelines.sae.metrics import VAL_CODE_IDX, VAL_CODE_VALS
@@ -42,6 +42,7 @@ Entries = Callable[[torch.Tensor], ActiveCodes]
 
 
 STORED_SPLIT = "val"  # the split whose codes the sae stage keeps (`reconstruction_metrics`)
+CHECK_ROWS = 64  # rows encoded to check kept codes against their SAE (`StoredCodes.agrees`)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,18 @@ class StoredCodes:
         if idx.shape != (n_rows, k) or vals.shape != (n_rows, k):
             return None
         return cls(idx, vals, first_row, per_seq, d_sae)
+
+    def agrees(self, d: Dictionary, head: torch.Tensor) -> bool:
+        """Whether the first rows' kept codes are what encoding them with `d` gives (`head`:
+        those rows' activations). A top-k tie broken the other way fails too: then the
+        caller encodes, slower and never wrong."""
+        n = head.shape[0]
+        if n == 0:
+            return True
+        device = d.direction.device
+        kept = ActiveCodes.of_topk(torch.from_numpy(np.array(self.vals[:n])).to(device),
+                                   torch.from_numpy(np.array(self.idx[:n])).to(device).long(), self.d_sae)
+        return bool(torch.allclose(kept.dense, d.entries(head.to(device)).dense, rtol=1e-4, atol=1e-5))
 
     def of_batch(self, batch: SequenceBatch) -> ActiveCodes:
         """The batch's codes, read: its sequences' rows, in the batch's row order."""
@@ -217,12 +230,20 @@ def load_run_units(run_dir: Path, device: str, pre_ln: bool = False,
 
 def with_stored_codes(run_dir: Path, dictionaries: list[Dictionary], n_ctx: int) -> list[Dictionary]:
     """Each topk SAE with the validation codes the sae stage kept under sae/<size>/ (those
-    that have none, or none that fit, are encoded as before)."""
+    that have none, or none that fit, are encoded as before). Kept codes must be this SAE's:
+    the split's first rows are encoded and compared, so weights replaced after the sae stage
+    ran (by hand, not by the pipeline, whose stages rebuild downstream) fall back to encoding."""
     act_dir = run_dir / "activations"
     if not any(d.k for d in dictionaries):
         return dictionaries
     first_row = sequence_rows(act_dir, STORED_SPLIT, n_ctx)
     n_rows = count_rows(act_dir, STORED_SPLIT)
-    return [dataclasses.replace(d, stored=StoredCodes.load(run_dir / "sae" / str(d.n), d.k, d.n, first_row,
-                                                           n_rows, n_ctx - 1))
-            if d.k else d for d in dictionaries]
+    head = torch.from_numpy(head_rows(act_dir, STORED_SPLIT, CHECK_ROWS))
+    out = []
+    for d in dictionaries:
+        stored = (StoredCodes.load(run_dir / "sae" / str(d.n), d.k, d.n, first_row, n_rows, n_ctx - 1)
+                  if d.k else None)
+        if stored is not None and not stored.agrees(d, head):
+            stored = None
+        out.append(dataclasses.replace(d, stored=stored) if stored is not None else d)
+    return out
