@@ -298,6 +298,7 @@ class PassTwo:
     def part(self, batches: Iterator[SequenceBatch], bar=None) -> None:
         bins, per_seq, dev = self.cfg.act_hist_bins, self.n_ctx - 1, self.device
         for batch in batches:
+            positions = torch.arange(1, per_seq + 1, device=dev).repeat(len(batch.seq_ids))
             for dic in self.dictionaries:
                 name = dic.name
                 if name in self.cached:
@@ -318,9 +319,8 @@ class PassTwo:
                                                          minlength=dic.n * bins)
                 g = feat * N_INTERVALS + interval_index(v64, self.max_act[name][feat].double())
                 self.interval_counts[name] += torch.bincount(g, minlength=dic.n * N_INTERVALS)
-                seq = batch.seq_ids[row // per_seq]
-                pos = row % per_seq + 1
-                key = uniform_keys(self.salt[name], seq, pos, feat)
+                key = unit_keys(token_hashes(self.salt[name], batch.seq_ids.repeat_interleave(per_seq),
+                                             positions)[row], feat)
                 self.res[name].offer_batch(g, key, row, val, batch.seq_ids, c, feat,
                                            self.n_ctx, self.offs)
             if bar is not None:
@@ -385,10 +385,19 @@ def uniform_keys(salt: int, seq: torch.Tensor, pos: torch.Tensor,
     the same entry gets the same key in any process and any batch order, and distinct entries
     get independent-looking uniform keys (splitmix64), so the m smallest keys of a group are a
     uniform, seeded sample without replacement."""
-    h = _mix(seq.long() ^ salt)
-    h = _mix(h ^ pos.long())
-    h = _mix(h ^ unit.long())
-    return _shr(h, 11).double() * 2.0**-53
+    return unit_keys(token_hashes(salt, seq, pos), unit)
+
+
+def token_hashes(salt: int, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The (seed, dictionary, seq_id, position) part of `uniform_keys`: one per token, so a
+    batch hashes its tokens once instead of once per active unit (hundreds per token for
+    dense neurons)."""
+    return _mix(_mix(seq.long() ^ salt) ^ pos.long())
+
+
+def unit_keys(token_hash: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """`uniform_keys` from each entry's token hash (`token_hashes`) and unit."""
+    return _shr(_mix(token_hash ^ unit.long()), 11).double() * 2.0**-53
 
 
 _NO_TIE = 2**62  # tie-break of an empty slot: after every real entry
