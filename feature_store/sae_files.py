@@ -126,12 +126,15 @@ class ActiveCodes:
         return cls(codes, row, feat, codes[row, feat])
 
     @classmethod
-    def of_topk(cls, vals, idx, d_sae: int) -> ActiveCodes:
+    def of_topk(cls, vals, idx, d_sae: int, out=None) -> ActiveCodes:
         """From a top-k's (ReLU'd values, feature ids), [B, k] each: the dense codes by one
-        scatter and the entries by a mask of the k columns, no scan of [B, d_sae]."""
+        scatter (into `out`, [B, d_sae], when given) and the entries by a mask of the k
+        columns, no scan of [B, d_sae]."""
         import torch
 
-        codes = torch.zeros(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
+        if out is None:
+            out = torch.empty(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device)
+        codes = out.zero_().scatter_(1, idx, vals)
         active = vals > 0
         row = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)[active]
         return cls(codes, row, idx[active], vals[active])

@@ -87,8 +87,9 @@ class StoredCodes:
                                    torch.from_numpy(np.array(self.idx[:n])).to(device).long(), self.d_sae)
         return bool(torch.allclose(kept.dense, d.entries(head.to(device)).dense, rtol=1e-4, atol=1e-5))
 
-    def of_batch(self, batch: SequenceBatch) -> ActiveCodes:
-        """The batch's codes, read: its sequences' rows, in the batch's row order."""
+    def of_batch(self, batch: SequenceBatch, out: torch.Tensor | None = None) -> ActiveCodes:
+        """The batch's codes, read: its sequences' rows, in the batch's row order (the dense
+        codes written into `out` when given)."""
         starts = self.first_row[batch.seq_ids.cpu().numpy()]
         if (starts < 0).any():
             raise InputError("a batch holds a sequence the kept SAE codes do not cover")
@@ -98,7 +99,7 @@ class StoredCodes:
         device = batch.x.device
         idx = torch.from_numpy(np.array(self.idx[rows])).to(device).long()
         vals = torch.from_numpy(np.array(self.vals[rows])).to(device)
-        return ActiveCodes.of_topk(vals, idx, self.d_sae)
+        return ActiveCodes.of_topk(vals, idx, self.d_sae, out=out)
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,12 @@ class Dictionary:
             return self.sparse_entries(x)
         return ActiveCodes.of_dense(self.encode(x))
 
-    def batch_entries(self, batch: SequenceBatch) -> ActiveCodes:
+    def batch_entries(self, batch: SequenceBatch, out: torch.Tensor | None = None) -> ActiveCodes:
         """`entries` of a batch of whole sequences: read from the kept codes when this
-        dictionary has them (`with_stored_codes`), else encoded."""
+        dictionary has them (`with_stored_codes`; their dense codes into `out` when given),
+        else encoded."""
         if self.stored is not None:
-            return self.stored.of_batch(batch)
+            return self.stored.of_batch(batch, out=out)
         return self.entries(batch.acts(self.source))
 
     @property
