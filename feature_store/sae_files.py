@@ -140,15 +140,16 @@ class ActiveCodes:
         return cls(codes, row, idx[active], vals[active])
 
 
-def active_entries(spec: SaeSpec, tensors: dict[str, Any], x) -> ActiveCodes:
+def active_entries(spec: SaeSpec, tensors: dict[str, Any], x, out=None) -> ActiveCodes:
     """`encode` for x [B, d_in] plus its active (> 0) entries.
 
     For topk the entries come from the top-k itself, with no scan of the dense [B, d_sae]
-    codes (a scan costs as much as the encoding on wide dictionaries)."""
+    codes (a scan costs as much as the encoding on wide dictionaries), and the dense codes
+    are written into `out` when given (a caller's reused matrix; ReLU SAEs ignore it)."""
     if not spec.recipe_spec.top_k:
         return ActiveCodes.of_dense(encode(spec, tensors, x))
     vals, idx = pre_activation(spec, tensors, x).topk(spec.k, dim=-1)
-    return ActiveCodes.of_topk(vals.relu(), idx, spec.d_sae)
+    return ActiveCodes.of_topk(vals.relu(), idx, spec.d_sae, out=out)
 
 
 def decode_topk(spec: SaeSpec, tensors: dict[str, Any], vals, idx):

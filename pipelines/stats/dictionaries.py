@@ -37,8 +37,9 @@ from pipelines.errors import InputError
 from pipelines.model.readout import Readout, model_readout
 from pipelines.sae.metrics import VAL_CODE_IDX, VAL_CODE_VALS
 
-# x [B, d_mlp] -> dense codes [B, n] and the active entries
-Entries = Callable[[torch.Tensor], ActiveCodes]
+# (x [B, d_mlp], a [B, n] matrix to write the dense codes into, or None) -> dense codes and
+# the active entries
+Entries = Callable[[torch.Tensor, torch.Tensor | None], ActiveCodes]
 
 
 STORED_SPLIT = "val"  # the split whose codes the sae stage keeps (`reconstruction_metrics`)
@@ -118,10 +119,11 @@ class Dictionary:
     kind: str = "sae"  # the store's dictionary kind; "neurons" for both identity dictionaries
     stored: StoredCodes | None = None  # the validation split's codes, kept by the sae stage
 
-    def entries(self, x: torch.Tensor) -> ActiveCodes:
-        """Dense codes [B, n] and the active (> 0) entries."""
+    def entries(self, x: torch.Tensor, out: torch.Tensor | None = None) -> ActiveCodes:
+        """Dense codes [B, n] and the active (> 0) entries; a topk SAE writes its dense codes
+        into `out` when given (other dictionaries ignore it)."""
         if self.sparse_entries is not None:
-            return self.sparse_entries(x)
+            return self.sparse_entries(x, out)
         return ActiveCodes.of_dense(self.encode(x))
 
     def batch_entries(self, batch: SequenceBatch, out: torch.Tensor | None = None) -> ActiveCodes:
@@ -130,7 +132,7 @@ class Dictionary:
         else encoded."""
         if self.stored is not None:
             return self.stored.of_batch(batch, out=out)
-        return self.entries(batch.acts(self.source))
+        return self.entries(batch.acts(self.source), out=out)
 
     @property
     def has_direction(self) -> bool:
@@ -199,7 +201,7 @@ def load_dictionaries(run_dir: Path, W_out: torch.Tensor, device: str,
             direction, direction @ W_out,
             {"recipe": spec.recipe, "k": spec.k, "d_in": spec.d_in,
              "input_scale": spec.input_scale, "hook_name": spec.hook_name},
-            (lambda x, spec=spec, t=tensors: active_entries(spec, t, x))
+            (lambda x, out=None, spec=spec, t=tensors: active_entries(spec, t, x, out=out))
             if spec.recipe_spec.top_k else None))
     return sorted(out, key=lambda d: schema.dictionary_sort_key(d.name, d.kind, d.n))
 

@@ -224,7 +224,7 @@ class PassOne:
             sums.n_tokens += B
             codes = {}
             for dic in self.dictionaries:
-                out = self.dense.zeros(dic.name, B, dic.n, dev) if dic.stored is not None else None
+                out = self.dense.zeros(dic.name, B, dic.n, dev) if dic.k else None  # topk: reused
                 got = dic.batch_entries(batch, out=out)
                 c, row, feat, val = got.dense, got.row, got.feature, got.value
                 codes[dic.name] = c
