@@ -80,15 +80,17 @@ def load_sae(folder: Path, device: str = "cpu") -> tuple[SaeSpec, dict[str, Any]
     return spec, tensors
 
 
-def pre_activation(spec: SaeSpec, tensors: dict[str, Any], x):
+def pre_activation(spec: SaeSpec, tensors: dict[str, Any], x, out=None):
     """W_enc (s·x − b_dec) + b_enc for unscaled activations x [..., d_in]: the one place the
     encoder's affine map is written; every encoding below starts here. The bias goes in
     through `addmm`, not as a second pass over the [rows, d_sae] product (~20% of the
-    encoding on a CPU: that pass reads and writes the largest tensor here once more)."""
+    encoding on a CPU: that pass reads and writes the largest tensor here once more). `out`:
+    a caller's reused [rows, d_sae] matrix (a fresh one over glibc's 32 MB mmap threshold
+    comes as new pages to fault in and zero, every batch)."""
     import torch
 
     xc = x * spec.input_scale - tensors["b_dec"]
-    flat = torch.addmm(tensors["b_enc"], xc.reshape(-1, xc.shape[-1]), tensors["W_enc"].T)
+    flat = torch.addmm(tensors["b_enc"], xc.reshape(-1, xc.shape[-1]), tensors["W_enc"].T, out=out)
     return flat.reshape(*xc.shape[:-1], flat.shape[-1])
 
 
@@ -103,10 +105,11 @@ def encode(spec: SaeSpec, tensors: dict[str, Any], x):
     return pre.relu()
 
 
-def topk_codes(spec: SaeSpec, tensors: dict[str, Any], x):
+def topk_codes(spec: SaeSpec, tensors: dict[str, Any], x, out=None):
     """A topk SAE's codes as (values [..., k], feature ids [..., k]), in no particular order;
-    values are already ReLU'd (a kept pre-activation below zero codes 0)."""
-    vals, idx = pre_activation(spec, tensors, x).topk(spec.k, dim=-1, sorted=False)
+    values are already ReLU'd (a kept pre-activation below zero codes 0). `out`: as for
+    `pre_activation` (x 2-D)."""
+    vals, idx = pre_activation(spec, tensors, x, out=out).topk(spec.k, dim=-1, sorted=False)
     return vals.relu(), idx
 
 

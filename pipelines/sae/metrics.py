@@ -55,6 +55,8 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
     # mean ablation's vector) are float64 sums taken beside the encoding, not a pass of
     # their own (which read and converted every shard a second time).
     total, total_sq, row = None, 0.0, 0
+    pre = {size: torch.empty(8192, spec.d_sae, device=device)  # reused by every batch
+           for size, (spec, _) in specs.items() if spec.recipe_spec.top_k}
     for path in paths:  # float16 as stored, converted by torch (on the device, on a GPU)
         x_all = torch.from_numpy(read_shard(path, acts_dtype=np.float16)["acts"]).to(device).float()
         shard_sum = x_all.sum(0, dtype=torch.float64)
@@ -64,7 +66,7 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
             x = x_all[i: i + 8192]
             for size, (spec, tensors) in specs.items():
                 if spec.recipe_spec.top_k:  # encode once, decode the k active rows only
-                    vals, idx = topk_codes(spec, tensors, x)
+                    vals, idx = topk_codes(spec, tensors, x, out=pre[size][:len(x)])
                     if size in kept:
                         kept[size][0][row: row + len(x)] = idx.cpu().numpy()
                         kept[size][1][row: row + len(x)] = vals.cpu().numpy()
