@@ -29,6 +29,7 @@ from pipelines.model.loss import CHUNK_ROWS as LOGIT_CHUNK_ROWS, unembedding_inp
 DENSITY_BINS = np.arange(-8.0, 0.25, 0.25)  # log10 density; dead features go below the first edge
 
 
+EVAL_ROWS = 8192  # validation rows encoded at a time
 VAL_CODE_IDX = "val_code_idx.npy"  # [val tokens, k] int32: a topk SAE's feature ids
 VAL_CODE_VALS = "val_code_vals.npy"  # [val tokens, k] float32: their (ReLU'd) values
 
@@ -55,15 +56,15 @@ def reconstruction_metrics(specs: dict[int, tuple[SaeSpec, dict]], act_dir: Path
     # mean ablation's vector) are float64 sums taken beside the encoding, not a pass of
     # their own (which read and converted every shard a second time).
     total, total_sq, row = None, 0.0, 0
-    pre = {size: torch.empty(8192, spec.d_sae, device=device)  # reused by every batch
+    pre = {size: torch.empty(EVAL_ROWS, spec.d_sae, device=device)  # reused by every batch
            for size, (spec, _) in specs.items() if spec.recipe_spec.top_k}
     for path in paths:  # float16 as stored, converted by torch (on the device, on a GPU)
         x_all = torch.from_numpy(read_shard(path, acts_dtype=np.float16)["acts"]).to(device).float()
         shard_sum = x_all.sum(0, dtype=torch.float64)
         total = shard_sum if total is None else total + shard_sum
         total_sq += float(torch.linalg.vector_norm(x_all, dtype=torch.float64) ** 2)
-        for i in range(0, len(x_all), 8192):
-            x = x_all[i: i + 8192]
+        for i in range(0, len(x_all), EVAL_ROWS):
+            x = x_all[i: i + EVAL_ROWS]
             for size, (spec, tensors) in specs.items():
                 if spec.recipe_spec.top_k:  # encode once, decode the k active rows only
                     vals, idx = topk_codes(spec, tensors, x, out=pre[size][:len(x)])

@@ -37,6 +37,7 @@ from pipelines.model.readout import MidLN, Readout, mid_ln
 from pipelines.stats.dictionaries import Dictionary
 from pipelines.stats.sampling import Examples, window_layout
 
+PAIR_CHUNK = 128  # pairs whose [pairs, d_vocab] logits are made at a time (2 MB at 4,096: in cache)
 RESID_HOOK = "ln_final.hook_in"  # the final residual stream, what LN_final reads (TL 4.3 bridge)
 
 
@@ -181,7 +182,7 @@ def ablation_chunks(model, seqs: np.ndarray, dictionaries: list[Dictionary],
     most = max((len(plan.chunks[ci]) for ci in chunk_ids), default=0) * n_ctx
     z_buf = torch.empty(most, G.shape[1], device=device)
     base_buf = torch.empty_like(z_buf)
-    work = _Work.for_rows(min(128, plan.u_feat.size), G.shape[1], device)
+    work = _Work.for_rows(min(PAIR_CHUNK, plan.u_feat.size), G.shape[1], device)
     for ci in chunk_ids:
         chunk, idx = plan.chunks[ci], plan.chunk_pairs[ci]
         tokens = torch.from_numpy(seqs[chunk].astype(np.int64)).to(device)
@@ -243,7 +244,7 @@ def _log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _delta_logp_pre_ln(z, c, lp_base, next_tok, u_pre, ln: MidLN, ro: Readout,
                        tok: torch.Tensor, neuron: torch.Tensor, work: _Work,
-                       chunk: int = 128) -> torch.Tensor:
+                       chunk: int = PAIR_CHUNK) -> torch.Tensor:
     """Pairs of (token row tok[p], neuron[p]) of a pre-LN dictionary: zero the neuron before
     the mid-MLP LayerNorm, recompute it, and read the change through LN_final exactly."""
     n = tok.shape[0]
@@ -266,7 +267,7 @@ def _delta_logp_pre_ln(z, c, lp_base, next_tok, u_pre, ln: MidLN, ro: Readout,
 
 
 def _delta_logp(z, c, lp_base, next_tok, act, out_dir, weights, ro: Readout,
-                tok: torch.Tensor, fi: torch.Tensor, work: _Work, chunk: int = 128) -> torch.Tensor:
+                tok: torch.Tensor, fi: torch.Tensor, work: _Work, chunk: int = PAIR_CHUNK) -> torch.Tensor:
     """The per-pair part: only O(d_vocab) work per pair (z = c·G precomputed per token).
 
     z, c, lp_base, next_tok are per-token tables and out_dir, weights per-unit tables; pair p

@@ -171,7 +171,7 @@ def add_sums(total: PartSums | None, part: PartSums) -> PartSums:
     return total
 
 
-class DenseCodes:
+class CodeBuffers:
     """One reusable [rows, n] matrix per dictionary for a batch's dense codes. A fresh one per
     batch costs more than filling it: glibc hands blocks over 32 MB back to the kernel when
     freed, and the next comes as fresh pages to fault in and zero (26-33 ms for [8,128 x
@@ -202,7 +202,7 @@ class PassOne:
         span = WindowSpan.of(cfg)
         w, self.offs = span.width, span.offsets_on(device)
         self.tops = {dic.name: BottomM(dic.n, cfg.top_k, w, device) for dic in dictionaries}
-        self.dense = DenseCodes()
+        self.dense = CodeBuffers()
         sparse_k = sum(dic.k for dic in dictionaries)
         self.cached: dict[str, list] = (
             {dic.name: [] for dic in dictionaries if dic.k}
@@ -313,11 +313,13 @@ class PassTwo:
         self.res = {d.name: BottomM(d.n * N_INTERVALS, cfg.examples_per_interval, w, device)
                     for d in dictionaries}
         self.salt = {d.name: key_salt(cfg.seed, d.name) for d in dictionaries}
-        self.dense = DenseCodes()
+        self.dense = CodeBuffers()
 
     def part(self, batches: Iterator[SequenceBatch], bar=None) -> None:
         bins, per_seq, dev = self.cfg.act_hist_bins, self.n_ctx - 1, self.device
         for batch in batches:
+            # each row's (sequence, position), hashed per dictionary below (`token_hashes`)
+            seqs = batch.seq_ids.repeat_interleave(per_seq)
             positions = torch.arange(1, per_seq + 1, device=dev).repeat(len(batch.seq_ids))
             for dic in self.dictionaries:
                 name = dic.name
@@ -327,7 +329,8 @@ class PassTwo:
                     c = self.dense.zeros(name, batch.x.shape[0], dic.n, dev)
                     c[row, feat] = val
                 else:
-                    got = dic.batch_entries(batch)
+                    out = self.dense.zeros(name, batch.x.shape[0], dic.n, dev) if dic.k else None
+                    got = dic.batch_entries(batch, out=out)
                     c, row, feat, val = got.dense, got.row, got.feature, got.value
                 if val.numel() == 0:
                     continue
@@ -339,8 +342,7 @@ class PassTwo:
                                                          minlength=dic.n * bins)
                 g = feat * N_INTERVALS + interval_index(v64, self.max_act[name][feat].double())
                 self.interval_counts[name] += torch.bincount(g, minlength=dic.n * N_INTERVALS)
-                key = unit_keys(token_hashes(self.salt[name], batch.seq_ids.repeat_interleave(per_seq),
-                                             positions)[row], feat)
+                key = unit_keys(token_hashes(self.salt[name], seqs, positions)[row], feat)
                 self.res[name].offer_batch(g, key, row, val, batch.seq_ids, c, feat,
                                            self.n_ctx, self.offs)
             if bar is not None:
