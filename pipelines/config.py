@@ -22,6 +22,7 @@ from pipelines.devices import check_device
 SAE_CODES = ("auto", "bag", "csr")  # the layouts of pipelines/sae/codes.py
 SAE_PRECISIONS = ("auto", "fp32", "bf16")  # encoder selection (pipelines/sae/autoencoder.py)
 GRAPH_CHOICES = ("auto", "on", "off")  # CUDA graph replay of a step (pipelines/graph_capture.py)
+UMAP_BESIDE = ("auto", "on", "off")  # the stats stage's UMAP in a second process (pipelines/stats/umap_beside.py)
 from pipelines.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -283,6 +284,9 @@ class StatsConfig:
     split_min_activation_cosine: float = 0.4  # activation cosine over the child's tokens
     umap: bool = True  # joint 2-D UMAP of decoder directions (numba JIT: see directions.py)
     umap_neighbours: int = 15
+    # lay the UMAP out in a second process while passes 1-3 run: auto (when they leave a core
+    # idle: on CUDA, or more cores than torch's threads) | on | off; the same layout either way
+    umap_beside: str = "auto"
     code_cache_mb: int = 1024  # keep pass 1's sparse top-k codes for pass 2 when they fit (else re-encode)
     device: str = "auto"
     seed: int = 0
@@ -290,7 +294,8 @@ class StatsConfig:
     # this process, or "ray": one Ray worker per CPU over the activation shards, same store.
     # how the pass runs, not what it computes (the engines write identical stores): left out
     # of the stage's config hash, so switching engine does not make the store stale
-    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("engine", "ray_address", "ray_workers")
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("engine", "ray_address", "ray_workers",
+                                                     "umap_beside")
     engine: str = "local"
     ray_address: str = ""  # "" = start a local Ray for the run; else ray.init(address=...)
     ray_workers: int = 0  # workers (Ray actors); 0 = one per CPU Ray offers (local: os.cpu_count())
@@ -299,6 +304,8 @@ class StatsConfig:
         _require(self.split in ("val", "train"), "stats.split", self.split, "must be val or train")
         _require(self.engine in ("local", "ray"), "stats.engine", self.engine,
                  "must be local or ray")
+        _require(self.umap_beside in UMAP_BESIDE, "stats.umap_beside", self.umap_beside,
+                 "must be auto, on or off")
         _require(self.ray_workers >= 0, "stats.ray_workers", self.ray_workers, "must be >= 0")
         _require(self.max_tokens >= 0, "stats.max_tokens", self.max_tokens, "must be >= 0")
         for key in ("batch_tokens", "top_k", "examples_per_interval", "act_hist_bins",

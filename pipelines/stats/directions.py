@@ -52,9 +52,32 @@ def joint_umap(directions: list[torch.Tensor], n_neighbours: int,
     """2-D UMAP (cosine) of every row of every direction matrix, rows in the given order,
     and the seconds it took."""
     t0 = time.perf_counter()
+    points, knn = umap_knn(directions, n_neighbours)
+    return umap_layout(points, knn, seed), time.perf_counter() - t0
+
+
+def umap_knn(directions: list[torch.Tensor], n_neighbours: int
+             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The points a joint UMAP lays out (unit rows, on the host) and their exact cosine
+    nearest neighbours (indices, distances), found by one matmul per block where the
+    directions live (a GPU's in no time): it skips pynndescent and its numba JIT (~30 s)."""
+    points = torch.cat([normalized_rows(d) for d in directions])
+    k = min(n_neighbours, points.shape[0] - 1)
+    knn_i, knn_d = [], []
+    for lo in range(0, points.shape[0], 4096):
+        top = (points[lo: lo + 4096] @ points.T).topk(k, dim=1)
+        knn_i.append(top.indices)
+        knn_d.append((1.0 - top.values).clamp(min=0.0))
+    return points.cpu().numpy(), (torch.cat(knn_i).cpu().numpy(), torch.cat(knn_d).cpu().numpy())
+
+
+def umap_layout(points: np.ndarray, knn: tuple[np.ndarray, np.ndarray], seed: int) -> np.ndarray:
+    """UMAP's layout of `points` from their precomputed kNN (`umap_knn`). Single-threaded
+    (a fixed seed makes umap-learn run one numba thread), so the same inputs give the same
+    layout in any process: `pipelines/stats/umap_beside.py` runs it in a second one."""
     threads = torch.get_num_threads()
     try:
-        return _joint_umap(directions, n_neighbours, seed, threads), time.perf_counter() - t0
+        return _umap_layout(points, knn, seed, threads)
     finally:
         # numba's OpenMP layer resets the process's OpenMP thread count (torch's too) to
         # every core: in a study's variant process, which has one thread per variant, the
@@ -88,24 +111,17 @@ def cache_umap_kernels() -> int:
     return turned_on
 
 
-def _joint_umap(directions: list[torch.Tensor], n_neighbours: int, seed: int,
-                threads: int) -> np.ndarray:
+def _umap_layout(points: np.ndarray, knn: tuple[np.ndarray, np.ndarray], seed: int,
+                 threads: int) -> np.ndarray:
     import numba
     import umap  # numba JIT on first use; see the module docstring
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     cache_umap_kernels()
-    points = torch.cat([normalized_rows(d) for d in directions])
-    k = min(n_neighbours, points.shape[0] - 1)
-    # Exact cosine kNN by one matmul per block: skips pynndescent and its numba JIT (~30 s).
-    knn_i, knn_d = [], []
-    for lo in range(0, points.shape[0], 4096):
-        top = (points[lo: lo + 4096] @ points.T).topk(k, dim=1)
-        knn_i.append(top.indices)
-        knn_d.append((1.0 - top.values).clamp(min=0.0))
-    knn = (torch.cat(knn_i).cpu().numpy(), torch.cat(knn_d).cpu().numpy(), None)
+    k = knn[0].shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no NNDescent index", "n_jobs": expected
         reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=k, random_state=seed,
-                            precomputed_knn=knn, n_epochs=200)  # default 500: 2.5x the time, same families
-        return reducer.fit_transform(points.cpu().numpy()).astype(np.float32)
+                            precomputed_knn=(knn[0], knn[1], None),
+                            n_epochs=200)  # default 500: 2.5x the time, same families
+        return reducer.fit_transform(points).astype(np.float32)

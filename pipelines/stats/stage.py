@@ -45,11 +45,12 @@ from pipelines.devices import pick_device
 from pipelines.errors import InputError
 from pipelines.model.readout import logit_weights
 from pipelines.stats.dictionaries import Dictionary, load_run_units
-from pipelines.stats.directions import joint_umap, nearest, normalized_rows
+from pipelines.stats.directions import nearest, normalized_rows
 from pipelines.stats.local_engine import LocalEngine
 from pipelines.stats.parts import split_parts
 from pipelines.stats.sampling import DictionaryStats, Examples, collect_examples, window_layout
 from pipelines.stats.splitting import SplitCriterion, split_edges
+from pipelines.stats.umap_beside import JointUmap, beside_passes
 from pipelines.data.tokens import read_sequences
 
 
@@ -76,7 +77,11 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         engine = RayEngine(cfg, run_dir, pre_ln, n_ctx)
     else:
         engine = LocalEngine(cfg, model, seqs, units.readout, weights, pre_ln, n_ctx, device)
+    umap = None
     try:
+        if cfg.umap:  # beside the passes where they leave a core idle (umap_beside.py)
+            umap = JointUmap([d.direction for d in directed], cfg.umap_neighbours, cfg.seed,
+                             beside=beside_passes(cfg.umap_beside, device))
         with torch.no_grad():
             passes = engine.statistics(parts, dictionaries, pairs, total, device)
             st, n_tokens = passes.stats, passes.n_tokens
@@ -84,15 +89,16 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
             t_abl = time.perf_counter()
             n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
             t_abl = time.perf_counter() - t_abl
+        with torch.no_grad():
+            edges = split_edges(passes.split_candidates, {k: s.sumsq for k, s in st.items()},
+                                {k: s.n_active for k, s in st.items()}, dictionaries, n_tokens,
+                                SplitCriterion.from_config(cfg))
+        with progress.heartbeat("stats (umap)"):
+            umap_xy, umap_s, umap_wait = umap.result() if umap else (None, 0.0, 0.0)
     finally:
         engine.close()
-    with torch.no_grad():
-        edges = split_edges(passes.split_candidates, {k: s.sumsq for k, s in st.items()},
-                            {k: s.n_active for k, s in st.items()}, dictionaries, n_tokens,
-                            SplitCriterion.from_config(cfg))
-    with progress.heartbeat("stats (umap)"):
-        umap_xy, umap_s = (joint_umap([d.direction for d in directed], cfg.umap_neighbours,
-                                      cfg.seed) if cfg.umap else (None, 0.0))
+        if umap:
+            umap.close()
 
     vocab = _read_table(run_dir / "tokenizer" / "vocab.parquet", "tokenizer").to_pandas()
     display = vocab.sort_values("id")["display"].tolist()
@@ -129,12 +135,19 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     summary = (f"stats: {len(sae_names)} dictionaries + neurons"
                f"{' (after and before the LayerNorm)' if pre_ln else ''}, {_short(n_tokens)} tokens, "
                f"{n_tokens / seconds:,.0f} tok/s, {seconds:.0f} s (ablation {n_pairs:,} "
-               f"pairs {t_abl:.0f} s, umap {'off' if not cfg.umap else f'{umap_s:.0f} s'}, "
+               f"pairs {t_abl:.0f} s, umap {_umap_note(umap, umap_s, umap_wait)}, "
                f"{n_edges} split edges{engine.describe()})")
     return summary, {"n_tokens": n_tokens, "dictionaries": [d.name for d in dictionaries],
                      "seconds": round(seconds, 2), "tokens_per_second": round(n_tokens / seconds, 1),
                      "ablation_pairs": n_pairs, "ablation_seconds": round(t_abl, 2),
-                     "umap_seconds": round(umap_s, 2), "split_edges": n_edges, "device": device}
+                     "umap_seconds": round(umap_s, 2), "umap_wait_seconds": round(umap_wait, 2),
+                     "umap_beside": bool(umap and umap.beside), "split_edges": n_edges, "device": device}
+
+
+def _umap_note(umap: JointUmap | None, seconds: float, waited: float) -> str:
+    if umap is None:
+        return "off"
+    return f"{seconds:.0f} s beside the passes, {waited:.0f} s waited" if umap.beside else f"{seconds:.0f} s"
 
 
 def write_dictionary(writer: StoreWriter, d: Dictionary, s: DictionaryStats, ex: Examples,
