@@ -26,8 +26,10 @@ in the order of what the issue's acceptance most needs:
    left and the machine has what compiling needs (a C compiler, Python's headers);
 8. issue 27's acceptance lines, each read back from what the sections wrote, PASS or FAIL
    (or "not measured" where the budget ran out first).
-A section's command that runs past the budget is killed, and what it finished is kept (a
-run cut in its stats stage still reports its model, activations and sae stages).
+Every section's device code runs in a child process: a kernel that hangs or kills its
+process costs that section, not the call. A section's command that runs past the budget is
+killed, and what it finished is kept (a run cut in its stats stage still reports its model,
+activations and sae stages).
 The report is rewritten after every section, so a call cut short still brings back what ran.
 """
 
@@ -81,9 +83,10 @@ def _text(stream: bytes | str | None) -> str:
     return stream.decode("utf-8", "replace") if isinstance(stream, bytes) else stream
 
 
-def run(cmd: list[str], timeout: float) -> tuple[str, float]:
-    """A command's combined output and seconds; raises with the output's tail if it fails,
-    and `CutShort` (with everything it printed) if it runs past `timeout`."""
+def run(cmd: list[str], timeout: float, stdout_only: bool = False) -> tuple[str, float]:
+    """A command's combined output (`stdout_only`: its stdout, without warnings) and seconds;
+    raises with the combined output's tail if it fails, and `CutShort` (with everything it
+    printed) if it runs past `timeout`."""
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(MIN_TIMEOUT, timeout),
@@ -93,7 +96,19 @@ def run(cmd: list[str], timeout: float) -> tuple[str, float]:
     out = proc.stdout + proc.stderr
     if proc.returncode:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)}\n" + "\n".join(out.splitlines()[-25:]))
-    return out, time.perf_counter() - t
+    return proc.stdout if stdout_only else out, time.perf_counter() - t
+
+
+def in_child(call: str, timeout: float) -> str:
+    """The text `gpu_check.<call>` returns, computed in a child process: device code that
+    hangs (a kernel that never returns) or kills its process (an illegal memory access) costs
+    its own section, cut at `timeout`, not the rest of the one device call. The CUDA
+    context a child sets up costs a few seconds. Its warnings stay out of the section's
+    text; a failure's traceback is in it."""
+    code = ("import sys; from pathlib import Path; sys.path[:0] = ['benchmarks', '.']; "
+            f"import gpu_check; print(gpu_check.{call})")
+    out, _ = run([sys.executable, "-c", code], timeout, stdout_only=True)
+    return out.rstrip()
 
 
 def summaries(output: str) -> str:
@@ -218,19 +233,26 @@ def csr_row_order(device: str) -> list[str]:
 
 
 def stream_equality(run_dir: Path, device: str) -> str:
+    """The device stream against the host stream, two epochs: the second comes from the
+    split kept on the device after the first where it fits (`resident`)."""
     import numpy as np
 
     from pipelines.activations.device_stream import DeviceActivationStream
     from pipelines.activations.shards import ActivationStream
 
     folder = run_dir / "activations"
-    host = ActivationStream(folder, "train", 4096, 262_144, seed=0).epoch(0)
-    dev = DeviceActivationStream(folder, "train", 4096, 262_144, seed=0, device=device).epoch(0)
-    n = same = 0
-    for a, b in zip(host, dev):
-        n += 1
-        same += bool(np.array_equal(a, b.cpu().numpy()))
-    return f"device stream vs host stream: {same} of {n} batches identical"
+    dev = DeviceActivationStream(folder, "train", 4096, 262_144, seed=0, device=device)
+    lines = []
+    for epoch in (0, 1):
+        host = ActivationStream(folder, "train", 4096, 262_144, seed=0).epoch(epoch)
+        n = same = 0
+        for a, b in zip(host, dev.epoch(epoch)):
+            n += 1
+            same += bool(np.array_equal(a, b.cpu().numpy()))
+        lines.append(f"device stream vs host stream, epoch {epoch}: {same} of {n} batches identical")
+    lines.append(f"split kept on the device after epoch 0: {dev.keep}; shards read in the 2 epochs: "
+                 f"{dev.reads} (the split has {len(dev.paths)})")
+    return "\n".join(lines)
 
 
 def sae_metrics(run_dir: Path) -> list[dict]:
@@ -448,7 +470,9 @@ def main() -> None:
             text = f"FAILED: {err}\n{traceback.format_exc(limit=3)}"
         report.add(title, f"{text}\n({time.perf_counter() - t:.0f} s)")
 
-    section("Correctness on the device", lambda: correctness(args.device, args.quick))
+    # in child processes, like every section that runs device code (`in_child`)
+    section("Correctness on the device",
+            lambda: in_child(f"correctness({args.device!r}, {args.quick!r})", min(240, left())))
     graph_sets: list[str] = []  # the rest runs with a stage's graph off if its replayed steps proved wrong here
 
     def graphs() -> str:
@@ -475,7 +499,8 @@ def main() -> None:
         return (f"{summaries(out)}\n{dead_shares(tiny)}\ntiny end to end: {seconds:.0f} s "
                 f"(corpus, tokenizer and tokens were built by the graph section, in seconds)")
     section("Tiny preset end to end", tiny_run)
-    section("Device stream", lambda: stream_equality(tiny, args.device))
+    section("Device stream",
+            lambda: in_child(f"stream_equality(Path({str(tiny)!r}), {args.device!r})", min(120, left())))
 
     def throughput() -> str:
         sizes = "512,2048" if args.quick else "512,1024,2048,4096,8192,16384,32768"
@@ -522,8 +547,9 @@ def main() -> None:
     section("Small preset through the sae stage",
             lambda: capped_run("small", small_caps, "--until", "sae"), min_left=60)
     section("Paper preset", paper, min_left=60)
-    section("Where an SAE step's time goes (torch.profiler)", lambda: step_profile(tiny, args.device, args.quick),
-            min_left=30)
+    section("Where an SAE step's time goes (torch.profiler)",
+            lambda: in_child(f"step_profile(Path({str(tiny)!r}), {args.device!r}, {args.quick!r})",
+                             min(180, left())), min_left=30)
 
     def tiny_csr() -> str:
         out, seconds = run([py, "-m", "pipelines", "run", "--preset", "tiny", "--run-dir", str(tiny), *quick_sets,

@@ -57,3 +57,32 @@ def test_device_stream_yields_the_host_streams_batches(mini_run, readers, monkey
     host = list(ActivationStream(folder, "train", 256, 10**7, seed=5).epoch(0))
     device = list(DeviceActivationStream(folder, "train", 256, 10**7, seed=5, device="cpu").epoch(0))
     assert len(device) == len(host) and all(np.array_equal(b.numpy(), a) for a, b in zip(host, device))
+
+
+def test_a_resident_split_is_read_once_and_gives_the_same_batches(mini_run):
+    """A split that fits the device's budget stays on it after its first epoch: later epochs
+    read no shard and yield the same batches as a stream that reads every epoch, also after
+    an epoch left early (training's last steps end mid-epoch: a part is resident)."""
+    import torch
+
+    from pipelines.activations.device_stream import DeviceActivationStream
+    from pipelines.activations.shards import acts_width, count_rows
+
+    folder = mini_run / "activations"
+    n_shards = len(shard_paths(folder, "train"))
+    split_bytes = count_rows(folder, "train") * acts_width(folder, "train") * 2
+    stream = lambda budget=None: DeviceActivationStream(folder, "train", 256, 8192, seed=3,  # noqa: E731
+                                                        device="cpu", resident_bytes=budget)
+    assert not stream(split_bytes - 1).keep and stream(split_bytes).keep
+    resident, reading = stream(split_bytes), stream()  # no budget on a CPU device
+    assert not reading.keep
+    left_early = resident.epoch(0)
+    first = [next(left_early) for _ in range(2)]
+    left_early.close()
+    assert 0 < len(resident.resident) < n_shards and resident.reads == len(resident.resident)
+    assert all(torch.equal(a, b) for a, b in zip(first, reading.epoch(0)))
+    for epoch in (1, 2, 3):
+        a, b = list(resident.epoch(epoch)), list(reading.epoch(epoch))
+        assert len(a) == len(b) > 2 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert resident.reads == n_shards and len(resident.resident) == n_shards
+    assert reading.reads > 3 * n_shards

@@ -134,3 +134,19 @@ def test_acceptance_reads_each_line_back_and_says_what_was_not_reached(tmp_path)
     _manifest(tmp_path / "paper", {"tokens": _paper_stages(1.0)["tokens"]})  # cut in the model stage
     assert "paper preset end to end: not measured" in check.acceptance(tmp_path, tmp_path / "tiny", "x")
     assert check.paper_estimate(tmp_path / "paper").startswith("no estimate")
+
+
+def test_a_section_in_a_child_gives_its_text_and_a_hang_costs_only_its_time(monkeypatch):
+    """gpu_check runs each section's device code in a child process (`in_child`): what the
+    function returns comes back as the section's text, and one that never returns is cut at
+    its timeout instead of holding the device call until the call's own limit."""
+    import pytest
+
+    check = benchmark("gpu_check")
+    text = check.in_child("summaries('model: solu_ln, 1M tokens\\nsae 30% |###|')", 60)
+    assert text == "model: solu_ln, 1M tokens"
+    with pytest.raises(RuntimeError, match="AttributeError: 'NoneType'"):  # the traceback, for the report
+        check.in_child("summaries(None)", 60)
+    monkeypatch.setattr(check, "MIN_TIMEOUT", 0.5)
+    with pytest.raises(check.CutShort):
+        check.in_child("time.sleep(30)", 1.0)

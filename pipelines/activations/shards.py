@@ -43,6 +43,15 @@ def count_rows(folder: Path, split: str) -> int:
     return total
 
 
+def acts_width(folder: Path, split: str) -> int:
+    """d_mlp of the cached `acts`, from the first shard's schema (no data read)."""
+    path = shard_paths(folder, split)[0]
+    try:
+        return int(pq.read_schema(path).field("acts").type.list_size)
+    except (pa.ArrowException, OSError, KeyError, AttributeError) as err:
+        raise InputError(f"{path}: unreadable activation shard ({err}); {_REBUILD}") from None
+
+
 def head_rows(folder: Path, split: str, n: int) -> np.ndarray:
     """The split's first `n` cached rows of `acts` (float32), read from its first shard alone."""
     paths = shard_paths(folder, split)

@@ -30,7 +30,7 @@ from feature_store.transformer_files import load_transformer
 from pipelines import distributed, progress
 from pipelines.activations.device_stream import DeviceActivationStream
 from pipelines.activations.planted import TRUTH_FILE
-from pipelines.activations.shards import ActivationStream, count_rows, read_shard, shard_paths
+from pipelines.activations.shards import ActivationStream, acts_width, count_rows, read_shard, shard_paths
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
 from pipelines.errors import ConfigError
@@ -192,7 +192,7 @@ def run(cfg: SaeConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     torch.manual_seed(cfg.seed)
     act_dir = run_dir / "activations"
     n_train = count_rows(act_dir, "train")
-    d_in = read_shard(shard_paths(act_dir, "val")[0])["acts"].shape[1]
+    d_in = acts_width(act_dir, "val")
     saes, scale, info = train_all(cfg, act_dir, d_in, n_train, device)
     if not distributed.world().is_main:
         return "", {}
