@@ -3,7 +3,7 @@
 `ActivationStream` (`pipelines/activations/shards.py`) shuffles in host memory and hands
 each batch to the trainer, which copies it to the device: one small host-to-device copy per
 step, and the step waits for the host's shuffle. Here the shuffle buffer lives on the device
-in the stored float16; whole shards are read on background threads (one, or two on a
+in the stored float16; whole shards are read on background threads (one, or up to four on a
 machine with cores to spare) while the device trains on the previous one, and each crosses
 to the device in one pinned upload. The batches are `ActivationStream`'s, row for row
 (same seed, same random draws in the same order: the test compares them), as float32
