@@ -81,6 +81,7 @@ class JointUmap:
             return xy, seconds, seconds
         try:
             message = self._reader.recv()
+            self._process.join(10)  # it exits once sent: let it, rather than stop it
         except EOFError:
             self._process.join(5)
             raise PipelineError(f"the stats stage's UMAP process exited with code "
