@@ -30,7 +30,7 @@ from feature_store.transformer_files import load_transformer
 from pipelines import distributed, progress
 from pipelines.activations.device_stream import DeviceActivationStream
 from pipelines.activations.planted import TRUTH_FILE
-from pipelines.activations.shards import ActivationStream, acts_width, count_rows, read_shard, shard_paths
+from pipelines.activations.shards import ActivationStream, acts_width, count_rows, head_rows
 from pipelines.config import SaeConfig
 from pipelines.devices import pick_device
 from pipelines.errors import ConfigError
@@ -45,7 +45,7 @@ READ_EVERY = 20  # GPU: steps between reads of the step figures (each read waits
 
 def input_scale(act_dir: Path, d_in: int) -> tuple[float, np.ndarray]:
     """s with mean ‖s·x‖ = sqrt(d_in), and the mean scaled activation (the b_dec init)."""
-    x = read_shard(shard_paths(act_dir, "train")[0])["acts"][:65536]
+    x = head_rows(act_dir, "train", 65536)  # the first shard's first rows, not the whole shard
     scale = float(np.sqrt(d_in) / np.linalg.norm(x, axis=1).mean())
     return scale, (x * scale).mean(0)
 
