@@ -39,3 +39,18 @@ def io_threads(at_most: int) -> int:
     so these threads scale with cores (2 writers: 1.76-1.9x one on 2 cores)."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else max(1, min(at_most, cores // 2))
+
+
+def writer_threads(device: str) -> int:
+    """Parquet writers for the activations stage. On CUDA the forward passes cost the host
+    one core and the writing is the stage's bound (~0.12-0.2M rows a second per writer on
+    these CPUs: a 16-core box needs 6-8 for the 1M tokens a second the stage should reach),
+    so every core but two (of this rank's share) writes; on a CPU the forward passes need the
+    cores (`io_threads`).
+    Host memory holds writers + 1 shards (~134 MB each, twice that for validation's two
+    columns): under 4 GB at 14 writers."""
+    if device != "cuda":
+        return io_threads(8)
+    # under torchrun, this rank's share of the node's cores (one rank per GPU)
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(14, cores - 2))

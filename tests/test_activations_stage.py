@@ -28,7 +28,7 @@ def fake_capture(bad_seq: int | None):
 @pytest.mark.parametrize("writers", [1, 3])  # a 2-core box / a GPU box's writer pool
 def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(None))
-    monkeypatch.setattr(stage, "io_threads", lambda at_most: writers)
+    monkeypatch.setattr(stage, "writer_threads", lambda device: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])  # 40 sequences of n_ctx 9
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)  # 7 sequences a shard: 6 shards
     assert stage.cache_split(None, seqs, np.arange(40) + 100, tmp_path, "train", cfg, "cpu") == 40 * 8
@@ -45,7 +45,7 @@ def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
 @pytest.mark.parametrize("writers", [1, 3])
 def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(bad_seq=9))  # in the second shard
-    monkeypatch.setattr(stage, "io_threads", lambda at_most: writers)
+    monkeypatch.setattr(stage, "writer_threads", lambda device: writers)
     seqs = np.stack([np.full(9, i) for i in range(40)])
     cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)
     with pytest.raises(InputError, match=r"train-00001\.parquet: acts is NaN or Inf at sequence 9"):
@@ -65,3 +65,20 @@ def test_a_value_past_float16_range_is_caught_before_writing(tmp_path, monkeypat
         stage.cache_split(None, seqs, np.arange(10), tmp_path, "train",
                           ActivationsConfig(shard_tokens=8 * 7, batch_size=3), "cpu")
     assert not list(tmp_path.glob("train-00000*"))
+
+
+def test_the_activations_stage_writes_on_every_spare_core_beside_a_gpu(monkeypatch):
+    """On CUDA the writing bounds the activations stage: every core of this rank's share but
+    two writes; on a CPU the forward passes keep the cores (one writer on a small box)."""
+    from pipelines import devices
+
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.writer_threads("cuda") == 14
+    assert devices.writer_threads("cpu") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPUs on the node, one rank each
+    assert devices.writer_threads("cuda") == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert devices.writer_threads("cuda") == 6
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 2)
+    assert devices.writer_threads("cpu") == 1 and devices.writer_threads("cuda") == 1

@@ -39,7 +39,7 @@ from pipelines.activations.planted import TRUTH_FILE, PlantedSource
 from pipelines.activations.shards import sequence_cap
 from pipelines.config import ActivationsConfig
 from pipelines.errors import InputError
-from pipelines.devices import io_threads, pick_device
+from pipelines.devices import pick_device, writer_threads
 from pipelines.data.tokens import read_sequences
 
 _WRITE = dict(use_dictionary=False, write_statistics=False, compression="none")
@@ -87,13 +87,13 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
                        * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
                        unit_scale=True, disable=not world.is_main)
     # Shards are written on threads while the next one's forward passes run: Parquet's
-    # list encoding, not the model, bounds this stage on a GPU (one writer: ~0.2M rows/s on
-    # these CPUs; pyarrow releases the GIL, so writers scale with cores). Host memory holds
-    # `writers` + 1 shards at most (9 on a 16-core GPU box: ~1.2 GB, twice that for
-    # validation's two columns). The activations stay on the device (as the stored float16)
+    # list encoding, not the model, bounds this stage on a GPU (one writer: ~0.12-0.2M rows/s
+    # on these CPUs; pyarrow releases the GIL, so writers scale with cores: `writer_threads`,
+    # 14 on a 16-core GPU box). Host memory holds `writers` + 1 shards at most (~2 GB there,
+    # twice that for validation's two columns). The activations stay on the device (as the stored float16)
     # until the shard is complete: one copy to the host per shard, and their finiteness is
     # one float32 sum per batch, read once per shard (a NaN or Inf makes the sum non-finite).
-    writers = io_threads(8)  # the forward passes bound a CPU run; on a GPU box the writing does
+    writers = writer_threads(device)  # the forward passes bound a CPU run; on a GPU the writing does
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="shard-writer") as pool:
         writing: list = []
         for shard in mine:
