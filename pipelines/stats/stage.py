@@ -79,16 +79,19 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         engine = LocalEngine(cfg, model, seqs, units.readout, weights, pre_ln, n_ctx, device)
     umap = None
     try:
-        if cfg.umap:  # beside the passes where they leave a core idle (umap_beside.py)
-            umap = JointUmap([d.direction for d in directed], cfg.umap_neighbours, cfg.seed,
-                             beside=beside_passes(cfg.umap_beside, device))
-        with torch.no_grad():
-            passes = engine.statistics(parts, dictionaries, pairs, total, device)
-            st, n_tokens = passes.stats, passes.n_tokens
-            examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
-            t_abl = time.perf_counter()
-            n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
-            t_abl = time.perf_counter() - t_abl
+        try:
+            if cfg.umap:  # beside the passes where they leave a core idle (umap_beside.py)
+                umap = JointUmap([d.direction for d in directed], cfg.umap_neighbours, cfg.seed,
+                                 beside=beside_passes(cfg.umap_beside, device))
+            with torch.no_grad():
+                passes = engine.statistics(parts, dictionaries, pairs, total, device)
+                st, n_tokens = passes.stats, passes.n_tokens
+                examples = {d.name: collect_examples(st[d.name]) for d in dictionaries}
+                t_abl = time.perf_counter()
+                n_pairs = engine.fill_ablation(dictionaries, examples, seqs.shape[0])
+                t_abl = time.perf_counter() - t_abl
+        finally:
+            engine.close()  # Ray's workers go before the families and the layout, as ever
         with torch.no_grad():
             edges = split_edges(passes.split_candidates, {k: s.sumsq for k, s in st.items()},
                                 {k: s.n_active for k, s in st.items()}, dictionaries, n_tokens,
@@ -96,7 +99,6 @@ def run(cfg: StatsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
         with progress.heartbeat("stats (umap)"):
             umap_xy, umap_s, umap_wait = umap.result() if umap else (None, 0.0, 0.0)
     finally:
-        engine.close()
         if umap:
             umap.close()
 
