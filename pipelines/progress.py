@@ -59,6 +59,9 @@ def bar(iterable: Iterable[Any] | None = None, *, stream: TextIO | None = None,
     kwargs = _prefixed(kwargs)
     if _interactive(stream):
         return tqdm(iterable, file=stream, **kwargs)
+    # position 0: a log file has no cursor to move; tqdm would put a bar opened while another
+    # is still open (or was left open by an error) on the line below with escape codes.
+    kwargs.setdefault("position", 0)
     # miniters=1: tqdm would otherwise learn "print every N updates" from the first interval,
     # and a stage that slows down (an evaluation, a busy machine) would go quiet for longer.
     return tqdm(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S,

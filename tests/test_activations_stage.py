@@ -4,6 +4,8 @@ stage with the file named, not vanish with the thread."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,35 @@ def test_the_activations_stage_writes_on_every_spare_core_beside_a_gpu(monkeypat
     assert devices.writer_threads("cuda") == 6
     monkeypatch.setattr(devices.os, "cpu_count", lambda: 2)
     assert devices.writer_threads("cpu") == 1 and devices.writer_threads("cuda") == 1
+
+
+def test_one_writer_pool_lets_the_next_split_run_while_the_last_shards_are_written(tmp_path, monkeypatch):
+    """Both splits share the writers: the validation split's forward passes start while the
+    training split's shards are still being written (a split that waited for its own writes
+    would leave the GPU and the other writers idle at its end)."""
+    validation_started = threading.Event()
+    capture = fake_capture(None)
+
+    def capture_marking(model, batch, hooks):
+        if batch[0, 0] >= 1000:  # the validation sequences below
+            validation_started.set()
+        return capture(model, batch, hooks)
+
+    write = stage._write_shard
+
+    def slow_train_write(path, *args, **kwargs):
+        if path.name.startswith("train") and not validation_started.wait(timeout=20):
+            raise AssertionError("the training shards' writing held the validation split back")
+        write(path, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "capture_many", capture_marking)
+    monkeypatch.setattr(stage, "_write_shard", slow_train_write)
+    train = np.stack([np.full(9, i) for i in range(14)])
+    val = np.stack([np.full(9, 1000 + i) for i in range(7)])
+    cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)
+    with stage.ShardWriters(3) as writers:
+        stage.cache_split(None, train, np.arange(14), tmp_path, "train", cfg, "cpu", writers=writers)
+        assert not validation_started.is_set()
+        stage.cache_split(None, val, np.arange(7), tmp_path, "val", cfg, "cpu", writers=writers)
+        writers.wait()
+    assert len(shard_paths(tmp_path, "train")) == 2 and len(shard_paths(tmp_path, "val")) == 1

@@ -40,3 +40,15 @@ def test_heartbeat_reports_a_long_step_and_stops_with_it():
     assert n >= 2 and out.getvalue().startswith("stats (umap): running, ")
     time.sleep(0.15)
     assert len(out.getvalue().splitlines()) == n
+
+
+def test_a_second_open_bar_writes_no_escape_codes_to_a_file():
+    """A bar left open (a stage that raised) must not push later bars in a log to a cursor
+    position: tqdm would write ESC[A into the file."""
+    out = io.StringIO()
+    left_open = progress.bar(total=10, desc="activations (val)", stream=out)
+    bar = progress.bar(total=2, desc="model (cpu)", stream=out)
+    bar.update(2)
+    bar.close()
+    assert "\x1b" not in out.getvalue()
+    left_open.close()

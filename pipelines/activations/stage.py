@@ -70,13 +70,49 @@ def _write_shard(path: Path, seq_id: np.ndarray, position: np.ndarray, token_id:
     pq.write_table(pa.table(columns), path, row_group_size=16384, **_WRITE)
 
 
+class ShardWriters:
+    """The pool that writes shards on threads while the next shard's forward passes run,
+    shared by both splits: the validation split's passes start while the training split's
+    last shards are still being written (on a GPU, where the writing is the bound, waiting
+    for them at the split's end would idle the card and every other writer). At most
+    `threads` shards are in flight (host memory: ~134 MB each); `submit` waits for the
+    oldest beyond that and raises its error there, in the stage."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard-writer")
+        self._writing: list = []
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        while len(self._writing) >= self.threads:
+            self._writing.pop(0).result()
+        self._writing.append(self._pool.submit(fn, *args, **kwargs))
+
+    def wait(self) -> None:
+        """Every submitted shard written (the first error raised)."""
+        while self._writing:
+            self._writing.pop(0).result()
+
+    def __enter__(self) -> "ShardWriters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+
+
 @torch.no_grad()
 def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: str,
                 cfg: ActivationsConfig, device: str, pre_ln: bool = False,
-                planted: PlantedSource | None = None) -> int:
+                planted: PlantedSource | None = None, writers: ShardWriters | None = None) -> int:
     """Writes the split's shards (under torchrun, this rank's share of them); with `pre_ln`,
     each also holds `acts_pre_ln`; with `planted`, planted samples replace the model's.
-    Returns the split's token count (all shards)."""
+    `writers`: a pool shared with the other split, whose caller waits for it; None: this
+    call's own, waited for before it returns. Returns the split's token count (all shards)."""
+    if writers is None:
+        with ShardWriters(writer_threads(device)) as own:
+            count = cache_split(model, seqs, seq_ids, out, split, cfg, device, pre_ln, planted, own)
+            own.wait()
+        return count
     world = distributed.world()
     n_ctx = seqs.shape[1]
     hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
@@ -86,48 +122,41 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
                        * (n_ctx - 1), desc=f"activations ({split})", unit="tok",
                        unit_scale=True, disable=not world.is_main)
-    # Shards are written on threads while the next one's forward passes run: Parquet's
-    # list encoding, not the model, bounds this stage on a GPU (one writer: ~0.12-0.2M rows/s
-    # on these CPUs; pyarrow releases the GIL, so writers scale with cores: `writer_threads`,
-    # 14 on a 16-core GPU box). Host memory holds `writers` + 1 shards at most (~2 GB there,
-    # twice that for validation's two columns). The activations stay on the device (as the stored float16)
-    # until the shard is complete: one copy to the host per shard, and their finiteness is
-    # one float32 sum per batch, read once per shard (a NaN or Inf makes the sum non-finite).
-    writers = writer_threads(device)  # the forward passes bound a CPU run; on a GPU the writing does
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="shard-writer") as pool:
-        writing: list = []
-        for shard in mine:
-            lo = starts[shard]
-            chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
-            positions = np.tile(np.arange(1, n_ctx), len(chunk))
-            path = out / f"{split}-{shard:05d}.parquet"
-            if planted is not None:
-                rows = len(chunk) * (n_ctx - 1)
-                acts = {"acts": planted.rows(split, shard, rows, per_shard * (n_ctx - 1))}
-                _write_shard(path, np.repeat(chunk_ids, n_ctx - 1), positions, chunk[:, 1:].reshape(-1), acts)
-                bar.update(rows)
-                continue
-            parts: dict[str, list[torch.Tensor]] = {name: [] for name in hooks}
-            sums: list[torch.Tensor] = []
-            for i in range(0, len(chunk), cfg.batch_size):
-                batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
-                got = capture_many(model, batch, hooks.values())
-                for name, hook in hooks.items():
-                    part = got[hook][:, 1:].to(torch.float16)
-                    parts[name].append(part)
-                    sums.append(part.sum(dtype=torch.float32))
-                bar.update(batch.shape[0] * (n_ctx - 1))
-            acts = {name: torch.cat(p).reshape(-1, p[0].shape[-1]).cpu().numpy() for name, p in parts.items()}
-            seq_id = np.repeat(chunk_ids, n_ctx - 1)
-            if not bool(torch.isfinite(torch.stack(sums).sum())):
-                for name, values in acts.items():
-                    _require_finite(path, name, values, seq_id, positions)
-            while len(writing) >= writers:
-                writing.pop(0).result()  # raises a writer's error here, in the stage
-            writing.append(pool.submit(_write_shard, path, seq_id, positions,
-                                       chunk[:, 1:].reshape(-1), acts, checked=True))
-        for done in writing:
-            done.result()
+    # Shards are written on threads (`writers`) while the next one's forward passes run:
+    # Parquet's list encoding, not the model, bounds this stage on a GPU (one writer: ~0.12-0.2M
+    # rows/s on these CPUs; pyarrow releases the GIL, so writers scale with cores:
+    # `writer_threads`, 14 on a 16-core GPU box). The activations stay on the device (as the
+    # stored float16) until the shard is complete: one copy to the host per shard, and their
+    # finiteness is one float32 sum per batch, read once per shard (a NaN or Inf makes the sum
+    # non-finite).
+    for shard in mine:
+        lo = starts[shard]
+        chunk, chunk_ids = seqs[lo: lo + per_shard], seq_ids[lo: lo + per_shard]
+        positions = np.tile(np.arange(1, n_ctx), len(chunk))
+        path = out / f"{split}-{shard:05d}.parquet"
+        if planted is not None:
+            rows = len(chunk) * (n_ctx - 1)
+            acts = {"acts": planted.rows(split, shard, rows, per_shard * (n_ctx - 1))}
+            _write_shard(path, np.repeat(chunk_ids, n_ctx - 1), positions, chunk[:, 1:].reshape(-1), acts)
+            bar.update(rows)
+            continue
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in hooks}
+        sums: list[torch.Tensor] = []
+        for i in range(0, len(chunk), cfg.batch_size):
+            batch = torch.from_numpy(chunk[i: i + cfg.batch_size].astype(np.int64)).to(device)
+            got = capture_many(model, batch, hooks.values())
+            for name, hook in hooks.items():
+                part = got[hook][:, 1:].to(torch.float16)
+                parts[name].append(part)
+                sums.append(part.sum(dtype=torch.float32))
+            bar.update(batch.shape[0] * (n_ctx - 1))
+        acts = {name: torch.cat(p).reshape(-1, p[0].shape[-1]).cpu().numpy() for name, p in parts.items()}
+        seq_id = np.repeat(chunk_ids, n_ctx - 1)
+        if not bool(torch.isfinite(torch.stack(sums).sum())):
+            for name, values in acts.items():
+                _require_finite(path, name, values, seq_id, positions)
+        writers.submit(_write_shard, path, seq_id, positions, chunk[:, 1:].reshape(-1), acts,
+                       checked=True)
     bar.close()
     return len(seqs) * (n_ctx - 1)
 
@@ -140,17 +169,28 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     planted = (PlantedSource.from_config(cfg, int(model.cfg.d_mlp))
                if cfg.source == "planted" else None)
     pre_ln = has_mid_ln(model) and planted is None  # a planted cache has no "before the LN"
-    caching = 0.0  # the rate is the forward passes' and the writing's, not the model's loading
-    for split in ("train", "val"):
+    # Validation first: on a GPU every shard is one writer's work and a validation shard of a
+    # SoLU model (two columns) takes twice a training shard's; started first, they are written
+    # beside the training split's instead of after it (the longest jobs first). The shards
+    # are the same in either order.
+    splits = {}
+    for split in ("val", "train"):
         seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
         ids = np.arange(len(seqs))
         if split == "train" and cfg.max_tokens > 0:
             keep = min(len(seqs), sequence_cap(cfg.max_tokens, seqs.shape[1]))
             ids = np.sort(np.random.default_rng(cfg.seed).permutation(len(seqs))[:keep])
-        t = time.perf_counter()
-        counts[split] = cache_split(model, seqs[ids], ids, out, split, cfg, device,
-                                    pre_ln=pre_ln and split == "val", planted=planted)
-        caching += time.perf_counter() - t
+        splits[split] = (seqs[ids], ids)
+    # the rate is the forward passes' and the writing's, not the model's or the tokens' loading
+    t = time.perf_counter()
+    with ShardWriters(writer_threads(device)) as writers:
+        for split, (seqs, ids) in splits.items():
+            counts[split] = cache_split(model, seqs, ids, out, split, cfg, device,
+                                        pre_ln=pre_ln and split == "val", planted=planted,
+                                        writers=writers)
+        with progress.heartbeat("activations (the last shards being written)"):
+            writers.wait()
+    caching = time.perf_counter() - t
     seconds = time.perf_counter() - start
     if not distributed.world().is_main:
         return "", {}
