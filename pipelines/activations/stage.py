@@ -84,13 +84,15 @@ class ShardWriters:
         self._writing: list = []
 
     def submit(self, fn, *args, **kwargs) -> None:
-        while len(self._writing) >= self.threads:
-            self._writing.pop(0).result()
+        self._wait_until(self.threads - 1)
         self._writing.append(self._pool.submit(fn, *args, **kwargs))
 
     def wait(self) -> None:
         """Every submitted shard written (the first error raised)."""
-        while self._writing:
+        self._wait_until(0)
+
+    def _wait_until(self, in_flight: int) -> None:
+        while len(self._writing) > in_flight:
             self._writing.pop(0).result()
 
     def __enter__(self) -> "ShardWriters":
