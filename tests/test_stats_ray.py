@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -28,30 +27,17 @@ from pipelines.activations.shards import sequence_batches, shard_paths
 from pipelines.config import StatsConfig, build_config
 from pipelines.stats.parts import part_batches, split_parts
 from tests.conftest import mini_config
+from tests.helpers.shards import recut
 
 N_CTX = 32  # the mini run's
 CUTS = (0.3, 0.5, 0.7)  # four shards: 30%, 20%, 20%, 30% of the sequences
-
-
-def _recut(run_dir: Path, split: str = "val") -> int:
-    """Rewrite the split's shards as four shards of whole sequences; returns their count."""
-    paths = shard_paths(run_dir / "activations", split)
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
-    for p in paths:
-        p.unlink()
-    n_seq = table.num_rows // (N_CTX - 1)
-    bounds = [0, *(int(n_seq * c) for c in CUTS), n_seq]
-    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        part = table.slice(lo * (N_CTX - 1), (hi - lo) * (N_CTX - 1))
-        pq.write_table(part, run_dir / "activations" / f"{split}-{i:05d}.parquet")
-    return len(bounds) - 1
 
 
 @pytest.fixture(scope="module")
 def recut_run(mini_run, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ray") / "run"
     shutil.copytree(mini_run, run_dir, ignore=shutil.ignore_patterns("store"))
-    assert _recut(run_dir) == 4
+    assert recut(run_dir, CUTS, N_CTX) == 4
     return run_dir
 
 

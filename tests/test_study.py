@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from pipelines.study.runner import run_study, study_status
 from pipelines.study.config import build_study
 from pipelines.universality.stage import check_same_tokens
 from tests.conftest import MINI, study_raw
+from tests.helpers.shards import recut
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -127,6 +129,57 @@ def test_best_matches_equal_brute_force_corrcoef(mini_study):
     assert set(summary["dictionary"]) == {"neurons", "sae_64", "sae_128"}
     assert not summary["directions_comparable"].any()  # two different models
     assert study.matches("solu", "gelu", "neurons")["decoder_cosine"].isna().all()
+
+
+def test_universality_does_not_depend_on_where_shards_end(mini_study, tmp_path):
+    """Two runs whose validation shards are cut differently (another
+    `activations.shard_tokens`) hold the same sequences: the stage walks them in step, in
+    batches that depend on the sequences alone, and finds the same correlations."""
+    from pipelines.study.config import UniversalityConfig
+    from pipelines.universality.stage import _Variant, correlate
+
+    runs = mini_study[0] / "runs"
+    recut_dir = tmp_path / "solu"
+    shutil.copytree(runs / "solu", recut_dir, ignore=shutil.ignore_patterns("store"))
+    n_ctx = MINI["tokens"]["n_ctx"]
+    assert recut(recut_dir, (0.17, 0.5, 0.61), n_ctx) == 4
+    rows = [[pq.read_metadata(p).num_rows for p in shard_paths(r / "activations", "val")]
+            for r in (runs / "solu", recut_dir)]
+    assert sum(rows[0]) == sum(rows[1]) and rows[0] != rows[1], rows
+    cfg = UniversalityConfig(batch_tokens=7 * (n_ctx - 1), device="cpu")  # no cut at a batch's end
+    gelu = _Variant("gelu", runs / "gelu", "cpu")
+    with torch.no_grad():
+        same, _, n_same = correlate([_Variant("solu", runs / "solu", "cpu"), gelu], cfg, "cpu")
+        cut, _, n_cut = correlate([_Variant("solu", recut_dir, "cpu"), gelu], cfg, "cpu")
+    assert n_cut == n_same > 0 and same.keys() == cut.keys()
+    for key in same:
+        torch.testing.assert_close(cut[key], same[key], atol=1e-6, rtol=0, equal_nan=True)
+    shard_paths(recut_dir / "activations", "val")[-1].unlink()  # a run holding fewer sequences
+    with pytest.raises(InputError, match="holds other validation sequences"), torch.no_grad():
+        correlate([gelu, _Variant("solu", recut_dir, "cpu")], cfg, "cpu")
+
+
+def test_rebatched_cuts_across_shards_and_keeps_every_row():
+    from pipelines.activations.shards import SequenceBatch, rebatched
+
+    n_ctx, per_seq = 4, 3
+    sizes = [2, 5, 1, 4, 4, 3]  # sequences per incoming batch (a shard's end cuts one short)
+    ids = torch.arange(sum(sizes))
+    x = torch.randn(len(ids) * per_seq, 2)
+    pre = x + 1
+    incoming, lo = [], 0
+    for n in sizes:
+        rows = slice(lo * per_seq, (lo + n) * per_seq)
+        incoming.append(SequenceBatch(ids[lo:lo + n], x[rows], pre[rows]))
+        lo += n
+    out = list(rebatched(incoming, n_ctx, 4 * per_seq + 2))  # 4 sequences a batch
+    assert [len(b.seq_ids) for b in out] == [4, 4, 4, 4, 3]
+    assert torch.equal(torch.cat([b.seq_ids for b in out]), ids)
+    assert torch.equal(torch.cat([b.x for b in out]), x)
+    assert torch.equal(torch.cat([b.pre_ln for b in out]), pre)
+    assert all(b.x.shape[0] == len(b.seq_ids) * per_seq for b in out)
+    full = SequenceBatch(ids[:4], x[:12])
+    assert next(rebatched([full], n_ctx, 12)) is full  # a full batch passes through as is
 
 
 def test_logit_correlation_of_the_matched_pair(mini_study):

@@ -11,7 +11,7 @@ Any unreadable shard is an `InputError` naming the file and the stage that rebui
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +201,49 @@ def sequence_batches(act_dir: Path, split: str, n_ctx: int, batch_tokens: int,
             yield batch
         if max_seqs is not None and done >= max_seqs:
             return
+
+
+def rebatched(batches: Iterable[SequenceBatch], n_ctx: int,
+              batch_tokens: int) -> Iterator[SequenceBatch]:
+    """`batches` cut again to `batch_tokens // (n_ctx-1)` sequences each, across shard
+    boundaries: every batch but the last is full, so the batches depend on the sequences
+    alone, not on how the activations stage cut them into shards. `sequence_batches` ends a
+    batch at each shard's end; a reader that walks two runs' caches in step (universality)
+    needs this, since two runs' shards may be cut differently (`activations.shard_tokens`)."""
+    size = max(1, batch_tokens // (n_ctx - 1))
+    pending: list[SequenceBatch] = []
+    held = 0
+    for batch in batches:
+        if not held and len(batch.seq_ids) == size:
+            yield batch  # the common case, a full batch inside one shard: passed through
+            continue
+        pending.append(batch)
+        held += len(batch.seq_ids)
+        while held >= size:
+            joined = _joined(pending)
+            yield _sequences(joined, 0, size, n_ctx)
+            rest = held - size
+            pending = [_sequences(joined, size, held, n_ctx)] if rest else []
+            held = rest
+    if held:
+        yield _joined(pending)
+
+
+def _joined(batches: list[SequenceBatch]) -> SequenceBatch:
+    if len(batches) == 1:
+        return batches[0]
+    pre = [b.pre_ln for b in batches]
+    return SequenceBatch(torch.cat([b.seq_ids for b in batches]),
+                         torch.cat([b.x for b in batches]),
+                         None if any(p is None for p in pre) else torch.cat(pre))
+
+
+def _sequences(batch: SequenceBatch, lo: int, hi: int, n_ctx: int) -> SequenceBatch:
+    """Sequences lo..hi of a batch (their rows are (n_ctx - 1) apiece)."""
+    per_seq = n_ctx - 1
+    rows = slice(lo * per_seq, hi * per_seq)
+    return SequenceBatch(batch.seq_ids[lo:hi], batch.x[rows],
+                         None if batch.pre_ln is None else batch.pre_ln[rows])
 
 
 def shard_batches(path: Path, n_ctx: int, batch_tokens: int, device: str,

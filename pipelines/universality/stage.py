@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from feature_store.transformer_files import weights_hash
 from pipelines import progress
 from pipelines.model.readout import logit_weights
 from pipelines.activations.shards import (SequenceBatch, capped_tokens, count_rows, has_pre_ln,
-                                          sequence_batches)
+                                          rebatched, sequence_batches)
 from pipelines.devices import pick_device
 from pipelines.stats.dictionaries import Dictionary, load_run_units
 from pipelines.errors import InputError
@@ -210,15 +211,18 @@ def correlate(variants: list[_Variant], cfg: UniversalityConfig, device: str):
                                   job.hi - job.lo, dtype=torch.float64, device=device)
                  for job in jobs}
         needed = {(j.a, j.kind) for j in jobs} | {(j.b, j.kind) for j in jobs}
-        streams = [sequence_batches(v.run_dir / "activations", SPLIT, n_ctx, cfg.batch_tokens,
-                                    cfg.max_tokens, device,
-                                    pre_ln=any(k == NEURONS_PRE_LN for n, k in needed
-                                               if n == v.name)) for v in variants]
+        # cut again across shard boundaries: two runs' shards need not be cut alike
+        streams = [rebatched(sequence_batches(v.run_dir / "activations", SPLIT, n_ctx,
+                                              cfg.batch_tokens, cfg.max_tokens, device,
+                                              pre_ln=any(k == NEURONS_PRE_LN for n, k in needed
+                                                         if n == v.name)),
+                             n_ctx, cfg.batch_tokens) for v in variants]
         n_pass = 0
-        for batches in zip(*streams, strict=False):
-            ids = batches[0].seq_ids
+        for batches in zip_longest(*streams):
+            first = batches[0]
             for v, b in zip(variants[1:], batches[1:]):
-                if b.seq_ids.shape != ids.shape or not torch.equal(b.seq_ids, ids):
+                if (first is None or b is None or b.seq_ids.shape != first.seq_ids.shape
+                        or not torch.equal(b.seq_ids, first.seq_ids)):
                     raise InputError(f"universality: {v.run_dir / 'activations'} holds other "
                                      f"validation sequences than {variants[0].run_dir / 'activations'};"
                                      f" rebuild the study's activations (--force activations)")
