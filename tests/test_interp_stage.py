@@ -12,6 +12,7 @@ from feature_store.store import FeatureStore
 from pipelines.config import InterpConfig
 from pipelines.interp.sets import check_disjoint, explain_windows, score_windows
 from pipelines.data.tokens import read_sequences
+from tests.conftest import MINI
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,36 @@ def test_disjointness_check_catches_a_shared_sequence(sets):
         check_disjoint(train, leaked, e, held_out[name])
     with pytest.raises(InputError, match="need train and val"):
         check_disjoint(train, val, e, Windows.concat([e]))
+
+
+def test_held_out_windows_do_not_depend_on_where_shards_end(sets, mini_run, tmp_path):
+    """The score set's random windows come from the whole validation split (cached whole, in
+    document order: its first shard would be its first documents alone), so a cache cut into
+    other shards (`activations.shard_tokens`) gives the same held-out windows."""
+    import shutil
+
+    from pipelines.activations.windows import WindowSpan
+    from pipelines.stats.dictionaries import load_run_units
+    from tests.helpers.shards import recut
+
+    _, val, _, held_out, n_ctx = sets
+    copy = tmp_path / "run"
+    shutil.copytree(mini_run / "activations", copy / "activations")
+    assert recut(copy, (0.17, 0.5, 0.61), n_ctx) == 4
+    units = load_run_units(mini_run, "cpu")
+    store = FeatureStore.open(mini_run / "store")
+    examples = {d.name: store.example_windows(d.name) for d in units.dictionaries}
+    span = WindowSpan.of_examples(examples["neurons"].center,
+                                  examples["neurons"].token_ids.shape[1], "store")
+    cfg = InterpConfig(explain_tokens=8192, random_windows=16)
+    again = score_windows(examples, copy / "activations", val, units.dictionaries, cfg, span,
+                          n_ctx, "cpu")
+    for name, s in held_out.items():
+        for field in ("unit", "tokens", "acts", "kind", "seq_id", "position"):
+            assert np.array_equal(getattr(again[name], field), getattr(s, field)), (name, field)
+    random = held_out["neurons"].kind == -2
+    first_shard = MINI["activations"]["shard_tokens"] // (n_ctx - 1)  # its sequences
+    assert (held_out["neurons"].seq_id[random] >= first_shard).any()  # past the first shard
 
 
 def test_random_and_neighbour_windows_hold_the_units_own_activations(sets):

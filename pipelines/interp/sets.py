@@ -95,7 +95,8 @@ def score_windows(store_examples: dict[str, ExampleWindows], act_dir: Path, seqs
     """Held-out windows of every unit: the store's examples, random and neighbour windows."""
     rng = np.random.default_rng([cfg.seed, 2])
     index = ShardIndex(act_dir, "val", n_ctx)
-    random = random_windows(index, seqs, dictionaries, cfg, span, n_ctx, device, rng)
+    random = random_windows(index, seqs, dictionaries, cfg, span, n_ctx, device, rng,
+                            whole_split=True)
     out = {}
     for d in dictionaries:
         ex = store_examples[d.name]
@@ -111,12 +112,15 @@ def score_windows(store_examples: dict[str, ExampleWindows], act_dir: Path, seqs
 
 def random_windows(index: ShardIndex, seqs: np.ndarray, dictionaries: list[Dictionary],
                    cfg: InterpConfig, span: WindowSpan, n_ctx: int, device: str,
-                   rng: np.random.Generator) -> dict[str, Windows]:
-    """`cfg.random_windows` windows at random positions of cached sequences (of the first
-    shard: the cache is already a random subset), with every unit's activation on them; one
-    copy per unit (row `unit`)."""
+                   rng: np.random.Generator, whole_split: bool = False) -> dict[str, Windows]:
+    """`cfg.random_windows` windows at random positions of cached sequences, with every
+    unit's activation on them; one copy per unit (row `unit`). From the first shard, where the
+    cache is already a random subset (training: the other shards are then never read), or
+    with `whole_split` from every shard: the validation split is cached whole, in document
+    order, so its first shard would be its first documents alone (and which those are would
+    depend on `activations.shard_tokens`)."""
     split = index.split
-    cached = index.sequences(0)
+    cached = index.sequences(None if whole_split else 0)
     w = span.width
     R = cfg.random_windows
     seq_id = rng.choice(cached, size=R, replace=len(cached) < R).astype(np.int64)
@@ -215,9 +219,10 @@ class ShardIndex:
         self.row = np.concatenate(row)[order]
         self.d_mlp = pq.read_schema(self.paths[0]).field("acts").type.list_size
 
-    def sequences(self, shard: int = 0) -> np.ndarray:
-        """The sequence ids cached in one shard."""
-        return np.unique(self.keys[self.shard == shard] // self.n_ctx)
+    def sequences(self, shard: int | None = 0) -> np.ndarray:
+        """The sequence ids cached in one shard (None: in every shard)."""
+        keys = self.keys if shard is None else self.keys[self.shard == shard]
+        return np.unique(keys // self.n_ctx)
 
     def acts(self, shard: int) -> np.ndarray:
         if shard not in self._acts:
