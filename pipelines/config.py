@@ -146,7 +146,8 @@ class ActivationsConfig:
     """Which tokens' `blocks.0.mlp.hook_post` to cache (validation is always cached whole)."""
 
     max_tokens: int = 1_000_000  # training tokens cached (a seeded random subset); 0 = all
-    shard_tokens: int = 131_072  # rows per Parquet shard: bounds memory when reading
+    shard_tokens: int = 131_072  # activations per Parquet shard (rows x activation columns):
+    #                              bounds memory when reading and each writer's share
     batch_size: int = 64  # sequences per forward pass
     device: str = "auto"
     seed: int = 0

@@ -44,6 +44,23 @@ def test_shards_hold_every_sequence_in_order(tmp_path, monkeypatch, writers):
     assert np.array_equal(acts[:, 1], np.tile(np.arange(1, 9), 40))  # positions 1..8, BOS skipped
 
 
+def test_a_shard_of_two_columns_holds_half_the_rows(tmp_path, monkeypatch):
+    """`shard_tokens` bounds a shard's activations over all its columns: a SoLU model's
+    validation shards (`acts` and `acts_pre_ln`) hold half a training shard's rows, so every
+    shard is about the same bytes to read and to write (on a GPU each is one writer's work)."""
+    monkeypatch.setattr(stage, "capture_many", fake_capture(None))
+    seqs = np.stack([np.full(9, i) for i in range(40)])
+    cfg = ActivationsConfig(shard_tokens=8 * 7, batch_size=3)  # 7 one-column sequences a shard
+    stage.cache_split(None, seqs, np.arange(40), tmp_path, "val", cfg, "cpu", pre_ln=True)
+    got = [read_shard(p, columns=("seq_id", "acts", "acts_pre_ln"))
+           for p in shard_paths(tmp_path, "val")]
+    assert [len(g["seq_id"]) for g in got] == [3 * 8] * 13 + [8]  # 56 // (8 x 2) = 3 sequences
+    assert np.array_equal(np.concatenate([g["seq_id"] for g in got]), np.repeat(np.arange(40), 8))
+    for column in ("acts", "acts_pre_ln"):
+        acts = np.concatenate([g[column] for g in got])
+        assert np.array_equal(acts[:, 0], np.repeat(np.arange(40), 8))
+
+
 @pytest.mark.parametrize("writers", [1, 3])
 def test_a_nan_in_a_later_shard_stops_the_stage_naming_it(tmp_path, monkeypatch, writers):
     monkeypatch.setattr(stage, "capture_many", fake_capture(bad_seq=9))  # in the second shard

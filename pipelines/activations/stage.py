@@ -1,6 +1,7 @@
 """activations stage: cache `blocks.0.mlp.hook_post` for every non-BOS token.
 
-Files: `activations/{train,val}-NNNNN.parquet`, each at most `shard_tokens` rows, columns
+Files: `activations/{train,val}-NNNNN.parquet`, each at most `shard_tokens` activations
+(rows × activation columns, so every shard holds about the same bytes), columns
 `seq_id` (int32, row of tokens/<split>.parquet), `position` (int16, 1..n_ctx-1), `token_id`
 (int32) and `acts` (fixed-size list of d_mlp float16: half the bytes of float32, and the SAE
 loss is insensitive to the ~1e-3 relative rounding). BOS (position 0) is skipped: its
@@ -11,7 +12,8 @@ tokens; validation is cached whole, for honest held-out SAE metrics and feature 
 For a model whose MLP normalises before W_out (SoLU's `solu_ln`), validation shards have one
 more column, `acts_pre_ln` (same layout, `blocks.0.mlp.ln.hook_in`: the SoLU output before
 that LayerNorm), from the same forward pass: the statistics pass summarises it as the
-`neurons_pre_ln` dictionary. Training shards never hold it (nothing trains on it).
+`neurons_pre_ln` dictionary, and those shards hold half the rows. Training shards never hold
+it (nothing trains on it).
 `pipelines/activations/shards.py` reads the shards back.
 
 With `source = "planted"` the shards hold a planted dictionary's samples instead of the
@@ -118,7 +120,10 @@ def cache_split(model, seqs: np.ndarray, seq_ids: np.ndarray, out: Path, split: 
     world = distributed.world()
     n_ctx = seqs.shape[1]
     hooks = {"acts": HOOK_POST, **({"acts_pre_ln": HOOK_PRE_LN} if pre_ln else {})}
-    per_shard = max(1, cfg.shard_tokens // (n_ctx - 1))
+    # A shard holds at most `shard_tokens` activations over all its columns: bounded memory
+    # for its readers, and on a GPU, where each shard is one writer's work, no shard twice
+    # another's writing time (a two-column shard of full rows was the stage's critical path).
+    per_shard = max(1, cfg.shard_tokens // ((n_ctx - 1) * len(hooks)))
     starts = list(range(0, len(seqs), per_shard))
     mine = [s for s in range(len(starts)) if s % world.size == world.rank]
     bar = progress.bar(total=sum(min(per_shard, len(seqs) - starts[s]) for s in mine)
