@@ -176,10 +176,10 @@ def run(cfg: ActivationsConfig, run_dir: Path, out: Path) -> tuple[str, dict]:
     planted = (PlantedSource.from_config(cfg, int(model.cfg.d_mlp))
                if cfg.source == "planted" else None)
     pre_ln = has_mid_ln(model) and planted is None  # a planted cache has no "before the LN"
-    # Validation first: on a GPU every shard is one writer's work and a validation shard of a
-    # SoLU model (two columns) takes twice a training shard's; started first, they are written
-    # beside the training split's instead of after it (the longest jobs first). The shards
-    # are the same in either order.
+    # Validation first, its shards written beside the training split's forward passes rather
+    # than after them: on a GPU every shard is one writer's work, and a SoLU model's
+    # validation shards (two columns, half the rows) take a forward pass of two hooks. The
+    # shards are the same in either order.
     splits = {}
     for split in ("val", "train"):
         seqs = read_sequences(run_dir / "tokens" / f"{split}.parquet")
